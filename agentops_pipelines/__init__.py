@@ -1,0 +1,1 @@
+"""agentops-pipelines: the lifecycle of a production AI agent on Dagster."""

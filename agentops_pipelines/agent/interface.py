@@ -1,0 +1,66 @@
+"""Bring your own agent: the small interface the lifecycle needs.
+
+The pipeline owns everything around the model (data, features, MLflow logging, evaluation,
+registration, serving). An agent supplies two things:
+
+1. ``train(training_set, params)``: learn from the training set (request text, the label column
+   ``tool``, and the customer features named in ``feature_columns``) and return a *router*.
+2. The router: a picklable object with ``predict(requests) -> DataFrame`` returning one row per
+   request with columns ``tool`` (str) and ``confidence`` (float in [0, 1]).
+
+The pipeline wraps the router in :class:`agentops_pipelines.agent.model.AgentModel`, an MLflow
+pyfunc model that fills the tool call from the customer's online features, answers from the
+versioned prompt, and traces each step. Register a new agent in ``agentops_pipelines.agents``::
+
+    class MyAgent(Agent):
+        name = "my_agent"
+        feature_columns = ("plan_tier",)
+        def train(self, training_set, params):
+            ...
+            return my_router
+
+    AGENTS = [SupportDeskAgent(), MyAgent()]
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import pandas as pd
+
+DEFAULT_PROMPT = (
+    "Hello, and thanks for contacting {{agent}}. {{tool_description}} "
+    "I have started `{{tool}}` for you with {{arguments}}. "
+    "If anything else comes up, reply here and we will pick it up."
+)
+
+
+@runtime_checkable
+class Router(Protocol):
+    def predict(self, requests: pd.DataFrame) -> pd.DataFrame: ...
+
+
+class Agent(ABC):
+    """An agent the lifecycle can train, evaluate, register and deploy."""
+
+    #: Registered model name in MLflow and the asset key prefix in Dagster.
+    name: str
+    #: Customer features (Feast feature names) the router reads besides the text.
+    feature_columns: Sequence[str] = ()
+    #: The known tools; a file source may bring its own label set instead.
+    tools: Sequence[str] = ()
+    #: Tool descriptions used when answering; unknown tools get a generic sentence.
+    tool_descriptions: Mapping[str, str] = {}
+    #: The tool meaning "hand over to a person", for escalation precision and recall.
+    escalation_tool: str | None = None
+    #: The answer template, registered in MLflow's prompt registry ({{var}} placeholders).
+    prompt_template: str = DEFAULT_PROMPT
+
+    @abstractmethod
+    def train(self, training_set: pd.DataFrame, params: Mapping[str, object]) -> Router:
+        """Learn a router from ``training_set`` (columns: text, tool, feature_columns...)."""
+
+    def default_params(self) -> dict[str, object]:
+        return {}

@@ -1,0 +1,161 @@
+"""The agent as an MLflow pyfunc model: route, fill the tool call, answer, trace.
+
+Imported only where a model is trained or served (it imports mlflow at module level).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from agentops_pipelines.agent.interface import Router
+from agentops_pipelines.agent.tools import fill_call
+
+log = logging.getLogger(__name__)
+
+OUTPUT_COLUMNS = ("tool", "confidence", "escalated", "tool_call", "answer", "prompt_version")
+FeatureLookup = Callable[[list[str]], pd.DataFrame]
+
+
+def render(template: str, **values: object) -> str:
+    """Fill ``{{name}}`` placeholders the way MLflow's prompt registry does."""
+    out = template
+    for key, value in values.items():
+        out = out.replace("{{" + key + "}}", str(value))
+    return out
+
+
+class AgentModel(mlflow.pyfunc.PythonModel):
+    """Wraps any router from :mod:`agentops_pipelines.agent.interface` for logging and serving.
+
+    Input: a DataFrame with ``text`` and optionally ``customer_id`` and feature columns. Missing
+    features are looked up in the online store (Feast) when the serving process provides one,
+    otherwise filled with neutral values.
+    """
+
+    def __init__(self, agent_name: str, router: Router, feature_columns: Sequence[str],
+                 tool_descriptions: dict[str, str], escalation_tool: str | None,
+                 prompt_template: str, prompt_uri: str):
+        self.agent_name = agent_name
+        self.router = router
+        self.feature_columns = tuple(feature_columns)
+        self.tool_descriptions = dict(tool_descriptions)
+        self.escalation_tool = escalation_tool
+        self.prompt_template = prompt_template
+        self.prompt_uri = prompt_uri
+        self._feature_lookup: FeatureLookup | None = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_feature_lookup"] = None  # a live connection is never pickled
+        return state
+
+    def set_feature_lookup(self, lookup: FeatureLookup | None) -> None:
+        self._feature_lookup = lookup
+
+    # -- steps, each a span when traced ------------------------------------------------------
+    def _features(self, requests: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.feature_columns if c not in requests]
+        if not missing:
+            return requests
+        out = requests.copy()
+        if self._feature_lookup is not None and "customer_id" in out:
+            found = self._feature_lookup(out["customer_id"].astype(str).tolist())
+            for col in missing:
+                if col in found:
+                    out[col] = found[col].to_numpy()
+        for col in missing:
+            if col not in out:
+                out[col] = "unknown" if col == "plan_tier" else 0
+        return out
+
+    def _respond(self, row: dict, tool: str) -> tuple[str, str]:
+        features = {c: row.get(c) for c in self.feature_columns}
+        call = fill_call(tool, str(row.get("customer_id", "anonymous")), features)
+        answer = render(
+            self.prompt_template,
+            agent=self.agent_name,
+            tool=tool,
+            tool_description=self.tool_descriptions.get(tool, f"Your request is about {tool.replace('_', ' ')}."),
+            arguments=", ".join(f"{k}={v}" for k, v in call.items()),
+            customer_id=call["customer_id"],
+        )
+        return json.dumps({"tool": tool, "arguments": call}, default=str), answer
+
+    def _output(self, requests: pd.DataFrame, routed: pd.DataFrame) -> pd.DataFrame:
+        records = requests.to_dict("records")
+        calls, answers = zip(*(self._respond(r, t) for r, t in zip(records, routed["tool"], strict=True)), strict=True) if records else ((), ())
+        return pd.DataFrame({
+            "tool": routed["tool"].astype(str).to_numpy(),
+            "confidence": routed["confidence"].astype(float).to_numpy(),
+            "escalated": (routed["tool"] == self.escalation_tool).to_numpy(),
+            "tool_call": list(calls),
+            "answer": list(answers),
+            "prompt_version": self.prompt_uri,
+        })
+
+    # -- entry points ------------------------------------------------------------------------
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        requests = _as_frame(model_input)
+        requests = self._features(requests)
+        return self._output(requests, self.router.predict(requests))
+
+    def predict_traced(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        """The same as :meth:`predict`, one MLflow trace per request with a span per step."""
+        rows = []
+        for _, one in _as_frame(model_input).iterrows():
+            rows.append(self._traced_one(one.to_frame().T.reset_index(drop=True)))
+        return pd.concat(rows, ignore_index=True) if rows else self.predict(None, model_input)
+
+    def _traced_one(self, request: pd.DataFrame) -> pd.DataFrame:
+        with mlflow.start_span(name=self.agent_name, span_type="AGENT") as root:
+            root.set_inputs(request.iloc[0].to_dict())
+            root.set_attribute("prompt_version", self.prompt_uri)
+            with mlflow.start_span(name="feature_lookup", span_type="RETRIEVER") as span:
+                span.set_inputs({"customer_id": str(request.get("customer_id", pd.Series(["?"])).iloc[0])})
+                enriched = self._features(request)
+                span.set_outputs({c: _plain(enriched[c].iloc[0]) for c in self.feature_columns})
+            with mlflow.start_span(name="route", span_type="LLM") as span:
+                span.set_inputs({"text": str(request["text"].iloc[0])})
+                routed = self.router.predict(enriched)
+                span.set_outputs(routed.iloc[0].to_dict())
+            with mlflow.start_span(name=f"tool:{routed['tool'].iloc[0]}", span_type="TOOL") as span:
+                out = self._output(enriched, routed)
+                span.set_inputs(json.loads(out["tool_call"].iloc[0]))
+                span.set_outputs({"answer": out["answer"].iloc[0]})
+            root.set_outputs(out.iloc[0].to_dict())
+        return out
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _as_frame(model_input) -> pd.DataFrame:
+    if isinstance(model_input, pd.DataFrame):
+        frame = model_input
+    elif isinstance(model_input, dict):
+        frame = pd.DataFrame(model_input if all(isinstance(v, list) for v in model_input.values()) else [model_input])
+    else:
+        frame = pd.DataFrame(model_input)
+    if "text" not in frame:
+        raise ValueError(f"the agent needs a 'text' column; got columns {list(frame.columns)}")
+    return frame.reset_index(drop=True)
+
+
+def signature(feature_columns: Sequence[str]):
+    """Input: text (required), customer_id and the features (optional). Output: OUTPUT_COLUMNS."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = [ColSpec("string", "text"), ColSpec("string", "customer_id", required=False)]
+    for col in feature_columns:
+        inputs.append(ColSpec("string" if col == "plan_tier" else "long", col, required=False))
+    outputs = [ColSpec("string", "tool"), ColSpec("double", "confidence"), ColSpec("boolean", "escalated"),
+               ColSpec("string", "tool_call"), ColSpec("string", "answer"), ColSpec("string", "prompt_version")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))

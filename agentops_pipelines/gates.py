@@ -1,0 +1,118 @@
+"""Data gates: a Great Expectations suite over one day of requests, grouped into named gates.
+
+``run_gates`` is a plain function (no Dagster) so it can be tested on its own; the blocking asset
+checks in ``assets/checks.py`` call it and report one result per gate.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import date
+
+import pandas as pd
+
+REQUIRED = ("request_id", "customer_id", "timestamp", "text", "tool")
+GATES = ("schema", "no_nulls", "known_labels", "timestamps_in_partition", "text_length", "duplicates")
+
+
+@dataclass
+class GateOutcome:
+    passed: bool
+    problems: list[str] = field(default_factory=list)
+    failing_rows: list[dict] = field(default_factory=list)  # request_id and the offending value
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    min_text_length: int = 3
+    max_text_length: int = 2000
+    max_duplicate_share: float = 0.05  # same customer, same text, same day
+
+
+def _expectations(known_labels, day: date, limits: GateLimits, columns) -> list:
+    import great_expectations.expectations as gxe
+
+    start = pd.Timestamp(day, tz="UTC").value // 10**9
+    by_gate: dict[str, list] = {g: [] for g in GATES}
+    by_gate["schema"] += [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(REQUIRED), exact_match=False),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+    present = [c for c in REQUIRED if c in columns]
+    if "text" in columns:
+        by_gate["schema"].append(gxe.ExpectColumnValuesToBeOfType(column="text", type_="str"))
+        by_gate["text_length"].append(gxe.ExpectColumnValueLengthsToBeBetween(
+            column="text", min_value=limits.min_text_length, max_value=limits.max_text_length))
+    if "timestamp" in columns:
+        by_gate["timestamps_in_partition"].append(gxe.ExpectColumnValuesToBeBetween(
+            column="_epoch_seconds", min_value=start, max_value=start + 86399))
+    by_gate["no_nulls"] += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in present]
+    if "tool" in columns:
+        by_gate["known_labels"].append(gxe.ExpectColumnValuesToBeInSet(column="tool", value_set=sorted(known_labels)))
+    if {"customer_id", "text"} <= set(columns):
+        by_gate["duplicates"].append(gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["customer_id", "text"], mostly=1 - limits.max_duplicate_share))
+    if "request_id" in columns:
+        by_gate["duplicates"].append(gxe.ExpectColumnValuesToBeUnique(column="request_id"))
+    for gate_name, expectations in by_gate.items():
+        for exp in expectations:
+            exp.meta = {"gate": gate_name}
+    return [exp for expectations in by_gate.values() for exp in expectations]
+
+
+def run_gates(df: pd.DataFrame, known_labels, day: date, limits: GateLimits = GateLimits()) -> dict[str, GateOutcome]:
+    """Validate one day of requests; every gate gets an outcome, failing rows named."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+
+    data = df.copy().reset_index(drop=True)
+    if "timestamp" in data:
+        ts = pd.to_datetime(data["timestamp"], utc=True, errors="coerce")
+        data["_epoch_seconds"] = ts.astype("int64") // 10**9
+        data.loc[ts.isna(), "_epoch_seconds"] = None
+    if "request_id" not in data:
+        data["request_id"] = [f"row-{i}" for i in range(len(data))]
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    suite = context.suites.add(gx.ExpectationSuite(name="requests"))
+    for exp in _expectations(known_labels, day, limits, set(df.columns)):
+        suite.add_expectation(exp)
+    batch_def = (context.data_sources.add_pandas("requests").add_dataframe_asset("requests")
+                 .add_batch_definition_whole_dataframe("day"))
+    batch = batch_def.get_batch(batch_parameters={"dataframe": data})
+    result = batch.validate(suite, result_format={"result_format": "COMPLETE",
+                                                  "unexpected_index_column_names": ["request_id"]})
+
+    outcomes = {g: GateOutcome(passed=True) for g in GATES}
+    for res in result.results:
+        cfg = res.expectation_config
+        gate = (cfg.meta or {}).get("gate", "schema")
+        if res.success:
+            continue
+        out = outcomes[gate]
+        out.passed = False
+        detail = res.result or {}
+        column = cfg.kwargs.get("column") or cfg.kwargs.get("column_list") or ""
+        if res.exception_info and res.exception_info.get("raised_exception"):
+            out.problems.append(f"{cfg.type} on {column}: {res.exception_info.get('exception_message')}")
+            continue
+        count = detail.get("unexpected_count")
+        if count is not None:
+            pct = detail.get("unexpected_percent") or 0.0
+            out.problems.append(f"{cfg.type} on {column}: {count} row(s) ({pct:.2f}%) fail")
+        elif cfg.type == "expect_table_columns_to_match_set":
+            missing = sorted(set(REQUIRED) - set(df.columns))
+            out.problems.append(f"missing column(s) {missing}; found {list(df.columns)}")
+        else:
+            out.problems.append(f"{cfg.type}: observed {detail.get('observed_value')}")
+        for item in (detail.get("unexpected_index_list") or [])[:50]:
+            if isinstance(item, dict):
+                row = {"request_id": item.get("request_id")}
+                for col in ([column] if isinstance(column, str) and column else column or []):
+                    if col == "_epoch_seconds":
+                        row["timestamp"] = str(pd.Timestamp(item[col], unit="s", tz="UTC")) if pd.notna(item[col]) else None
+                    elif col in item:
+                        row[col] = item[col]
+                out.failing_rows.append(row)
+    return outcomes

@@ -1,0 +1,76 @@
+"""One agent's lifecycle: its assets, gates, jobs and sensors, under its own key prefix.
+
+dataset → customer_features → training_set → trained_agent → evaluation_report →
+registered_version → deployment[dev|staging|prod]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.assets.checks import build_dataset_checks, build_evaluation_gate
+from agentops_pipelines.assets.dataset import build_dataset_asset
+from agentops_pipelines.assets.deployment import build_deployment_asset
+from agentops_pipelines.assets.evaluation import build_evaluation_asset
+from agentops_pipelines.assets.features import build_feature_assets
+from agentops_pipelines.assets.registry import build_registry_asset
+from agentops_pipelines.assets.training import build_training_asset
+from agentops_pipelines.partitions import daily
+
+
+@dataclass
+class Lifecycle:
+    agent: Agent
+    assets: list = field(default_factory=list)
+    checks: list = field(default_factory=list)
+    jobs: dict[str, dg.UnresolvedAssetJobDefinition] = field(default_factory=dict)
+    sensors: list = field(default_factory=list)
+    schedules: list = field(default_factory=list)
+
+
+def build_lifecycle(agent: Agent) -> Lifecycle:
+    dataset = build_dataset_asset(agent)
+    customer_features, training_set = build_feature_assets(agent, dataset)
+    trained = build_training_asset(agent, training_set)
+    evaluation = build_evaluation_asset(agent, trained, training_set)
+    registered = build_registry_asset(agent, evaluation)
+    deployment = build_deployment_asset(agent, registered)
+    checks = [build_dataset_checks(agent, dataset), build_evaluation_gate(agent, evaluation)]
+
+    ingest = dg.define_asset_job(
+        f"{agent.name}_ingest_job", selection=dg.AssetSelection.assets(dataset, customer_features),
+        partitions_def=daily, description="One day of requests through the gates into the feature store.")
+    training = dg.define_asset_job(
+        f"{agent.name}_training_job",
+        selection=dg.AssetSelection.assets(training_set, trained, evaluation, registered),
+        description="Training set → trained agent → evaluation report → registered version.")
+    deploy = dg.define_asset_job(
+        f"{agent.name}_deploy_job", selection=dg.AssetSelection.assets(deployment),
+        description="Deploy a version to one environment.", tags={"agentops/agent": agent.name})
+
+    @dg.asset_sensor(asset_key=registered.key, job=deploy, name=f"{agent.name}_dev_deploy_sensor",
+                     default_status=dg.DefaultSensorStatus.RUNNING,
+                     description="Every newly registered version goes to dev.")
+    def dev_deploy_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        metadata = asset_event.asset_materialization.metadata
+        version = str(metadata["version"].value)
+        yield dg.RunRequest(
+            run_key=f"dev-{version}-{asset_event.storage_id}", partition_key="dev",
+            run_config={"ops": {f"{agent.name}__deployment": {"config": {"version": version}}}},
+            tags={"agentops/environment": "dev", "agentops/version": version},
+        )
+
+    daily_ingest = dg.build_schedule_from_partitioned_job(
+        ingest, hour_of_day=0, minute_of_hour=30, name=f"{agent.name}_daily_ingest")
+
+    return Lifecycle(
+        agent=agent,
+        assets=[dataset, customer_features, training_set, trained, evaluation, registered, deployment],
+        checks=checks,
+        jobs={"ingest": ingest, "training": training, "deploy": deploy},
+        sensors=[dev_deploy_sensor],
+        schedules=[daily_ingest],
+    )

@@ -1,0 +1,70 @@
+"""``dataset``: one day of support requests, staged until its gates pass."""
+
+from datetime import date
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.partitions import daily
+from agentops_pipelines.resources.lake import LakeResource
+
+
+class DatasetConfig(dg.Config):
+    """Where a day of requests comes from, and the limits its gates enforce."""
+
+    source: Literal["generator", "file"] = "generator"
+    rows_per_day: int = Field(default=800, ge=1, le=1_000_000, description="generator only")
+    seed: int = Field(default=7, description="generator only: same seed and day, same data")
+    drift: float = Field(default=0.0, ge=0.0, le=1.0, description="generator only: 0 is a usual day")
+    path: str = Field(default="", description="file source: CSV, Parquet or JSONL; may contain {date}")
+    text_column: str = "text"
+    label_column: str = Field(default="tool", description="file source: the column holding the tool")
+    labels_file: str = Field(default="", description="known labels (JSON list or one per line); default: the agent's tools")
+    min_text_length: int = Field(default=3, ge=0)
+    max_text_length: int = Field(default=2000, ge=1)
+    max_duplicate_share: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+def table(agent: Agent, name: str) -> str:
+    return f"{agent.name}/{name}"
+
+
+def build_dataset_asset(agent: Agent) -> dg.AssetsDefinition:
+    @dg.asset(
+        key_prefix=[agent.name],
+        name="dataset",
+        group_name=agent.name,
+        partitions_def=daily,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+        kinds={"pandas", "parquet"},
+        code_version="1",
+        description="One day of customer requests with the tool that resolved each. Staged in the "
+                    "lake; readable downstream only once the gates pass.",
+    )
+    def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, lake: LakeResource) -> dg.MaterializeResult:
+        from agentops_pipelines.data.sources import load_labels, load_partition
+
+        day = date.fromisoformat(context.partition_key)
+        df = load_partition(config.source, day, rows_per_day=config.rows_per_day, seed=config.seed,
+                            drift=config.drift, path=config.path, text_column=config.text_column,
+                            label_column=config.label_column)
+        labels = load_labels(config.labels_file) if config.labels_file else list(agent.tools)
+        meta = {"known_labels": labels, "source": config.source, "path": config.path,
+                "seed": config.seed, "drift": config.drift,
+                "limits": {"min_text_length": config.min_text_length, "max_text_length": config.max_text_length,
+                           "max_duplicate_share": config.max_duplicate_share}}
+        path = lake.stage(table(agent, "dataset"), context.partition_key, df, context.run.run_id, meta=meta)
+        counts = df["tool"].astype(str).value_counts()
+        return dg.MaterializeResult(metadata={
+            "rows": len(df),
+            "source": config.source if config.source == "generator" else f"file: {config.path}",
+            "drift": config.drift,
+            "path": dg.MetadataValue.path(str(path)),
+            "labels": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
+            "preview": dg.MetadataValue.md(df.head(5).to_markdown(index=False)),
+            "dagster/row_count": len(df),
+        })
+
+    return dataset

@@ -1,0 +1,56 @@
+"""``deployment``: a registered version served in an environment (one partition each)."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+from pydantic import Field
+
+from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.assets.evaluation import latest_metadata
+from agentops_pipelines.partitions import environments
+from agentops_pipelines.resources.deployers import Deployer
+from agentops_pipelines.resources.mlflow import MlflowResource
+
+
+class DeploymentConfig(dg.Config):
+    version: str = Field(default="", description="model version to deploy; default: dev gets the newest "
+                                                 "registered version, staging and prod the champion")
+
+
+def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        key_prefix=[agent.name], name="deployment", group_name=agent.name, deps=[registered],
+        partitions_def=environments, kinds={"mlflow"}, code_version="1",
+        description="The version serving in each environment, its URL and when it started.",
+    )
+    def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig,
+                   mlflow_store: MlflowResource, deployer: Deployer) -> dg.MaterializeResult:
+        import mlflow
+
+        environment = context.partition_key
+        client = mlflow_store.configure()
+        version = config.version
+        if not version and environment == "dev":
+            version = str(latest_metadata(context, registered.key).get("version", ""))
+        if not version:
+            try:
+                version = str(client.get_model_version_by_alias(agent.name, "champion").version)
+            except mlflow.exceptions.MlflowException as exc:
+                raise dg.Failure(f"nothing to deploy to {environment}: no version given and no "
+                                 f"champion for {agent.name}") from exc
+        mv = client.get_model_version(agent.name, version)  # raises if the version does not exist
+        model_uri = f"models:/{agent.name}/{mv.version}"
+        deployed = deployer.deploy(environment, model_uri, str(mv.version))
+        client.set_model_version_tag(agent.name, mv.version, f"deployed_{environment}",
+                                     datetime.now(UTC).isoformat(timespec="seconds"))
+        context.log.info("%s version %s serving in %s at %s", agent.name, mv.version, environment, deployed.url)
+        return dg.MaterializeResult(metadata={
+            "environment": environment,
+            "version": str(mv.version),
+            "model_uri": model_uri,
+            "url": dg.MetadataValue.url(deployed.url),
+            "pid": deployed.pid,
+            "started_at": deployed.started_at,
+        })
+
+    return deployment

@@ -1,0 +1,72 @@
+"""``registered_version``: the evaluated candidate as an MLflow model version, alias ``challenger``."""
+
+import dagster as dg
+
+from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.assets.evaluation import latest_metadata
+from agentops_pipelines.assets.training import ARTIFACT, git_commit
+from agentops_pipelines.resources.mlflow import MlflowResource
+
+STATUS_TAG = "approval_status"
+
+
+def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        key_prefix=[agent.name], name="registered_version", group_name=agent.name, deps=[evaluation],
+        kinds={"mlflow"}, code_version="1",
+        description="The candidate registered in MLflow with alias `challenger` and tags for its "
+                    "metrics, lineage and approval status (pending until a reviewer decides).",
+    )
+    def registered_version(context: dg.AssetExecutionContext, mlflow_store: MlflowResource) -> dg.MaterializeResult:
+        import mlflow
+
+        report = latest_metadata(context, evaluation.key)
+        run_id = report.get("candidate_run_id")
+        if not run_id:
+            raise dg.Failure("no evaluation report to register from")
+        if not report.get("gate_passed"):
+            raise dg.Failure(f"run {run_id} did not pass its evaluation gate: {report.get('gate_reasons')}")
+        client = mlflow_store.configure()
+        run = client.get_run(run_id)
+        existing = client.search_model_versions(f"name='{agent.name}' and run_id='{run_id}'")
+        if existing:  # re-evaluating a run registers nothing new
+            mv = existing[0]
+        else:
+            try:
+                client.get_registered_model(agent.name)
+            except mlflow.exceptions.MlflowException:
+                client.create_registered_model(agent.name, tags={"agentops.agent": agent.name},
+                                               description=f"The {agent.name} agent, registered by agentops-pipelines.")
+            model_uri = run.data.tags.get("agentops.model_uri") or f"runs:/{run_id}/{ARTIFACT}"
+            mv = mlflow.register_model(model_uri, agent.name)
+        tags = {
+            STATUS_TAG: "pending",
+            "evaluation_gate": "passed",
+            "eval_accuracy": f"{report['accuracy']:.4f}",
+            "eval_macro_f1": f"{report['macro_f1']:.4f}",
+            "eval_escalation_recall": f"{report['escalation_recall']:.4f}",
+            "eval_latency_p99_ms": f"{report['latency_p99_ms']:.2f}",
+            "dataset_partitions": run.data.tags.get("agentops.partitions", ""),
+            "training_set_version": run.data.tags.get("agentops.training_set_version", ""),
+            "git_commit": run.data.tags.get("agentops.git_commit") or git_commit(),
+            "dagster_run_id": context.run.run_id,
+            "training_dagster_run_id": run.data.tags.get("agentops.dagster_run_id", ""),
+            "mlflow_run_id": run_id,
+            "prompt": run.data.tags.get("agentops.prompt", ""),
+        }
+        if existing and mv.tags.get(STATUS_TAG) not in (None, "pending"):
+            tags.pop(STATUS_TAG)  # never reset a reviewer's decision
+        for key, value in tags.items():
+            client.set_model_version_tag(agent.name, mv.version, key, value)
+        client.set_registered_model_alias(agent.name, "challenger", mv.version)
+        return dg.MaterializeResult(metadata={
+            "model_name": agent.name,
+            "version": str(mv.version),
+            "model_uri": f"models:/{agent.name}/{mv.version}",
+            "alias": "challenger",
+            "approval_status": tags.get(STATUS_TAG, mv.tags.get(STATUS_TAG, "")),
+            "mlflow_model_version": dg.MetadataValue.url(mlflow_store.model_version_url(agent.name, mv.version)),
+            "mlflow_run_id": run_id,
+        })
+
+    return registered_version

@@ -1,0 +1,118 @@
+"""``trained_agent``: train the agent's router and log it to MLflow as a pyfunc model."""
+
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.resources.lake import LakeResource
+from agentops_pipelines.resources.mlflow import MlflowResource
+
+ARTIFACT = "agent"  # the model's name inside the MLflow run
+
+
+class TrainingConfig(dg.Config):
+    params: dict[str, float] = Field(default_factory=dict, description="overrides of the agent's default params (numbers; 0/1 for flags)")
+    validation_share: float = Field(default=0.1, gt=0.0, lt=0.5, description="share of training rows for validation metrics")
+    trace_samples: int = Field(default=20, ge=0, le=1000, description="validation requests traced in MLflow")
+
+
+def ensure_prompt(agent: Agent) -> tuple[str, int]:
+    """The agent's answer template in MLflow's prompt registry: a new version only if it changed."""
+    import mlflow
+
+    name = f"{agent.name}_answer"
+    latest = mlflow.genai.load_prompt(f"prompts:/{name}@latest", allow_missing=True, link_to_model=False, cache_ttl_seconds=0)
+    if latest is not None and latest.template == agent.prompt_template:
+        return latest.uri, int(latest.version)
+    prompt = mlflow.genai.register_prompt(name=name, template=agent.prompt_template,
+                                          commit_message="template changed in code",
+                                          tags={"agent": agent.name})
+    return prompt.uri, int(prompt.version)
+
+
+def git_commit() -> str:
+    import subprocess
+
+    from agentops_pipelines.resources.settings import PROJECT_ROOT
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        key_prefix=[agent.name], name="trained_agent", group_name=agent.name, deps=[training_set],
+        kinds={"mlflow", "scikitlearn"}, code_version="1",
+        description="The agent's router trained on the training split, logged to MLflow with its "
+                    "parameters, validation metrics, dataset lineage, prompt version and traces.",
+    )
+    def trained_agent(context: dg.AssetExecutionContext, config: TrainingConfig,
+                      lake: LakeResource, mlflow_store: MlflowResource) -> dg.MaterializeResult:
+        import mlflow
+
+        from agentops_pipelines.agent.model import AgentModel, signature
+        from agentops_pipelines.assets.features import split_of
+        from agentops_pipelines.evaluation import classification_metrics
+
+        table = f"{agent.name}/training_set"
+        data = lake.read(table)
+        data_version = lake.current_run_id(table)
+        train = data[data["split"] == "train"].reset_index(drop=True)
+        if train.empty or train["tool"].nunique() < 2:
+            raise dg.Failure(f"{table} has {len(train)} training rows and {train['tool'].nunique()} label(s): too few to train")
+        is_val = train["request_id"].astype(str).map(lambda r: split_of("val:" + r, config.validation_share) == "holdout")
+        fit, val = train[~is_val].reset_index(drop=True), train[is_val].reset_index(drop=True)
+        params = {**agent.default_params(), **config.params}
+
+        client = mlflow_store.configure()
+        experiment_id = mlflow_store.experiment_id(agent.name)
+        prompt_uri, prompt_version = ensure_prompt(agent)
+        partitions = sorted(set(data["timestamp"].astype(str).str[:10]))
+        tags = {"agentops.agent": agent.name, "agentops.dagster_run_id": context.run.run_id,
+                "agentops.training_set_version": data_version, "agentops.partitions": ",".join(partitions),
+                "agentops.git_commit": git_commit(), "agentops.prompt": prompt_uri}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{context.run.run_id[:8]}", tags=tags) as run:
+            router = agent.train(fit, params)
+            model = AgentModel(agent.name, router, agent.feature_columns, dict(agent.tool_descriptions),
+                               agent.escalation_tool, agent.prompt_template, prompt_uri)
+            predicted = model.predict(None, val)
+            metrics = classification_metrics(val["tool"], predicted["tool"], agent.escalation_tool)
+            mlflow.log_params({k: v for k, v in params.items()})
+            mlflow.log_params({"train_rows": len(fit), "validation_rows": len(val), "prompt_version": prompt_version})
+            mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            mlflow.log_input(mlflow.data.from_pandas(data, source=str(lake.path(table)), targets="tool",
+                                                     name=f"{agent.name}-training_set"), context="training")
+            if config.trace_samples:
+                model.predict_traced(val.head(config.trace_samples))
+            columns = ["text", "customer_id", *agent.feature_columns]
+            info = mlflow.pyfunc.log_model(
+                name=ARTIFACT, python_model=model, signature=signature(agent.feature_columns),
+                input_example=val[columns].head(2), prompts=[prompt_uri],
+                pip_requirements=_requirements(),
+            )
+        url = mlflow_store.run_url(experiment_id, run.info.run_id)
+        context.log.info("trained %s: validation accuracy %.4f (%s)", agent.name, metrics["accuracy"], url)
+        client.set_tag(run.info.run_id, "agentops.model_uri", info.model_uri)
+        return dg.MaterializeResult(metadata={
+            "mlflow_run_id": run.info.run_id,
+            "model_uri": info.model_uri,
+            "mlflow_run": dg.MetadataValue.url(url),
+            "val_accuracy": metrics["accuracy"],
+            "val_macro_f1": metrics["macro_f1"],
+            "prompt": prompt_uri,
+            "params": dg.MetadataValue.json(json.loads(json.dumps(params, default=str))),
+            "training_set_version": data_version,
+        })
+
+    return trained_agent
+
+
+def _requirements() -> list[str]:
+    """Pinned from the running environment: skips MLflow's slow requirement inference."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("mlflow", "scikit-learn", "pandas", "numpy")] + ["agentops-pipelines"]

@@ -1,0 +1,79 @@
+"""The whole lifecycle on the embedded defaults, in a temporary AGENTOPS_HOME."""
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tests.helpers import AGENT, dataset_config, invoke, materialized, metadata, run_job
+
+DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
+
+
+@pytest.mark.slow
+def test_full_chain_registers_and_serves(defs, instance, home):
+    for day in DAYS:
+        assert run_job(defs, instance, "ingest", partition_key=day).success
+    assert run_job(defs, instance, "training").success
+
+    training = metadata(instance, "training_set")
+    assert training["partitions"] == DAYS
+    assert training["train_rows"] + training["holdout_rows"] == training["rows"] == 2400
+
+    report = metadata(instance, "evaluation_report")
+    assert report["gate_passed"] is True
+    assert report["accuracy"] > 0.9
+    assert 0 <= report["escalation_precision"] <= 1 and 0 <= report["escalation_recall"] <= 1
+    assert "track_order" in report["per_tool"]
+
+    reg = metadata(instance, "registered_version")
+    client = mlflow.MlflowClient(f"sqlite:///{home}/mlflow/mlflow.db")
+    mv = client.get_model_version(AGENT, reg["version"])
+    assert mv.tags["approval_status"] == "pending"
+    assert mv.tags["dataset_partitions"] == ",".join(DAYS)
+    assert mv.tags["dagster_run_id"] and mv.tags["git_commit"]
+    assert float(mv.tags["eval_accuracy"]) == pytest.approx(report["accuracy"], abs=1e-4)
+    assert str(client.get_registered_model(AGENT).aliases["challenger"]) == reg["version"]
+    run = client.get_run(mv.run_id)
+    assert run.data.params["prompt_version"] == "1"
+    assert run.inputs.dataset_inputs, "the training set is logged as the run's input"
+    traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=mv.run_id, return_type="list")
+    assert traces, "validation requests are traced"
+    span_names = {s.name for s in traces[0].data.spans}
+    assert {"feature_lookup", "route"} <= span_names
+    assert any(n.startswith("tool:") for n in span_names)
+    artifacts = [a.path for a in client.list_artifacts(mv.run_id, "evaluation")]
+    assert "evaluation/report.html" in artifacts
+
+    assert run_job(defs, instance, "deploy", partition_key="dev",
+                   run_config={"ops": {f"{AGENT}__deployment": {"config": {"version": reg["version"]}}}}).success
+    dep = metadata(instance, "deployment")
+    out = invoke(dep["url"], [{"text": "I forgot my password and can't log in", "customer_id": "C00010"}])
+    pred = out["predictions"][0]
+    assert pred["tool"] == "reset_password"
+    assert "customer_id=C00010" in pred["answer"]
+
+
+@pytest.mark.slow
+def test_bad_partition_is_stopped_by_its_gate(defs, instance, home, tmp_path):
+    assert run_job(defs, instance, "ingest", partition_key="2026-11-01").success
+    lake = defs.resources["lake"]
+    good = lake.current_run_id(f"{AGENT}/dataset", "2026-11-01")
+
+    bad = pd.DataFrame({"text": ["where is my order", "refund me", "x"],
+                        "tool": ["track_order", "teleport_customer", "request_refund"],
+                        "customer_id": ["C00001", None, "C00003"]})
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    result = run_job(defs, instance, "ingest", partition_key="2026-11-01",
+                     run_config=dataset_config(source="file", path=str(path)))
+    assert not result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["known_labels"].passed
+    assert "teleport_customer" in checks["known_labels"].metadata["failing_rows"].value
+    assert not checks["no_nulls"].passed and not checks["text_length"].passed
+    assert checks["schema"].passed
+    # Nothing downstream ran, and the partition still reads as its last good version.
+    materializations = [e.asset_key.path[-1] for e in result.get_asset_materialization_events()]
+    assert materializations == ["dataset"]
+    assert lake.current_run_id(f"{AGENT}/dataset", "2026-11-01") == good
+    assert (home / "lake" / AGENT / "dataset" / "2026-11-01" / f"{result.run_id}.rejected.json").exists()
