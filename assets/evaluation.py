@@ -61,7 +61,13 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                           lake: LakeResource, mlflow_store: MlflowResource) -> dg.MaterializeResult:
         import mlflow
 
-        from agentops_pipelines.evaluation import classification_metrics, gate, latency_ms, mcnemar, render_html
+        from agentops_pipelines.evaluation import (
+            classification_metrics,
+            gate,
+            latency_ms,
+            mcnemar,
+            render_html,
+        )
 
         client = mlflow_store.configure()
         run_id = config.candidate_run_id or latest_metadata(context, trained.key).get("mlflow_run_id")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from agentops_pipelines.resources.feast import FeastResource
 
 from agentops_pipelines.data.generator import customer_ids, customer_snapshot
 from agentops_pipelines.feature_repo.definitions import (
@@ -23,6 +22,7 @@ from agentops_pipelines.feature_repo.definitions import (
     FEATURE_REFS,
     PROFILE_FEATURES,
 )
+from agentops_pipelines.resources.feast import FeastResource
 
 DAY1, DAY2 = date(2024, 3, 1), date(2024, 3, 2)
 FEATURES = PROFILE_FEATURES + ACTIVITY_FEATURES

@@ -4,7 +4,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.helpers import AGENT, dataset_config, invoke, materialized, metadata, run_job
+from tests.helpers import AGENT, dataset_config, invoke, metadata, run_job
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 

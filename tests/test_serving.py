@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
+
 from agentops_pipelines.resources.deployers import (
     Deployer,
     Deployment,
     DeploymentError,
     LocalProcessDeployer,
 )
-
 from agentops_pipelines.serving.app import (
     LoadedModel,
     RequestError,
