@@ -5,7 +5,6 @@ import tempfile
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
@@ -39,7 +38,8 @@ def champion_version(client, name: str):
         return None
 
 
-def _evidently_html(holdout: pd.DataFrame, predicted: pd.Series, path: Path) -> None:
+def _evidently_html(holdout, predicted, path: Path) -> None:
+    import pandas as pd
     from evidently import DataDefinition, Dataset, MulticlassClassification, Report
     from evidently.presets import ClassificationPreset
 

@@ -4,7 +4,6 @@ import hashlib
 from datetime import date, datetime, timedelta
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
@@ -19,8 +18,10 @@ class TrainingSetConfig(dg.Config):
     holdout_share: float = Field(default=0.2, gt=0.0, lt=1.0, description="share held out for evaluation")
 
 
-def activity_features(requests: pd.DataFrame, escalation_tool: str | None, day: date) -> pd.DataFrame:
+def activity_features(requests, escalation_tool: str | None, day: date):
     """Per-customer activity over the trailing windows ending with ``day``."""
+    import pandas as pd
+
     ts = pd.to_datetime(requests["timestamp"], utc=True)
     end = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
     last7 = requests[ts >= end - pd.Timedelta(days=7)]
@@ -49,6 +50,8 @@ def build_feature_assets(agent: Agent, dataset: dg.AssetsDefinition) -> list[dg.
                     "(from validated requests) as Feast feature views, materialized online.",
     )
     def customer_features(context: dg.AssetExecutionContext, lake: LakeResource, feast: FeastResource) -> dg.MaterializeResult:
+        import pandas as pd
+
         from agentops_pipelines.data.generator import customer_snapshot
 
         day = date.fromisoformat(context.partition_key)
@@ -82,6 +85,8 @@ def build_feature_assets(agent: Agent, dataset: dg.AssetsDefinition) -> list[dg.
     )
     def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig,
                      lake: LakeResource, feast: FeastResource) -> dg.MaterializeResult:
+        import pandas as pd
+
         days = lake.partitions(dataset_table)
         if config.end_date:
             days = [d for d in days if d <= config.end_date]

@@ -29,13 +29,14 @@ import re
 import warnings
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 from pydantic import PrivateAttr
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from agentops_pipelines.feature_repo.definitions import (
     ACTIVITY_VIEW,
@@ -103,6 +104,8 @@ def _utc(value: datetime) -> datetime:
 
 def _fill(df: pd.DataFrame) -> pd.DataFrame:
     """Missing features -> defaults ("unknown" for plan_tier, 0 for counts), with stable dtypes."""
+    import pandas as pd
+
     for name in FEATURES:
         default = FEATURE_DEFAULTS[name]
         column = df[name] if name in df else pd.Series(default, index=df.index)
@@ -256,6 +259,8 @@ class FeastResource(dg.ConfigurableResource):
         Both get a ``created`` column (write time). Returns
         ``{view: {"path": str, "rows": int, "event_timestamp": str}}``.
         """
+        import pandas as pd
+
         start = datetime.combine(day, time(0), tzinfo=UTC)
         frames = {PROFILE_VIEW: (profile, start), ACTIVITY_VIEW: (activity, start + ACTIVITY_LAG)}
         staged: dict[str, tuple[pd.DataFrame, datetime]] = {}
@@ -277,6 +282,8 @@ class FeastResource(dg.ConfigurableResource):
 
     @staticmethod
     def _partition_frame(view: str, df: pd.DataFrame, stamp: datetime) -> pd.DataFrame:
+        import pandas as pd
+
         features = VIEW_FEATURES[view]
         missing = [c for c in [JOIN_KEY, *features] if c not in df.columns]
         if missing:
@@ -330,6 +337,9 @@ class FeastResource(dg.ConfigurableResource):
         followed by the feature columns (plain names). Rows with no value inside a view's TTL get
         the defaults ("unknown", 0). Naive timestamps are taken as UTC.
         """
+        import numpy as np
+        import pandas as pd
+
         for column in (JOIN_KEY, TIMESTAMP_FIELD):
             if column not in entity_df.columns:
                 raise ValueError(f"entity_df needs a {column!r} column")
@@ -386,6 +396,8 @@ class FeastResource(dg.ConfigurableResource):
 
     def online_features(self, customer_ids: list[str]) -> pd.DataFrame:
         """Latest online values: one row per id, in order; unknown customers get the defaults."""
+        import pandas as pd
+
         columns = self.online_feature_columns(customer_ids)
         return pd.DataFrame({
             name: pd.Series(values, dtype=object if name in (JOIN_KEY, "plan_tier") else "int64")

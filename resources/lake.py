@@ -12,9 +12,12 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 UNPARTITIONED = "_all"
 
@@ -93,6 +96,8 @@ class LakeResource(dg.ConfigurableResource):
         return self._dir(table, partition) / f"{run_id}.parquet"
 
     def read(self, table: str, partition: str = UNPARTITIONED, run_id: str | None = None) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.read_parquet(self.path(table, partition, run_id))
 
     def meta(self, table: str, partition: str, run_id: str) -> dict:

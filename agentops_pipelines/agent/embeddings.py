@@ -370,15 +370,17 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
             emb = enc.encode(texts, batch_size=self.batch_size)
         else:
             cache = self.__dict__.setdefault("_cache", {})
-            missing = list(dict.fromkeys(t for t in texts if t not in cache))
+            found = {t: cache[t] for t in dict.fromkeys(texts) if t in cache}
+            missing = [t for t in dict.fromkeys(texts) if t not in found]
             if missing:
-                for t, v in zip(missing, enc.encode(missing, batch_size=self.batch_size),
-                                strict=True):
+                fresh = enc.encode(missing, batch_size=self.batch_size)
+                found.update(zip(missing, fresh, strict=True))
+                for t, v in zip(missing, fresh, strict=True):
                     if len(cache) >= self.cache_size:
-                        cache.pop(next(iter(cache)))
+                        cache.pop(next(iter(cache)))  # oldest first
                     cache[t] = v
-            emb = np.stack([cache[t] for t in texts]) if texts else np.zeros((0, enc.hidden),
-                                                                                np.float32)
+            emb = (np.stack([found[t] for t in texts]) if texts
+                   else np.zeros((0, enc.hidden), np.float32))
         return emb * np.float32(self.scale) if self.scale != 1.0 else emb
 
     def get_feature_names_out(self, input_features=None):

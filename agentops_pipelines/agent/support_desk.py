@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.agent.tools import ESCALATE, TOOL_NAMES, TOOLS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NUMERIC_FEATURES = (
     "account_age_days", "orders_30d", "has_open_order", "days_since_last_order",
@@ -26,6 +27,8 @@ class LinearRouter:
         self.feature_columns = feature_columns
 
     def _frame(self, requests: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
         frame = pd.DataFrame({"text": requests["text"].astype(str).to_numpy()})
         for col in self.feature_columns:
             if col in requests:
@@ -35,6 +38,9 @@ class LinearRouter:
         return frame
 
     def predict(self, requests: pd.DataFrame) -> pd.DataFrame:
+        import numpy as np
+        import pandas as pd
+
         scores = np.atleast_2d(self.pipeline.decision_function(self._frame(requests)))
         best = scores.argmax(axis=1)
         # A softmax over margins: a confidence that ranks like the margins, in [0, 1].
