@@ -19,6 +19,26 @@ install: $(BIN)/.installed
 demo: install  ## set up and run the whole lifecycle on embedded defaults
 	$(BIN)/agentops demo
 
+# Production mode on the local services: the Dagster instance, MLflow and the Feast registry on
+# Postgres (databases created if missing), Feast's online store on Redis db 0. Every variable is
+# here; a value already in the environment wins (e.g. DAGSTER_PG_PASSWORD). README: "Production mode".
+.PHONY: demo-prod
+demo-prod: export AGENTOPS_MODE := production
+demo-prod: export AGENTOPS_HOME := $(CURDIR)/.agentops/production
+demo-prod: export DAGSTER_PG_HOST ?= 127.0.0.1
+demo-prod: export DAGSTER_PG_PORT ?= 5432
+demo-prod: export DAGSTER_PG_USER ?= postgres
+demo-prod: export DAGSTER_PG_PASSWORD ?=
+demo-prod: export DAGSTER_PG_DB ?= agentops
+demo-prod: export MLFLOW_TRACKING_URI ?= postgresql://postgres@127.0.0.1:5432/agentops_mlflow
+demo-prod: export AGENTOPS_MLFLOW_ARTIFACT_ROOT ?= $(CURDIR)/.agentops/production/mlflow-artifacts
+demo-prod: export AGENTOPS_FEAST_REDIS ?= 127.0.0.1:6379,db=0
+demo-prod: export AGENTOPS_FEAST_REGISTRY ?= postgresql+psycopg://postgres@127.0.0.1:5432/agentops_feast
+demo-prod: export AGENTOPS_FEAST_PROJECT ?= agentops
+demo-prod: install  ## the whole lifecycle on Postgres and Redis (production mode)
+	$(BIN)/python deploy/scripts/create_databases.py
+	$(BIN)/agentops demo
+
 dev: install  ## Dagster UI + daemon (sensors, schedules) and the MLflow UI
 	$(BIN)/agentops dev
 

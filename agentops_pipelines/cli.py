@@ -3,6 +3,7 @@
     agentops demo      run the whole lifecycle on the embedded defaults and say where to look
     agentops dev       open the Dagster UI with the daemon (and the MLflow UI)
     agentops status    what is registered and what serves where
+    agentops check     connect to every configured service; one line per problem, exit 1 on any
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from agentops_pipelines.resources.settings import PROJECT_ROOT, load_settings
 
 
 def prepare_home() -> None:
-    """Create the state folder and the Dagster instance config inside it."""
+    """Create the state folder and the Dagster instance config inside it: ``settings.dagster_yaml``,
+    i.e. deploy/dagster-production.yaml (Postgres) when DAGSTER_PG_HOST is set, the root
+    dagster.yaml (SQLite) otherwise, or AGENTOPS_DAGSTER_YAML when given."""
     settings = load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     dagster_home = settings.dagster_home
@@ -30,9 +33,25 @@ def prepare_home() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("FEAST_USAGE", "False")
     target = dagster_home / "dagster.yaml"
-    source = os.environ.get("AGENTOPS_DAGSTER_YAML") or str(PROJECT_ROOT / "dagster.yaml")
-    if not target.exists() or open(source).read() != target.read_text():
+    source = settings.dagster_yaml
+    if not target.exists() or source.read_text() != target.read_text():
         shutil.copyfile(source, target)
+
+
+def check_services(only_in_production: bool = False) -> int:
+    """``agentops check``: one line per configured service; 1 if any has a problem."""
+    from agentops_pipelines.resources.settings import check, load_settings
+
+    settings = load_settings(strict=False)
+    if only_in_production and not settings.production:
+        return 0
+    results = check(settings)
+    for result in results:
+        print(result, file=sys.stdout if result.ok else sys.stderr, flush=True)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        print(f"agentops check: {len(failed)} problem(s)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _invoke(url: str, text: str, customer_id: str) -> dict:
@@ -43,6 +62,8 @@ def _invoke(url: str, text: str, customer_id: str) -> dict:
 
 
 def demo(days: int) -> int:
+    if check_services(only_in_production=True):
+        return 1
     prepare_home()
     import dagster as dg
 
@@ -134,6 +155,41 @@ def status() -> int:
     return 0
 
 
+def review(agent: str, version: str, decision: str, reviewer: str, comment: str) -> int:
+    """``agentops approve|reject``: tag the version and write the audit entry; the sensor acts."""
+    from agentops_pipelines import governance
+    from agentops_pipelines.definitions import defs
+
+    client = defs.resources["mlflow_store"].configure()
+    try:
+        governance.decide(client, defs.resources["audit"], agent, version, decision, reviewer, comment)
+    except Exception as exc:  # noqa: BLE001 - one clear line for a person at a terminal
+        print(f"agentops: could not record the decision on {agent} version {version}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{agent} version {version}: {decision} by {reviewer}. The approval sensor checks the reviewer "
+          "and the version, then promotes (staging, then the production canary) or refuses.")
+    return 0
+
+
+def audit_log(agent: str | None, limit: int, as_json: bool) -> int:
+    """``agentops audit``: the append-only log of decisions, oldest first."""
+    from agentops_pipelines.definitions import defs
+
+    log = defs.resources["audit"]
+    entries = log.entries(agent, limit=limit)
+    if as_json:
+        print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
+        return 0
+    for e in entries:
+        where = f" [{e.environment}]" if e.environment else ""
+        version = f" v{e.version}" if e.version else ""
+        print(f"{e.at}  {e.action:<19} {e.agent}{version}{where}  by {e.actor}" + (f"  — {e.reason}" if e.reason else ""))
+    broken = log.verify()
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; hash chain "
+          + ("intact" if not broken else f"BROKEN at entries {broken}"))
+    return 1 if broken else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentops", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,11 +199,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=5000)
     sub.add_parser("status", help="registered versions and deployments")
+    sub.add_parser("check", help="connect to every configured service (Postgres, Redis, MLflow, Feast)")
+    for name, decision in (("approve", "approved"), ("reject", "rejected")):
+        p = sub.add_parser(name, help=f"{name} a registered version (recorded in MLflow tags and the audit log)")
+        p.add_argument("agent")
+        p.add_argument("version")
+        p.add_argument("--reviewer", required=True)
+        p.add_argument("--comment", default="")
+        p.set_defaults(decision=decision)
+    p = sub.add_parser("audit", help="print the audit log")
+    p.add_argument("agent", nargs="?")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.days)
+    if args.command in ("approve", "reject"):
+        return review(args.agent, args.version, args.decision, args.reviewer, args.comment)
+    if args.command == "audit":
+        return audit_log(args.agent, args.limit, args.json)
     if args.command == "dev":
         return dev(args.port, args.mlflow_port)
+    if args.command == "check":
+        return check_services()
     return status()
 
 

@@ -4,22 +4,36 @@ import dagster as dg
 
 from agentops_pipelines.agents import AGENTS
 from agentops_pipelines.lifecycle import build_lifecycle
+from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.deployers import LocalProcessDeployer
 from agentops_pipelines.resources.feast import FeastResource
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.resources.prometheus import PrometheusResource
 from agentops_pipelines.resources.settings import Settings, load_settings
 
 
 def build_resources(settings: Settings) -> dict:
+    """Resources for ``settings``. A Feast URL carrying a password is passed as ``dg.EnvVar``
+    (resolved when a run starts; the UI shows the variable's name, not the password). MLflow's
+    URI stays a plain string: the serving process inherits it as MLFLOW_TRACKING_URI anyway and
+    ``agentops status`` calls the resource outside a run, where an EnvVar cannot be read. Keep
+    passwords out of URLs altogether with libpq's PGPASSFILE (README, 'Production mode')."""
+
+    def from_env(name: str):
+        variable = settings.secret_env.get(name)  # set only when the value holds a password
+        return dg.EnvVar(variable) if variable else getattr(settings, name)
+
     return {
         "lake": LakeResource(root=str(settings.lake_dir)),
-        "feast": FeastResource(repo_dir=str(settings.feast_dir), registry=settings.feast_registry,
-                               online_store=settings.feast_online_store),
+        "feast": FeastResource(repo_dir=str(settings.feast_dir), registry=from_env("feast_registry"),
+                               online_store=from_env("feast_online_store"), project=settings.feast_project),
         "mlflow_store": MlflowResource(tracking_uri=settings.mlflow_tracking_uri,
                                        artifact_root=settings.mlflow_artifact_root,
                                        ui_url=settings.mlflow_ui_url),
         "deployer": LocalProcessDeployer(state_dir=str(settings.serving_dir)),
+        "audit": AuditLog(url=getattr(settings, "audit_db_url", "") or f"sqlite:///{settings.home / 'audit.db'}"),
+        "prometheus": PrometheusResource(url=getattr(settings, "prometheus_url", "")),
     }
 
 

@@ -18,7 +18,14 @@ from agentops_pipelines.assets.evaluation import build_evaluation_asset
 from agentops_pipelines.assets.features import build_feature_assets
 from agentops_pipelines.assets.registry import build_registry_asset
 from agentops_pipelines.assets.training import build_training_asset
+from agentops_pipelines.operations import build_promotion_job, build_rollback_job
 from agentops_pipelines.partitions import daily
+from agentops_pipelines.sensors.approvals import build_approval_sensor
+from agentops_pipelines.sensors.mlflow_runs import build_mlflow_run_sensor
+from agentops_pipelines.sensors.prometheus_alerts import (
+    build_prometheus_alert_sensor,
+    build_promotion_failure_sensor,
+)
 
 
 @dataclass
@@ -26,7 +33,7 @@ class Lifecycle:
     agent: Agent
     assets: list = field(default_factory=list)
     checks: list = field(default_factory=list)
-    jobs: dict[str, dg.UnresolvedAssetJobDefinition] = field(default_factory=dict)
+    jobs: dict[str, object] = field(default_factory=dict)
     sensors: list = field(default_factory=list)
     schedules: list = field(default_factory=list)
 
@@ -47,6 +54,15 @@ def build_lifecycle(agent: Agent) -> Lifecycle:
         f"{agent.name}_training_job",
         selection=dg.AssetSelection.assets(training_set, trained, evaluation, registered),
         description="Training set → trained agent → evaluation report → registered version.")
+    retraining = dg.define_asset_job(
+        f"{agent.name}_retraining_job",
+        selection=dg.AssetSelection.assets(training_set, trained, evaluation, registered),
+        description="The training job, launched by drift or the weekly schedule.")
+    reevaluation = dg.define_asset_job(
+        f"{agent.name}_reevaluation_job", selection=dg.AssetSelection.assets(evaluation, registered),
+        description="Evaluate one MLflow run's model against the champion and register it if it passes.")
+    promotion = build_promotion_job(agent)
+    rollback = build_rollback_job(agent)
     deploy = dg.define_asset_job(
         f"{agent.name}_deploy_job", selection=dg.AssetSelection.assets(deployment),
         description="Deploy a version to one environment.", tags={"agentops/agent": agent.name})
@@ -70,7 +86,10 @@ def build_lifecycle(agent: Agent) -> Lifecycle:
         agent=agent,
         assets=[dataset, customer_features, training_set, trained, evaluation, registered, deployment],
         checks=checks,
-        jobs={"ingest": ingest, "training": training, "deploy": deploy},
-        sensors=[dev_deploy_sensor],
+        jobs={"ingest": ingest, "training": training, "retraining": retraining, "reevaluation": reevaluation,
+              "deploy": deploy, "promotion": promotion, "rollback": rollback},
+        sensors=[dev_deploy_sensor, build_mlflow_run_sensor(agent, reevaluation),
+                 build_approval_sensor(agent, promotion), build_prometheus_alert_sensor(agent, rollback),
+                 build_promotion_failure_sensor(agent, promotion, rollback)],
         schedules=[daily_ingest],
     )

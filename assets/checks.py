@@ -67,10 +67,11 @@ def build_evaluation_gate(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.A
                     description="The candidate meets the configured minimums and is not significantly "
                                 "worse than the champion (McNemar). Registration waits on it.")
     def evaluation_gate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        event = context.instance.get_latest_materialization_event(evaluation.key)
-        if event is None or event.asset_materialization is None:
+        from agentops_pipelines.assets.evaluation import latest_metadata
+
+        md = latest_metadata(context, evaluation.key)
+        if not md:
             return dg.AssetCheckResult(passed=False, metadata={"problem": "no evaluation report yet"})
-        md = {k: v.value for k, v in event.asset_materialization.metadata.items()}
         reasons = md.get("gate_reasons") or []
         return dg.AssetCheckResult(
             passed=bool(md.get("gate_passed")),

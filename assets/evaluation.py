@@ -23,7 +23,19 @@ class EvaluationConfig(dg.Config):
 
 
 def latest_metadata(context, key: dg.AssetKey) -> dict:
-    event = context.instance.get_latest_materialization_event(key)
+    """Metadata of ``key``'s materialization in this run if there is one, else its latest.
+
+    Reading this run's first matters when runs overlap: two re-evaluations running at once must
+    each register the model they evaluated, not whichever finished last.
+    """
+    instance = context.instance
+    op_context = getattr(context, "op_execution_context", context)
+    run_id = op_context.run_id
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = record.dagster_event.event_specific_data.materialization
+        if materialization.asset_key == key:
+            return {k: v.value for k, v in materialization.metadata.items()}
+    event = instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         return {}
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}

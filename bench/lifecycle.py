@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 STAGES = ("ingest", "training", "deploy", "total")
 

@@ -19,6 +19,10 @@ class MlflowResource(dg.ConfigurableResource):
         """Point the mlflow module at this store and return a client."""
         import mlflow
 
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # A sensor tick must not hang on a server that is down: fail within seconds.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri  # child processes (serving) inherit it

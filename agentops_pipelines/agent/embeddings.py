@@ -149,7 +149,7 @@ def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
-        data = f.read()
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
     tensors = {}
     for name, meta in header.items():
         if name == "__metadata__":
@@ -159,6 +159,7 @@ def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         arr = np.frombuffer(data, dtype=_DTYPES[meta["dtype"]], count=count, offset=begin)
         arr = arr.reshape(meta["shape"])
         tensors[name] = arr.astype(np.float32) if arr.dtype == np.float16 else arr.copy()
+    del data
     return tensors
 
 
@@ -327,7 +328,7 @@ def get_encoder(model_dir: str | Path | None = None) -> MiniLMEncoder:
         return enc
 
 
-try:  # scikit-learn is a dependency of the project; the encoder itself needs only numpy/scipy.
+try:  # scikit-learn is a dependency of the project; the encoder itself needs only numpy.
     from sklearn.base import BaseEstimator, TransformerMixin
 except ImportError:  # pragma: no cover
     BaseEstimator, TransformerMixin = object, object

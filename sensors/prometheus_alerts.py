@@ -1,0 +1,83 @@
+"""``prometheus_alert_sensor``: a firing alert of the agent → rollback to the last stable version.
+
+Only alerts labelled with this agent, an environment, and the version serving there now are acted
+on (an alert about a version already replaced is stale). The run key is the alert's fingerprint
+(a hash of its labels) and its start time: one rollback per alert episode, across daemon restarts.
+"""
+
+import hashlib
+import json
+
+import dagster as dg
+
+from agentops_pipelines.resources.deployers import Deployer
+from agentops_pipelines.resources.prometheus import PrometheusResource, PrometheusUnreachable
+
+MAX_REMEMBERED = 500
+
+
+def fingerprint(labels: dict) -> str:
+    return hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
+
+
+def build_prometheus_alert_sensor(agent, rollback_job: dg.JobDefinition) -> dg.SensorDefinition:
+    @dg.sensor(name=f"{agent.name}_prometheus_alert_sensor", job=rollback_job, minimum_interval_seconds=5,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Firing Prometheus alerts of the agent → rollback to the last stable version.")
+    def prometheus_alert_sensor(context: dg.SensorEvaluationContext, prometheus: PrometheusResource, deployer: Deployer):
+        if not prometheus.url:
+            return dg.SkipReason("no Prometheus configured (set AGENTOPS_PROMETHEUS_URL)")
+        seen = json.loads(context.cursor) if context.cursor else []
+        try:
+            alerts = prometheus.firing_alerts()
+        except PrometheusUnreachable as exc:
+            return dg.SkipReason(f"{exc}; cursor kept")
+        requests, notes = [], []
+        for alert in alerts:
+            labels = alert.get("labels", {})
+            if labels.get("agent") != agent.name or not labels.get("environment"):
+                continue
+            env, version = labels["environment"], labels.get("version", "")
+            key = f"rollback-{fingerprint(labels)}-{alert.get('activeAt', '')}"
+            if key in seen:
+                continue
+            current = deployer.status(env)
+            if current is None or (version and current.version != version):
+                notes.append(f"{labels.get('alertname')} for version {version} in {env} is stale "
+                             f"(serving: {current.version if current else 'nothing'})")
+                seen.append(key)
+                continue
+            summary = alert.get("annotations", {}).get("summary", "")
+            reason = f"{labels.get('alertname')} firing since {alert.get('activeAt')}" + (f": {summary}" if summary else "")
+            requests.append(dg.RunRequest(
+                run_key=key,
+                run_config={"ops": {f"{agent.name}_rollback": {"config": {
+                    "environment": env, "reason": reason, "bad_version": current.version,
+                    "actor": "prometheus_alert_sensor"}}}},
+                tags={"agentops/environment": env, "agentops/alert": labels.get("alertname", ""),
+                      "agentops/version": current.version}))
+            seen.append(key)
+        cursor = json.dumps(seen[-MAX_REMEMBERED:])
+        if not requests:
+            context.update_cursor(cursor)
+            return dg.SkipReason("; ".join(notes) or f"no firing alert for {agent.name}")
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+    return prometheus_alert_sensor
+
+
+def build_promotion_failure_sensor(agent, promotion_job: dg.JobDefinition, rollback_job: dg.JobDefinition):
+    @dg.run_failure_sensor(name=f"{agent.name}_promotion_failure_sensor", monitored_jobs=[promotion_job],
+                           request_job=rollback_job, default_status=dg.DefaultSensorStatus.RUNNING,
+                           description="A failed promotion → rollback of prod to the last stable version.")
+    def promotion_failure_sensor(context: dg.RunFailureSensorContext):
+        run = context.dagster_run
+        message = (context.failure_event.message or "")[:300]
+        return dg.RunRequest(
+            run_key=f"rollback-after-{run.run_id}",
+            run_config={"ops": {f"{agent.name}_rollback": {"config": {
+                "environment": "prod", "reason": f"promotion run {run.run_id[:8]} failed: {message}",
+                "bad_version": run.tags.get("agentops/version", ""), "actor": "promotion_failure_sensor"}}}},
+            tags={"agentops/environment": "prod"})
+
+    return promotion_failure_sensor
