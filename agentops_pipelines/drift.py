@@ -496,8 +496,15 @@ def descriptor_columns(text_column: str, with_oov: bool = True) -> list[str]:
 
 
 def _with_descriptors(frame: pd.DataFrame, columns: Sequence[str],
-                      vocabularies: Mapping[str, Collection[str] | None]) -> tuple[pd.DataFrame, list[str]]:
-    """Replace every text column named in ``columns`` by its descriptor columns."""
+                      vocabularies: Mapping[str, Collection[str] | None],
+                      reference: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Replace every text column named in ``columns`` by its descriptor columns.
+
+    The vocabulary is built from the reference rows at even positions, so on the reference side
+    (``reference=True``) the out-of-vocabulary share is left empty (NaN, which Evidently drops
+    too) on those rows: measured on the held-out odd rows, it is the share a fresh day would see,
+    instead of a constant 0 that would flag any new word as drift.
+    """
     text = [c for c in columns if c in vocabularies]
     if not text:
         return frame, list(columns)
@@ -505,13 +512,34 @@ def _with_descriptors(frame: pd.DataFrame, columns: Sequence[str],
     if missing:
         raise ValueError(f"text column(s) {missing} missing from the data "
                          f"(columns: {list(frame.columns)})")
-    extra = [text_descriptors(frame[c], vocabularies[c], prefix=f"{c}.") for c in text]
+    extra = []
+    for c in text:
+        d = text_descriptors(frame[c], vocabularies[c], prefix=f"{c}.")
+        if reference and vocabularies[c] is not None:
+            d.iloc[0::2, d.columns.get_loc(f"{c}.oov_pct")] = np.nan
+        extra.append(d)
     expanded: list[str] = []
     for c in columns:
         expanded += descriptor_columns(c, vocabularies[c] is not None) if c in vocabularies else [c]
     keep = [c for c in expanded if c in frame.columns]
     frame = pd.concat([frame[keep].reset_index(drop=True), *extra], axis=1)
     return frame, expanded
+
+
+def with_text_descriptors(frame: pd.DataFrame, profile: ReferenceProfile,
+                          columns: Sequence[str] | None = None,
+                          reference: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` with the profile's text columns replaced by their descriptors, and the scored
+    column names: what ``score_drift`` scores, ready to hand to Evidently for a comparison.
+    ``reference=True`` for the reference the profile was built from (held-out OOV rows)."""
+    wanted = list(columns) if columns is not None else [*_plain_columns(profile), *profile.text_columns]
+    vocabularies = {c: v for c, v in profile.text_columns.items() if c in wanted}
+    return _with_descriptors(frame, wanted, vocabularies, reference)
+
+
+def _plain_columns(profile: ReferenceProfile) -> list[str]:
+    descriptors = {d for c, v in profile.text_columns.items() for d in descriptor_columns(c, v is not None)}
+    return [c for c in profile.columns if c not in descriptors]
 
 
 # --------------------------------------------------------------------------- the profile
@@ -624,8 +652,12 @@ def build_profile(reference: pd.DataFrame, columns: Sequence[str], *,
     if missing:
         raise ValueError(f"column(s) {missing} missing from the reference "
                          f"(columns: {list(reference.columns)})")
-    vocabularies = {c: (text_vocabulary(reference[c]) if oov else None) for c in text_columns}
-    frame, expanded = _with_descriptors(reference, [*columns, *text_columns], vocabularies)
+    if oov and text_columns and len(reference) < 2:
+        raise ValueError("the out-of-vocabulary share needs a reference of at least 2 rows")
+    vocabularies = {c: (text_vocabulary(reference[c].iloc[0::2]) if oov else None)
+                    for c in text_columns}
+    frame, expanded = _with_descriptors(reference, [*columns, *text_columns], vocabularies,
+                                        reference=True)
     profiles: dict[str, ColumnProfile] = {}
     for c in expanded:
         s = frame[c]
@@ -754,7 +786,7 @@ def evidently_verdicts(snapshot: Any, current: pd.DataFrame | None = None) -> Dr
     result = _result(columns, drift_share)
     if dataset_drift is not None and (dataset_drift != result.dataset_drift
                                       or not math.isclose(share, result.share_drifted)):
-        raise AssertionError("Evidently's DriftedColumnsCount disagrees with its ValueDrift tests")
+        raise RuntimeError("Evidently's DriftedColumnsCount disagrees with its ValueDrift tests")
     return result
 
 
@@ -788,10 +820,11 @@ def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, columns: Se
     if len(reference) > SMALL_REFERENCE_ROWS and sample_size <= SMALL_REFERENCE_ROWS:
         raise ValueError(f"sample_size must exceed {SMALL_REFERENCE_ROWS} for a reference of "
                          f"{len(reference)} rows, or Evidently would switch to p-value tests")
-    ref = reference.sample(sample_size, random_state=seed) if len(reference) > sample_size else reference
-    cur = current.sample(sample_size, random_state=seed) if len(current) > sample_size else current
     vocabularies = {c: v for c, v in (profile.text_columns if profile else {}).items() if c in columns}
-    ref, expanded = _with_descriptors(ref, columns, vocabularies)
+    # the reference's descriptors before sampling, so its held-out OOV rows are the profile's
+    ref, expanded = _with_descriptors(reference, columns, vocabularies, reference=True)
+    ref = ref.sample(sample_size, random_state=seed) if len(ref) > sample_size else ref
+    cur = current.sample(sample_size, random_state=seed) if len(current) > sample_size else current
     cur, _ = _with_descriptors(cur, columns, vocabularies)
     result, snapshot = run_evidently(ref, cur, expanded, options)
     path = Path(path_html)

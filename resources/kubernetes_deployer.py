@@ -223,7 +223,6 @@ def _container(
 ) -> dict[str, Any]:
     env: list[dict[str, Any]] = [
         {"name": "MLFLOW_TRACKING_URI", "value": spec.mlflow_tracking_uri},
-        {"name": "AGENTOPS_MODE", "value": "production"},
         {"name": "AGENTOPS_AGENT", "value": agent},
         {"name": "AGENTOPS_SERVING_ROLE", "value": role},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only

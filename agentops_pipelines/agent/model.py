@@ -105,6 +105,14 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         requests = self._features(requests)
         return self._output(requests, self.router.predict(requests))
 
+    def predict_with_features(self, model_input) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """:meth:`predict` and the feature values it used (``feature_columns``, one row per
+        request: sent in the request, looked up online, or the neutral fill). For the serving
+        process's inference log."""
+        requests = self._features(_as_frame(model_input))
+        out = self._output(requests, self.router.predict(requests))
+        return out, requests[list(self.feature_columns)].reset_index(drop=True)
+
     def predict_traced(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """The same as :meth:`predict`, one MLflow trace per request with a span per step."""
         rows = []
