@@ -40,9 +40,13 @@ def prepare_home() -> None:
 
 def check_services(only_in_production: bool = False) -> int:
     """``agentops check``: one line per configured service; 1 if any has a problem."""
-    from agentops_pipelines.resources.settings import check, load_settings
+    from agentops_pipelines.resources.settings import SettingsError, check
 
-    settings = load_settings(strict=False)
+    try:
+        settings = load_settings(strict=False)
+    except SettingsError as exc:
+        print(f"FAIL  configuration: {exc}", file=sys.stderr)
+        return 1
     if only_in_production and not settings.production:
         return 0
     results = check(settings)
@@ -79,6 +83,8 @@ def demo(days: int) -> int:
 
     def run(job_name: str, **kwargs) -> dg.ExecuteInProcessResult:
         t0 = time.perf_counter()
+        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        kwargs["run_config"] = {**quiet, **kwargs.get("run_config", {})}
         result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, raise_on_error=False, **kwargs)
         label = kwargs.get("partition_key", "")
         print(f"  {job_name} {label}: {'ok' if result.success else 'FAILED'} ({time.perf_counter() - t0:.1f} s)", flush=True)
@@ -119,17 +125,21 @@ Where to look:
 def dev(port: int, mlflow_port: int) -> int:
     prepare_home()
     settings = load_settings()
-    mlflow_cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", settings.mlflow_tracking_uri,
-                  "--host", "127.0.0.1", "--port", str(mlflow_port)]
-    if "://" not in settings.mlflow_artifact_root:
-        mlflow_cmd += ["--default-artifact-root", settings.mlflow_artifact_root]
-    mlflow_ui = subprocess.Popen(mlflow_cmd, start_new_session=True)
+    mlflow_ui = None
+    if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):  # a server is its own UI
+        mlflow_cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port)]
+        if "://" not in settings.mlflow_artifact_root:
+            mlflow_cmd += ["--default-artifact-root", settings.mlflow_artifact_root]
+        # The store URI (which may hold a password) goes by environment, not on the command line.
+        env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=settings.mlflow_tracking_uri)
+        mlflow_ui = subprocess.Popen(mlflow_cmd, start_new_session=True, env=env)
     print(f"MLflow UI: http://127.0.0.1:{mlflow_port}   Dagster UI: http://127.0.0.1:{port}")
     try:
         return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                                 "-p", str(port)], cwd=PROJECT_ROOT)
     finally:
-        mlflow_ui.terminate()
+        if mlflow_ui is not None:
+            mlflow_ui.terminate()
 
 
 def status() -> int:

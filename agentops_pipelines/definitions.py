@@ -1,5 +1,7 @@
 """The code location: every agent's lifecycle, with resources for the current environment."""
 
+import warnings
+
 import dagster as dg
 
 from agentops_pipelines.agents import AGENTS
@@ -11,6 +13,11 @@ from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.resources.prometheus import PrometheusResource
 from agentops_pipelines.resources.settings import Settings, load_settings
+
+# Partitioned asset checks and backfill policies are marked preview/beta in 1.13; we rely on both
+# deliberately (tests cover them), so their warnings would only be noise at every load.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def build_resources(settings: Settings) -> dict:
@@ -32,8 +39,8 @@ def build_resources(settings: Settings) -> dict:
                                        artifact_root=settings.mlflow_artifact_root,
                                        ui_url=settings.mlflow_ui_url),
         "deployer": LocalProcessDeployer(state_dir=str(settings.serving_dir)),
-        "audit": AuditLog(url=getattr(settings, "audit_db_url", "") or f"sqlite:///{settings.home / 'audit.db'}"),
-        "prometheus": PrometheusResource(url=getattr(settings, "prometheus_url", "")),
+        "audit": AuditLog(url=settings.audit_db_url or f"sqlite:///{settings.home / 'audit.db'}"),
+        "prometheus": PrometheusResource(url=settings.prometheus_url),
     }
 
 

@@ -74,7 +74,7 @@ def build_lifecycle(agent: Agent) -> Lifecycle:
         metadata = asset_event.asset_materialization.metadata
         version = str(metadata["version"].value)
         yield dg.RunRequest(
-            run_key=f"dev-{version}-{asset_event.storage_id}", partition_key="dev",
+            run_key=f"dev-{version}-{asset_event.run_id}", partition_key="dev",
             run_config={"ops": {f"{agent.name}__deployment": {"config": {"version": version}}}},
             tags={"agentops/environment": "dev", "agentops/version": version},
         )

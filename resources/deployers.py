@@ -1,10 +1,20 @@
-"""Deployers: put a model version behind the serving endpoint of an environment.
+"""Deployers: put model versions behind the serving endpoint of an environment.
 
-``Deployer`` is the interface the deployment assets use; ``LocalProcessDeployer`` runs
-``python -m agentops_pipelines.serving`` as a detached local process per environment, with its state
-file (``<state_dir>/<environment>.json``, written by the server) and log
-(``<state_dir>/<environment>.log``) side by side. A deploy to a healthy running server hot-swaps
-the model through ``POST /admin/load`` (same process, same port); otherwise a new process starts.
+``Deployer`` is the interface the deployment assets use: ``deploy`` is a full rollout of a stable
+version (any canary is dropped); ``deploy_canary`` sends a share of the traffic (sticky per
+customer) to a second version next to the stable one; ``promote_canary`` makes it the stable
+version; ``abort_canary`` drops it; ``stats`` reports requests, errors and latency per role over a
+recent window (the server's ``GET /admin/stats``), for bake-time health checks.
+
+``LocalProcessDeployer`` runs ``python -m agentops_pipelines.serving`` as a detached local process
+per environment, with its state file (``<state_dir>/<environment>.json``, written by the server)
+and log (``<state_dir>/<environment>.log``) side by side. A deploy to a healthy running server
+hot-swaps the model through ``POST /admin/load`` (same process, same port); otherwise a new process
+starts. Canary operations need a running server (deploy a stable version first). With
+``inference_log_dir`` set, the server appends every request to
+``<inference_log_dir>/<agent>/<environment>/`` (the agent is the registered model's name in
+``models:/<agent>/...``); ``trace_sample_rate`` is the share of requests traced in MLflow (failed
+ones always are). Both apply when a process starts, not to a hot swap.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ logger = logging.getLogger(__name__)
 ADMIN_TOKEN_ENV = "AGENTOPS_SERVING_ADMIN_TOKEN"  # read by agentops_pipelines.serving.app
 _ENVIRONMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SERVER_MODULE = "agentops_pipelines.serving"
+_REGISTERED_NAME = re.compile(r"^models:/([^/@]+)")
 _children: dict[int, subprocess.Popen] = {}  # processes started here, so they can be reaped
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via HTTP(S)_PROXY
 
@@ -47,6 +58,9 @@ class Deployment:
     version: str
     pid: int
     started_at: str
+    canary_version: str | None = None
+    canary_share: float = 0.0
+    canary_model_uri: str | None = None
 
 
 class Deployer(dg.ConfigurableResource):
@@ -55,6 +69,26 @@ class Deployer(dg.ConfigurableResource):
     @abstractmethod
     def deploy(self, environment: str, model_uri: str, version: str) -> Deployment:
         """Serve ``model_uri`` as ``version`` in ``environment``; returns once it answers."""
+
+    @abstractmethod
+    def deploy_canary(
+        self, environment: str, model_uri: str, version: str, share: float
+    ) -> Deployment:
+        """Serve ``model_uri`` as ``version`` to ``share`` (0..1) of ``environment``'s requests,
+        next to the stable version; again with the same version, only the share changes."""
+
+    @abstractmethod
+    def promote_canary(self, environment: str) -> Deployment:
+        """The canary becomes the stable version and takes all requests."""
+
+    @abstractmethod
+    def abort_canary(self, environment: str) -> Deployment:
+        """Drop the canary: the stable version takes all requests (a no-op without a canary)."""
+
+    @abstractmethod
+    def stats(self, environment: str, window_s: float = 60.0) -> dict[str, Any]:
+        """Per role (``stable``, ``canary``: None when absent) over the last ``window_s`` seconds:
+        version, requests, errors (5xx), client_errors (4xx), error_rate, p50_ms, p99_ms."""
 
     @abstractmethod
     def status(self, environment: str) -> Deployment | None:
@@ -141,6 +175,8 @@ class LocalProcessDeployer(Deployer):
     health_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
     admin_token: str | None = None  # if set, the server requires it on /admin/*
+    inference_log_dir: str = ""  # root of the inference logs; empty: no log
+    trace_sample_rate: float = 0.01  # share of successful requests traced in MLflow
 
     # -- files
 
@@ -173,6 +209,7 @@ class LocalProcessDeployer(Deployer):
 
     @staticmethod
     def _deployment(environment: str, state: dict[str, Any], health: dict[str, Any]) -> Deployment:
+        canary = health.get("canary_version")
         return Deployment(
             environment=environment,
             url=state["url"],
@@ -180,7 +217,19 @@ class LocalProcessDeployer(Deployer):
             version=str(health["version"]),
             pid=state["pid"],
             started_at=state["started_at"],
+            canary_version=str(canary) if canary is not None else None,
+            canary_share=float(health.get("canary_share") or 0.0) if canary is not None else 0.0,
+            canary_model_uri=health.get("canary_model_uri"),
         )
+
+    def inference_log_path(self, environment: str, model_uri: str) -> Path | None:
+        """Where the server for ``environment`` logs requests (None when logging is off)."""
+        if not self.inference_log_dir:
+            return None
+        match = _REGISTERED_NAME.match(model_uri)
+        agent = re.sub(r"[^A-Za-z0-9_.-]", "_", match.group(1)) if match else "agent"
+        self._paths(environment)  # validates the name
+        return Path(self.inference_log_dir).resolve() / agent / environment
 
     # -- the interface
 
@@ -218,7 +267,75 @@ class LocalProcessDeployer(Deployer):
         if (current := self._read_state(state_file)) and current["pid"] == pid:
             state_file.unlink(missing_ok=True)  # stale or left by a killed process
 
+    def deploy_canary(
+        self, environment: str, model_uri: str, version: str, share: float
+    ) -> Deployment:
+        if isinstance(share, bool) or not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"canary share must be in [0, 1], got {share!r}")
+        payload = {
+            "model_uri": model_uri,
+            "version": str(version),
+            "role": "canary",
+            "canary_share": float(share),
+        }
+        return self._admin(
+            environment, "POST", "/admin/load", payload, f"canary {model_uri} (version {version})"
+        )
+
+    def promote_canary(self, environment: str) -> Deployment:
+        return self._admin(environment, "POST", "/admin/promote", {}, "promoting the canary")
+
+    def abort_canary(self, environment: str) -> Deployment:
+        return self._admin(environment, "POST", "/admin/abort", {}, "aborting the canary")
+
+    def stats(self, environment: str, window_s: float = 60.0) -> dict[str, Any]:
+        state = self._running(environment)
+        try:
+            status, body = _http_json(
+                "GET",
+                f"{state['url']}/admin/stats?window={float(window_s):g}",
+                token=self.admin_token,
+            )
+        except OSError as e:
+            raise DeploymentError(f"{environment}: stats failed: {e}") from e
+        if status != 200:
+            raise DeploymentError(
+                f"{environment}: stats failed with HTTP {status}: {body.get('message', body)}"
+            )
+        return body
+
     # -- internals
+
+    def _running(self, environment: str) -> dict[str, Any]:
+        """The state of the environment's live server, or DeploymentError."""
+        state_file, _ = self._paths(environment)
+        state = self._read_state(state_file)
+        if state is None or not _is_server_process(state["pid"], state_file):
+            raise DeploymentError(
+                f"{environment}: no server is running; deploy a stable version first"
+            )
+        return state
+
+    def _admin(
+        self, environment: str, method: str, path: str, payload: dict[str, Any], what: str
+    ) -> Deployment:
+        state = self._running(environment)
+        try:
+            status, body = _http_json(
+                method,
+                f"{state['url']}{path}",
+                payload,
+                timeout=self.health_timeout_s,
+                token=self.admin_token,
+            )
+        except OSError as e:
+            raise DeploymentError(f"{environment}: {what} failed: {e}") from e
+        if status != 200:
+            raise DeploymentError(
+                f"{environment}: {what} failed with HTTP {status}: {body.get('message', body)} "
+                f"(server pid {state['pid']} unchanged)"
+            )
+        return self._deployment(environment, state, body)
 
     def _hot_swap(
         self, environment: str, state: dict[str, Any], model_uri: str, version: str
@@ -227,7 +344,7 @@ class LocalProcessDeployer(Deployer):
             status, body = _http_json(
                 "POST",
                 f"{state['url']}/admin/load",
-                {"model_uri": model_uri, "version": version},
+                {"model_uri": model_uri, "version": version, "role": "stable"},  # drops a canary
                 timeout=self.health_timeout_s,
                 token=self.admin_token,
             )
@@ -254,7 +371,10 @@ class LocalProcessDeployer(Deployer):
             "--host", self.host,
             "--port", str(port),
             "--state-file", str(state_file),
+            "--trace-sample-rate", repr(float(self.trace_sample_rate)),
         ]  # fmt: skip
+        if log_dir := self.inference_log_path(environment, model_uri):
+            command += ["--inference-log-dir", str(log_dir)]
         env = dict(os.environ)
         env.pop(ADMIN_TOKEN_ENV, None)
         if self.admin_token:

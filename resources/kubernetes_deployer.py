@@ -32,10 +32,12 @@ weight (Istio ``VirtualService``, Gateway API ``HTTPRoute`` weights, ingress-ngi
 between its two models itself. Each serving pod here runs exactly one model, and the
 ``agentops/role`` label on its pod says whether it is the stable or the canary one.
 
-Stats. ``stats`` reads replica counts from the Deployments and, when ``prometheus_url`` is set,
-request, error, escalation counts and latency quantiles per role from Prometheus (the serving
-process's ``agentops_*`` metrics, scraped through the pods' ``prometheus.io/*`` annotations).
-Without Prometheus it returns the replica counts only and says so.
+Stats. ``stats`` returns, per role, what the serving process's ``/admin/stats`` returns for one
+process (version, requests, errors = 5xx, client_errors = 4xx, error_rate, p50_ms, p99_ms), for
+the whole environment: replica counts from the Deployments, and the rest from Prometheus when
+``prometheus_url`` is set (the pods' ``agentops_*`` metrics, scraped through their
+``prometheus.io/*`` annotations; ``stats_queries`` has the PromQL). Without Prometheus those
+values are None and ``note`` says why: one pod's ``/admin/stats`` does not describe the others.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ def _container(
 ) -> dict[str, Any]:
     env: list[dict[str, Any]] = [
         {"name": "MLFLOW_TRACKING_URI", "value": spec.mlflow_tracking_uri},
-        {"name": "AGENTOPS_AGENT", "value": agent},
+        # a pod serves one model: its role is this label's, not an in-process split's
         {"name": "AGENTOPS_SERVING_ROLE", "value": role},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
         {"name": "AGENTOPS_HOME", "value": "/tmp/agentops"},
@@ -661,30 +663,52 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[str]:
 # Prometheus (stats)
 
 _PROMQL = {
-    "requests": "sum by (version) (increase(agentops_requests_total{{{sel}}}[{w}]))",
-    "errors": "sum by (version) (increase(agentops_errors_total{{{sel}}}[{w}]))",
+    "requests": "sum by (version, outcome) (increase(agentops_requests_total{{{sel}}}[{w}]))",
     "escalations": "sum by (version) (increase(agentops_escalations_total{{{sel}}}[{w}]))",
-    "p50_s": "histogram_quantile(0.5, sum by (version, le) "
+    "p50": "histogram_quantile(0.5, sum by (version, le) "
     "(rate(agentops_request_latency_seconds_bucket{{{sel}}}[{w}])))",
-    "p99_s": "histogram_quantile(0.99, sum by (version, le) "
+    "p99": "histogram_quantile(0.99, sum by (version, le) "
     "(rate(agentops_request_latency_seconds_bucket{{{sel}}}[{w}])))",
 }
 
 
 def stats_queries(agent: str, environment: str, window_s: float) -> dict[str, str]:
+    """The PromQL behind ``KubernetesDeployer.stats`` (instant queries over ``window_s``)."""
     sel = f'agent="{agent}",environment="{environment}"'
     w = f"{max(1, int(window_s))}s"
     return {name: q.format(sel=sel, w=w) for name, q in _PROMQL.items()}
 
 
-def by_version(response: Mapping[str, Any]) -> dict[str, float]:
-    """A Prometheus instant-vector response -> {version: value} (NaN dropped)."""
-    out = {}
+def _samples(response: Mapping[str, Any]) -> list[tuple[dict[str, str], float]]:
+    out = []
     for sample in (response.get("data") or {}).get("result") or []:
         value = float(sample["value"][1])
         if not math.isnan(value):
-            out[sample["metric"].get("version", "")] = value
+            out.append((sample.get("metric") or {}, value))
     return out
+
+
+def role_stats(answers: Mapping[str, Mapping[str, Any]], version: str) -> dict[str, Any]:
+    """One version's stats from the answers to ``stats_queries``, in the shape of the serving
+    process's ``/admin/stats`` (requests, errors = 5xx, client_errors = 4xx, error_rate, p50_ms,
+    p99_ms) plus escalations. Counts from ``increase()`` are estimates, hence rounded."""
+    outcomes = {m.get("outcome"): v for m, v in _samples(answers["requests"]) if m.get("version") == version}
+    requests = round(sum(outcomes.values()))
+    errors = round(outcomes.get("server_error", 0.0))
+
+    def one(name: str, scale: float = 1.0) -> float | None:
+        values = [v for m, v in _samples(answers[name]) if m.get("version") == version]
+        return round(values[0] * scale, 3) if values else None
+
+    return {
+        "requests": requests,
+        "errors": errors,
+        "client_errors": round(outcomes.get("client_error", 0.0)),
+        "error_rate": round(errors / requests, 6) if requests else 0.0,
+        "p50_ms": one("p50", 1000.0) if requests else None,
+        "p99_ms": one("p99", 1000.0) if requests else None,
+        "escalations": round(one("escalations") or 0.0),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,7 +719,12 @@ class KubernetesDeployer(Deployer):
     """Serve an agent's versions on Kubernetes, one namespace per environment by default.
 
     String fields accept ``dg.EnvVar(...)``. Rendering and planning are pure functions of this
-    module; this class reads the live objects, applies plans and waits.
+    module; this class reads the live objects, applies plans and waits. One resource serves one
+    agent (``agent``, the registered model's name); the ``Deployment`` it returns has the
+    Service's in-cluster URL and ``pid=0`` (pods, not a local process). The cluster is reached
+    in-cluster (the run pod's service account, see deploy/k8s/rbac.yaml) or through
+    ``kubeconfig`` / ``kube_context``; ``in_cluster=None`` picks in-cluster when
+    ``KUBERNETES_SERVICE_HOST`` is set.
     """
 
     agent: str = "support_agent"
@@ -782,21 +811,16 @@ class KubernetesDeployer(Deployer):
     # -- the Deployer interface
 
     def status(self, environment: str) -> Deployment | None:
-        live = self._get(self._deployment_key(environment, "stable"))
-        release = release_of(live)
-        if live is None or release is None or not (live.get("status") or {}).get("availableReplicas"):
-            return None
-        return self._as_deployment(environment, live, release)
+        """The stable version (and the canary, if any) when a stable pod is available."""
+        return self._status(environment, {role: self._get(self._deployment_key(environment, role))
+                                          for role in ROLES})
 
     def deploy(self, environment: str, model_uri: str, version: str) -> Deployment:
         """Roll the stable Deployment to ``version`` (ending any canary) and wait until it is
-        available; if it does not become available, apply the previous version again."""
+        available; if it does not become available, re-apply what was there before."""
         self._check_model_uri(model_uri)
         current = self._live(environment)
-        previous = release_of(current.get(self._deployment_key(environment, "stable")))
-        release = Release(str(version), model_uri)
-        self._execute(environment, plan_rollout(current, self.target(environment, release)),
-                      rollback_to=previous if previous != release else None)
+        self._rollout(environment, current, self.target(environment, Release(str(version), model_uri)))
         return self._require_status(environment)
 
     def stop(self, environment: str) -> None:
@@ -805,28 +829,24 @@ class KubernetesDeployer(Deployer):
     def deploy_canary(
         self, environment: str, model_uri: str, version: str, share: float
     ) -> Deployment:
-        """Run ``version`` next to the stable version, sized for about ``share`` of requests."""
+        """Run ``version`` next to the stable version on enough pods for about ``share``
+        (0 < share < 1) of the requests: the Service splits by ready pods (module docstring).
+        Again with the same version, only the canary's replica count changes. A canary that
+        does not become ready is removed (or the previous canary restored)."""
         self._check_model_uri(model_uri)
         current = self._live(environment)
         stable_obj = current.get(self._deployment_key(environment, "stable"))
         stable = release_of(stable_obj)
-        if stable is None:
-            raise DeploymentError(f"{environment}: no stable version to run a canary next to")
-        stable_count = ((stable_obj or {}).get("spec") or {}).get("replicas") or self.replicas.get(environment, 1)
+        if stable_obj is None or stable is None:
+            raise DeploymentError(f"{environment}: no stable version to run a canary next to; "
+                                  "deploy one first")
+        stable_count = (stable_obj.get("spec") or {}).get("replicas") or self.replicas.get(environment, 1)
         count = canary_replicas(share, stable_count)
         canary = Release(str(version), model_uri)
-        plan = plan_rollout(current, self.target(environment, stable, canary, count, share))
-        try:
-            self._execute(environment, plan)
-        except DeploymentError as e:
-            self._execute(environment, plan_rollout(self._live(environment), self.target(environment, stable)),
-                          wait=False)
-            raise DeploymentError(f"{e}; removed the canary, {stable.version} still serves") from e
-        logger.info("%s: canary %s on %d pod(s) next to %d (about %.0f%% of requests)",
-                    environment, version, count, stable_count,
-                    100 * replica_share(count, stable_count))
-        live = self._get(self._deployment_key(environment, "canary")) or {}
-        return self._as_deployment(environment, live, canary)
+        self._rollout(environment, current, self.target(environment, stable, canary, count, share))
+        logger.info("%s: canary %s on %d pod(s) next to %d stable (about %.0f%% of requests)",
+                    environment, version, count, stable_count, 100 * replica_share(count, stable_count))
+        return self._require_status(environment)
 
     def promote_canary(self, environment: str) -> Deployment:
         """Roll the stable Deployment to the canary's version, then remove the canary."""
@@ -834,60 +854,61 @@ class KubernetesDeployer(Deployer):
         canary = release_of(current.get(self._deployment_key(environment, "canary")))
         if canary is None:
             raise DeploymentError(f"{environment}: no canary to promote")
-        previous = release_of(current.get(self._deployment_key(environment, "stable")))
-        self._execute(environment, plan_rollout(current, self.target(environment, canary)),
-                      rollback_to=previous)
+        self._rollout(environment, current, self.target(environment, canary))
         return self._require_status(environment)
 
-    def abort_canary(self, environment: str) -> Deployment | None:
+    def abort_canary(self, environment: str) -> Deployment:
         """Remove the canary; the stable version keeps serving. A no-op without a canary."""
         current = self._live(environment)
         stable = release_of(current.get(self._deployment_key(environment, "stable")))
-        if stable is None:
-            self._execute(environment, plan_rollout(current, []))
-            return None
+        if stable is None:  # remove a stray canary, then say that nothing serves
+            key = self._deployment_key(environment, "canary")
+            self._execute(environment, [Action("delete", *key)] if key in current else [])
+            raise DeploymentError(f"{environment}: nothing is serving; deploy a stable version first")
         self._execute(environment, plan_rollout(current, self.target(environment, stable)))
-        return self.status(environment)
+        return self._require_status(environment)
 
-    def stats(self, environment: str, window_s: float = 300.0) -> dict[str, Any]:
-        """Per role: version, replicas and, with ``prometheus_url``, requests, errors,
-        error rate, escalations and p50/p99 latency over the last ``window_s`` seconds."""
-        current = self._live(environment)
+    def stats(self, environment: str, window_s: float = 60.0) -> dict[str, Any]:
+        """Per role (``stable``, ``canary``: None when absent): version, model_uri, replicas,
+        ready_replicas and, from Prometheus (``prometheus_url``), requests, errors (5xx),
+        client_errors (4xx), error_rate, p50_ms, p99_ms and escalations over the last
+        ``window_s`` seconds. Without Prometheus those are None and ``note`` says why: the
+        pods' own ``/admin/stats`` sees one pod each, not the environment."""
+        result: dict[str, Any] = {"environment": environment, "agent": self.agent,
+                                  "window_s": window_s, "covered_s": window_s, "source": "kubernetes"}
         roles: dict[str, dict[str, Any]] = {}
+        annotations: dict[str, str] = {}
         for role in ROLES:
-            obj = current.get(self._deployment_key(environment, role))
+            obj = self._get(self._deployment_key(environment, role))
             release = release_of(obj)
             if obj is None or release is None:
+                result[role] = None
                 continue
+            if role == "canary":
+                annotations = (obj.get("metadata") or {}).get("annotations") or {}
             status = obj.get("status") or {}
-            roles[role] = {"version": release.version, "model_uri": release.model_uri,
-                           "replicas": status.get("replicas") or 0,
-                           "ready_replicas": status.get("readyReplicas") or 0}
+            roles[role] = result[role] = {
+                "version": release.version, "model_uri": release.model_uri,
+                "replicas": status.get("replicas") or 0, "ready_replicas": status.get("readyReplicas") or 0,
+                **dict.fromkeys(("requests", "errors", "client_errors", "error_rate", "p50_ms",
+                                 "p99_ms", "escalations")),
+            }
         ready = {role: r["ready_replicas"] for role, r in roles.items()}
-        result: dict[str, Any] = {
-            "environment": environment,
-            "agent": self.agent,
-            "window_s": window_s,
-            "source": "kubernetes",
-            "canary_share": replica_share(ready.get("canary", 0), ready.get("stable", 0)),
-            "canary_share_basis": "ready replicas (the Service splits by pod count)",
-            **roles,
-        }
+        result["canary_share"] = replica_share(ready.get("canary", 0), ready.get("stable", 0))
+        requested = annotations.get(ANNOTATION_CANARY_SHARE)
+        result["canary_share_requested"] = float(requested) if requested else None
         if not self.prometheus_url:
             result["note"] = "prometheus_url is not set: replica counts only"
             return result
         try:
-            series = {name: by_version(self._prometheus(query))
-                      for name, query in stats_queries(self.agent, environment, window_s).items()}
+            answers = {name: self._prometheus(query)
+                       for name, query in stats_queries(self.agent, environment, window_s).items()}
         except (OSError, ValueError) as e:
             result["note"] = f"Prometheus at {self.prometheus_url} did not answer: {e}"
             return result
         result["source"] = "kubernetes+prometheus"
         for r in roles.values():
-            values = {name: s.get(r["version"]) for name, s in series.items()}
-            requests, errors = values["requests"] or 0.0, values["errors"] or 0.0
-            r.update(values, requests=requests, errors=errors,
-                     error_rate=errors / requests if requests else None)
+            r.update(role_stats(answers, r["version"]))
         return result
 
     # -- execution
@@ -895,13 +916,24 @@ class KubernetesDeployer(Deployer):
     def _deployment_key(self, environment: str, role: Role) -> ObjectKey:
         return ("Deployment", self.namespace_of(environment), object_name(self.agent, environment, role))
 
-    def _as_deployment(self, environment: str, live: Mapping[str, Any], release: Release) -> Deployment:
-        started = (live.get("metadata") or {}).get("creationTimestamp") or ""
-        for condition in (live.get("status") or {}).get("conditions") or []:
+    def _status(self, environment: str, live: Mapping[str, Mapping[str, Any] | None]) -> Deployment | None:
+        stable_obj, canary_obj = live.get("stable"), live.get("canary")
+        stable, canary = release_of(stable_obj), release_of(canary_obj)
+        ready = {role: ((obj or {}).get("status") or {}).get("availableReplicas") or 0
+                 for role, obj in live.items()}
+        if stable_obj is None or stable is None or not ready.get("stable"):
+            return None
+        started = (stable_obj.get("metadata") or {}).get("creationTimestamp") or ""
+        for condition in (stable_obj.get("status") or {}).get("conditions") or []:
             if condition.get("type") == "Progressing" and condition.get("reason") == "NewReplicaSetAvailable":
                 started = condition.get("lastUpdateTime") or started
-        return Deployment(environment=environment, url=self.url(environment), model_uri=release.model_uri,
-                          version=release.version, pid=0, started_at=str(started))
+        return Deployment(
+            environment=environment, url=self.url(environment), model_uri=stable.model_uri,
+            version=stable.version, pid=0, started_at=str(started),
+            canary_version=canary.version if canary else None,
+            canary_model_uri=canary.model_uri if canary else None,
+            canary_share=replica_share(ready.get("canary", 0), ready["stable"]) if canary else 0.0,
+        )
 
     def _require_status(self, environment: str) -> Deployment:
         deployment = self.status(environment)
@@ -916,12 +948,17 @@ class KubernetesDeployer(Deployer):
             in_cluster = self.in_cluster
             if in_cluster is None:
                 in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-            if in_cluster:
-                config.load_incluster_config()
-                api = client.ApiClient()
-            else:
-                api = config.new_client_from_config(config_file=self.kubeconfig, context=self.kube_context)
-            self._dynamic = dynamic.DynamicClient(api)
+            try:
+                if in_cluster:
+                    config.load_incluster_config()
+                    api = client.ApiClient()
+                else:
+                    api = config.new_client_from_config(config_file=self.kubeconfig,
+                                                        context=self.kube_context)
+                self._dynamic = dynamic.DynamicClient(api)  # reads the API server's discovery
+            except Exception as e:
+                where = "in-cluster config" if in_cluster else f"kubeconfig {self.kubeconfig or '(default)'}"
+                raise DeploymentError(f"cannot reach the Kubernetes API ({where}): {e}") from e
         return self._dynamic
 
     def _api(self, api_version: str, kind: str) -> Any:
@@ -935,6 +972,8 @@ class KubernetesDeployer(Deployer):
             obj = self._client().get(self._api(_API_VERSION[kind], kind), name=name, namespace=namespace)
         except NotFoundError:
             return None
+        except DeploymentError:
+            raise
         except Exception as e:  # ApiException, connection errors
             raise DeploymentError(f"could not read {kind} {namespace}/{name}: {e}") from e
         return obj.to_dict()
@@ -951,18 +990,40 @@ class KubernetesDeployer(Deployer):
                 for item in listed.get("items") or []:
                     item = {"apiVersion": api_version, "kind": kind, **item}
                     live[object_key(item, kind)] = item
+        except DeploymentError:
+            raise
         except Exception as e:  # ApiException, connection errors
             raise DeploymentError(f"{environment}: could not read the cluster: {e}") from e
         return live
 
-    def _execute(
-        self,
-        environment: str,
-        plan: Sequence[Action],
-        *,
-        rollback_to: Release | None = None,
-        wait: bool = True,
-    ) -> None:
+    def _previous_target(self, environment: str, current: Mapping[ObjectKey, Mapping]) -> list[dict] | None:
+        """The manifests of what ``current`` serves (stable and canary), to roll back to."""
+        stable = release_of(current.get(self._deployment_key(environment, "stable")))
+        if stable is None:
+            return None
+        canary_obj = current.get(self._deployment_key(environment, "canary")) or {}
+        share = ((canary_obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_CANARY_SHARE)
+        return self.target(environment, stable, release_of(canary_obj),
+                           (canary_obj.get("spec") or {}).get("replicas") or 1,
+                           float(share) if share else None)
+
+    def _rollout(self, environment: str, current: dict[ObjectKey, dict], target: list[dict]) -> None:
+        """Apply ``target``; if a Deployment does not become ready, re-apply the previous state."""
+        previous = self._previous_target(environment, current)
+        try:
+            self._execute(environment, plan_rollout(current, target))
+        except DeploymentError as e:
+            if previous is None or previous == target:
+                raise
+            version = release_of(next(m for m in previous if m["kind"] == "Deployment"))
+            logger.warning("%s: %s; rolling back to version %s", environment, e, version.version)
+            try:
+                self._execute(environment, plan_rollout(self._live(environment), previous))
+            except DeploymentError as again:
+                raise DeploymentError(f"{e}; the rollback failed too: {again}") from e
+            raise DeploymentError(f"{e}; rolled back: version {version.version} serves") from e
+
+    def _execute(self, environment: str, plan: Sequence[Action]) -> None:
         dyn = self._client()
         for action in plan:
             logger.info("%s: %s", environment, action)
@@ -975,16 +1036,11 @@ class KubernetesDeployer(Deployer):
                                           force_conflicts=True)
                 elif action.op == "delete":
                     self._delete(api_version, kind, namespace, name)
-                elif wait:
+                else:
                     self._wait_ready(namespace, name)
-            except DeploymentError as e:
-                if rollback_to is None or action.op != "wait_ready":
-                    raise
-                logger.warning("%s: %s; rolling back to %s", environment, e, rollback_to.version)
-                self._execute(environment, plan_rollout(self._live(environment),
-                                                        self.target(environment, rollback_to)))
-                raise DeploymentError(f"{e}; rolled back: version {rollback_to.version} serves") from e
-            except Exception as e:
+            except DeploymentError:
+                raise
+            except Exception as e:  # ApiException, connection errors
                 raise DeploymentError(f"{environment}: {action} failed: {e}") from e
 
     def _delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:

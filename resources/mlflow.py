@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -38,7 +39,7 @@ class MlflowResource(dg.ConfigurableResource):
         if exp is not None:
             return exp.experiment_id
         location = f"{self.artifact_root.rstrip('/')}/{name}" if self.artifact_root else None
-        if location and "://" not in location:
+        if location and not re.match(r"^[A-Za-z][\w+.-]*:", location):  # a plain path, not a URI
             Path(location).mkdir(parents=True, exist_ok=True)
             location = Path(location).resolve().as_uri()
         try:

@@ -161,9 +161,7 @@ class Batcher:
                 self._predict_one(item)
             return
         total = len(frame)
-        if _length(predictions) != total or (
-            features is not None and _length(features) != total
-        ):
+        if _length(predictions) != total or (features is not None and _length(features) != total):
             self.batchable = False
             logger.warning("the model's output cannot be split by rows: batching is off")
             for item in batch:

@@ -12,9 +12,9 @@ request), ``timestamp`` (UTC, when the request arrived), ``environment``, ``mode
 (filled by the model from the online store, or sent in the request). Requests refused before
 reaching a model (4xx) have no rows: they are counted in the metrics.
 
-The request thread only appends references to a buffer; a background thread turns them into a
-table and writes a file every ``flush_seconds`` or ``flush_rows`` rows, and at ``close()`` (the
-server calls it on SIGTERM after draining in-flight requests). A file appears atomically (written
+The request thread only appends references to a buffer; a background thread converts them to
+Arrow every second and writes a file every ``flush_seconds`` (default 60) or ``flush_rows`` rows,
+and at ``close()`` (the server calls it on SIGTERM after draining in-flight requests). A file appears atomically (written
 to a hidden temporary name, then renamed), so a reader never sees half a file.
 """
 
@@ -74,14 +74,21 @@ class LogEntry:
 
 
 class InferenceLogWriter:
-    """Buffers ``LogEntry`` objects and writes them as Parquet from a background thread."""
+    """Buffers ``LogEntry`` objects and writes them as Parquet from a background thread.
+
+    The thread converts what was appended to Arrow every ``convert_seconds`` (small, even slices
+    of work: a large conversion at flush time would hold the GIL for tens of milliseconds and show
+    in the request p99), and writes one file per UTC date every ``flush_seconds`` or
+    ``flush_rows`` rows, whichever comes first, and on ``close()``.
+    """
 
     def __init__(
         self,
         folder: str | os.PathLike,
         environment: str,
-        flush_seconds: float = 10.0,
-        flush_rows: int = 5000,
+        flush_seconds: float = 60.0,
+        flush_rows: int = 50_000,
+        convert_seconds: float = 1.0,
         max_buffered_rows: int = 500_000,
         on_rows: Callable[[str, int], None] | None = None,
     ):
@@ -89,12 +96,16 @@ class InferenceLogWriter:
         self.environment = environment
         self.flush_seconds = flush_seconds
         self.flush_rows = max(1, flush_rows)
+        self.convert_seconds = max(0.01, min(convert_seconds, flush_seconds))
         self.max_buffered_rows = max_buffered_rows
         self._on_rows = on_rows or (lambda result, n: None)
-        self._entries: list[LogEntry] = []
+        self._entries: list[LogEntry] = []  # appended, not converted yet
         self._rows = 0
+        self._tables: dict[str, list[Any]] = {}  # UTC date -> converted tables, not written yet
+        self._table_rows = 0
+        self._oldest: float | None = None  # monotonic time of the oldest unwritten table
         self._cond = threading.Condition()
-        self._write_lock = threading.Lock()
+        self._io_lock = threading.Lock()
         self._closing = False
         self._closed = False
         self._seq = 0
@@ -103,41 +114,47 @@ class InferenceLogWriter:
         self.files_written = 0
 
     def start(self) -> InferenceLogWriter:
+        # Import now: loading Arrow's shared libraries holds the GIL for ~0.2 s, which would
+        # stall every request in flight if it happened at the first flush.
+        import pyarrow.parquet  # noqa: F401
+
         self.folder.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
         return self
 
     def append(self, entry: LogEntry) -> None:
+        """Called on the request thread: a list append under a lock, nothing else."""
         n = entry.rows
         if n == 0:
             return
         with self._cond:
-            if not self._closed:
-                if self._rows + n > self.max_buffered_rows:
-                    dropped = True
-                else:
-                    dropped = False
-                    self._entries.append(entry)
-                    self._rows += n
-                    if self._rows >= self.flush_rows:
-                        self._cond.notify()
-                if not dropped:
-                    return
-        if self._closed:  # a request that finished after close(): write it on its own
-            self._write([entry])
+            if self._closed:
+                late = True
+            elif self._rows + self._table_rows + n > self.max_buffered_rows:
+                late = False
+            else:
+                self._entries.append(entry)
+                self._rows += n
+                if self._rows + self._table_rows >= self.flush_rows:
+                    self._cond.notify()
+                return
+        if late:  # a request that finished after close(): write it on its own
+            with self._io_lock:
+                self._convert([entry])
+                self._write_tables()
             return
         self._on_rows("dropped", n)
         logger.warning("inference log buffer full (%d rows): dropped %d rows", self._rows, n)
 
     def flush(self) -> list[Path]:
-        """Write what is buffered now; returns the files written."""
-        with self._cond:
-            entries, self._entries, self._rows = self._entries, [], 0
-        return self._write(entries)
+        """Convert and write everything buffered now; returns the files written."""
+        with self._io_lock:
+            self._convert(self._take())
+            return self._write_tables()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread after a last flush; later appends are written synchronously."""
+        """A last flush, then stop the thread; later appends are written synchronously."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -151,47 +168,71 @@ class InferenceLogWriter:
 
     # -- internals
 
+    def _take(self) -> list[LogEntry]:
+        with self._cond:
+            entries, self._entries, self._rows = self._entries, [], 0
+        return entries
+
     def _run(self) -> None:
-        last = time.monotonic()
         while True:
             with self._cond:
-                while not self._closing and self._rows < self.flush_rows:
-                    remaining = last + self.flush_seconds - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
+                if not self._closing and self._rows + self._table_rows < self.flush_rows:
+                    self._cond.wait(self.convert_seconds)
                 closing = self._closing
-            last = time.monotonic()
             try:
-                self.flush()
-            except Exception:  # never let the thread die: the next flush may succeed
+                with self._io_lock:
+                    self._convert(self._take())
+                    due = self._oldest is not None and (
+                        time.monotonic() - self._oldest >= self.flush_seconds
+                    )
+                    if closing or due or self._table_rows >= self.flush_rows:
+                        self._write_tables()
+            except Exception:  # never let the thread die: the next round may succeed
                 logger.exception("inference log flush failed")
             if closing:
                 return
 
-    def _write(self, entries: list[LogEntry]) -> list[Path]:
+    def _convert(self, entries: list[LogEntry]) -> None:
+        """Entries -> one Arrow table per UTC date, kept until written (caller holds _io_lock)."""
         if not entries:
-            return []
+            return
         by_date: dict[str, list[LogEntry]] = {}
         for e in entries:
             day = datetime.fromtimestamp(e.received, UTC).date().isoformat()
             by_date.setdefault(day, []).append(e)
+        for day, group in by_date.items():
+            n = sum(e.rows for e in group)
+            try:
+                table = to_table(group, self.environment)
+            except Exception:
+                logger.exception("could not convert %d inference-log rows", n)
+                self._on_rows("dropped", n)
+                continue
+            self._tables.setdefault(day, []).append(table)
+            self._table_rows += n
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+
+    def _write_tables(self) -> list[Path]:
+        """One file per date from the converted tables (caller holds _io_lock)."""
+        import pyarrow as pa
+
+        tables, self._tables, self._table_rows, self._oldest = self._tables, {}, 0, None
         written = []
-        with self._write_lock:
-            for day, group in sorted(by_date.items()):
-                n = sum(e.rows for e in group)
-                try:
-                    written.append(self._write_file(day, group))
-                    self._on_rows("written", n)
-                except Exception:
-                    logger.exception("could not write %d inference-log rows for %s", n, day)
-                    self._on_rows("dropped", n)
+        for day, parts in sorted(tables.items()):
+            n = sum(t.num_rows for t in parts)
+            try:
+                table = pa.concat_tables(parts, promote_options="permissive")
+                written.append(self._write_file(day, table))
+                self._on_rows("written", n)
+            except Exception:
+                logger.exception("could not write %d inference-log rows for %s", n, day)
+                self._on_rows("dropped", n)
         return written
 
-    def _write_file(self, day: str, entries: list[LogEntry]) -> Path:
+    def _write_file(self, day: str, table: Any) -> Path:
         import pyarrow.parquet as pq
 
-        table = to_table(entries, self.environment)
         folder = self.folder / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
         while True:
@@ -206,66 +247,90 @@ class InferenceLogWriter:
         return path
 
 
-def _column(frame: Any, name: str, n: int) -> list:
-    if isinstance(frame, pd.DataFrame) and name in frame.columns:
-        return frame[name].tolist()
-    return [None] * n
+def _values(frame: Any, n: int) -> tuple[tuple[str, ...], Any]:
+    """(column names, an object ndarray of the values) of a frame with ``n`` rows, else empty."""
+    import numpy as np
+
+    if isinstance(frame, pd.DataFrame) and len(frame) == n:
+        return tuple(str(c) for c in frame.columns), frame.to_numpy(dtype=object)
+    return (), np.empty((n, 0), dtype=object)
 
 
 def to_table(entries: list[LogEntry], environment: str):
-    """The entries as a ``pyarrow.Table`` with ``SCHEMA`` columns, then the feature columns."""
+    """The entries as a ``pyarrow.Table`` with ``SCHEMA`` columns, then the feature columns.
+
+    Each frame is read once as a NumPy array (~7 us) and stacked with the others of the same
+    columns: reading columns of fresh DataFrames one by one costs ~30 us each, and 16 of them per
+    request would cost more than everything else the log does.
+    """
     import pyarrow as pa
 
-    cols: dict[str, list] = {name: [] for name in BASE_COLUMNS if name != "environment"}
-    features: dict[str, list] = {}
-    total = 0
+    groups: dict[tuple, list] = {}
     for e in entries:
         n = e.rows
-        cols["request_id"] += [e.request_id] * n
-        cols["row"] += range(n)
-        cols["timestamp"] += [int(e.received * 1_000_000)] * n
-        cols["model_version"] += [e.version] * n
-        cols["role"] += [e.role] * n
-        cols["status"] += [e.status] * n
-        cols["error_code"] += [e.error_code] * n
-        cols["latency_ms"] += [e.latency_ms] * n
-        cols["customer_id"] += [
-            None if _null(v) else str(v) for v in _column(e.requests, "customer_id", n)
-        ]
-        cols["text"] += [None if _null(v) else str(v) for v in _column(e.requests, "text", n)]
-        predictions = e.predictions if isinstance(e.predictions, pd.DataFrame) else None
-        if predictions is not None and len(predictions) != n:
-            predictions = None
-        cols["tool"] += [None if _null(v) else str(v) for v in _column(predictions, "tool", n)]
-        cols["confidence"] += _column(predictions, "confidence", n)
-        cols["escalated"] += [None if _null(v) else bool(v) for v in _column(predictions, "escalated", n)]
-        if isinstance(e.features, pd.DataFrame) and len(e.features) == n:
-            for name in e.features.columns:
-                if name in SCHEMA:
-                    continue
-                values = features.setdefault(str(name), [None] * total)
-                values += e.features[name].tolist()
-        total += n
-        for values in features.values():
-            values += [None] * (total - len(values))
+        (rc, rv), (pc, pv), (fc, fv) = (
+            _values(e.requests, n), _values(e.predictions, n), _values(e.features, n)
+        )  # fmt: skip
+        groups.setdefault((rc, pc, fc), []).append((e, rv, pv, fv))
+    if not groups:
+        return _group_table(((), (), ()), [], environment)
+    tables = [_group_table(key, items, environment) for key, items in groups.items()]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+
+
+def _group_table(key: tuple, items: list, environment: str):
+    import numpy as np
+    import pyarrow as pa
+
+    request_cols, prediction_cols, feature_cols = key
+    counts = [e.rows for e, *_ in items]
+    total = sum(counts)
+
+    def stack(i: int, columns: tuple) -> Any:
+        if not items:
+            return np.empty((0, len(columns)), dtype=object)
+        return np.concatenate([item[i] for item in items]) if len(items) > 1 else items[0][i]
+
+    def column(values: Any, columns: tuple, name: str) -> list:
+        return values[:, columns.index(name)].tolist() if name in columns else [None] * total
+
+    def repeat(values: list, kind: Any) -> Any:
+        return pa.array(np.repeat(np.asarray(values, dtype=object), counts), kind)
+
+    def strings(values: list) -> Any:
+        return pa.array([None if _null(v) else str(v) for v in values], pa.string())
+
+    entries = [e for e, *_ in items]
+    requests, predictions, features = (
+        stack(1, request_cols), stack(2, prediction_cols), stack(3, feature_cols)
+    )  # fmt: skip
+    micros = np.asarray([int(e.received * 1_000_000) for e in entries], dtype=np.int64)
+    rows = [np.arange(n, dtype=np.int32) for n in counts]
     arrays = {
-        "request_id": pa.array(cols["request_id"], pa.string()),
-        "row": pa.array(cols["row"], pa.int32()),
-        "timestamp": pa.array(cols["timestamp"], pa.timestamp("us", tz="UTC")),
+        "request_id": repeat([e.request_id for e in entries], pa.string()),
+        "row": pa.array(np.concatenate(rows) if rows else np.zeros(0, np.int32), pa.int32()),
+        "timestamp": pa.array(np.repeat(micros, counts), pa.timestamp("us", tz="UTC")),
         "environment": pa.array([environment] * total, pa.string()),
-        "model_version": pa.array(cols["model_version"], pa.string()),
-        "role": pa.array(cols["role"], pa.string()),
-        "status": pa.array(cols["status"], pa.int16()),
-        "error_code": pa.array(cols["error_code"], pa.string()),
-        "customer_id": pa.array(cols["customer_id"], pa.string()),
-        "text": pa.array(cols["text"], pa.string()),
-        "tool": pa.array(cols["tool"], pa.string()),
-        "confidence": _float_array(cols["confidence"]),
-        "escalated": pa.array(cols["escalated"], pa.bool_()),
-        "latency_ms": pa.array(cols["latency_ms"], pa.float64()),
+        "model_version": repeat([e.version for e in entries], pa.string()),
+        "role": repeat([e.role for e in entries], pa.string()),
+        "status": repeat([e.status for e in entries], pa.int16()),
+        "error_code": repeat([e.error_code for e in entries], pa.string()),
+        "customer_id": strings(column(requests, request_cols, "customer_id")),
+        "text": strings(column(requests, request_cols, "text")),
+        "tool": strings(column(predictions, prediction_cols, "tool")),
+        "confidence": _float_array(column(predictions, prediction_cols, "confidence")),
+        "escalated": pa.array(
+            [
+                None if _null(v) else bool(v)
+                for v in column(predictions, prediction_cols, "escalated")
+            ],
+            pa.bool_(),
+        ),
+        "latency_ms": repeat([e.latency_ms for e in entries], pa.float64()),
     }
-    for name, values in features.items():
-        arrays[name] = _any_array(values)
+    for j, name in enumerate(feature_cols):
+        if name not in SCHEMA:
+            arrays[name] = _any_array(features[:, j].tolist())
     return pa.table(arrays)
 
 

@@ -82,7 +82,10 @@ class ServingMetrics:
         self.registry = r = CollectorRegistry()
         base = ["agent", "environment", "version"]
         self.requests = Counter(
-            "agentops_requests", "Requests to /invocations by outcome.", [*base, "outcome"], registry=r
+            "agentops_requests",
+            "Requests to /invocations by outcome.",
+            [*base, "outcome"],
+            registry=r,
         )
         self.latency = Histogram(
             "agentops_request_latency_seconds",
@@ -168,7 +171,9 @@ class ServingMetrics:
         if rows:
             s.rows.inc(rows)
 
-    def set_models(self, models: list[tuple[str, str, str, str]], canary: tuple[str, float]) -> None:
+    def set_models(
+        self, models: list[tuple[str, str, str, str]], canary: tuple[str, float]
+    ) -> None:
         """``models``: (agent, version, role, model_uri) served now; ``canary``: (agent, share)."""
         with self._lock:
             self.model_info.clear()

@@ -101,13 +101,16 @@ class Tracer:
                 continue
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            logger.warning("tracer did not finish within %.0fs; %d jobs left", timeout, self._queue.qsize())
+            logger.warning(
+                "tracer did not finish within %.0fs; %d jobs left", timeout, self._queue.qsize()
+            )
         else:
             self._flush()
 
     # -- the thread
 
     def _run(self) -> None:
+        self._warm_up()
         interval = 1.0 / self.max_per_second if self.max_per_second > 0 else 0.0
         next_at = 0.0
         while True:
@@ -126,6 +129,18 @@ class Tracer:
             except Exception:
                 logger.exception("tracing request %s failed", job.request_id)
                 self._on_result(job.reason, "failed")
+
+    @staticmethod
+    def _warm_up() -> None:
+        """Import the tracing stack at start, not at the first trace under traffic (its imports
+        load shared libraries with the GIL held)."""
+        try:
+            import mlflow
+            import mlflow.tracing.fluent  # noqa: F401
+
+            mlflow.get_tracking_uri()
+        except Exception:
+            logger.warning("tracing is unavailable", exc_info=True)
 
     def trace(self, job: TraceJob) -> None:
         """Re-run ``job`` through the model with tracing on (this thread only)."""
@@ -188,7 +203,9 @@ class Tracer:
                         mlflow.MlflowClient().get_run(run_id).info.experiment_id
                     )
                 except Exception as e:
-                    logger.warning("no experiment for run %s (%s): tracing to the active one", run_id, e)
+                    logger.warning(
+                        "no experiment for run %s (%s): tracing to the active one", run_id, e
+                    )
                     self._experiments[run_id] = None
             if self._experiments[run_id]:
                 target = ("id", self._experiments[run_id])

@@ -240,7 +240,7 @@ def test_killed_connections_lose_nothing(production):
     # A sensor reading MLflow's tables: it finds the pipeline's own training run (and skips it),
     # instead of reporting MLflow unreachable.
     sensor = p.defs.resolve_sensor_def(f"{AGENT}_mlflow_run_sensor")
-    result = sensor(dg.build_sensor_context(instance=p.instance, definitions=p.defs))
+    result = sensor(dg.build_sensor_context(instance=p.instance, resources=p.defs.resources))
     assert isinstance(result, dg.SkipReason), result
     assert "unreachable" not in result.skip_message and "1 finished run" in result.skip_message, result
     # A run that reads and writes Postgres everywhere: Dagster's storage, the MLflow registry (in

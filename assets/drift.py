@@ -1,0 +1,99 @@
+"""``drift_report``: production traffic of a day against the serving version's training data."""
+
+from datetime import date
+
+import dagster as dg
+from pydantic import Field
+
+from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.partitions import daily
+from agentops_pipelines.resources.lake import LakeResource
+from agentops_pipelines.resources.mlflow import MlflowResource
+
+
+class DriftConfig(dg.Config):
+    environment: str = Field(default="prod", description="whose traffic: dev, staging or prod")
+    min_rows: int = Field(default=200, ge=1, description="fewer logged requests than this: no verdict")
+    report_sample: int = Field(default=5000, ge=1001, description="rows per side in Evidently's HTML report (>1000 keeps its large-reference tests)")
+
+
+def drift_columns(agent: Agent) -> tuple[list[str], list[str]]:
+    """Feature and text columns compared; ``tool`` is the distribution of chosen tools."""
+    return [*agent.feature_columns, "tool"], ["text"]
+
+
+def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_set: dg.AssetsDefinition,
+                      inference_log_root: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key_prefix=[agent.name], name="drift_report", group_name=agent.name, partitions_def=daily,
+        deps=[deployment, training_set], kinds={"evidently", "mlflow"}, code_version="1",
+        description="Evidently-equivalent drift of one day of production requests (inference log) "
+                    "against the serving version's training data: per-feature scores, text "
+                    "descriptors, chosen tools; the HTML report is in MLflow.",
+    )
+    def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, lake: LakeResource,
+                     mlflow_store: MlflowResource) -> dg.MaterializeResult:
+        import tempfile
+        from pathlib import Path
+
+        from agentops_pipelines.drift import (
+            ReferenceProfile,
+            build_profile,
+            evidently_report,
+            score_drift,
+        )
+        from agentops_pipelines.serving.inference_log import read_inference_log
+
+        day = date.fromisoformat(context.partition_key)
+        folder = Path(inference_log_root) / agent.name / config.environment
+        traffic = read_inference_log(folder, day, day)
+        if "status" in traffic:
+            traffic = traffic[traffic["status"] == 200]
+        if len(traffic) < config.min_rows:
+            return dg.MaterializeResult(metadata={
+                "rows": len(traffic), "environment": config.environment, "verdict": "insufficient traffic",
+                "drift_share": dg.MetadataValue.float(float("nan")), "dataset_drift": False})
+        version = str(traffic["model_version"].mode().iloc[0])
+        client = mlflow_store.configure()
+        mv = client.get_model_version(agent.name, version)
+        run = client.get_run(mv.run_id)
+        reference_version = run.data.tags.get("agentops.training_set_version")
+        reference = lake.read(f"{agent.name}/training_set", run_id=reference_version)
+        reference = reference[reference["split"] == "train"]
+        features, text = drift_columns(agent)
+        features = [c for c in features if c in traffic.columns and c in reference.columns]
+
+        profile_table = f"{agent.name}/drift_profile"
+        profile_path = Path(lake.root) / profile_table / f"{reference_version}.json"
+        if profile_path.exists():
+            profile = ReferenceProfile.load(profile_path)
+        else:  # once per training set, then every day reuses it
+            profile = build_profile(reference, features, text_columns=text)
+            profile_path.parent.mkdir(parents=True, exist_ok=True)
+            profile.save(profile_path)
+        result = score_drift(profile, traffic, columns=[*features, *text])
+
+        experiment_id = run.info.experiment_id
+        with tempfile.TemporaryDirectory() as tmp:
+            html = Path(tmp) / f"drift-{config.environment}-{day}.html"
+            evidently_report(reference, traffic, [*features, *text], html, sample_size=config.report_sample,
+                             profile=profile)
+            client.log_artifact(mv.run_id, str(html), "drift")
+        step = day.toordinal()
+        client.log_metric(mv.run_id, f"drift_share_{config.environment}", result.share_drifted, step=step)
+        url = mlflow_store.run_url(experiment_id, mv.run_id)
+        return dg.MaterializeResult(metadata={
+            "rows": len(traffic),
+            "environment": config.environment,
+            "serving_version": version,
+            "reference_rows": len(reference),
+            "drift_share": result.share_drifted,
+            "dataset_drift": result.dataset_drift,
+            "drifted_columns": dg.MetadataValue.json(result.drifted_columns),
+            "columns": dg.MetadataValue.md(result.to_markdown()),
+            "tools": dg.MetadataValue.json({str(k): int(v) for k, v in traffic["tool"].value_counts().items()}),
+            "report": dg.MetadataValue.url(f"{url}/artifacts/drift/{html.name}"),
+            "verdict": "drift" if result.dataset_drift else "no drift",
+        })
+
+    return drift_report
