@@ -38,21 +38,23 @@ def build_resources(settings: Settings) -> dict:
         "mlflow_store": MlflowResource(tracking_uri=settings.mlflow_tracking_uri,
                                        artifact_root=settings.mlflow_artifact_root,
                                        ui_url=settings.mlflow_ui_url),
-        "deployer": LocalProcessDeployer(state_dir=str(settings.serving_dir)),
+        "deployer": LocalProcessDeployer(state_dir=str(settings.serving_dir),
+                                         inference_log_dir=str(settings.inference_log_dir)),
         "audit": AuditLog(url=settings.audit_db_url or f"sqlite:///{settings.home / 'audit.db'}"),
         "prometheus": PrometheusResource(url=settings.prometheus_url),
     }
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
-    lifecycles = [build_lifecycle(agent) for agent in AGENTS]
+    settings = settings or load_settings()
+    lifecycles = [build_lifecycle(agent, inference_log_root=str(settings.inference_log_dir)) for agent in AGENTS]
     return dg.Definitions(
         assets=[a for lc in lifecycles for a in lc.assets],
         asset_checks=[c for lc in lifecycles for c in lc.checks],
         jobs=[j for lc in lifecycles for j in lc.jobs.values()],
         sensors=[s for lc in lifecycles for s in lc.sensors],
         schedules=[s for lc in lifecycles for s in lc.schedules],
-        resources=build_resources(settings or load_settings()),
+        resources=build_resources(settings),
     )
 
 

@@ -14,6 +14,7 @@ from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.checks import build_dataset_checks, build_evaluation_gate
 from agentops_pipelines.assets.dataset import build_dataset_asset
 from agentops_pipelines.assets.deployment import build_deployment_asset
+from agentops_pipelines.assets.drift import build_drift_asset
 from agentops_pipelines.assets.evaluation import build_evaluation_asset
 from agentops_pipelines.assets.features import build_feature_assets
 from agentops_pipelines.assets.registry import build_registry_asset
@@ -21,6 +22,7 @@ from agentops_pipelines.assets.training import build_training_asset
 from agentops_pipelines.operations import build_promotion_job, build_rollback_job
 from agentops_pipelines.partitions import daily
 from agentops_pipelines.sensors.approvals import build_approval_sensor
+from agentops_pipelines.sensors.drift import build_drift_sensor
 from agentops_pipelines.sensors.mlflow_runs import build_mlflow_run_sensor
 from agentops_pipelines.sensors.prometheus_alerts import (
     build_prometheus_alert_sensor,
@@ -38,13 +40,14 @@ class Lifecycle:
     schedules: list = field(default_factory=list)
 
 
-def build_lifecycle(agent: Agent) -> Lifecycle:
+def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
     dataset = build_dataset_asset(agent)
     customer_features, training_set = build_feature_assets(agent, dataset)
     trained = build_training_asset(agent, training_set)
     evaluation = build_evaluation_asset(agent, trained, training_set)
     registered = build_registry_asset(agent, evaluation)
     deployment = build_deployment_asset(agent, registered)
+    drift = build_drift_asset(agent, deployment, training_set, inference_log_root)
     checks = [build_dataset_checks(agent, dataset), build_evaluation_gate(agent, evaluation)]
 
     ingest = dg.define_asset_job(
@@ -61,6 +64,9 @@ def build_lifecycle(agent: Agent) -> Lifecycle:
     reevaluation = dg.define_asset_job(
         f"{agent.name}_reevaluation_job", selection=dg.AssetSelection.assets(evaluation, registered),
         description="Evaluate one MLflow run's model against the champion and register it if it passes.")
+    drift_job = dg.define_asset_job(
+        f"{agent.name}_drift_job", selection=dg.AssetSelection.assets(drift), partitions_def=daily,
+        description="One day of production traffic against the training data.")
     promotion = build_promotion_job(agent)
     rollback = build_rollback_job(agent)
     deploy = dg.define_asset_job(
@@ -81,15 +87,22 @@ def build_lifecycle(agent: Agent) -> Lifecycle:
 
     daily_ingest = dg.build_schedule_from_partitioned_job(
         ingest, hour_of_day=0, minute_of_hour=30, name=f"{agent.name}_daily_ingest")
+    daily_drift = dg.build_schedule_from_partitioned_job(
+        drift_job, hour_of_day=1, minute_of_hour=0, name=f"{agent.name}_daily_drift")
+    weekly_retraining = dg.ScheduleDefinition(
+        name=f"{agent.name}_weekly_retraining", job=retraining, cron_schedule="0 3 * * 1",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Optional: retrain every Monday on the newest validated days.")
 
     return Lifecycle(
         agent=agent,
-        assets=[dataset, customer_features, training_set, trained, evaluation, registered, deployment],
+        assets=[dataset, customer_features, training_set, trained, evaluation, registered, deployment, drift],
         checks=checks,
         jobs={"ingest": ingest, "training": training, "retraining": retraining, "reevaluation": reevaluation,
-              "deploy": deploy, "promotion": promotion, "rollback": rollback},
+              "deploy": deploy, "promotion": promotion, "rollback": rollback, "drift": drift_job},
         sensors=[dev_deploy_sensor, build_mlflow_run_sensor(agent, reevaluation),
                  build_approval_sensor(agent, promotion), build_prometheus_alert_sensor(agent, rollback),
-                 build_promotion_failure_sensor(agent, promotion, rollback)],
-        schedules=[daily_ingest],
+                 build_promotion_failure_sensor(agent, promotion, rollback),
+                 build_drift_sensor(agent, drift, retraining)],
+        schedules=[daily_ingest, daily_drift, weekly_retraining],
     )

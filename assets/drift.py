@@ -26,7 +26,9 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
                       inference_log_root: str) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="drift_report", group_name=agent.name, partitions_def=daily,
-        deps=[deployment, training_set], kinds={"evidently", "mlflow"}, code_version="1",
+        deps=[dg.AssetDep(deployment, partition_mapping=dg.SpecificPartitionsPartitionMapping(["prod"])),
+              training_set],
+        kinds={"evidently", "mlflow"}, code_version="1",
         description="Evidently-equivalent drift of one day of production requests (inference log) "
                     "against the serving version's training data: per-feature scores, text "
                     "descriptors, chosen tools; the HTML report is in MLflow.",

@@ -74,6 +74,7 @@ class Settings:
     feast_online_store: str  # "sqlite" or a Redis connection string
     feast_registry: str  # a file path, or a SQLAlchemy URL for a SQL registry
     serving_dir: Path
+    inference_log_dir: Path  # requests and predictions of every deployment, for drift
     feast_project: str = "agentops"  # Redis keys and registry rows are per project
     dagster_postgres: PostgresTarget | None = None  # None: the embedded SQLite instance
     dagster_yaml: Path = EMBEDDED_DAGSTER_YAML  # copied into DAGSTER_HOME by `agentops dev/demo`
@@ -188,6 +189,7 @@ def load_settings(strict: bool = True) -> Settings:
         feast_online_store=online,
         feast_registry=registry,
         serving_dir=home / "serving",
+        inference_log_dir=Path(env.get("AGENTOPS_INFERENCE_LOG_DIR") or home / "inference_log"),
         feast_project=project,
         dagster_postgres=dagster_pg,
         dagster_yaml=dagster_yaml,
