@@ -7,6 +7,7 @@ registered_version → deployment[dev|staging|prod]
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import dagster as dg
 
@@ -20,7 +21,7 @@ from agentops_pipelines.assets.features import build_feature_assets
 from agentops_pipelines.assets.registry import build_registry_asset
 from agentops_pipelines.assets.training import build_training_asset
 from agentops_pipelines.operations import build_promotion_job, build_rollback_job
-from agentops_pipelines.partitions import daily
+from agentops_pipelines.partitions import daily, daily_to_date
 from agentops_pipelines.sensors.approvals import build_approval_sensor
 from agentops_pipelines.sensors.drift import build_drift_sensor
 from agentops_pipelines.sensors.mlflow_runs import build_mlflow_run_sensor
@@ -65,7 +66,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
         f"{agent.name}_reevaluation_job", selection=dg.AssetSelection.assets(evaluation, registered),
         description="Evaluate one MLflow run's model against the champion and register it if it passes.")
     drift_job = dg.define_asset_job(
-        f"{agent.name}_drift_job", selection=dg.AssetSelection.assets(drift), partitions_def=daily,
+        f"{agent.name}_drift_job", selection=dg.AssetSelection.assets(drift), partitions_def=daily_to_date,
         description="One day of production traffic against the training data.")
     promotion = build_promotion_job(agent)
     rollback = build_rollback_job(agent)
@@ -87,8 +88,11 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
 
     daily_ingest = dg.build_schedule_from_partitioned_job(
         ingest, hour_of_day=0, minute_of_hour=30, name=f"{agent.name}_daily_ingest")
-    daily_drift = dg.build_schedule_from_partitioned_job(
-        drift_job, hour_of_day=1, minute_of_hour=0, name=f"{agent.name}_daily_drift")
+    @dg.schedule(name=f"{agent.name}_daily_drift", job=drift_job, cron_schedule="0 1 * * *",
+                 execution_timezone="UTC", description="Yesterday's production traffic, once the day is complete.")
+    def daily_drift(context: dg.ScheduleEvaluationContext):
+        day = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
+        return dg.RunRequest(run_key=f"drift-{day}", partition_key=day)
     weekly_retraining = dg.ScheduleDefinition(
         name=f"{agent.name}_weekly_retraining", job=retraining, cron_schedule="0 3 * * 1",
         default_status=dg.DefaultScheduleStatus.STOPPED,

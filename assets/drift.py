@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
-from agentops_pipelines.partitions import daily
+from agentops_pipelines.partitions import daily_to_date
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 
@@ -25,7 +25,7 @@ def drift_columns(agent: Agent) -> tuple[list[str], list[str]]:
 def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_set: dg.AssetsDefinition,
                       inference_log_root: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key_prefix=[agent.name], name="drift_report", group_name=agent.name, partitions_def=daily,
+        key_prefix=[agent.name], name="drift_report", group_name=agent.name, partitions_def=daily_to_date,
         deps=[dg.AssetDep(deployment, partition_mapping=dg.SpecificPartitionsPartitionMapping(["prod"])),
               training_set],
         kinds={"evidently", "mlflow"}, code_version="1",

@@ -939,10 +939,14 @@ def registry(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
-        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # servers inherit them
+            mp.setenv(name, uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)  # another test may have left its own
         yield log_test_models(tmp)
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri("")
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,30 @@ class AgentModel(mlflow.pyfunc.PythonModel):
     def set_feature_lookup(self, lookup: FeatureLookup | None) -> None:
         self._feature_lookup = lookup
 
+    def load_context(self, context) -> None:
+        """Where it is served, look customers' features up in the online store (Feast).
+
+        The store comes from the serving process's environment (AGENTOPS_HOME or the production
+        variables, the same settings as the code location). Without one, features the caller did
+        not send are filled with neutral values, and the reason is logged once.
+        """
+        if not self.feature_columns or self._feature_lookup is not None:
+            return
+        try:
+            from agentops_pipelines.resources.feast import FeastResource
+            from agentops_pipelines.resources.settings import load_settings
+
+            settings = load_settings()
+            if settings.feast_online_store == "sqlite" and not (settings.feast_dir / "online_store.db").exists():
+                log.warning("no online store at %s: features not sent are filled with defaults", settings.feast_dir)
+                return
+            feast = FeastResource(repo_dir=str(settings.feast_dir), registry=settings.feast_registry,
+                                  online_store=settings.feast_online_store, project=settings.feast_project)
+            self._feature_lookup = feast.online_feature_columns  # dict of lists: the fast path
+        except Exception as exc:  # noqa: BLE001 - serving without features beats not serving
+            log.warning("online features unavailable (%s: %s): features not sent are filled with defaults",
+                        type(exc).__name__, exc)
+
     # -- steps, each a span when traced ------------------------------------------------------
     def _features(self, requests: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in self.feature_columns if c not in requests]
@@ -68,7 +92,7 @@ class AgentModel(mlflow.pyfunc.PythonModel):
             found = self._feature_lookup(out["customer_id"].astype(str).tolist())
             for col in missing:
                 if col in found:
-                    out[col] = found[col].to_numpy()
+                    out[col] = np.asarray(found[col])
         for col in missing:
             if col not in out:
                 out[col] = "unknown" if col == "plan_tier" else 0

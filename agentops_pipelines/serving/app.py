@@ -60,6 +60,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -310,24 +311,19 @@ def prepare_frame(
     return df
 
 
+_STRINGABLE = frozenset(
+    {"integer", "floating", "mixed-integer-float", "boolean", "decimal", "mixed", "mixed-integer"}
+)
+
+
 def _as_strings(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Strings stay; numbers and booleans become their text (``123`` -> ``"123"``, as a CSV
+    would give); objects and lists are refused."""
     series = df[column]
     kind = pd.api.types.infer_dtype(series, skipna=True)
     if kind in ("string", "empty"):
         return df
-    if kind in ("mixed", "mixed-integer") and any(isinstance(v, dict | list) for v in series):
-        raise RequestError(
-            400, "BAD_REQUEST", f"column {column!r} must hold strings; got {_sample(series)}"
-        )
-    if kind not in (
-        "integer",
-        "floating",
-        "mixed-integer-float",
-        "boolean",
-        "mixed",
-        "mixed-integer",
-        "decimal",
-    ):
+    if kind not in _STRINGABLE or any(isinstance(v, dict | list) for v in series):
         raise RequestError(
             400, "BAD_REQUEST", f"column {column!r} must hold strings; got {_sample(series)}"
         )
@@ -374,6 +370,9 @@ class LoadedModel:
         if self.predict_with_features is not None:
             return self.predict_with_features(frame)
         return self.predict(frame), frame
+
+    def infer_without_features(self, frame: pd.DataFrame) -> tuple[Any, None]:
+        return self.predict(frame), None
 
 
 def _now() -> str:
@@ -477,16 +476,23 @@ def load_pyfunc(model_uri: str, version: str) -> LoadedModel:
 class Served:
     """A model as installed in the routing, with its predict thread (``batching.py``)."""
 
-    def __init__(self, model: LoadedModel, batch_max_rows: int = DEFAULT_BATCH_MAX_ROWS):
+    def __init__(
+        self,
+        model: LoadedModel,
+        batch_max_rows: int = DEFAULT_BATCH_MAX_ROWS,
+        features: bool = True,
+    ):
         self.model = model
+        self._infer = model.infer if features else model.infer_without_features
         self.batcher = (
-            Batcher(model.infer, max_rows=batch_max_rows, name=f"v{model.version}")
+            Batcher(self._infer, max_rows=batch_max_rows, name=f"v{model.version}")
             if batch_max_rows > 0
             else None
         )
 
     def infer(self, frame: pd.DataFrame) -> tuple[Any, Any]:
-        return self.batcher.predict(frame) if self.batcher else self.model.infer(frame)
+        """(predictions, features or None: only wanted by the inference log)."""
+        return self.batcher.predict(frame) if self.batcher else self._infer(frame)
 
     def retire(self) -> None:
         if self.batcher is not None:
@@ -501,7 +507,7 @@ class Routing:
     canary: Served | None = None
     canary_share: float = 0.0
 
-    @property
+    @cached_property
     def string_columns(self) -> tuple[str, ...]:
         cols = self.stable.model.string_columns if self.stable else STRING_COLUMNS
         if self.canary:
@@ -623,7 +629,7 @@ class ServingState:
         """Install ``model`` as ``role`` (a new stable drops the canary unless ``keep_canary``)."""
         if self.freeze_gc:
             _freeze_heap()
-        served = Served(model, self.batch_max_rows)
+        served = Served(model, self.batch_max_rows, features=self.inference_log is not None)
         if role == CANARY:
             share = DEFAULT_CANARY_SHARE if canary_share is None else canary_share
             self._change(lambda r: replace(r, canary=served, canary_share=share))

@@ -64,8 +64,8 @@ class Tracer:
         self._on_result = on_result or (lambda reason, result: None)
         self._queue: queue.Queue[TraceJob | None] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
-        self._experiments: dict[str, str | None] = {}  # run id -> experiment id
-        self._active_experiment: str | None = None
+        self._experiments: dict[str, str | None] = {}  # run id or name -> experiment id
+        self._active_experiment: str | None = None  # experiment id
         self._random = random.random
         self.traced = 0
 
@@ -191,12 +191,21 @@ class Tracer:
         return out
 
     def _use_experiment(self, model: Any) -> None:
+        """Point MLflow at the experiment for ``model``'s traces. Never creates an experiment
+        (one created here would keep its artifacts under the server's working directory)."""
         import mlflow
 
         target = None
         if self.experiment:
-            target = ("name", self.experiment)
-        elif run_id := getattr(model, "run_id", None):
+            if self.experiment not in self._experiments:
+                found = mlflow.get_experiment_by_name(self.experiment)
+                if found is None:
+                    logger.warning("no MLflow experiment %r: tracing to the model's experiment",
+                                   self.experiment)  # fmt: skip
+                self._experiments[self.experiment] = found.experiment_id if found else None
+            target = self._experiments[self.experiment]
+        run_id = getattr(model, "run_id", None)
+        if target is None and run_id:
             if run_id not in self._experiments:
                 try:
                     self._experiments[run_id] = (
@@ -207,15 +216,10 @@ class Tracer:
                         "no experiment for run %s (%s): tracing to the active one", run_id, e
                     )
                     self._experiments[run_id] = None
-            if self._experiments[run_id]:
-                target = ("id", self._experiments[run_id])
-        if target is None or target == self._active_experiment:
-            return
-        if target[0] == "name":
-            mlflow.set_experiment(experiment_name=target[1])
-        else:
-            mlflow.set_experiment(experiment_id=target[1])
-        self._active_experiment = target
+            target = self._experiments[run_id]
+        if target is not None and target != self._active_experiment:
+            mlflow.set_experiment(experiment_id=target)
+            self._active_experiment = target
 
     @staticmethod
     def _flush() -> None:

@@ -249,8 +249,13 @@ def served_model(tmp_path, monkeypatch):
     from agentops_pipelines.resources.deployers import LocalProcessDeployer
 
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the server inherits them
+        monkeypatch.setenv(name, tracking)
     mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(tracking)  # another test may have left its own
+    deployer = LocalProcessDeployer(
+        state_dir=str(tmp_path / "serving"), health_timeout_s=90, trace_sample_rate=0.0
+    )
     try:
         experiment = mlflow.create_experiment(
             "e2e-alerts", artifact_location=str(tmp_path / "artifacts")
@@ -260,15 +265,11 @@ def served_model(tmp_path, monkeypatch):
         with mlflow.start_run(experiment_id=experiment):
             mlflow.pyfunc.log_model(name="model", python_model=str(code), pip_requirements=["pandas"],
                                     registered_model_name=MODEL_NAME)  # fmt: skip
-    finally:
-        mlflow.set_tracking_uri(None)
-    deployer = LocalProcessDeployer(
-        state_dir=str(tmp_path / "serving"), health_timeout_s=90, trace_sample_rate=0.0
-    )
-    try:
         yield deployer.deploy(ENVIRONMENT, f"models:/{MODEL_NAME}/1", "1")
     finally:
         deployer.stop(ENVIRONMENT)
+        mlflow.set_tracking_uri(None)  # (it also unsets MLFLOW_TRACKING_URI: only at the end)
+        mlflow.set_registry_uri("")
 
 
 @pytest.mark.skipif(
@@ -358,7 +359,7 @@ def test_high_error_rate_fires_with_the_version_labels(served_model, tmp_path):
             "severity": "page"
         }
         assert alert["annotations"]["summary"].startswith("e2e_agent version 1 in e2e: ")
-        assert 0.2 < float(alert["value"]) < 0.5  # the error ratio
+        assert 0.05 < float(alert["value"]) < 0.4  # the error ratio (5m window: healthy part too)
         assert alerts(prometheus, "AgentHighLatencyP99") == []
         assert 500 in traffic.statuses
 
