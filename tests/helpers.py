@@ -35,7 +35,8 @@ def invoke(url: str, records: list[dict]) -> dict:
         return json.loads(resp.read())
 
 
-def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, name: str = AGENT) -> list[str]:
+def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, name: str = AGENT,
+                      wrap=None) -> list[str]:
     """Train the real support-desk router on a small generated day and register it ``n`` times.
 
     Fast (a few seconds each) and servable by the real serving process.
@@ -54,6 +55,8 @@ def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, na
     agent = SupportDeskAgent()
     train = generate_requests(date(2026, 11, 1), n=400)
     router = agent.train(train, {"use_features": 0})
+    if wrap is not None:  # e.g. a router that fails on demand (tests/faults.py)
+        router = wrap(router)
     versions = []
     experiment_id = mlflow.set_experiment("fixtures").experiment_id
     for i in range(n):
