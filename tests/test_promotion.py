@@ -1,0 +1,98 @@
+"""Promotion: staging, then the production canary with bake-time health checks, on real serving."""
+
+import json
+import urllib.request
+
+import cloudpickle
+import pytest
+
+from agentops_pipelines import governance as gov
+from tests import faults
+from tests.e2e.test_prometheus_alerts import Traffic
+from tests.helpers import AGENT, register_versions
+
+FAST = {"canary_share": 0.5, "bake_seconds": 4.0, "check_interval_seconds": 1.0}
+
+
+def health(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def promote(defs, instance, version, **config):
+    job = defs.resolve_job_def(f"{AGENT}_promotion_job")
+    run_config = {"ops": {f"{AGENT}_promote": {"config": {"version": version, "reviewer": "alice", **FAST, **config}}}}
+    return job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
+
+
+@pytest.fixture
+def versions(defs, monkeypatch):
+    """v1 stable in prod; v2 a good candidate; v3 fails on requests containing 'boom'."""
+    monkeypatch.setenv("AGENTOPS_APPROVERS", "alice")
+    store = defs.resources["mlflow_store"]
+    client = store.configure()
+    v1, v2 = register_versions(store.tracking_uri, 2)
+    cloudpickle.register_pickle_by_value(faults)
+    try:
+        (v3,) = register_versions(store.tracking_uri, 1, wrap=faults.FaultyRouter)
+    finally:
+        cloudpickle.unregister_pickle_by_value(faults)
+    client.set_model_version_tag(AGENT, v1, gov.PROMOTED_PROD, "2026-11-20T10:00:00+00:00")
+    client.set_registered_model_alias(AGENT, "champion", v1)
+    defs.resources["deployer"].deploy("prod", f"models:/{AGENT}/{v1}", v1)
+    for v in (v2, v3):
+        gov.decide(client, defs.resources["audit"], AGENT, v, "approved", "alice", "ok")
+    return client, v1, v2, v3
+
+
+@pytest.mark.slow
+def test_a_healthy_canary_becomes_the_champion(defs, instance, versions):
+    client, v1, v2, _ = versions
+    prod = defs.resources["deployer"].status("prod")
+    traffic = Traffic(prod.url, rate=30.0)
+    try:
+        result = promote(defs, instance, v2)
+    finally:
+        traffic.stop()
+    assert result.success
+    assert str(health(defs.resources["deployer"].status("staging").url)["version"]) == v2
+    after = defs.resources["deployer"].status("prod")
+    assert after.url == prod.url and after.version == v2 and after.canary_version is None  # same listener
+    assert all(status == 200 for status in traffic.statuses)  # nothing lost while switching
+    assert str(client.get_registered_model(AGENT).aliases["champion"]) == v2
+    tags = client.get_model_version(AGENT, v2).tags
+    assert tags[gov.STATUS] == "promoted" and tags[gov.PROMOTED_PROD]
+    deployments = [e for e in result.get_asset_materialization_events()]
+    assert [(e.asset_key.path[-1], e.partition) for e in deployments] == [("deployment", "staging"), ("deployment", "prod")]
+    actions = [(e.action, e.environment) for e in defs.resources["audit"].entries(AGENT)]
+    assert ("deploy", "staging") in actions and ("promote", "prod") in actions
+
+
+@pytest.mark.slow
+def test_a_failing_canary_is_aborted_and_the_stable_version_keeps_serving(defs, instance, versions):
+    client, v1, _, v3 = versions
+    prod = defs.resources["deployer"].status("prod")
+    traffic = Traffic(prod.url, rate=30.0)
+    traffic.failing = 0.5
+    try:
+        result = promote(defs, instance, v3)
+    finally:
+        traffic.stop()
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert "canary error rate" in error.message + str(error.cause)
+    after = defs.resources["deployer"].status("prod")
+    assert after.version == v1 and after.canary_version is None
+    assert str(client.get_registered_model(AGENT).aliases["champion"]) == v1
+    assert "canary failed" in client.get_model_version(AGENT, v3).tags[gov.ROLLED_BACK]
+    entry = defs.resources["audit"].entries(AGENT)[-1]
+    assert (entry.action, entry.version, entry.environment) == ("promotion_failed", v3, "prod")
+
+
+def test_an_unapproved_version_is_not_promoted(defs, instance, versions):
+    client, v1, v2, _ = versions
+    client.set_model_version_tag(AGENT, v2, gov.FROZEN, "true")
+    result = promote(defs, instance, v2)
+    assert not result.success
+    assert defs.resources["deployer"].status("prod").version == v1
+    assert defs.resources["deployer"].status("staging") is None
