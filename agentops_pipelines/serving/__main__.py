@@ -2,4 +2,5 @@
 
 from agentops_pipelines.serving.app import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # the tracing process (multiprocessing "spawn") imports this module too
+    raise SystemExit(main())

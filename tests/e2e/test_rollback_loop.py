@@ -90,6 +90,13 @@ def test_alert_rolls_back_through_the_daemon(defs, home, tmp_path, monkeypatch):
                 return health if str(health["version"]) == good else None
             wait_until(f"prod serving version {good} again (daemon log: {tmp_path / 'daemon.log'})", serving_good, 150)
             rolled_back = time.time()
+            # The op deploys first, then tags and audits: wait for the run to finish.
+            instance = dg.DagsterInstance.from_config(str(dagster_home))
+
+            def rollback_finished():
+                runs = instance.get_runs(dg.RunsFilter(job_name=f"{AGENT}_rollback_job"))
+                return runs if runs and all(r.is_finished for r in runs) else None
+            wait_until("the rollback run to finish", rollback_finished, 60)
         finally:
             traffic.stop()
 
@@ -97,7 +104,6 @@ def test_alert_rolls_back_through_the_daemon(defs, home, tmp_path, monkeypatch):
     assert str(client.get_registered_model(AGENT).aliases["champion"]) == good
     (entry,) = [e for e in defs.resources["audit"].entries(AGENT) if e.action == "rollback"]
     assert (entry.actor, entry.version, entry.environment) == ("prometheus_alert_sensor", bad, "prod")
-    instance = dg.DagsterInstance.from_config(str(dagster_home))
     runs = instance.get_runs(dg.RunsFilter(job_name=f"{AGENT}_rollback_job"))
     assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS  # once, despite many ticks
     assert runs[0].tags["agentops/alert"] == "AgentHighErrorRate"
