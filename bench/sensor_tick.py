@@ -55,7 +55,7 @@ def main() -> None:
             again = sensor(ctx2)
             empty.append(time.perf_counter() - t)
             assert isinstance(again, dg.SkipReason)
-    print(f"\n| tick | median (s) | min (s) | max (s) |\n|---|---|---|---|")
+    print("\n| tick | median (s) | min (s) | max (s) |\n|---|---|---|---|")
     print(f"| {args.runs} new runs → {args.runs} run requests | {statistics.median(full):.2f} | {min(full):.2f} | {max(full):.2f} |")
     print(f"| next tick, nothing new | {statistics.median(empty):.2f} | {min(empty):.2f} | {max(empty):.2f} |")
 
