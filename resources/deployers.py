@@ -247,7 +247,9 @@ class LocalProcessDeployer(Deployer):
         state = self._read_state(state_file)
         if state is not None and _is_server_process(state["pid"], state_file):
             if self._health(state, attempts=3):
-                return self._hot_swap(environment, state, model_uri, version)
+                payload = {"model_uri": model_uri, "version": version, "role": "stable"}  # drops a canary
+                return self._admin(environment, "POST", "/admin/load", payload,
+                                   f"hot swap to {model_uri} (version {version})", state=state)
             logger.warning(
                 "server for %s (pid %d) is running but not healthy: replacing it",
                 environment,
@@ -317,9 +319,10 @@ class LocalProcessDeployer(Deployer):
         return state
 
     def _admin(
-        self, environment: str, method: str, path: str, payload: dict[str, Any], what: str
+        self, environment: str, method: str, path: str, payload: dict[str, Any], what: str,
+        state: dict[str, Any] | None = None,
     ) -> Deployment:
-        state = self._running(environment)
+        state = state or self._running(environment)
         try:
             status, body = _http_json(
                 method,
@@ -334,26 +337,6 @@ class LocalProcessDeployer(Deployer):
             raise DeploymentError(
                 f"{environment}: {what} failed with HTTP {status}: {body.get('message', body)} "
                 f"(server pid {state['pid']} unchanged)"
-            )
-        return self._deployment(environment, state, body)
-
-    def _hot_swap(
-        self, environment: str, state: dict[str, Any], model_uri: str, version: str
-    ) -> Deployment:
-        try:
-            status, body = _http_json(
-                "POST",
-                f"{state['url']}/admin/load",
-                {"model_uri": model_uri, "version": version, "role": "stable"},  # drops a canary
-                timeout=self.health_timeout_s,
-                token=self.admin_token,
-            )
-        except OSError as e:
-            raise DeploymentError(f"{environment}: hot swap to {model_uri} failed: {e}") from e
-        if status != 200:
-            raise DeploymentError(
-                f"{environment}: hot swap to {model_uri} (version {version}) failed with HTTP {status}: "
-                f"{body.get('message', body)} (server pid {state['pid']} unchanged)"
             )
         return self._deployment(environment, state, body)
 
