@@ -6,7 +6,10 @@ registration, serving). An agent supplies two things:
 1. ``train(training_set, params)``: learn from the training set (request text, the label column
    ``tool``, and the customer features named in ``feature_columns``) and return a *router*.
 2. The router: a picklable object with ``predict(requests) -> DataFrame`` returning one row per
-   request with columns ``tool`` (str) and ``confidence`` (float in [0, 1]).
+   request with columns ``tool`` (str) and ``confidence`` (float in [0, 1]). Optionally, for
+   serving, ``predict_columns(columns, n) -> (tools, confidences)`` taking the same requests as
+   ``{column: list of values}``: serving predicts one request at a time, and building a DataFrame
+   per request costs more than a linear router's arithmetic (the support desk's router does both).
 
 The pipeline wraps the router in :class:`agentops_pipelines.agent.model.AgentModel`, an MLflow
 pyfunc model that fills the tool call from the customer's online features, answers from the

@@ -76,10 +76,11 @@ class LogEntry:
 class InferenceLogWriter:
     """Buffers ``LogEntry`` objects and writes them as Parquet from a background thread.
 
-    The thread converts what was appended to Arrow every ``convert_seconds`` (small, even slices
-    of work: a large conversion at flush time would hold the GIL for tens of milliseconds and show
-    in the request p99), and writes one file per UTC date every ``flush_seconds`` or
-    ``flush_rows`` rows, whichever comes first, and on ``close()``.
+    The thread converts what was appended to Arrow as soon as ``convert_rows`` rows wait, or every
+    ``convert_seconds`` (small, even slices of work: converting costs ~70 us of GIL a request, so a
+    second of traffic at 200 requests/s converted at once stalled every request for ~15 ms and
+    owned the p99: 19 ms, against 7 ms in slices of 16), and writes one file per UTC date every
+    ``flush_seconds`` or ``flush_rows`` rows, whichever comes first, and on ``close()``.
     """
 
     def __init__(
@@ -88,7 +89,8 @@ class InferenceLogWriter:
         environment: str,
         flush_seconds: float = 60.0,
         flush_rows: int = 50_000,
-        convert_seconds: float = 1.0,
+        convert_seconds: float = 0.25,
+        convert_rows: int = 16,
         max_buffered_rows: int = 500_000,
         on_rows: Callable[[str, int], None] | None = None,
     ):
@@ -97,6 +99,7 @@ class InferenceLogWriter:
         self.flush_seconds = flush_seconds
         self.flush_rows = max(1, flush_rows)
         self.convert_seconds = max(0.01, min(convert_seconds, flush_seconds))
+        self.convert_rows = max(1, convert_rows)
         self.max_buffered_rows = max_buffered_rows
         self._on_rows = on_rows or (lambda result, n: None)
         self._entries: list[LogEntry] = []  # appended, not converted yet
@@ -136,7 +139,7 @@ class InferenceLogWriter:
             else:
                 self._entries.append(entry)
                 self._rows += n
-                if self._rows + self._table_rows >= self.flush_rows:
+                if self._rows >= self.convert_rows or self._rows + self._table_rows >= self.flush_rows:
                     self._cond.notify()
                 return
         if late:  # a request that finished after close(): write it on its own
@@ -176,7 +179,11 @@ class InferenceLogWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._closing and self._rows + self._table_rows < self.flush_rows:
+                if (
+                    not self._closing
+                    and self._rows < self.convert_rows
+                    and self._rows + self._table_rows < self.flush_rows
+                ):
                     self._cond.wait(self.convert_seconds)
                 closing = self._closing
             try:
