@@ -38,11 +38,26 @@ def build_resources(settings: Settings) -> dict:
         "mlflow_store": MlflowResource(tracking_uri=settings.mlflow_tracking_uri,
                                        artifact_root=settings.mlflow_artifact_root,
                                        ui_url=settings.mlflow_ui_url),
-        "deployer": LocalProcessDeployer(state_dir=str(settings.serving_dir),
-                                         inference_log_dir=str(settings.inference_log_dir)),
+        "deployer": build_deployer(settings),
         "audit": AuditLog(url=settings.audit_db_url or f"sqlite:///{settings.home / 'audit.db'}"),
         "prometheus": PrometheusResource(url=settings.prometheus_url),
     }
+
+
+def build_deployer(settings: Settings):
+    """The local serving process (default), or Kubernetes with ``AGENTOPS_DEPLOYER=kubernetes``.
+    A deployer serves one agent per environment: the first of ``AGENTS``."""
+    if settings.deployer == "kubernetes":
+        from agentops_pipelines.resources.kubernetes_deployer import KubernetesDeployer
+
+        options: dict = {"agent": AGENTS[0].name, "prometheus_url": settings.prometheus_url or None}
+        for field, value in (("image", settings.serving_image), ("namespace", settings.k8s_namespace),
+                             ("mlflow_tracking_uri", settings.serving_mlflow_uri)):
+            if value:
+                options[field] = value
+        return KubernetesDeployer(**options)
+    return LocalProcessDeployer(state_dir=str(settings.serving_dir),
+                                inference_log_dir=str(settings.inference_log_dir))
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

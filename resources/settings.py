@@ -33,6 +33,7 @@ PRODUCTION_DAGSTER_YAML = PROJECT_ROOT / "deploy" / "dagster-production.yaml"
 DAGSTER_PG_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
                    "DAGSTER_PG_DB")
 CHECK_TIMEOUT_S = 3
+DEPLOYERS = ("local", "kubernetes")  # AGENTOPS_DEPLOYER
 CREATE_DATABASES = ".venv/bin/python deploy/scripts/create_databases.py"
 
 
@@ -84,6 +85,10 @@ class Settings:
     problems: tuple[str, ...] = ()  # configuration errors; load_settings raises on them in production
     audit_db_url: str = ""  # the audit log's SQLAlchemy URL; empty: SQLite under the state folder
     prometheus_url: str = ""  # empty: no Prometheus (the alert sensor skips)
+    deployer: str = "local"  # "local" (a serving process on this machine) or "kubernetes"
+    serving_image: str = ""  # kubernetes: the serving pods' image (default: the deployer's)
+    k8s_namespace: str = ""  # kubernetes: one namespace for every environment (default: one each)
+    serving_mlflow_uri: str = ""  # kubernetes: MLflow as the pods reach it (default: in-cluster)
 
     @property
     def dagster_home(self) -> Path:
@@ -152,6 +157,9 @@ def load_settings(strict: bool = True) -> Settings:
     mode = env.get("AGENTOPS_MODE") or "local"
     if mode not in ("local", "production"):
         raise SettingsError(f"AGENTOPS_MODE must be 'local' or 'production', not {mode!r}")
+    deployer = env.get("AGENTOPS_DEPLOYER") or "local"
+    if deployer not in DEPLOYERS:
+        raise SettingsError(f"AGENTOPS_DEPLOYER must be one of {', '.join(DEPLOYERS)}, not {deployer!r}")
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     artifacts = env.get("AGENTOPS_MLFLOW_ARTIFACT_ROOT") or str(home / "mlflow" / "artifacts")
     registry = env.get("AGENTOPS_FEAST_REGISTRY") or str(home / "feast" / "registry.db")
@@ -197,6 +205,10 @@ def load_settings(strict: bool = True) -> Settings:
         problems=tuple(problems),
         audit_db_url=env.get("AGENTOPS_AUDIT_DB_URL", ""),
         prometheus_url=env.get("AGENTOPS_PROMETHEUS_URL", ""),
+        deployer=deployer,
+        serving_image=env.get("AGENTOPS_SERVING_IMAGE", ""),
+        k8s_namespace=env.get("AGENTOPS_K8S_NAMESPACE", ""),
+        serving_mlflow_uri=env.get("AGENTOPS_SERVING_MLFLOW_URI", ""),
     )
     if strict and mode == "production" and problems:
         raise SettingsError("\n".join(problems))

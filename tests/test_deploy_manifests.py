@@ -815,6 +815,10 @@ def test_helm_values_say_what_the_project_needs(helm_values):
     assert helm_values["generatePostgresqlPasswordSecret"] is False
     assert helm_values["global"]["postgresqlSecretName"] == "dagster-postgresql-secret"
     assert {"postgresqlHost", "postgresqlUsername", "postgresqlDatabase"} <= set(helm_values["postgresql"])
+    # the same driver as deploy/dagster-production.yaml (psycopg 3 breaks dagster-postgres)
+    production = yaml.safe_load((DEPLOY / "dagster-production.yaml").read_text())
+    scheme = production["storage"]["postgres"]["postgres_db"]["scheme"]
+    assert helm_values["postgresql"]["postgresqlScheme"] == scheme == "postgresql+psycopg2"
     # the code location
     (code,) = helm_values["dagster-user-deployments"]["deployments"]
     assert code["dagsterApiGrpcArgs"] == ["-m", pyproject["tool"]["dagster"]["module_name"]]
@@ -822,6 +826,7 @@ def test_helm_values_say_what_the_project_needs(helm_values):
     assert str(code["image"]["tag"]) == pyproject["project"]["version"]
     env = {e["name"]: e.get("value") for e in code["env"]}
     assert env["AGENTOPS_MODE"] == "production"
+    assert env["AGENTOPS_DEPLOYER"] == "kubernetes" and env["AGENTOPS_SERVING_IMAGE"]
     secrets = {s["name"] for s in code["envSecrets"]}
     assert secrets == {"agentops-mlflow", "agentops-feast", "agentops-redis"}
     assert code["podSecurityContext"]["runAsNonRoot"] is True

@@ -40,9 +40,11 @@ from agentops_pipelines.serving.app import (
     handle_health,
     handle_invocations,
     handle_metrics,
+    parse_args,
     parse_request,
     predictions_json,
     prepare_frame,
+    stats_payload,
     validate_frame,
 )
 from agentops_pipelines.serving.batching import Batcher, Overloaded
@@ -371,6 +373,7 @@ def test_endpoints_without_socket():
         "canary_version": None,
         "canary_share": 0.0,
         "canary_loaded_at": None,
+        "pod_role": "stable",
         "pid": None,
     }
 
@@ -768,6 +771,27 @@ def test_inference_log_through_the_endpoint(tmp_path):
     assert df["orders_30d"].tolist()[:2] == [7, 7] and df["plan_tier"].tolist()[:2] == ["pro"] * 2
     assert set(df["environment"]) == {"staging"} and set(df["model_version"]) == {"4"}
     assert set(df["role"]) == {"stable"} and (df["latency_ms"] > 0).all()
+
+
+def test_a_canary_pod_reports_its_model_as_the_canary(tmp_path):
+    """On Kubernetes the canary is a Deployment of its own (AGENTOPS_SERVING_ROLE=canary): the
+    pod's one model is loaded as stable but reported as the canary everywhere it is counted."""
+    writer = InferenceLogWriter(tmp_path, "prod", flush_seconds=3600).start()
+    state = ServingState("prod", inference_log=writer, pod_role="canary")
+    state.swap(_fake("5", agent="support_agent"))
+    r = handle_invocations(state, _body({"text": "order?"}), JSON, "c-1")
+    assert r.status == 200 and _header(r, "X-Model-Role") == "canary"
+    assert _value(_samples(state), "agentops_model_info", role="canary", version="5") == 1
+    stats = stats_payload(state, 60)
+    assert stats["stable"] is None and stats["canary"]["requests"] == 1
+    assert stats["canary"]["version"] == "5"
+    assert json.loads(handle_health(state).body)["pod_role"] == "canary"
+    writer.close()
+    today = pd.Timestamp.now(tz="UTC").date()
+    assert read_inference_log(tmp_path, today, today)["role"].tolist() == ["canary"]
+    with pytest.raises(ValueError, match="pod_role"):
+        ServingState("prod", pod_role="blue")
+    assert parse_args(["--model-uri", "m", "--version", "1", "--environment", "e"]).pod_role == "stable"
 
 
 def test_deployer_is_a_resource():

@@ -18,6 +18,8 @@ from agentops_pipelines.resources.settings import (
 VARIABLES = ("AGENTOPS_MODE", "AGENTOPS_DAGSTER_YAML", "DAGSTER_HOME", "MLFLOW_TRACKING_URI",
              "AGENTOPS_MLFLOW_ARTIFACT_ROOT", "AGENTOPS_FEAST_REDIS", "AGENTOPS_FEAST_REGISTRY",
              "AGENTOPS_FEAST_PROJECT", "AGENTOPS_AUDIT_DB_URL", "AGENTOPS_PROMETHEUS_URL",
+             "AGENTOPS_DEPLOYER", "AGENTOPS_SERVING_IMAGE", "AGENTOPS_K8S_NAMESPACE",
+             "AGENTOPS_SERVING_MLFLOW_URI",
              *settings_module.DAGSTER_PG_VARS)
 PG = {"DAGSTER_PG_HOST": "db.internal", "DAGSTER_PG_PORT": "5433", "DAGSTER_PG_USER": "dagster",
       "DAGSTER_PG_PASSWORD": "s3cret", "DAGSTER_PG_DB": "agentops"}
@@ -146,6 +148,28 @@ def test_build_resources_passes_feast_passwords_as_env_vars(env):
 
     env(AGENTOPS_FEAST_REGISTRY="postgresql+psycopg://feast@db.internal/agentops_feast")
     assert build_resources(load_settings())["feast"].registry == "postgresql+psycopg://feast@db.internal/agentops_feast"
+
+
+def test_the_deployer_is_chosen_by_a_setting(env):
+    from agentops_pipelines.definitions import build_resources
+    from agentops_pipelines.resources.deployers import LocalProcessDeployer
+    from agentops_pipelines.resources.kubernetes_deployer import DEFAULT_MLFLOW_URI, KubernetesDeployer
+
+    assert isinstance(build_resources(load_settings())["deployer"], LocalProcessDeployer)
+    env(AGENTOPS_DEPLOYER="kubernetes")
+    k8s = build_resources(load_settings())["deployer"]
+    assert isinstance(k8s, KubernetesDeployer)
+    assert (k8s.agent, k8s.namespace, k8s.mlflow_tracking_uri, k8s.prometheus_url) == (
+        "support_agent", None, DEFAULT_MLFLOW_URI, None)
+    env(AGENTOPS_SERVING_IMAGE="registry.example.com/agentops:1.2", AGENTOPS_K8S_NAMESPACE="agents",
+        AGENTOPS_SERVING_MLFLOW_URI="http://mlflow.ml:5000", AGENTOPS_PROMETHEUS_URL="http://prom:9090")
+    k8s = build_resources(load_settings())["deployer"]
+    assert (k8s.image, k8s.namespace, k8s.mlflow_tracking_uri, k8s.prometheus_url) == (
+        "registry.example.com/agentops:1.2", "agents", "http://mlflow.ml:5000", "http://prom:9090")
+    assert k8s.url("prod") == "http://support-agent-prod.agents.svc.cluster.local"
+    env(AGENTOPS_DEPLOYER="nomad")
+    with pytest.raises(SettingsError, match="AGENTOPS_DEPLOYER must be one of local, kubernetes, not 'nomad'"):
+        load_settings()
 
 
 def test_check_passes_on_local_defaults(env):

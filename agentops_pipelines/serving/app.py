@@ -534,8 +534,15 @@ class ServingState:
         tracer: Tracer | None = None,
         ring_capacity: int = 100_000,
         freeze_gc: bool = False,
+        pod_role: str = STABLE,
     ):
+        if pod_role not in ROLES:
+            raise ValueError(f"pod_role must be one of {list(ROLES)}, got {pod_role!r}")
         self.environment = environment
+        # The role of the whole process in its environment. On Kubernetes each pod serves one
+        # model and the canary is a Deployment of its own: its pods say "canary" (headers,
+        # inference log, traces, metrics, stats) although their one model is loaded as stable.
+        self.pod_role = pod_role
         self.admin_token = admin_token or None
         self.max_rows = max_rows
         self.batch_max_rows = batch_max_rows
@@ -669,7 +676,8 @@ class ServingState:
     def _publish(self, routing: Routing) -> None:
         try:
             self.metrics.set_models(
-                [(s.model.agent, s.model.version, role, s.model.model_uri) for role, s in routing.served()],
+                [(s.model.agent, s.model.version, self.reported(role), s.model.model_uri)
+                 for role, s in routing.served()],
                 (routing.stable.model.agent if routing.stable else DEFAULT_AGENT,
                  routing.canary_share if routing.canary else 0.0),
             )  # fmt: skip
@@ -709,6 +717,10 @@ class ServingState:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
+
+    def reported(self, role: str) -> str:
+        """The role a request is reported under: the pod's, when the pod is a canary."""
+        return CANARY if self.pod_role == CANARY else role
 
     # -- recording one request
 
@@ -750,12 +762,12 @@ class ServingState:
                 return
             if self.inference_log is not None:
                 self.inference_log.append(
-                    LogEntry(received, request_id, role, model.version, status, error_code,
+                    LogEntry(received, request_id, self.reported(role), model.version, status, error_code,
                              latency_s * 1000.0, frame, predictions, features)
                 )  # fmt: skip
             if self.tracer is not None and (sampled or status >= 500):
                 self.tracer.submit(
-                    TraceJob.of(model, frame, request_id, role, status, error, latency_s * 1000.0,
+                    TraceJob.of(model, frame, request_id, self.reported(role), status, error, latency_s * 1000.0,
                                 "error" if status >= 500 else "sampled")
                 )  # fmt: skip
         except Exception:
@@ -823,12 +835,14 @@ def _first(frame: pd.DataFrame, column: str) -> Any:
     return frame[column].iat[0]
 
 
-def _headers(served: Served | None, role: str, request_id: str) -> tuple[tuple[str, str], ...]:
+def _headers(
+    state: ServingState, served: Served | None, role: str, request_id: str
+) -> tuple[tuple[str, str], ...]:
     if served is None:
         return (("X-Request-Id", request_id),)
     return (
         ("X-Model-Version", served.model.version),
-        ("X-Model-Role", role),
+        ("X-Model-Role", state.reported(role)),
         ("X-Request-Id", request_id),
     )
 
@@ -858,8 +872,8 @@ def handle_invocations(
         state.record(
             served, role, e.status, started, request_id=request_id, error_code=e.error_code
         )
-        return Response(e.status, _error_body(e), JSON_CT, _headers(served, role, request_id))
-    headers = _headers(served, role, request_id)
+        return Response(e.status, _error_body(e), JSON_CT, _headers(state, served, role, request_id))
+    headers = _headers(state, served, role, request_id)
     if frame.empty:
         state.record(served, role, 200, started, request_id=request_id)
         return Response(200, b'{"predictions":[]}', JSON_CT, headers)
@@ -895,7 +909,7 @@ def reject_invocation(
     state.record(routing.stable, STABLE, error.status, started, request_id=request_id,
                  error_code=error.error_code)  # fmt: skip
     return Response(
-        error.status, _error_body(error), JSON_CT, _headers(routing.stable, STABLE, request_id)
+        error.status, _error_body(error), JSON_CT, _headers(state, routing.stable, STABLE, request_id)
     )
 
 
@@ -918,6 +932,7 @@ def health_payload(state: ServingState) -> dict[str, Any]:
         "canary_version": canary.version if canary else None,
         "canary_share": routing.canary_share if canary else 0.0,
         "canary_loaded_at": canary.loaded_at if canary else None,
+        "pod_role": state.pod_role,
         "pid": os.getpid(),
     }
 
@@ -1090,6 +1105,8 @@ def stats_payload(state: ServingState, window_s: float) -> dict[str, Any]:
     stats = state.outcomes.stats(window_s, versions)
     for role, served in routing.served():
         stats[role]["model_uri"] = served.model.model_uri
+    if state.pod_role == CANARY:  # a canary pod: its one model is the environment's canary
+        stats[CANARY], stats[STABLE] = stats[STABLE], None
     return {
         "environment": state.environment,
         "window_s": window_s,
@@ -1387,6 +1404,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=5.0,
         help="on SIGTERM, how long in-flight requests may take to finish",
     )
+    p.add_argument(
+        "--pod-role",
+        choices=ROLES,
+        default=os.environ.get("AGENTOPS_SERVING_ROLE") or STABLE,
+        help="the role this process reports (env AGENTOPS_SERVING_ROLE; set on the canary pods "
+        "of a Kubernetes rollout, where each pod serves one model)",
+    )
     p.add_argument("--log-level", default="INFO")  # fmt: skip
     return p.parse_args(argv)
 
@@ -1432,6 +1456,7 @@ def main(argv: list[str] | None = None) -> int:
         inference_log=inference_log,
         tracer=tracer,
         freeze_gc=True,
+        pod_role=args.pod_role,
     )
     server = ServingHTTPServer((args.host, args.port), state, args.max_body_bytes)
     if state.admin_token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
