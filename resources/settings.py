@@ -89,6 +89,9 @@ class Settings:
     serving_image: str = ""  # kubernetes: the serving pods' image (default: the deployer's)
     k8s_namespace: str = ""  # kubernetes: one namespace for every environment (default: one each)
     serving_mlflow_uri: str = ""  # kubernetes: MLflow as the pods reach it (default: in-cluster)
+    serving_host: str = "127.0.0.1"  # local: the interface serving processes listen on
+    serving_ports: Mapping[str, int] = field(default_factory=dict)  # local: environment -> port
+    serving_admin_token: bool = False  # AGENTOPS_SERVING_ADMIN_TOKEN is set (the value stays there)
 
     @property
     def dagster_home(self) -> Path:
@@ -145,6 +148,19 @@ def _production_problems(env: Mapping[str, str], tracking: str) -> list[str]:
             f"(README, 'Production mode')"]
 
 
+def _serving_ports(value: str, problems: list[str]) -> dict[str, int]:
+    """``dev=8081,staging=8082,prod=8083`` -> {"dev": 8081, ...}; empty: ephemeral ports."""
+    ports: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        environment, _, port = item.partition("=")
+        if not environment.strip() or not port.strip().isdigit() or not 0 < int(port) < 65536:
+            problems.append(f"AGENTOPS_SERVING_PORTS must look like 'dev=8081,prod=8083'; "
+                            f"{item!r} is not environment=port")
+            continue
+        ports[environment.strip()] = int(port)
+    return ports
+
+
 def load_settings(strict: bool = True) -> Settings:
     """Settings for the current environment. Cheap: no I/O beyond reading variables.
 
@@ -174,8 +190,14 @@ def load_settings(strict: bool = True) -> Settings:
         dagster_yaml = PRODUCTION_DAGSTER_YAML
     else:
         dagster_yaml = EMBEDDED_DAGSTER_YAML
+    serving_host = env.get("AGENTOPS_SERVING_HOST") or "127.0.0.1"
+    serving_ports = _serving_ports(env.get("AGENTOPS_SERVING_PORTS", ""), problems)
+    admin_token = bool(env.get("AGENTOPS_SERVING_ADMIN_TOKEN"))
     if mode == "production":
         problems += _production_problems(env, tracking)
+        if serving_host not in ("127.0.0.1", "localhost", "::1") and not admin_token:
+            problems.append(f"AGENTOPS_SERVING_HOST={serving_host} opens the serving processes' "
+                            f"/admin/* endpoints to the network: set AGENTOPS_SERVING_ADMIN_TOKEN")
     secret_env = {
         name: variable
         for name, variable, value in (
@@ -209,6 +231,9 @@ def load_settings(strict: bool = True) -> Settings:
         serving_image=env.get("AGENTOPS_SERVING_IMAGE", ""),
         k8s_namespace=env.get("AGENTOPS_K8S_NAMESPACE", ""),
         serving_mlflow_uri=env.get("AGENTOPS_SERVING_MLFLOW_URI", ""),
+        serving_host=serving_host,
+        serving_ports=serving_ports,
+        serving_admin_token=admin_token,
     )
     if strict and mode == "production" and problems:
         raise SettingsError("\n".join(problems))

@@ -1072,3 +1072,13 @@ def test_compose_environment_passes_production_settings(compose, monkeypatch):
     settings = load_settings()  # production mode refuses embedded defaults: must not raise
     assert settings.mode == "production"
     assert settings.mlflow_tracking_uri == "http://mlflow:5000"
+    # Prometheus scrapes the serving processes where the local deployer puts them
+    from agentops_pipelines.definitions import build_deployer
+
+    deployer = build_deployer(settings)
+    assert deployer.host == "0.0.0.0" and deployer.admin_token is not None
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    (serving,) = [job for job in scrape if job["job_name"] == "agentops-serving"]
+    targets = {t for c in serving["static_configs"] for t in c["targets"]}
+    assert targets == {f"dagster-code:{port}" for port in deployer.ports.values()}
+    assert set(deployer.ports) == {"dev", "staging", "prod"}

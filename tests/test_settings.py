@@ -19,7 +19,8 @@ VARIABLES = ("AGENTOPS_MODE", "AGENTOPS_DAGSTER_YAML", "DAGSTER_HOME", "MLFLOW_T
              "AGENTOPS_MLFLOW_ARTIFACT_ROOT", "AGENTOPS_FEAST_REDIS", "AGENTOPS_FEAST_REGISTRY",
              "AGENTOPS_FEAST_PROJECT", "AGENTOPS_AUDIT_DB_URL", "AGENTOPS_PROMETHEUS_URL",
              "AGENTOPS_DEPLOYER", "AGENTOPS_SERVING_IMAGE", "AGENTOPS_K8S_NAMESPACE",
-             "AGENTOPS_SERVING_MLFLOW_URI",
+             "AGENTOPS_SERVING_MLFLOW_URI", "AGENTOPS_SERVING_HOST", "AGENTOPS_SERVING_PORTS",
+             "AGENTOPS_SERVING_ADMIN_TOKEN",
              *settings_module.DAGSTER_PG_VARS)
 PG = {"DAGSTER_PG_HOST": "db.internal", "DAGSTER_PG_PORT": "5433", "DAGSTER_PG_USER": "dagster",
       "DAGSTER_PG_PASSWORD": "s3cret", "DAGSTER_PG_DB": "agentops"}
@@ -169,6 +170,29 @@ def test_the_deployer_is_chosen_by_a_setting(env):
     assert k8s.url("prod") == "http://support-agent-prod.agents.svc.cluster.local"
     env(AGENTOPS_DEPLOYER="nomad")
     with pytest.raises(SettingsError, match="AGENTOPS_DEPLOYER must be one of local, kubernetes, not 'nomad'"):
+        load_settings()
+
+
+def test_serving_host_ports_and_admin_token(env):
+    from agentops_pipelines.definitions import build_deployer
+
+    local = build_deployer(load_settings())
+    assert (local.host, local.ports, local.admin_token) == ("127.0.0.1", {}, None)
+    env(AGENTOPS_SERVING_PORTS="dev=8081, prod=8083", AGENTOPS_SERVING_ADMIN_TOKEN="t0ken")
+    deployer = build_deployer(load_settings())
+    assert deployer.ports == {"dev": 8081, "prod": 8083}
+    assert isinstance(deployer.admin_token, dg.EnvVar)  # the UI shows the name, not the token
+    with dg.build_resources({"deployer": deployer}) as resources:
+        assert resources.deployer.admin_token == "t0ken"
+    env(AGENTOPS_SERVING_PORTS="dev:8081,prod=99999")
+    assert load_settings().problems == (
+        "AGENTOPS_SERVING_PORTS must look like 'dev=8081,prod=8083'; 'dev:8081' is not environment=port",
+        "AGENTOPS_SERVING_PORTS must look like 'dev=8081,prod=8083'; 'prod=99999' is not environment=port",
+    )
+    # in production, listening beyond loopback without a token is refused
+    monkeypatch_env = {"AGENTOPS_SERVING_PORTS": "", "AGENTOPS_SERVING_HOST": "0.0.0.0", "AGENTOPS_SERVING_ADMIN_TOKEN": ""}
+    production(env, **monkeypatch_env)
+    with pytest.raises(SettingsError, match="AGENTOPS_SERVING_HOST=0.0.0.0 .* set AGENTOPS_SERVING_ADMIN_TOKEN"):
         load_settings()
 
 
