@@ -52,7 +52,8 @@ def build_deployer(settings: Settings):
 
         options: dict = {"agent": AGENTS[0].name, "prometheus_url": settings.prometheus_url or None}
         for field, value in (("image", settings.serving_image), ("namespace", settings.k8s_namespace),
-                             ("mlflow_tracking_uri", settings.serving_mlflow_uri)):
+                             ("mlflow_tracking_uri", settings.serving_mlflow_uri),
+                             ("inference_log_claim", settings.k8s_inference_log_claim)):
             if value:
                 options[field] = value
         return KubernetesDeployer(**options)

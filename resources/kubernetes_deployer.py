@@ -165,6 +165,12 @@ class ServingSpec:
     admin_token_secret: str = "agentops-serving-admin"  # key "token"; "" leaves /admin/* open
     startup_timeout_s: int = 300  # time a pod may take to load its model
     run_as_user: int = 10001  # the image's non-root user (deploy/Dockerfile)
+    # The inference log (requests and predictions, for drift): a ReadWriteMany
+    # PersistentVolumeClaim in the serving namespace, on the share the Dagster run pods see as
+    # AGENTOPS_INFERENCE_LOG_DIR; pods write <mount>/<agent>/<environment>/date=.../*.parquet,
+    # named by pod. "" logs nothing.
+    inference_log_claim: str = ""
+    inference_log_mount: str = "/var/lib/agentops/inference_log"
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.max_replicas < self.replicas:
@@ -269,9 +275,29 @@ def _container(
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if spec.inference_log_claim:
+        container["args"] += ["--inference-log-dir", inference_log_dir(agent, environment, spec)]
+        container["volumeMounts"].append(
+            {"name": "inference-log", "mountPath": spec.inference_log_mount}
+        )
     if spec.mlflow_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.mlflow_secret, "optional": True}}]
     return container
+
+
+def inference_log_dir(agent: str, environment: str, spec: ServingSpec) -> str:
+    """The folder a pod logs to: the layout the drift asset reads (<root>/<agent>/<environment>)."""
+    return f"{spec.inference_log_mount.rstrip('/')}/{agent}/{environment}"
+
+
+def _volumes(spec: ServingSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    if spec.inference_log_claim:
+        volumes.append({
+            "name": "inference-log",
+            "persistentVolumeClaim": {"claimName": spec.inference_log_claim},
+        })
+    return volumes
 
 
 def _deployment(
@@ -324,7 +350,7 @@ def _deployment(
                     "labelSelector": {"matchLabels": selector_labels(agent, environment, role)},
                 }],
                 "containers": [_container(agent, environment, release, role, spec)],
-                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+                "volumes": _volumes(spec),
             },
         },
     }
@@ -753,6 +779,8 @@ class KubernetesDeployer(Deployer):
     rollout_timeout_s: float = 600.0
     poll_interval_s: float = 2.0
     prometheus_url: str | None = None
+    inference_log_claim: str = ""  # see ServingSpec: "" logs nothing
+    inference_log_mount: str = "/var/lib/agentops/inference_log"
 
     _dynamic: Any = PrivateAttr(default=None)
 
@@ -777,6 +805,8 @@ class KubernetesDeployer(Deployer):
             mlflow_secret=self.mlflow_secret,
             admin_token_secret=self.admin_token_secret,
             startup_timeout_s=self.startup_timeout_s,
+            inference_log_claim=self.inference_log_claim,
+            inference_log_mount=self.inference_log_mount,
         )
 
     def namespace_of(self, environment: str) -> str:

@@ -89,6 +89,7 @@ class Settings:
     serving_image: str = ""  # kubernetes: the serving pods' image (default: the deployer's)
     k8s_namespace: str = ""  # kubernetes: one namespace for every environment (default: one each)
     serving_mlflow_uri: str = ""  # kubernetes: MLflow as the pods reach it (default: in-cluster)
+    k8s_inference_log_claim: str = ""  # kubernetes: the pods' inference-log claim ("" logs nothing)
     serving_host: str = "127.0.0.1"  # local: the interface serving processes listen on
     serving_ports: Mapping[str, int] = field(default_factory=dict)  # local: environment -> port
     serving_admin_token: bool = False  # AGENTOPS_SERVING_ADMIN_TOKEN is set (the value stays there)
@@ -231,6 +232,7 @@ def load_settings(strict: bool = True) -> Settings:
         serving_image=env.get("AGENTOPS_SERVING_IMAGE", ""),
         k8s_namespace=env.get("AGENTOPS_K8S_NAMESPACE", ""),
         serving_mlflow_uri=env.get("AGENTOPS_SERVING_MLFLOW_URI", ""),
+        k8s_inference_log_claim=env.get("AGENTOPS_K8S_INFERENCE_LOG_CLAIM", ""),
         serving_host=serving_host,
         serving_ports=serving_ports,
         serving_admin_token=admin_token,

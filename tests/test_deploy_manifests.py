@@ -196,6 +196,30 @@ def test_rendered_manifests_are_valid(environment, role):
         assert "replicas" not in deployment["spec"]  # the HPA owns the count
 
 
+def test_inference_log_volume_when_a_claim_is_given():
+    """Pods log requests to a shared ReadWriteMany claim, in the folder layout the drift asset
+    reads; without a claim they log nothing (and mount nothing)."""
+    plain = KubernetesDeployer().spec_for("prod")
+    with_log = KubernetesDeployer(inference_log_claim="agentops-inference-log").spec_for("prod")
+    for spec, claim in ((plain, None), (with_log, "agentops-inference-log")):
+        for manifest in render_environment(AGENT, "prod", V1, V2, spec=spec):
+            validate_k8s(manifest)
+            if manifest["kind"] != "Deployment":
+                continue
+            pod = manifest["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+            args = container["args"]
+            if claim is None:
+                assert claims == [] and "--inference-log-dir" not in args
+                continue
+            assert claims == [claim]
+            folder = args[args.index("--inference-log-dir") + 1]
+            assert folder == f"/var/lib/agentops/inference_log/{AGENT}/prod"
+            (mount,) = [m for m in container["volumeMounts"] if m["name"] == "inference-log"]
+            assert folder.startswith(mount["mountPath"] + "/")
+
+
 def test_service_hpa_and_pdb_cover_the_right_pods():
     manifests = render_environment(AGENT, "prod", V1, V2, spec=KubernetesDeployer().spec_for("prod"))
     by_kind: dict[str, list[dict]] = {}

@@ -6,13 +6,16 @@ The end-to-end path (a real serving process, SIGTERM, nothing lost) is in test_s
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import pandas as pd
 import pytest
 
+from agentops_pipelines.serving import inference_log
 from agentops_pipelines.serving.inference_log import (
     BASE_COLUMNS,
     InferenceLogWriter,
@@ -102,10 +105,10 @@ def test_writer_flushes_on_close_into_date_partitions(tmp_path):
     writer.append(entry("2026-11-02", "c"))
     assert files(tmp_path) == []  # nothing due yet
     writer.close()
-    pid = os.getpid()
+    writer_id = f"{socket.gethostname()}-{os.getpid()}"
     assert files(tmp_path) == [
-        f"date=2026-11-01/{pid}-000000.parquet",
-        f"date=2026-11-02/{pid}-000001.parquet",
+        f"date=2026-11-01/{writer_id}-000000.parquet",
+        f"date=2026-11-02/{writer_id}-000001.parquet",
     ]
     df = read_inference_log(tmp_path, date(2026, 11, 1), date(2026, 11, 2))
     assert df["request_id"].tolist() == ["a", "b", "b", "c"]
@@ -116,6 +119,40 @@ def test_writer_flushes_on_close_into_date_partitions(tmp_path):
 
     writer.append(entry("2026-11-02", "late"))  # after close: written at once, not lost
     assert "late" in read_inference_log(tmp_path, "2026-11-02", "2026-11-02")["request_id"].tolist()
+
+
+def test_pods_sharing_a_folder_keep_their_own_files(tmp_path, monkeypatch):
+    """On Kubernetes many pods write one folder and their pids repeat (often 1): file names carry
+    the host (the pod's name), so no pod overwrites another's rows."""
+    for pod in ("support-agent-prod-7f9c-abcde", "support-agent-prod-7f9c-fghij"):
+        monkeypatch.setattr(inference_log.socket, "gethostname", lambda pod=pod: pod)
+        monkeypatch.setattr(inference_log.os, "getpid", lambda: 1)
+        writer = InferenceLogWriter(tmp_path, "prod", flush_seconds=3600).start()
+        writer.append(entry("2026-11-02", pod))
+        writer.close()
+    assert files(tmp_path) == [
+        "date=2026-11-02/support-agent-prod-7f9c-abcde-1-000000.parquet",
+        "date=2026-11-02/support-agent-prod-7f9c-fghij-1-000000.parquet",
+    ]
+    assert sorted(read_inference_log(tmp_path, "2026-11-02", "2026-11-02")["request_id"]) == [
+        "support-agent-prod-7f9c-abcde", "support-agent-prod-7f9c-fghij"]
+
+
+def test_writer_converts_in_small_slices(tmp_path):
+    """Converting holds the GIL (~70 us a request): the writer converts as soon as
+    ``convert_rows`` rows wait instead of letting a whole interval pile up."""
+    writer = InferenceLogWriter(tmp_path, "dev", flush_seconds=3600, convert_seconds=3600,
+                                convert_rows=4).start()
+    for i in range(3):
+        writer.append(entry(request_id=f"r{i}"))
+    time.sleep(0.2)
+    assert writer._rows == 3  # below the slice: waits for more (or for convert_seconds)
+    writer.append(entry(request_id="r3"))
+    _wait_for(lambda: writer._rows == 0 and writer._table_rows == 4)
+    assert files(tmp_path) == []  # converted, not written: flush_seconds decides that
+    writer.close()
+    assert read_inference_log(tmp_path, "2026-11-02", "2026-11-02")["request_id"].tolist() == [
+        "r0", "r1", "r2", "r3"]
 
 
 def test_writer_flushes_by_rows_and_by_time(tmp_path):

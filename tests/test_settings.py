@@ -20,7 +20,7 @@ VARIABLES = ("AGENTOPS_MODE", "AGENTOPS_DAGSTER_YAML", "DAGSTER_HOME", "MLFLOW_T
              "AGENTOPS_FEAST_PROJECT", "AGENTOPS_AUDIT_DB_URL", "AGENTOPS_PROMETHEUS_URL",
              "AGENTOPS_DEPLOYER", "AGENTOPS_SERVING_IMAGE", "AGENTOPS_K8S_NAMESPACE",
              "AGENTOPS_SERVING_MLFLOW_URI", "AGENTOPS_SERVING_HOST", "AGENTOPS_SERVING_PORTS",
-             "AGENTOPS_SERVING_ADMIN_TOKEN",
+             "AGENTOPS_SERVING_ADMIN_TOKEN", "AGENTOPS_K8S_INFERENCE_LOG_CLAIM",
              *settings_module.DAGSTER_PG_VARS)
 PG = {"DAGSTER_PG_HOST": "db.internal", "DAGSTER_PG_PORT": "5433", "DAGSTER_PG_USER": "dagster",
       "DAGSTER_PG_PASSWORD": "s3cret", "DAGSTER_PG_DB": "agentops"}
@@ -166,10 +166,11 @@ def test_the_deployer_is_chosen_by_a_setting(env):
     assert (k8s.agent, k8s.namespace, k8s.mlflow_tracking_uri, k8s.prometheus_url) == (
         "support_agent", None, DEFAULT_MLFLOW_URI, None)
     env(AGENTOPS_SERVING_IMAGE="registry.example.com/agentops:1.2", AGENTOPS_K8S_NAMESPACE="agents",
-        AGENTOPS_SERVING_MLFLOW_URI="http://mlflow.ml:5000", AGENTOPS_PROMETHEUS_URL="http://prom:9090")
+        AGENTOPS_SERVING_MLFLOW_URI="http://mlflow.ml:5000", AGENTOPS_PROMETHEUS_URL="http://prom:9090",
+        AGENTOPS_K8S_INFERENCE_LOG_CLAIM="inference-log")
     k8s = build_resources(load_settings())["deployer"]
-    assert (k8s.image, k8s.namespace, k8s.mlflow_tracking_uri, k8s.prometheus_url) == (
-        "registry.example.com/agentops:1.2", "agents", "http://mlflow.ml:5000", "http://prom:9090")
+    assert (k8s.image, k8s.namespace, k8s.mlflow_tracking_uri, k8s.prometheus_url, k8s.inference_log_claim) == (
+        "registry.example.com/agentops:1.2", "agents", "http://mlflow.ml:5000", "http://prom:9090", "inference-log")
     assert k8s.url("prod") == "http://support-agent-prod.agents.svc.cluster.local"
     env(AGENTOPS_DEPLOYER="nomad")
     with pytest.raises(SettingsError, match="AGENTOPS_DEPLOYER must be one of local, kubernetes, not 'nomad'"):

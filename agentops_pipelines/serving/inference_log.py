@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -112,7 +114,9 @@ class InferenceLogWriter:
         self._closing = False
         self._closed = False
         self._seq = 0
-        self._pid = os.getpid()
+        # Files are named by writer: host (the pod, on Kubernetes, where many pods share one
+        # folder and their pids repeat) and pid.
+        self._writer = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', socket.gethostname())}-{os.getpid()}"
         self._thread: threading.Thread | None = None
         self.files_written = 0
 
@@ -243,9 +247,9 @@ class InferenceLogWriter:
         folder = self.folder / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
         while True:
-            path = folder / f"{self._pid}-{self._seq:06d}.parquet"
+            path = folder / f"{self._writer}-{self._seq:06d}.parquet"
             self._seq += 1
-            if not path.exists():  # a previous process with the same pid wrote here
+            if not path.exists():  # a previous process with the same host and pid wrote here
                 break
         tmp = folder / f".{path.name}.tmp"
         pq.write_table(table, tmp, compression="zstd")
