@@ -22,16 +22,26 @@ def drift_columns(agent: Agent) -> tuple[list[str], list[str]]:
     return [*agent.feature_columns, "tool"], ["text"]
 
 
+def predicted_tools(agent: Agent, version: str, requests):
+    """The registered version's tool for each of ``requests`` (text and feature columns)."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(f"models:/{agent.name}/{version}").unwrap_python_model()
+    columns = [c for c in ("text", *agent.feature_columns) if c in requests.columns]
+    return model.predict(None, requests[columns])["tool"].to_numpy()
+
+
 def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_set: dg.AssetsDefinition,
                       inference_log_root: str) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="drift_report", group_name=agent.name, partitions_def=daily_to_date,
         deps=[dg.AssetDep(deployment, partition_mapping=dg.SpecificPartitionsPartitionMapping(["prod"])),
               training_set],
-        kinds={"evidently", "mlflow"}, code_version="1",
+        kinds={"evidently", "mlflow"}, code_version="2",
         description="Evidently-equivalent drift of one day of production requests (inference log) "
                     "against the serving version's training data: per-feature scores, text "
-                    "descriptors, chosen tools; the HTML report is in MLflow.",
+                    "descriptors, chosen tools (against the version's own choices on its training "
+                    "requests); the HTML report is in MLflow.",
     )
     def drift_report(context: dg.AssetExecutionContext, config: DriftConfig, lake: LakeResource,
                      mlflow_store: MlflowResource) -> dg.MaterializeResult:
@@ -63,10 +73,14 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
         reference = lake.read(f"{agent.name}/training_set", run_id=reference_version)
         reference = reference[reference["split"] == "train"]
         features, text = drift_columns(agent)
+        if "tool" in features:
+            # Prediction drift: production's tools are the model's choices, so the reference is
+            # the same model's choices on its training requests, not their labels.
+            reference = reference.assign(tool=predicted_tools(agent, version, reference))
         features = [c for c in features if c in traffic.columns and c in reference.columns]
 
         profile_table = f"{agent.name}/drift_profile"
-        profile_path = Path(lake.root) / profile_table / f"{reference_version}.json"
+        profile_path = Path(lake.root) / profile_table / f"{reference_version}-{mv.run_id}.json"
         if profile_path.exists():
             profile = ReferenceProfile.load(profile_path)
         else:  # once per training set, then every day reuses it

@@ -41,6 +41,8 @@ def test_drifting_traffic_freezes_the_version_and_retrains(defs, instance):
     usual = report("staging")
     assert usual["rows"] == 400 and usual["serving_version"] == version
     assert usual["dataset_drift"] is False
+    # the reference for chosen tools is the version's own choices on its training requests
+    assert "tool" not in usual["drifted_columns"], usual["columns"]
 
     sensor = next(s for s in defs.sensors if s.name == f"{AGENT}_drift_sensor")
     ctx = dg.build_sensor_context(instance=instance, resources=defs.resources)
