@@ -128,7 +128,7 @@ class SupportDeskAgent(Agent):
 
     def default_params(self) -> dict[str, object]:
         # embeddings=1 adds MiniLM sentence embeddings (numpy, no torch) to the TF-IDF blocks:
-        # +3 points on Banking77 (0.90 → 0.93), at ~10 ms per request instead of ~1 ms.
+        # +3 points on Banking77 (0.90 → 0.93), at ~10 ms per request instead of ~0.2 ms.
         return {"C": 0.5, "word_ngrams": 2, "char_ngrams": 5, "use_features": True,
                 "embeddings": False, "embedding_scale": 2.0}
 
