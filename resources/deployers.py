@@ -292,21 +292,31 @@ class LocalProcessDeployer(Deployer):
 
     def stats(self, environment: str, window_s: float = 60.0) -> dict[str, Any]:
         state = self._running(environment)
-        try:
-            status, body = _http_json(
-                "GET",
-                f"{state['url']}/admin/stats?window={float(window_s):g}",
-                token=self.admin_token,
-            )
-        except OSError as e:
-            raise DeploymentError(f"{environment}: stats failed: {e}") from e
-        if status != 200:
-            raise DeploymentError(
-                f"{environment}: stats failed with HTTP {status}: {body.get('message', body)}"
-            )
-        return body
+        path = f"/admin/stats?window={float(window_s):g}"
+        return self._call(environment, state, "GET", path, None, "stats", timeout=5.0)
 
     # -- internals
+
+    def _call(
+        self, environment: str, state: dict[str, Any], method: str, path: str,
+        payload: dict[str, Any] | None, what: str, timeout: float | None = None, unchanged: str = "",
+    ) -> dict[str, Any]:
+        """The JSON body of an admin call to the environment's server; DeploymentError naming
+        ``what`` otherwise."""
+        try:
+            status, body = _http_json(
+                method, f"{state['url']}{path}", payload,
+                timeout=self.health_timeout_s if timeout is None else timeout,
+                token=self.admin_token,
+            )  # fmt: skip
+        except OSError as e:
+            raise DeploymentError(f"{environment}: {what} failed: {e}") from e
+        if status != 200:
+            raise DeploymentError(
+                f"{environment}: {what} failed with HTTP {status}: {body.get('message', body)}"
+                f"{unchanged}"
+            )
+        return body
 
     def _running(self, environment: str) -> dict[str, Any]:
         """The state of the environment's live server, or DeploymentError."""
@@ -323,21 +333,8 @@ class LocalProcessDeployer(Deployer):
         state: dict[str, Any] | None = None,
     ) -> Deployment:
         state = state or self._running(environment)
-        try:
-            status, body = _http_json(
-                method,
-                f"{state['url']}{path}",
-                payload,
-                timeout=self.health_timeout_s,
-                token=self.admin_token,
-            )
-        except OSError as e:
-            raise DeploymentError(f"{environment}: {what} failed: {e}") from e
-        if status != 200:
-            raise DeploymentError(
-                f"{environment}: {what} failed with HTTP {status}: {body.get('message', body)} "
-                f"(server pid {state['pid']} unchanged)"
-            )
+        body = self._call(environment, state, method, path, payload, what,
+                          unchanged=f" (server pid {state['pid']} unchanged)")  # fmt: skip
         return self._deployment(environment, state, body)
 
     def _start(

@@ -77,6 +77,17 @@ def test_pickles_without_the_scorer_and_recompiles(router, requests):
     assert copy.predict(head)["tool"].tolist() == router.predict(head)["tool"].tolist()
 
 
+def test_without_a_scorer_the_pipeline_scores(router, requests):
+    copy = pickle.loads(pickle.dumps(router))
+    copy._scorer = None  # as when compile() refuses the pipeline
+    head = requests.head(30)
+    expected = router.pipeline.predict(router._frame(head)).tolist()
+    assert copy.predict(head)["tool"].tolist() == expected
+    text_only = {"text": head["text"].tolist()}  # missing features: the neutral values
+    np.testing.assert_allclose(copy.decision_function(text_only, 30), router.decision_function(text_only, 30),
+                               rtol=1e-9, atol=1e-9)
+
+
 def test_two_classes_give_one_margin_like_the_pipeline():
     from sklearn.compose import ColumnTransformer
     from sklearn.feature_extraction.text import CountVectorizer

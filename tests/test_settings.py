@@ -194,8 +194,7 @@ def test_serving_host_ports_and_admin_token(env):
         "AGENTOPS_SERVING_PORTS must look like 'dev=8081,prod=8083'; 'prod=99999' is not environment=port",
     )
     # in production, listening beyond loopback without a token is refused
-    monkeypatch_env = {"AGENTOPS_SERVING_PORTS": "", "AGENTOPS_SERVING_HOST": "0.0.0.0", "AGENTOPS_SERVING_ADMIN_TOKEN": ""}
-    production(env, **monkeypatch_env)
+    production(env, AGENTOPS_SERVING_PORTS="", AGENTOPS_SERVING_HOST="0.0.0.0", AGENTOPS_SERVING_ADMIN_TOKEN="")
     with pytest.raises(SettingsError, match="AGENTOPS_SERVING_HOST=0.0.0.0 .* set AGENTOPS_SERVING_ADMIN_TOKEN"):
         load_settings()
 

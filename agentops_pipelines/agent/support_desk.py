@@ -39,12 +39,15 @@ class LinearRouter:
     def _default(self, col: str) -> object:
         return "unknown" if col in CATEGORICAL_FEATURES else 0
 
-    def _frame(self, requests: pd.DataFrame) -> pd.DataFrame:
+    def _frame(self, columns: Mapping[str, Sequence]) -> pd.DataFrame:
+        """What the pipeline reads, from a DataFrame or a dict of lists: the text as strings and
+        every feature column (the neutral value where one is missing)."""
+        import numpy as np
         import pandas as pd
 
-        n = len(requests)
-        return pd.DataFrame({"text": requests["text"].astype(str).to_numpy(), **{
-            col: requests[col].to_numpy() if col in requests else [self._default(col)] * n
+        n = len(columns["text"])
+        return pd.DataFrame({"text": [str(t) for t in columns["text"]], **{
+            col: np.asarray(columns[col]) if col in columns else [self._default(col)] * n
             for col in self.feature_columns
         }})  # fmt: skip
 
@@ -92,10 +95,7 @@ class LinearRouter:
         if scorer is not None:
             scores = scorer.decision_function(columns, n)
         else:
-            import pandas as pd
-
-            scores = self.pipeline.decision_function(self._frame(pd.DataFrame(
-                {c: list(columns[c]) for c in ("text", *self.feature_columns)})))
+            scores = self.pipeline.decision_function(self._frame(columns))
         scores = np.asarray(scores, dtype=float)
         if scores.ndim == 1:  # two classes: one margin, positive for classes_[1]
             scores = np.column_stack([-scores, scores])
