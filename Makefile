@@ -38,8 +38,10 @@ demo-prod: export AGENTOPS_MLFLOW_ARTIFACT_ROOT ?= $(CURDIR)/.agentops/productio
 demo-prod: export AGENTOPS_FEAST_REDIS ?= 127.0.0.1:6379,db=0
 demo-prod: export AGENTOPS_FEAST_REGISTRY ?= postgresql+psycopg://postgres@127.0.0.1:5432/agentops_feast
 demo-prod: export AGENTOPS_FEAST_PROJECT ?= agentops
+demo-prod: export AGENTOPS_AUDIT_KEY_FILE ?= $(CURDIR)/.agentops/production/secrets/audit.key
 demo-prod: install  ## the whole lifecycle on Postgres and Redis (production mode)
 	$(BIN)/python deploy/scripts/create_databases.py
+	$(BIN)/agentops audit --create-key
 	$(BIN)/agentops demo
 
 dev: install  ## Dagster UI + daemon (sensors, schedules) and the MLflow UI

@@ -4,6 +4,9 @@
     agentops dev       open the Dagster UI with the daemon (and the MLflow UI)
     agentops status    what is registered and what serves where
     agentops check     connect to every configured service; one line per problem, exit 1 on any
+    agentops keygen    make a reviewer's signing key
+    agentops approve   sign and submit an approval (reject: a rejection); --wait follows it
+    agentops audit     the audit log, verified; --served: who approved what served where and when
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from agentops_pipelines.resources.settings import PROJECT_ROOT, load_settings
 
@@ -144,10 +148,9 @@ def dev(port: int, mlflow_port: int) -> int:
 
 def status() -> int:
     from agentops_pipelines.agents import AGENTS
-    from agentops_pipelines.definitions import defs
-
-    client = defs.resources["mlflow_store"].configure()
-    deployer = defs.resources["deployer"]
+    resources = _resources()
+    client = resources["mlflow_store"].configure()
+    deployer = resources["deployer"]
     for agent in AGENTS:
         print(f"{agent.name}")
         try:
@@ -165,39 +168,202 @@ def status() -> int:
     return 0
 
 
-def review(agent: str, version: str, decision: str, reviewer: str, comment: str) -> int:
-    """``agentops approve|reject``: tag the version and write the audit entry; the sensor acts."""
-    from agentops_pipelines import governance
-    from agentops_pipelines.definitions import defs
+def _resources(settings=None) -> dict:
+    """The code location's resources for the settings read now (this process's environment)."""
+    from agentops_pipelines.definitions import build_resources
 
-    client = defs.resources["mlflow_store"].configure()
+    return build_resources(settings or load_settings())
+
+
+def _key_path(reviewer: str, given: str | None) -> Path:
+    if given:
+        return Path(given).expanduser()
+    folder = os.environ.get("AGENTOPS_SIGNING_KEY_DIR") or Path.home() / ".config" / "agentops" / "keys"
+    return Path(folder) / f"{reviewer}.pem"
+
+
+def keygen(reviewer: str, out: str | None) -> int:
+    """``agentops keygen``: a reviewer's signing key; prints the line for approvers.yaml."""
+    from agentops_pipelines.governance.signing import generate_key, valid_reviewer
+
     try:
-        governance.decide(client, defs.resources["audit"], agent, version, decision, reviewer, comment)
-    except Exception as exc:  # noqa: BLE001 - one clear line for a person at a terminal
-        print(f"agentops: could not record the decision on {agent} version {version}: {exc}", file=sys.stderr)
+        valid_reviewer(reviewer)
+        path = _key_path(reviewer, out)
+        public = generate_key(path)
+    except FileExistsError:
+        print(f"agentops keygen: {path} exists; it is never overwritten (move it away first)", file=sys.stderr)
         return 2
-    print(f"{agent} version {version}: {decision} by {reviewer}. The approval sensor checks the reviewer "
-          "and the version, then promotes (staging, then the production canary) or refuses.")
+    except ValueError as exc:
+        print(f"agentops keygen: {exc}", file=sys.stderr)
+        return 2
+    print(f"""Private key: {path} (mode 600; it never leaves this machine: keep it safe).
+Public key for approvers.yaml, under agents.<agent>.approvers (added by a reviewed change):
+
+      {reviewer}: "{public}"
+""")
     return 0
 
 
-def audit_log(agent: str | None, limit: int, as_json: bool) -> int:
-    """``agentops audit``: the append-only log of decisions, oldest first."""
-    from agentops_pipelines.definitions import defs
+def review(agent: str, version: str, decision: str, reviewer: str, comment: str, key: str | None,
+           wait: bool, timeout: float, print_only: bool) -> int:
+    """``agentops approve|reject``: sign the decision and hand it to the approval sensor."""
+    from agentops_pipelines.governance import approvals, signing
+    from agentops_pipelines.governance.policy import PolicyError, load_policy
 
-    log = defs.resources["audit"]
-    entries = log.entries(agent, limit=limit)
-    if as_json:
-        print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
+    def fail(message: str, code: int = 2) -> int:
+        print(f"agentops {'approve' if decision == 'approved' else 'reject'}: {message}", file=sys.stderr)
+        return code
+
+    settings = load_settings()
+    try:
+        policy = load_policy(settings.approvers_file, agent)
+    except PolicyError as exc:
+        return fail(str(exc))
+    if reviewer not in policy.approvers:
+        return fail(f"{reviewer!r} is not an approver of {agent}; {policy.describe()}. Nothing was recorded.")
+    if len(comment) > 500:
+        return fail("--comment is limited to 500 characters")
+    try:
+        private_key = signing.load_private_key(_key_path(reviewer, key))
+    except (signing.SignatureError, ValueError) as exc:
+        return fail(str(exc))
+    if signing.public_key_text(private_key.public_key()) != signing.public_key_text(policy.approvers[reviewer]):
+        return fail(f"the key {_key_path(reviewer, key)} is not the one registered for {reviewer!r} in {policy.source}")
+    resources = _resources(settings)
+    client = resources["mlflow_store"].configure()
+    audit = resources["audit"].store
+    if decision == "rejected" and not print_only:
+        serving = _serving_in_guarded(audit, agent, version)
+        if serving:
+            return fail(f"version {version} serves in {serving}: a rejection cannot take it out of service. "
+                        f"Roll it back instead (launch {agent}_rollback_job in the Dagster UI); nothing was recorded.")
+    try:
+        made, envelope = approvals.make_decision(client, agent, version, decision, reviewer, private_key, comment)
+    except Exception as exc:  # noqa: BLE001 - one clear line for a person at a terminal
+        return fail(f"could not read {agent} version {version} from MLflow: {exc}")
+    if print_only:
+        print(f"Tag key:   {signing_tag(reviewer)}\nTag value: {envelope}")
+        print("Set it on the model version in the MLflow UI; the approval sensor verifies it.", file=sys.stderr)
         return 0
-    for e in entries:
-        where = f" [{e.environment}]" if e.environment else ""
-        version = f" v{e.version}" if e.version else ""
-        print(f"{e.at}  {e.action:<19} {e.agent}{version}{where}  by {e.actor}" + (f"  — {e.reason}" if e.reason else ""))
-    broken = log.verify()
-    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; hash chain "
-          + ("intact" if not broken else f"BROKEN at entries {broken}"))
-    return 1 if broken else 0
+    tag = approvals.submit(client, made, envelope)
+    needs = "; ".join(f"{env} needs {policy.required(env)}" for env in ("staging", "prod"))
+    print(f"Signed: {reviewer} {decision} {agent} version {made.version} (artifacts sha256 "
+          f"{made.artifacts_sha256[:12]}…, evaluation report sha256 {made.report_sha256[:12]}…), "
+          f"submitted as the model-version tag {tag}.")
+    if decision == "approved":
+        print(f"Next: the approval sensor (running under `make dev`) verifies the signature, records it in the "
+              f"audit log and promotes to the furthest environment the policy allows ({needs} distinct "
+              f"approvals). Follow it with `agentops audit {agent}`" + (" or wait here." if wait else " or --wait."))
+    else:
+        print(f"Next: the approval sensor verifies and records it; a valid rejection keeps version {made.version} "
+              "out of staging and prod until that reviewer approves it.")
+    if not wait:
+        return 0
+    return _wait_for_outcome(audit, policy, agent, made.version, signing.envelope_digest(envelope), timeout)
+
+
+def signing_tag(reviewer: str) -> str:
+    from agentops_pipelines.vocabulary import DECISION_TAG_PREFIX
+
+    return DECISION_TAG_PREFIX + reviewer
+
+
+def _serving_in_guarded(audit, agent: str, version: str) -> str | None:
+    """The guarded environment ``version`` serves in per the audit log (best effort), or None."""
+    try:
+        entries = audit.entries(agent)
+    except Exception:  # noqa: BLE001 - no access to the log from here: the sensor decides
+        return None
+    from agentops_pipelines.governance.eligibility import served
+
+    now_serving = {row["environment"]: row["version"] for row in served(entries, agent) if row["until"] == "now"}
+    return next((env for env in ("prod", "staging") if now_serving.get(env) == str(version)), None)
+
+
+def _wait_for_outcome(audit, policy, agent: str, version: str, digest: str, timeout: float) -> int:
+    """Follow the decision through the audit log: recorded or refused, then promoted or not."""
+    from agentops_pipelines.governance.eligibility import highest_allowed
+
+    deadline = time.monotonic() + timeout
+    recorded = None
+    print(f"Waiting up to {timeout:.0f} s for the approval sensor...", flush=True)
+    while time.monotonic() < deadline:
+        log = audit.verify()
+        if not log.ok:
+            print(f"REFUSED: {log.summary()}", file=sys.stderr)
+            return 1
+        mine = [e for e in log.entries if e.agent == agent and e.version == str(version)]
+        if recorded is None:
+            recorded = next((e for e in mine if e.details.get("envelope_sha256") == digest), None)
+            if recorded is not None and recorded.action == "approval_refused":
+                print(f"REFUSED: {recorded.reason}", file=sys.stderr)
+                return 1
+            if recorded is not None:
+                print(f"Recorded in the audit log as entry {recorded.seq} ({recorded.action}).", flush=True)
+                if recorded.action == "reject":
+                    return 0
+        if recorded is not None:
+            after = [e for e in mine if e.seq > recorded.seq]
+            failed = next((e for e in after if e.action in ("promotion_failed", "deployment_refused")), None)
+            if failed:
+                print(f"NOT PROMOTED: {failed.action} in {failed.environment}: {failed.reason}", file=sys.stderr)
+                return 1
+            target, verdict = highest_allowed(log, policy, agent, str(version))
+            if target is None:
+                if verdict.missing_approvals:
+                    print(f"Waiting for more approvals: {verdict.reason}")
+                    return 0
+                print(f"REFUSED: {verdict.reason}", file=sys.stderr)
+                return 1
+            done = next((e for e in after if e.environment == target and e.action in ("deploy", "promote")), None)
+            if done:
+                print(f"Done: version {version} serves in {target} ({done.reason}).")
+                if target == "staging" and verdict.missing_approvals:
+                    print(f"Prod waits: {verdict.reason}")
+                return 0
+        time.sleep(1.0)
+    print(f"TIMED OUT after {timeout:.0f} s: is the daemon running (`make dev`)? Follow with "
+          f"`agentops audit {agent}`.", file=sys.stderr)
+    return 3
+
+
+def create_audit_key() -> int:
+    """``agentops audit --create-key``: the audit log's MAC key at AGENTOPS_AUDIT_KEY_FILE, if missing."""
+    from agentops_pipelines.governance.audit_log import create_key_file
+
+    path = load_settings(strict=False).audit_key_file
+    made = create_key_file(path)
+    print(f"{'created' if made else 'kept the existing'} audit key {path} (mode 600; back it up: "
+          "without it the log can be neither written nor verified)")
+    return 0
+
+
+def audit_log(agent: str | None, limit: int, as_json: bool, served_only: bool) -> int:
+    """``agentops audit``: the audit log, oldest first, and whether it verifies."""
+    store = _resources()["audit"].store
+    result = store.verify()
+    entries = [e for e in result.entries if agent is None or e.agent == agent] if result.entries else \
+        store.entries(agent, limit=limit)
+    entries = entries[-limit:]
+    if served_only:
+        from agentops_pipelines.agents import AGENTS
+        from agentops_pipelines.governance.eligibility import served
+
+        for name in [agent] if agent else [a.name for a in AGENTS]:
+            print(f"{name}:")
+            for row in served(result.entries, name):
+                print(f"  {row['environment']:<8} v{row['version']:<4} {row['since'][:19]} .. "
+                      f"{row['until'][:19]:<19}  {row['how']:<8} approved by {row['approved_by'] or '-'}")
+    elif as_json:
+        print(json.dumps([e.as_dict() for e in entries], indent=2, default=str))
+    else:
+        for e in entries:
+            where = f" [{e.environment}]" if e.environment else ""
+            version = f" v{e.version}" if e.version else ""
+            print(f"{e.seq:>6} {e.at[:19]}  {e.action:<19} {e.agent}{version}{where}  by {e.actor}"
+                  + (f"  — {e.reason}" if e.reason else ""))
+    print(result.summary(), file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,24 +376,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlflow-port", type=int, default=5000)
     sub.add_parser("status", help="registered versions and deployments")
     sub.add_parser("check", help="connect to every configured service (Postgres, Redis, MLflow, Feast)")
+    p = sub.add_parser("keygen", help="make a reviewer's signing key (Ed25519); prints the public key")
+    p.add_argument("--reviewer", required=True, help="your name as approvers.yaml will list it")
+    p.add_argument("--out", help="where to write the private key (default ~/.config/agentops/keys/<reviewer>.pem)")
     for name, decision in (("approve", "approved"), ("reject", "rejected")):
-        p = sub.add_parser(name, help=f"{name} a registered version (recorded in MLflow tags and the audit log)")
-        p.add_argument("agent")
-        p.add_argument("version")
-        p.add_argument("--reviewer", required=True)
-        p.add_argument("--comment", default="")
+        p = sub.add_parser(name, help=f"sign and submit your decision to {name} a registered version")
+        p.add_argument("agent", help="the agent (its registered model name), e.g. support_agent")
+        p.add_argument("version", help="the registered version number")
+        p.add_argument("--reviewer", required=True, help="you, as approvers.yaml lists you")
+        p.add_argument("--key", help="your private key (default ~/.config/agentops/keys/<reviewer>.pem)")
+        p.add_argument("--comment", default="", help="why (kept in the signed statement and the audit log)")
+        p.add_argument("--wait", action="store_true", help="follow the decision to its outcome; exit 1 if refused")
+        p.add_argument("--timeout", type=float, default=900.0, help="how long --wait waits, in seconds")
+        p.add_argument("--print", dest="print_only", action="store_true",
+                       help="print the signed tag to paste in the MLflow UI instead of submitting it")
         p.set_defaults(decision=decision)
-    p = sub.add_parser("audit", help="print the audit log")
-    p.add_argument("agent", nargs="?")
-    p.add_argument("--limit", type=int, default=200)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("audit", help="print the audit log and verify it (exit 1 if it does not verify)")
+    p.add_argument("agent", nargs="?", help="only this agent's entries")
+    p.add_argument("--limit", type=int, default=200, help="the newest N entries")
+    p.add_argument("--json", action="store_true", help="entries as JSON")
+    p.add_argument("--served", action="store_true",
+                   help="which version served in each environment, when, and who approved it")
+    p.add_argument("--create-key", action="store_true",
+                   help="create the MAC key at AGENTOPS_AUDIT_KEY_FILE if it is missing (production set-up)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.days)
+    if args.command == "keygen":
+        return keygen(args.reviewer, args.out)
     if args.command in ("approve", "reject"):
-        return review(args.agent, args.version, args.decision, args.reviewer, args.comment)
+        return review(args.agent, args.version, args.decision, args.reviewer, args.comment, args.key,
+                      args.wait, args.timeout, args.print_only)
+    if args.command == "audit" and args.create_key:
+        return create_audit_key()
     if args.command == "audit":
-        return audit_log(args.agent, args.limit, args.json)
+        return audit_log(args.agent, args.limit, args.json, args.served)
     if args.command == "dev":
         return dev(args.port, args.mlflow_port)
     if args.command == "check":

@@ -9,6 +9,7 @@ from agentops_pipelines.lifecycle import build_lifecycle
 from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.deployers import LocalProcessDeployer
 from agentops_pipelines.resources.feast import FeastResource
+from agentops_pipelines.resources.governance import GovernanceResource
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.resources.prometheus import PrometheusResource
@@ -39,8 +40,11 @@ def build_resources(settings: Settings) -> dict:
                                        artifact_root=settings.mlflow_artifact_root,
                                        ui_url=settings.mlflow_ui_url),
         "deployer": build_deployer(settings),
-        "audit": AuditLog(url=settings.audit_db_url or f"sqlite:///{settings.home / 'audit.db'}"),
+        "audit": AuditLog(url=from_env("audit_db_url") if settings.audit_db_url else f"sqlite:///{settings.home / 'audit.db'}",
+                          key_file=str(settings.audit_key_file), anchor_path=str(settings.audit_anchor),
+                          create_key=not settings.production),
         "prometheus": PrometheusResource(url=settings.prometheus_url),
+        "governance": GovernanceResource(approvers_file=str(settings.approvers_file)),
     }
 
 

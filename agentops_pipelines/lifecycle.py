@@ -21,7 +21,7 @@ from agentops_pipelines.assets.features import build_feature_assets
 from agentops_pipelines.assets.registry import build_registry_asset
 from agentops_pipelines.assets.training import build_training_asset
 from agentops_pipelines.operations import build_promotion_job, build_rollback_job
-from agentops_pipelines.partitions import daily, daily_to_date
+from agentops_pipelines.partitions import daily, daily_to_date, environments
 from agentops_pipelines.sensors.approvals import build_approval_sensor
 from agentops_pipelines.sensors.drift import build_drift_sensor
 from agentops_pipelines.sensors.mlflow_runs import build_mlflow_run_sensor
@@ -29,6 +29,7 @@ from agentops_pipelines.sensors.prometheus_alerts import (
     build_prometheus_alert_sensor,
     build_promotion_failure_sensor,
 )
+from agentops_pipelines.vocabulary import RunTag
 
 
 @dataclass
@@ -70,9 +71,15 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
         description="One day of production traffic against the training data.")
     promotion = build_promotion_job(agent)
     rollback = build_rollback_job(agent)
+    # Every deploy run carries its environment as a run tag (however it is launched: UI, CLI,
+    # sensor), so dagster.yaml's one-run-per-environment limit queues the others.
+    deploy_config = dg.PartitionedConfig(
+        partitions_def=environments, run_config_for_partition_key_fn=lambda _key: {},
+        tags_for_partition_key_fn=lambda key: {RunTag.ENVIRONMENT: key, RunTag.AGENT: agent.name})
     deploy = dg.define_asset_job(
-        f"{agent.name}_deploy_job", selection=dg.AssetSelection.assets(deployment),
-        description="Deploy a version to one environment.", tags={"agentops/agent": agent.name})
+        f"{agent.name}_deploy_job", selection=dg.AssetSelection.assets(deployment), config=deploy_config,
+        description="Deploy a version to one environment (staging and prod: approved versions only).",
+        tags={RunTag.AGENT: agent.name})
 
     @dg.asset_sensor(asset_key=registered.key, job=deploy, name=f"{agent.name}_dev_deploy_sensor",
                      default_status=dg.DefaultSensorStatus.RUNNING,

@@ -2,21 +2,33 @@
 
 Both are op jobs (a rollout touches several environments in one run, which a partitioned asset
 job cannot) that record a materialization of ``deployment`` for each environment they change, so
-the asset graph still shows what runs where. Every decision goes to the audit log.
+the asset graph still shows what runs where. Both decide from the pipeline's own records (the
+verified audit log, reviewers' signatures, the approvers file) and never from MLflow tags, hold
+the rollout lock of each environment they touch, and write every decision to the audit log.
 """
 
 import dagster as dg
 from pydantic import Field
 
-from agentops_pipelines import governance as gov
-from agentops_pipelines.resources.audit import AuditLog
+from agentops_pipelines.governance import approvals
+from agentops_pipelines.governance import eligibility as elig
+from agentops_pipelines.resources.audit import AuditLog, AuditTampered
 from agentops_pipelines.resources.deployers import Deployer
+from agentops_pipelines.resources.governance import GovernanceResource
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.vocabulary import (
+    GUARDED_ENVIRONMENTS,
+    Alias,
+    Environment,
+    RunTag,
+    VersionTag,
+)
 
 
 class PromotionConfig(dg.Config):
     version: str = Field(description="the registered version to promote")
-    reviewer: str = Field(default="", description="who approved it (for the audit log)")
+    target: str = Field(default="prod", description="how far: 'staging', or 'prod' (staging first)")
+    reviewer: str = Field(default="", description="unused; kept so older run configs still load")
     canary_share: float = Field(default=0.1, gt=0.0, le=1.0)
     bake_seconds: float = Field(default=60.0, ge=0.0)
     check_interval_seconds: float = Field(default=5.0, gt=0.0)
@@ -31,69 +43,91 @@ class RollbackConfig(dg.Config):
     actor: str = Field(default="rollback_job")
 
 
-def last_stable_version(client, agent_name: str, exclude: set[str]) -> str | None:
-    """The most recently promoted version that was never rolled back or frozen."""
-    candidates = []
-    for mv in client.search_model_versions(f"name='{agent_name}'"):
-        tags = mv.tags or {}
-        if str(mv.version) in exclude or tags.get(gov.ROLLED_BACK) or not tags.get(gov.PROMOTED_PROD):
-            continue
-        candidates.append((tags[gov.PROMOTED_PROD], int(mv.version)))
-    return str(max(candidates)[1]) if candidates else None
+def rollout_lock(audit: AuditLog, agent: str, environment: str, holder: str, log):
+    """One rollout per (agent, environment) at a time, whoever launched the run."""
+    return audit.store.exclusive(f"rollout:{agent}:{environment}", holder,
+                                 on_wait=lambda who: log(f"waiting for the {environment} rollout lock held by {who}"))
 
 
-def _record_deployment(context, agent_name: str, environment: str, version: str, url: str, **extra) -> None:
+def record_deployment(context, agent_name: str, environment: str, version: str, url: str, **extra) -> None:
     context.log_event(dg.AssetMaterialization(
         asset_key=dg.AssetKey([agent_name, "deployment"]), partition=environment,
         metadata={"environment": environment, "version": version, "url": dg.MetadataValue.url(url),
                   "model_uri": f"models:/{agent_name}/{version}", **extra}))
 
 
+def refuse(audit: AuditLog, agent: str, version: str, environment: str, actor: str, reason: str) -> dg.Failure:
+    """Audit a refused deployment and return the Failure to raise (its message names what is missing)."""
+    try:
+        audit.record("deployment_refused", agent, actor=actor, version=version, environment=environment,
+                     reason=reason)
+    except AuditTampered:
+        pass  # the reason already says the log is not intact
+    return dg.Failure(f"version {version} of {agent} may not serve in {environment}: {reason}")
+
+
 def build_promotion_job(agent) -> dg.JobDefinition:
     @dg.op(name=f"{agent.name}_promote", tags={"kind": "mlflow"})
     def promote(context: dg.OpExecutionContext, config: PromotionConfig, mlflow_store: MlflowResource,
-                deployer: Deployer, audit: AuditLog) -> None:
-        from agentops_pipelines.agents import AGENTS
+                deployer: Deployer, audit: AuditLog, governance: GovernanceResource) -> None:
+        from agentops_pipelines.governance.digests import model_artifacts_sha256
         from agentops_pipelines.rollout import RolloutPolicy, rollout
 
+        if config.target not in GUARDED_ENVIRONMENTS:
+            raise dg.Failure(f"target must be one of {', '.join(GUARDED_ENVIRONMENTS)}, not {config.target!r}")
         client = mlflow_store.configure()
-        mv = client.get_model_version(agent.name, config.version)
-        agent_def = next(a for a in AGENTS if a.name == agent.name)
-        verdict = gov.eligibility(mv.tags or {}, gov.approvers(agent_def))
-        if mv.tags.get(gov.STATUS) != "approved" or not verdict.allowed:
-            raise dg.Failure(f"version {mv.version} may not be promoted: "
-                             f"{verdict.reason if verdict.allowed is False else 'it is not approved'}")
-        actor = f"promotion_job:{context.run_id[:8]}"
-        model_uri = f"models:/{agent.name}/{mv.version}"
-        log = context.log.info
+        mv = client.get_model_version(agent.name, config.version)  # raises if it does not exist
+        version, actor = str(mv.version), f"promotion_job:{context.run_id[:8]}"
+        policy = governance.policy(agent.name)
+        log = audit.verify()
+        digest = model_artifacts_sha256(client, agent.name, version) if log.ok else None
+        targets = [Environment.STAGING.value] + ([Environment.PROD.value] if config.target == "prod" else [])
+        verdicts = {env: elig.eligibility(log, policy, agent.name, version, env, artifacts_sha256=digest)
+                    for env in targets}
+        for env, verdict in verdicts.items():
+            if not verdict.allowed:
+                approvals.show(client, agent.name, version, **{VersionTag.REFUSAL: verdict.reason})
+                raise refuse(audit, agent.name, version, env, actor, verdict.reason)
+        model_uri = f"models:/{agent.name}/{version}"
 
-        staging = rollout(deployer, "staging", model_uri, mv.version, None, log)
-        _record_deployment(context, agent.name, "staging", mv.version, staging.url)
-        audit.record("deploy", agent.name, actor=actor, version=mv.version, environment="staging",
-                     reason=f"promotion approved by {config.reviewer or mv.tags.get(gov.REVIEWER)}")
+        with rollout_lock(audit, agent.name, "staging", actor, context.log.info):
+            staging = rollout(deployer, "staging", model_uri, version, None, context.log.info)
+        record_deployment(context, agent.name, "staging", version, staging.url)
+        approvers = list(verdicts["staging"].approvers)
+        audit.record("deploy", agent.name, actor=actor, version=version, environment="staging",
+                     reason=verdicts["staging"].reason, details={"approvers": approvers, "artifacts_sha256": digest})
+        if config.target == "staging":
+            approvals.show(client, agent.name, version, **{VersionTag.STATUS: "approved for staging",
+                                                           VersionTag.REFUSAL: ""})
+            return
 
-        policy = RolloutPolicy(canary_share=config.canary_share, bake_seconds=config.bake_seconds,
-                               check_interval_seconds=config.check_interval_seconds,
-                               max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms)
-        prod = rollout(deployer, "prod", model_uri, mv.version, policy, log)
+        policy_ = RolloutPolicy(canary_share=config.canary_share, bake_seconds=config.bake_seconds,
+                                check_interval_seconds=config.check_interval_seconds,
+                                max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms)
+        with rollout_lock(audit, agent.name, "prod", actor, context.log.info):
+            prod = rollout(deployer, "prod", model_uri, version, policy_, context.log.info)
         if not prod.succeeded:
-            client.set_model_version_tag(agent.name, mv.version, gov.ROLLED_BACK, f"canary failed: {prod.reason}")
-            audit.record("promotion_failed", agent.name, actor=actor, version=mv.version, environment="prod",
+            approvals.show(client, agent.name, version, **{VersionTag.ROLLED_BACK: f"canary failed: {prod.reason}"})
+            audit.record("promotion_failed", agent.name, actor=actor, version=version, environment="prod",
                          reason=prod.reason, details={"checks": prod.checks, "kept": prod.previous_version})
-            raise dg.Failure(f"canary of version {mv.version} in prod failed its health check: {prod.reason}; "
+            raise dg.Failure(f"canary of version {version} in prod failed its health check: {prod.reason}; "
                              f"version {prod.previous_version} keeps serving",
                              metadata={"checks": dg.MetadataValue.json(prod.checks)})
-        client.set_registered_model_alias(agent.name, "champion", mv.version)
-        client.set_model_version_tag(agent.name, mv.version, gov.PROMOTED_PROD, gov.now())
-        client.set_model_version_tag(agent.name, mv.version, gov.STATUS, "promoted")
-        _record_deployment(context, agent.name, "prod", mv.version, prod.url, previous_version=str(prod.previous_version))
-        audit.record("promote", agent.name, actor=actor, version=mv.version, environment="prod",
-                     reason=f"approved by {mv.tags.get(gov.REVIEWER)}; {prod.reason}",
-                     details={"previous_version": prod.previous_version, "checks": prod.checks})
+        client.set_registered_model_alias(agent.name, Alias.CHAMPION, version)
+        approvals.show(client, agent.name, version, **{
+            VersionTag.PROMOTED_PROD: approvals.now(), VersionTag.STATUS: "promoted",
+            VersionTag.REVIEWER: ", ".join(verdicts["prod"].approvers), VersionTag.REFUSAL: ""})
+        record_deployment(context, agent.name, "prod", version, prod.url, previous_version=str(prod.previous_version))
+        audit.record("promote", agent.name, actor=actor, version=version, environment="prod",
+                     reason=f"{verdicts['prod'].reason}; {prod.reason}",
+                     details={"previous_version": prod.previous_version, "checks": prod.checks,
+                              "approvers": list(verdicts["prod"].approvers), "artifacts_sha256": digest})
 
-    @dg.job(name=f"{agent.name}_promotion_job", tags={"agentops/environment": "prod", "agentops/agent": agent.name},
+    @dg.job(name=f"{agent.name}_promotion_job",
+            tags={RunTag.ENVIRONMENT: "prod", RunTag.AGENT: agent.name},
             description="Staging, then the production canary rollout with bake-time health checks; "
-                        "the champion alias moves only when the canary stays healthy.")
+                        "only for versions with enough valid signed approvals (approvers.yaml). The "
+                        "champion alias moves only when the canary stays healthy.")
     def promotion_job():
         promote()
 
@@ -104,33 +138,52 @@ def build_rollback_job(agent) -> dg.JobDefinition:
     @dg.op(name=f"{agent.name}_rollback", tags={"kind": "mlflow"})
     def rollback(context: dg.OpExecutionContext, config: RollbackConfig, mlflow_store: MlflowResource,
                  deployer: Deployer, audit: AuditLog) -> None:
+        from agentops_pipelines.governance.digests import model_artifacts_sha256
+
         client = mlflow_store.configure()
         env = config.environment
-        current = deployer.status(env)
-        bad = config.bad_version or (current.version if current else "")
-        if not bad:
-            raise dg.Failure(f"nothing serves in {env} and no bad_version was given: nothing to roll back")
-        stable = last_stable_version(client, agent.name, exclude={bad})
-        if stable is None:
-            audit.record("rollback_impossible", agent.name, actor=config.actor, version=bad, environment=env,
-                         reason=config.reason)
-            raise dg.Failure(f"ROLLBACK IMPOSSIBLE: no stable version of {agent.name} left to roll back to "
-                             f"from version {bad} in {env} ({config.reason}). Stopping here; a person must act.")
-        if current is not None and current.version == stable:
-            context.log.info("%s already serves stable version %s: nothing to do", env, stable)
-        else:
-            deployed = deployer.deploy(env, f"models:/{agent.name}/{stable}", stable)
-            _record_deployment(context, agent.name, env, stable, deployed.url, rolled_back_from=bad, reason=config.reason)
+        if env not in (Environment.STAGING, Environment.PROD):
+            raise dg.Failure(f"rollback is for {', '.join(GUARDED_ENVIRONMENTS)}, not {env!r}")
+        with rollout_lock(audit, agent.name, env, f"rollback_job:{context.run_id[:8]}", context.log.info):
+            current = deployer.status(env)
+            bad = config.bad_version or (current.version if current else "")
+            if not bad:
+                raise dg.Failure(f"nothing serves in {env} and no bad_version was given: nothing to roll back")
+            if current is not None and current.version != bad and current.canary_version != bad:
+                context.log.info("%s serves version %s, not %s: nothing to roll back", env, current.version, bad)
+                return
+            log = audit.verify()
+            if not log.ok:
+                raise dg.Failure(f"ROLLBACK IMPOSSIBLE: the audit log does not verify, so the last stable "
+                                 f"version cannot be trusted ({'; '.join(log.problems)}). A person must act.")
+            stable = elig.last_stable_version(log.entries, agent.name, exclude={bad})
+            registration = elig.registration(log.entries, agent.name, stable) if stable else None
+            if stable and (registration is None
+                           or model_artifacts_sha256(client, agent.name, stable) != registration.artifacts_sha256):
+                context.log.error("version %s's artifacts differ from its registration: not a rollback target", stable)
+                stable = None
+            if stable is None:
+                audit.record("rollback_impossible", agent.name, actor=config.actor, version=bad, environment=env,
+                             reason=config.reason)
+                raise dg.Failure(f"ROLLBACK IMPOSSIBLE: no stable version of {agent.name} left to roll back to "
+                                 f"from version {bad} in {env} ({config.reason}). Stopping here; a person must act.")
+            if current is not None and current.version == stable:
+                context.log.info("%s already serves stable version %s", env, stable)
+            else:
+                deployed = deployer.deploy(env, f"models:/{agent.name}/{stable}", stable)
+                record_deployment(context, agent.name, env, stable, deployed.url, rolled_back_from=bad,
+                                  reason=config.reason)
         if env == "prod":
-            client.set_registered_model_alias(agent.name, "champion", stable)
-        client.set_model_version_tag(agent.name, bad, gov.ROLLED_BACK, config.reason)
-        client.set_model_version_tag(agent.name, bad, "rolled_back_at", gov.now())
+            client.set_registered_model_alias(agent.name, Alias.CHAMPION, stable)
+        approvals.show(client, agent.name, bad, **{VersionTag.ROLLED_BACK: config.reason,
+                                                   VersionTag.ROLLED_BACK_AT: approvals.now()})
         audit.record("rollback", agent.name, actor=config.actor, version=bad, environment=env,
                      reason=config.reason, details={"to_version": stable})
         context.log.warning("rolled %s back from version %s to %s: %s", env, bad, stable, config.reason)
 
-    @dg.job(name=f"{agent.name}_rollback_job", tags={"agentops/agent": agent.name},
-            description="Back to the last stable version, the bad one tagged rolled_back with the reason.")
+    @dg.job(name=f"{agent.name}_rollback_job", tags={RunTag.AGENT: agent.name},
+            description="Back to the last stable version (promoted before, never rolled back or frozen "
+                        "since), the bad one recorded as rolled back with the reason.")
     def rollback_job():
         rollback()
 

@@ -7,10 +7,16 @@ from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.evaluation import latest_metadata
+from agentops_pipelines.governance import approvals
+from agentops_pipelines.governance import eligibility as elig
+from agentops_pipelines.operations import refuse, rollout_lock
 from agentops_pipelines.partitions import environments
+from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.deployers import Deployer
+from agentops_pipelines.resources.governance import GovernanceResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.rollout import RolloutPolicy, rollout
+from agentops_pipelines.vocabulary import GUARDED_ENVIRONMENTS, Alias, VersionTag
 
 
 class DeploymentConfig(dg.Config):
@@ -27,13 +33,17 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
     @dg.asset(
         key_prefix=[agent.name], name="deployment", group_name=agent.name, deps=[registered],
         partitions_def=environments, kinds={"mlflow"}, code_version="1",
-        description="The version serving in each environment, its URL and when it started.",
+        description="The version serving in each environment, its URL and when it started. Staging "
+                    "and prod take only versions with enough valid signed approvals (approvers.yaml).",
     )
-    def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig,
-                   mlflow_store: MlflowResource, deployer: Deployer) -> dg.MaterializeResult:
+    def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig, mlflow_store: MlflowResource,
+                   deployer: Deployer, audit: AuditLog, governance: GovernanceResource) -> dg.MaterializeResult:
         import mlflow
 
+        from agentops_pipelines.governance.digests import model_artifacts_sha256
+
         environment = context.partition_key
+        actor = f"deployment:{context.run.run_id[:8]}"
         client = mlflow_store.configure()
         version = config.version
         if not version and environment == "dev":
@@ -46,20 +56,39 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
                                  f"champion for {agent.name}") from exc
         mv = client.get_model_version(agent.name, version)  # raises if the version does not exist
         model_uri = f"models:/{agent.name}/{mv.version}"
+        verdict = None
+        if environment in GUARDED_ENVIRONMENTS:  # the same checks as the promotion job, whoever launched this
+            log = audit.verify()
+            digest = model_artifacts_sha256(client, agent.name, str(mv.version)) if log.ok else None
+            verdict = elig.eligibility(log, governance.policy(agent.name), agent.name, str(mv.version),
+                                       environment, artifacts_sha256=digest)
+            if not verdict.allowed:
+                raise refuse(audit, agent.name, str(mv.version), environment, actor, verdict.reason)
         policy = None
         if environment == "prod":  # canary → bake time with health checks → full
             policy = RolloutPolicy(canary_share=config.canary_share, bake_seconds=config.bake_seconds,
                                    check_interval_seconds=config.check_interval_seconds,
                                    max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms)
-        result = rollout(deployer, environment, model_uri, str(mv.version), policy, context.log.info)
+        with rollout_lock(audit, agent.name, environment, actor, context.log.info):
+            result = rollout(deployer, environment, model_uri, str(mv.version), policy, context.log.info)
         if not result.succeeded:
-            client.set_model_version_tag(agent.name, mv.version, "rolled_back", f"canary failed: {result.reason}")
+            approvals.show(client, agent.name, mv.version, **{VersionTag.ROLLED_BACK: f"canary failed: {result.reason}"})
+            audit.record("promotion_failed", agent.name, actor=actor, version=mv.version, environment=environment,
+                         reason=result.reason, details={"checks": result.checks, "kept": result.previous_version})
             raise dg.Failure(f"version {mv.version} was rolled back in {environment}: {result.reason}; "
                              f"version {result.previous_version} keeps serving",
                              metadata={"checks": dg.MetadataValue.json(result.checks)})
         deployed = deployer.status(environment)
         client.set_model_version_tag(agent.name, mv.version, f"deployed_{environment}",
                                      datetime.now(UTC).isoformat(timespec="seconds"))
+        approvers = list(verdict.approvers) if verdict else []
+        if environment == "prod":
+            client.set_registered_model_alias(agent.name, Alias.CHAMPION, mv.version)
+        if result.previous_version != str(mv.version):  # a re-run that changed nothing records nothing
+            audit.record("promote" if environment == "prod" else "deploy", agent.name, actor=actor,
+                         version=mv.version, environment=environment,
+                         reason=verdict.reason if verdict else "dev takes every registered version",
+                         details={"approvers": approvers, "previous_version": result.previous_version})
         context.log.info("%s version %s serving in %s at %s", agent.name, mv.version, environment, deployed.url)
         return dg.MaterializeResult(metadata={
             "environment": environment,

@@ -5,9 +5,11 @@ import dagster as dg
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.evaluation import latest_metadata
 from agentops_pipelines.assets.training import ARTIFACT, git_commit
+from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.vocabulary import Alias, VersionTag
 
-STATUS_TAG = "approval_status"
+STATUS_TAG = VersionTag.STATUS
 
 
 def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -17,8 +19,11 @@ def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.As
         description="The candidate registered in MLflow with alias `challenger` and tags for its "
                     "metrics, lineage and approval status (pending until a reviewer decides).",
     )
-    def registered_version(context: dg.AssetExecutionContext, mlflow_store: MlflowResource) -> dg.MaterializeResult:
+    def registered_version(context: dg.AssetExecutionContext, mlflow_store: MlflowResource,
+                           audit: AuditLog) -> dg.MaterializeResult:
         import mlflow
+
+        from agentops_pipelines.governance.approvals import record_registration
 
         report = latest_metadata(context, evaluation.key)
         run_id = report.get("candidate_run_id")
@@ -58,12 +63,20 @@ def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.As
             tags.pop(STATUS_TAG)  # never reset a reviewer's decision
         for key, value in tags.items():
             client.set_model_version_tag(agent.name, mv.version, key, value)
-        client.set_registered_model_alias(agent.name, "challenger", mv.version)
+        # The pipeline's own record (audit log): gate result and the digests approvals bind to.
+        # A re-registration records anew, which voids approvals signed before it.
+        registration = record_registration(
+            client, audit.store, agent.name, str(mv.version), run_id, gate_passed=True,
+            actor=f"registered_version:{context.run.run_id[:8]}",
+            metrics={k: tags[k] for k in tags if k.startswith("eval_")})
+        client.set_registered_model_alias(agent.name, Alias.CHALLENGER, mv.version)
         return dg.MaterializeResult(metadata={
             "model_name": agent.name,
             "version": str(mv.version),
             "model_uri": f"models:/{agent.name}/{mv.version}",
             "alias": "challenger",
+            "artifacts_sha256": registration.artifacts_sha256,
+            "evaluation_report_sha256": registration.report_sha256,
             "approval_status": tags.get(STATUS_TAG, mv.tags.get(STATUS_TAG, "")),
             "mlflow_model_version": dg.MetadataValue.url(mlflow_store.model_version_url(agent.name, mv.version)),
             "mlflow_run_id": run_id,

@@ -35,6 +35,7 @@ DAGSTER_PG_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAG
 CHECK_TIMEOUT_S = 3
 DEPLOYERS = ("local", "kubernetes")  # AGENTOPS_DEPLOYER
 CREATE_DATABASES = ".venv/bin/python deploy/scripts/create_databases.py"
+DEFAULT_APPROVERS_FILE = PROJECT_ROOT / "approvers.yaml"
 
 
 def agentops_home() -> Path:
@@ -84,6 +85,14 @@ class Settings:
     secret_env: Mapping[str, str] = field(default_factory=dict)
     problems: tuple[str, ...] = ()  # configuration errors; load_settings raises on them in production
     audit_db_url: str = ""  # the audit log's SQLAlchemy URL; empty: SQLite under the state folder
+    # The audit log's MAC key (a secret file, never in the audit database; made on first use in
+    # local mode, mounted in production) and its append-only anchor (keep it on storage the
+    # database's owner cannot rewrite).
+    audit_key_file: Path = Path()
+    audit_anchor: Path = Path()
+    # Who may approve each agent and how many approvals each environment needs (a file in the
+    # repository or a mounted secret; never a variable of one process).
+    approvers_file: Path = DEFAULT_APPROVERS_FILE
     prometheus_url: str = ""  # empty: no Prometheus (the alert sensor skips)
     deployer: str = "local"  # "local" (a serving process on this machine) or "kubernetes"
     serving_image: str = ""  # kubernetes: the serving pods' image (default: the deployer's)
@@ -140,7 +149,8 @@ def _production_problems(env: Mapping[str, str], tracking: str) -> list[str]:
         missing.append("DAGSTER_PG_HOST (and DAGSTER_PG_PORT/USER/PASSWORD/DB)")
     if tracking.startswith("sqlite:"):
         missing.append("MLFLOW_TRACKING_URI (postgresql://... or an MLflow server, not SQLite)")
-    for name in ("AGENTOPS_MLFLOW_ARTIFACT_ROOT", "AGENTOPS_FEAST_REDIS", "AGENTOPS_FEAST_REGISTRY"):
+    for name in ("AGENTOPS_MLFLOW_ARTIFACT_ROOT", "AGENTOPS_FEAST_REDIS", "AGENTOPS_FEAST_REGISTRY",
+                 "AGENTOPS_AUDIT_KEY_FILE"):
         if not env.get(name):
             missing.append(name)
     if not missing:
@@ -227,6 +237,9 @@ def load_settings(strict: bool = True) -> Settings:
         secret_env=secret_env,
         problems=tuple(problems),
         audit_db_url=env.get("AGENTOPS_AUDIT_DB_URL", ""),
+        audit_key_file=Path(env.get("AGENTOPS_AUDIT_KEY_FILE") or home / "secrets" / "audit.key"),
+        audit_anchor=Path(env.get("AGENTOPS_AUDIT_ANCHOR") or home / "audit" / "anchor.jsonl"),
+        approvers_file=Path(env.get("AGENTOPS_APPROVERS_FILE") or DEFAULT_APPROVERS_FILE).resolve(),
         prometheus_url=env.get("AGENTOPS_PROMETHEUS_URL", ""),
         deployer=deployer,
         serving_image=env.get("AGENTOPS_SERVING_IMAGE", ""),

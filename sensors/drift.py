@@ -9,9 +9,9 @@ import math
 
 import dagster as dg
 
-from agentops_pipelines import governance as gov
 from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.vocabulary import VersionTag
 
 
 def build_drift_sensor(agent, drift_report: dg.AssetsDefinition, retraining_job) -> dg.SensorDefinition:
@@ -57,10 +57,13 @@ def build_drift_sensor(agent, drift_report: dg.AssetsDefinition, retraining_job)
 
 
 def _freeze(mlflow_store, audit, agent_name, version, env, reason, drifted, partition) -> None:
+    from agentops_pipelines.governance.eligibility import history
+
     client = mlflow_store.configure()
-    if client.get_model_version(agent_name, version).tags.get(gov.FROZEN) == "true":
+    state = history(audit.entries(agent_name, version=version), agent_name, version).get("freeze")
+    if state is not None and state.action == "freeze":  # the audit log says so; the tag is only a view
         return
-    client.set_model_version_tag(agent_name, version, gov.FROZEN, "true")
+    client.set_model_version_tag(agent_name, version, VersionTag.FROZEN, "true")
     client.set_model_version_tag(agent_name, version, "frozen_reason", reason)
     audit.record("freeze", agent_name, actor="drift_sensor", version=version, environment=env,
                  reason=reason, details={"drifted_columns": drifted, "partition": partition})

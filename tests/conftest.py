@@ -17,7 +17,19 @@ def home(tmp_path, monkeypatch):
     h = tmp_path / "agentops"
     monkeypatch.setenv("AGENTOPS_HOME", str(h))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # Each test decides with its own approvers file (empty: nobody may approve) and signing keys.
+    approvers = tmp_path / "approvers.yaml"
+    approvers.write_text("agents: {}\n")
+    monkeypatch.setenv("AGENTOPS_APPROVERS_FILE", str(approvers))
+    monkeypatch.setenv("AGENTOPS_SIGNING_KEY_DIR", str(tmp_path / "keys"))
     return h
+
+
+@pytest.fixture
+def reviewers(home, tmp_path):
+    from tests.helpers import Reviewers
+
+    return Reviewers(tmp_path / "keys", tmp_path / "approvers.yaml")
 
 
 @pytest.fixture

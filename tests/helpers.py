@@ -6,6 +6,22 @@ import dagster as dg
 AGENT = "support_agent"
 
 
+def sensor(defs, name):
+    return next(s for s in defs.sensors if s.name == f"{AGENT}_{name}")
+
+
+def evaluate(defs, instance, name, cursor=None, **resource_overrides):
+    resources = {**defs.resources, **resource_overrides}
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    result = sensor(defs, name)(ctx)
+    if isinstance(result, dg.SkipReason):
+        return [], ctx.cursor, result.skip_message
+    if isinstance(result, dg.SensorResult):
+        skip = result.skip_reason.skip_message if result.skip_reason else None
+        return list(result.run_requests or []), result.cursor or ctx.cursor, skip
+    raise AssertionError(f"unexpected sensor result {result!r}")
+
+
 def run_job(defs, instance, stage: str, **kwargs) -> dg.ExecuteInProcessResult:
     job = defs.resolve_job_def(f"{AGENT}_{stage}_job")
     return job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
@@ -36,10 +52,12 @@ def invoke(url: str, records: list[dict]) -> dict:
 
 
 def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, name: str = AGENT,
-                      wrap=None) -> list[str]:
+                      wrap=None, audit=None) -> list[str]:
     """Train the real support-desk router on a small generated day and register it ``n`` times.
 
-    Fast (a few seconds each) and servable by the real serving process.
+    Fast (a few seconds each) and servable by the real serving process. Each run gets a small
+    evaluation report (``evaluation/summary.json``); with ``audit`` (an AuditStore) each version's
+    registration is recorded the way the registry asset records it (digests and gate result).
     """
     from datetime import date
 
@@ -48,6 +66,7 @@ def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, na
     from agentops_pipelines.agent.model import AgentModel, signature
     from agentops_pipelines.agent.support_desk import SupportDeskAgent
     from agentops_pipelines.data.generator import generate_requests
+    from agentops_pipelines.governance.approvals import record_registration
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -63,11 +82,54 @@ def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, na
         model = AgentModel(agent.name, router, agent.feature_columns, dict(agent.tool_descriptions),
                            agent.escalation_tool, agent.prompt_template, "prompts:/none/1")
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"fixture-{i}",
-                              tags={"agentops.dagster_run_id": "fixture"}):
+                              tags={"agentops.dagster_run_id": "fixture"}) as run:
             info = mlflow.pyfunc.log_model(name="agent", python_model=model, signature=signature(agent.feature_columns),
                                            pip_requirements=["mlflow"])
+            mlflow.log_dict({"accuracy": 0.9, "fixture": i}, "evaluation/summary.json")
         mv = mlflow.register_model(info.model_uri, name)
         for key, value in {"evaluation_gate": "passed", "approval_status": "pending", **(tags or {})}.items():
             client.set_model_version_tag(name, mv.version, key, value)
+        if audit is not None:
+            record_registration(client, audit, name, str(mv.version), run.info.run_id, gate_passed=True,
+                                actor="registered_version:fixture")
         versions.append(str(mv.version))
     return versions
+
+
+def promoted(audit, version: str, agent: str = AGENT) -> None:
+    """Fixture history: ``version`` was promoted to prod (as the promotion job records it)."""
+    audit.record("promote", agent, actor="promotion_job:fixture", version=version, environment="prod",
+                 reason="fixture: promoted earlier", details={"approvers": ["alice"]})
+
+
+class Reviewers:
+    """Real Ed25519 keys for alice, bob, carol (approvers once ``configure``d) and mallory (never),
+    and the approvers file every deciding process reads."""
+
+    def __init__(self, folder, approvers_file):
+        from agentops_pipelines.governance.signing import generate_key
+
+        self.folder, self.file = folder, approvers_file
+        self.public = {name: generate_key(folder / f"{name}.pem") for name in ("alice", "bob", "carol", "mallory")}
+
+    def key(self, name: str):
+        from agentops_pipelines.governance.signing import load_private_key
+
+        return load_private_key(self.folder / f"{name}.pem")
+
+    def configure(self, names=("alice",), require: dict | None = None, agent: str = AGENT) -> None:
+        import yaml
+
+        section = {"approvers": {n: self.public[n] for n in names}}
+        if require:
+            section["require"] = require
+        self.file.write_text(yaml.safe_dump({"agents": {agent: section}}))
+
+    def decide(self, client, version: str, reviewer: str, decision: str = "approved", agent: str = AGENT,
+               key_of: str | None = None) -> str:
+        """Sign (with ``key_of``'s key, default the reviewer's own) and submit, as the CLI does."""
+        from agentops_pipelines.governance.approvals import make_decision, submit
+
+        made, envelope = make_decision(client, agent, str(version), decision, reviewer, self.key(key_of or reviewer))
+        submit(client, made, envelope)
+        return envelope

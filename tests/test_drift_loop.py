@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime
 import dagster as dg
 import pytest
 
-from agentops_pipelines import governance as gov
 from agentops_pipelines.data.generator import generate_requests
+from agentops_pipelines.vocabulary import VersionTag as gov
 from tests.helpers import AGENT, invoke, metadata, run_job
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
@@ -68,7 +68,7 @@ def test_drifting_traffic_freezes_the_version_and_retrains(defs, instance):
     client = defs.resources["mlflow_store"].configure()
     tags = client.get_model_version(AGENT, version).tags
     assert tags[gov.FROZEN] == "true" and "drift share" in tags["frozen_reason"]
-    assert [e.action for e in defs.resources["audit"].entries(AGENT)] == ["freeze"]
+    assert [e.action for e in defs.resources["audit"].entries(AGENT)] == ["register", "freeze"]
     run = client.get_run(client.get_model_version(AGENT, version).run_id)
     assert any(k.startswith("drift_share_prod") for k in run.data.metrics)
     assert any(a.path.startswith("drift/") for a in client.list_artifacts(run.info.run_id, "drift"))

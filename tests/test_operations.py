@@ -5,8 +5,8 @@ import urllib.request
 
 import pytest
 
-from agentops_pipelines import governance as gov
-from tests.helpers import AGENT, register_versions
+from agentops_pipelines.vocabulary import VersionTag as gov
+from tests.helpers import AGENT, promoted, register_versions
 
 
 def served_version(url: str) -> str:
@@ -24,9 +24,10 @@ def rollback(defs, instance, **config):
 def test_rollback_returns_to_the_last_stable_version(defs, instance):
     store = defs.resources["mlflow_store"]
     client = store.configure()
-    v1, v2 = register_versions(store.tracking_uri, 2)
-    client.set_model_version_tag(AGENT, v1, gov.PROMOTED_PROD, "2026-11-20T10:00:00+00:00")
-    client.set_model_version_tag(AGENT, v2, gov.PROMOTED_PROD, "2026-11-21T10:00:00+00:00")
+    audit = defs.resources["audit"].store
+    v1, v2 = register_versions(store.tracking_uri, 2, audit=audit)
+    promoted(audit, v1)
+    promoted(audit, v2)
     client.set_registered_model_alias(AGENT, "champion", v2)
     deployer = defs.resources["deployer"]
     deployed = deployer.deploy("prod", f"models:/{AGENT}/{v2}", v2)
@@ -48,7 +49,7 @@ def test_rollback_returns_to_the_last_stable_version(defs, instance):
 def test_rollback_with_no_stable_version_stops_loudly(defs, instance):
     store = defs.resources["mlflow_store"]
     client = store.configure()
-    (v1,) = register_versions(store.tracking_uri, 1)
+    (v1,) = register_versions(store.tracking_uri, 1, audit=defs.resources["audit"].store)
     deployed = defs.resources["deployer"].deploy("prod", f"models:/{AGENT}/{v1}", v1)
     result = rollback(defs, instance, environment="prod", reason="AgentHighLatencyP99 firing", actor="test")
     assert not result.success

@@ -6,10 +6,10 @@ import urllib.request
 import cloudpickle
 import pytest
 
-from agentops_pipelines import governance as gov
+from agentops_pipelines.vocabulary import VersionTag as gov
 from tests import faults
 from tests.e2e.test_prometheus_alerts import Traffic
-from tests.helpers import AGENT, register_versions
+from tests.helpers import AGENT, evaluate, promoted, register_versions
 
 FAST = {"canary_share": 0.5, "bake_seconds": 4.0, "check_interval_seconds": 1.0}
 
@@ -21,27 +21,30 @@ def health(url: str) -> dict:
 
 def promote(defs, instance, version, **config):
     job = defs.resolve_job_def(f"{AGENT}_promotion_job")
-    run_config = {"ops": {f"{AGENT}_promote": {"config": {"version": version, "reviewer": "alice", **FAST, **config}}}}
+    run_config = {"ops": {f"{AGENT}_promote": {"config": {"version": version, **FAST, **config}}}}
     return job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
 
 
 @pytest.fixture
-def versions(defs, monkeypatch):
-    """v1 stable in prod; v2 a good candidate; v3 fails on requests containing 'boom'."""
-    monkeypatch.setenv("AGENTOPS_APPROVERS", "alice")
+def versions(defs, instance, reviewers):
+    """v1 stable in prod; v2 a good candidate; v3 fails on requests containing 'boom'; v2 and v3
+    carry alice's signed approval, verified into the audit log by the approval sensor."""
+    reviewers.configure(["alice"])
     store = defs.resources["mlflow_store"]
+    audit = defs.resources["audit"].store
     client = store.configure()
-    v1, v2 = register_versions(store.tracking_uri, 2)
+    v1, v2 = register_versions(store.tracking_uri, 2, audit=audit)
     cloudpickle.register_pickle_by_value(faults)
     try:
-        (v3,) = register_versions(store.tracking_uri, 1, wrap=faults.FaultyRouter)
+        (v3,) = register_versions(store.tracking_uri, 1, wrap=faults.FaultyRouter, audit=audit)
     finally:
         cloudpickle.unregister_pickle_by_value(faults)
-    client.set_model_version_tag(AGENT, v1, gov.PROMOTED_PROD, "2026-11-20T10:00:00+00:00")
+    promoted(audit, v1)
     client.set_registered_model_alias(AGENT, "champion", v1)
     defs.resources["deployer"].deploy("prod", f"models:/{AGENT}/{v1}", v1)
     for v in (v2, v3):
-        gov.decide(client, defs.resources["audit"], AGENT, v, "approved", "alice", "ok")
+        reviewers.decide(client, v, "alice")
+    evaluate(defs, instance, "approval_sensor")
     return client, v1, v2, v3
 
 
@@ -89,9 +92,10 @@ def test_a_failing_canary_is_aborted_and_the_stable_version_keeps_serving(defs, 
     assert (entry.action, entry.version, entry.environment) == ("promotion_failed", v3, "prod")
 
 
-def test_an_unapproved_version_is_not_promoted(defs, instance, versions):
+def test_a_frozen_version_is_not_promoted(defs, instance, versions):
     client, v1, v2, _ = versions
-    client.set_model_version_tag(AGENT, v2, gov.FROZEN, "true")
+    defs.resources["audit"].record("freeze", AGENT, actor="drift_sensor", version=v2, environment="prod",
+                                   reason="drift share 0.6")
     result = promote(defs, instance, v2)
     assert not result.success
     assert defs.resources["deployer"].status("prod").version == v1

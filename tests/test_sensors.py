@@ -3,30 +3,12 @@
 import json
 import time
 
-import dagster as dg
 import mlflow
 import pytest
 
-from agentops_pipelines import governance as gov
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.sensors import mlflow_runs
-from tests.helpers import AGENT, register_versions
-
-
-def sensor(defs, name):
-    return next(s for s in defs.sensors if s.name == f"{AGENT}_{name}")
-
-
-def evaluate(defs, instance, name, cursor=None, **resource_overrides):
-    resources = {**defs.resources, **resource_overrides}
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-    result = sensor(defs, name)(ctx)
-    if isinstance(result, dg.SkipReason):
-        return [], ctx.cursor, result.skip_message
-    if isinstance(result, dg.SensorResult):
-        skip = result.skip_reason.skip_message if result.skip_reason else None
-        return list(result.run_requests or []), result.cursor or ctx.cursor, skip
-    raise AssertionError(f"unexpected sensor result {result!r}")
+from tests.helpers import AGENT, evaluate
 
 
 class _Echo(mlflow.pyfunc.PythonModel):
@@ -82,58 +64,6 @@ def test_mlflow_run_sensor_skips_and_keeps_its_cursor_when_mlflow_is_down(defs, 
     down = MlflowResource(tracking_uri="http://127.0.0.1:9")
     requests, new_cursor, skip = evaluate(defs, instance, "mlflow_run_sensor", cursor=cursor, mlflow_store=down)
     assert requests == [] and "unreachable" in skip and new_cursor == cursor
-
-
-def test_approval_sensor_promotes_allowed_and_refuses_the_rest(defs, instance, tracking_uri, monkeypatch):
-    monkeypatch.setenv("AGENTOPS_APPROVERS", "alice,bob")
-    audit = defs.resources["audit"]
-    client = defs.resources["mlflow_store"].configure()
-    v_ok, v_mallory, v_frozen, v_rejected = register_versions(tracking_uri, 4)
-    client.set_model_version_tag(AGENT, v_frozen, gov.FROZEN, "true")
-    gov.decide(client, audit, AGENT, v_ok, "approved", "alice", "metrics look right")
-    gov.decide(client, audit, AGENT, v_mallory, "approved", "mallory", "ship it")
-    gov.decide(client, audit, AGENT, v_frozen, "approved", "bob", "")
-    gov.decide(client, audit, AGENT, v_rejected, "rejected", "bob", "escalation recall too low")
-
-    requests, cursor, _ = evaluate(defs, instance, "approval_sensor")
-    assert [r.run_key.split("-")[1] for r in requests] == [v_ok]
-    assert requests[0].run_config["ops"][f"{AGENT}_promote"]["config"] == {"version": v_ok, "reviewer": "alice"}
-    assert requests[0].tags["agentops/environment"] == "prod"
-
-    mallory = client.get_model_version(AGENT, v_mallory).tags
-    assert mallory[gov.STATUS] == "refused" and "'mallory' is not among the approvers" in mallory[gov.REFUSAL]
-    assert "frozen" in client.get_model_version(AGENT, v_frozen).tags[gov.REFUSAL]
-    actions = [(e.action, e.version, e.actor) for e in audit.entries(AGENT)]
-    assert ("approval_refused", v_mallory, "approval_sensor") in actions
-    assert ("approval_refused", v_frozen, "approval_sensor") in actions
-    assert ("reject", v_rejected, "bob") in actions
-    assert actions.count(("approve", v_ok, "alice")) == 1  # the CLI's entry, not repeated by the sensor
-
-    # The next tick (or a restarted daemon with the same cursor) repeats nothing.
-    again, _, skip = evaluate(defs, instance, "approval_sensor", cursor=cursor)
-    assert again == [] and skip == "no new decision"
-
-
-def test_approval_in_the_mlflow_ui_is_audited_by_the_sensor(defs, instance, tracking_uri, monkeypatch):
-    monkeypatch.setenv("AGENTOPS_APPROVERS", "alice")
-    client = defs.resources["mlflow_store"].configure()
-    (v,) = register_versions(tracking_uri, 1)
-    for key, value in {gov.STATUS: "approved", gov.REVIEWER: "alice", gov.DECIDED_AT: gov.now()}.items():
-        client.set_model_version_tag(AGENT, v, key, value)  # what a reviewer does in the MLflow UI
-    requests, _, _ = evaluate(defs, instance, "approval_sensor")
-    assert len(requests) == 1
-    entries = defs.resources["audit"].entries(AGENT, version=v)
-    assert [(e.action, e.actor, e.details["source"]) for e in entries] == [("approve", "alice", "mlflow model version tags")]
-
-
-def test_no_approvers_configured_means_nothing_is_promoted(defs, instance, tracking_uri, monkeypatch):
-    monkeypatch.delenv("AGENTOPS_APPROVERS", raising=False)
-    client = defs.resources["mlflow_store"].configure()
-    (v,) = register_versions(tracking_uri, 1)
-    gov.decide(client, defs.resources["audit"], AGENT, v, "approved", "alice", "")
-    requests, _, _ = evaluate(defs, instance, "approval_sensor")
-    assert requests == []
-    assert "no approvers are configured" in client.get_model_version(AGENT, v).tags[gov.REFUSAL]
 
 
 def test_prometheus_sensor_skips_clearly(defs, instance):

@@ -21,6 +21,7 @@ VARIABLES = ("AGENTOPS_MODE", "AGENTOPS_DAGSTER_YAML", "DAGSTER_HOME", "MLFLOW_T
              "AGENTOPS_DEPLOYER", "AGENTOPS_SERVING_IMAGE", "AGENTOPS_K8S_NAMESPACE",
              "AGENTOPS_SERVING_MLFLOW_URI", "AGENTOPS_SERVING_HOST", "AGENTOPS_SERVING_PORTS",
              "AGENTOPS_SERVING_ADMIN_TOKEN", "AGENTOPS_K8S_INFERENCE_LOG_CLAIM",
+             "AGENTOPS_AUDIT_KEY_FILE", "AGENTOPS_AUDIT_ANCHOR", "AGENTOPS_APPROVERS_FILE",
              *settings_module.DAGSTER_PG_VARS)
 PG = {"DAGSTER_PG_HOST": "db.internal", "DAGSTER_PG_PORT": "5433", "DAGSTER_PG_USER": "dagster",
       "DAGSTER_PG_PASSWORD": "s3cret", "DAGSTER_PG_DB": "agentops"}
@@ -45,6 +46,7 @@ def production(env, **overrides):
            "AGENTOPS_MLFLOW_ARTIFACT_ROOT": "s3://bucket/mlflow",
            "AGENTOPS_FEAST_REDIS": "redis.internal:6379,db=0,password=r3dis",
            "AGENTOPS_FEAST_REGISTRY": "postgresql+psycopg://feast:pw@db.internal/agentops_feast",
+           "AGENTOPS_AUDIT_KEY_FILE": "/var/run/secrets/agentops/audit.key",
            **overrides})
 
 
@@ -70,7 +72,7 @@ def test_production_names_every_missing_variable(env):
         load_settings()
     message = str(raised.value)
     for name in ("DAGSTER_PG_HOST", "MLFLOW_TRACKING_URI", "AGENTOPS_MLFLOW_ARTIFACT_ROOT",
-                 "AGENTOPS_FEAST_REGISTRY"):
+                 "AGENTOPS_FEAST_REGISTRY", "AGENTOPS_AUDIT_KEY_FILE"):
         assert name in message
     assert "AGENTOPS_FEAST_REDIS" not in message
     assert load_settings(strict=False).problems  # what `agentops check` reports

@@ -61,8 +61,6 @@ class Agent(ABC):
     escalation_tool: str | None = None
     #: Share of drifted columns in a day of production traffic that triggers retraining.
     drift_threshold: float = 0.5
-    #: Who may approve a version for production (added to AGENTOPS_APPROVERS).
-    approvers: Sequence[str] = ()
     #: The answer template, registered in MLflow's prompt registry ({{var}} placeholders).
     prompt_template: str = DEFAULT_PROMPT
 

@@ -114,6 +114,7 @@ def production_env(home: Path, dbs: dict[str, str], project: str) -> dict[str, s
         "AGENTOPS_FEAST_REDIS": f"{REDIS_HOST}:{REDIS_PORT},db={REDIS_DB}",
         "AGENTOPS_FEAST_REGISTRY": pg_url(dbs["feast"], "postgresql+psycopg"),
         "AGENTOPS_FEAST_PROJECT": project,
+        "AGENTOPS_AUDIT_KEY_FILE": str(home / "secrets" / "audit.key"),
     }
 
 
@@ -151,6 +152,9 @@ def production(tmp_path_factory):
             mp.setenv(name, value)
         settings = load_settings()  # strict: raises if production mode is incomplete
         checked = check(settings)
+        from agentops_pipelines.governance.audit_log import create_key_file
+
+        create_key_file(settings.audit_key_file)  # production mounts it; `agentops audit --create-key`
         prepare_home()  # copies deploy/dagster-production.yaml into DAGSTER_HOME
         instance = dg.DagsterInstance.from_config(str(home / "dagster"))
         defs = build_definitions(settings)

@@ -15,7 +15,7 @@ import cloudpickle
 import dagster as dg
 import pytest
 
-from agentops_pipelines import governance as gov
+from agentops_pipelines.vocabulary import VersionTag as gov
 from tests import faults
 from tests.e2e.test_prometheus_alerts import (
     Traffic,
@@ -25,7 +25,7 @@ from tests.e2e.test_prometheus_alerts import (
     test_rules,
     wait_until,
 )
-from tests.helpers import AGENT, register_versions
+from tests.helpers import AGENT, promoted, register_versions
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus")
@@ -49,12 +49,12 @@ def test_alert_rolls_back_through_the_daemon(defs, home, tmp_path, monkeypatch):
     client = store.configure()
     cloudpickle.register_pickle_by_value(faults)
     try:
-        (good,) = register_versions(store.tracking_uri, 1)
-        (bad,) = register_versions(store.tracking_uri, 1, wrap=faults.FaultyRouter)
+        (good,) = register_versions(store.tracking_uri, 1, audit=defs.resources["audit"].store)
+        (bad,) = register_versions(store.tracking_uri, 1, wrap=faults.FaultyRouter, audit=defs.resources["audit"].store)
     finally:
         cloudpickle.unregister_pickle_by_value(faults)
-    client.set_model_version_tag(AGENT, good, gov.PROMOTED_PROD, "2026-11-20T10:00:00+00:00")
-    client.set_model_version_tag(AGENT, bad, gov.PROMOTED_PROD, "2026-11-21T10:00:00+00:00")
+    promoted(defs.resources["audit"].store, good)
+    promoted(defs.resources["audit"].store, bad)
     client.set_registered_model_alias(AGENT, "champion", bad)
     deployer = defs.resources["deployer"]
     serving = deployer.deploy("prod", f"models:/{AGENT}/{bad}", bad)

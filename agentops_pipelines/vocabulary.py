@@ -1,0 +1,94 @@
+"""The project's shared words, defined once: environments, modes, tags, aliases, variable names.
+
+Every module that names an environment, a model-version tag, a run tag or an environment variable
+imports it from here, so a name has one spelling and a rename is one edit.
+
+Two words that sound alike are kept apart on purpose:
+
+- an ``Environment`` is where a version serves: dev, staging or prod (deployment partitions,
+  deployers, approval policies);
+- a ``Mode`` is how the code location runs: local (embedded SQLite, files) or production (Postgres,
+  Redis, Kubernetes).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Environment(StrEnum):
+    DEV = "dev"
+    STAGING = "staging"
+    PROD = "prod"
+
+
+ENVIRONMENTS: tuple[str, ...] = tuple(e.value for e in Environment)
+# Environments that serve only versions a reviewer approved (the approval policy names them).
+GUARDED_ENVIRONMENTS: tuple[str, ...] = (Environment.STAGING.value, Environment.PROD.value)
+
+
+def environment(value: str) -> Environment:
+    """``value`` as an Environment, or a ValueError naming the valid ones."""
+    try:
+        return Environment(value)
+    except ValueError:
+        raise ValueError(f"unknown environment {value!r}; valid: {', '.join(ENVIRONMENTS)}") from None
+
+
+class Mode(StrEnum):
+    LOCAL = "local"
+    PRODUCTION = "production"
+
+
+class Alias(StrEnum):
+    """MLflow registered-model aliases."""
+
+    CHAMPION = "champion"  # what serves in prod
+    CHALLENGER = "challenger"  # the newest registered candidate
+
+
+class VersionTag(StrEnum):
+    """MLflow model-version tags. They are a view for people and the MLflow UI: the pipeline's
+    decisions read the audit log and signed statements, never these."""
+
+    STATUS = "approval_status"  # pending | approved | rejected | refused | promoted
+    REVIEWER = "approval_reviewer"  # the approvers whose signed approvals count, comma-separated
+    COMMENT = "approval_comment"
+    DECIDED_AT = "approval_at"
+    REFUSAL = "approval_refusal_reason"
+    GATE = "evaluation_gate"  # passed | failed
+    FROZEN = "frozen"  # "true" when drift froze the version
+    ROLLED_BACK = "rolled_back"  # the reason
+    ROLLED_BACK_AT = "rolled_back_at"
+    PROMOTED_PROD = "promoted_prod_at"
+    ARTIFACTS_SHA256 = "artifacts_sha256"
+    REPORT_SHA256 = "evaluation_report_sha256"
+
+
+# A reviewer's signed decision travels to the pipeline as this tag (one per reviewer); the value
+# is a DSSE envelope (see agentops_pipelines.governance.signing). The tag is transport only.
+DECISION_TAG_PREFIX = "agentops.decision."
+
+
+class RunTag(StrEnum):
+    """Dagster run tags. ``ENVIRONMENT`` carries the one-rollout-per-environment limit in
+    dagster.yaml (``tag_concurrency_limits``)."""
+
+    AGENT = "agentops/agent"
+    ENVIRONMENT = "agentops/environment"
+    VERSION = "agentops/version"
+    REVIEWER = "agentops/reviewer"
+
+
+class EnvVar(StrEnum):
+    """Environment variables the project reads (at the edge: settings, CLI, a process's main)."""
+
+    HOME = "AGENTOPS_HOME"
+    MODE = "AGENTOPS_MODE"
+    APPROVERS_FILE = "AGENTOPS_APPROVERS_FILE"
+    AUDIT_DB_URL = "AGENTOPS_AUDIT_DB_URL"
+    AUDIT_KEY_FILE = "AGENTOPS_AUDIT_KEY_FILE"
+    AUDIT_ANCHOR = "AGENTOPS_AUDIT_ANCHOR"
+    SIGNING_KEY_DIR = "AGENTOPS_SIGNING_KEY_DIR"
+    SERVING_ADMIN_TOKEN = "AGENTOPS_SERVING_ADMIN_TOKEN"
+    SERVING_ROLE = "AGENTOPS_SERVING_ROLE"
