@@ -6,7 +6,7 @@ export AGENTOPS_HOME ?= $(CURDIR)/.agentops
 export GX_ANALYTICS_ENABLED := False
 export FEAST_USAGE := False
 
-.PHONY: install demo dev test lint bench status clean
+.PHONY: install demo dev test test-fast lint bench status clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,8 +50,11 @@ dev: install  ## Dagster UI + daemon (sensors, schedules) and the MLflow UI
 status: install
 	$(BIN)/agentops status
 
-test: install  ## set up and pass the tests
+test: install  ## set up and pass every test (real Postgres, Redis, Prometheus where installed)
 	$(BIN)/python -m pytest -q
+
+test-fast: install  ## the quick loop: everything but the slow and end-to-end tests (under 3 minutes)
+	$(BIN)/python -m pytest -q -m "not slow and not e2e" --ignore=tests/e2e
 
 lint: install
 	$(BIN)/ruff check .

@@ -21,7 +21,7 @@ from agentops_pipelines.assets.features import build_feature_assets
 from agentops_pipelines.assets.registry import build_registry_asset
 from agentops_pipelines.assets.training import build_training_asset
 from agentops_pipelines.operations import build_promotion_job, build_rollback_job
-from agentops_pipelines.partitions import daily, daily_to_date, environments
+from agentops_pipelines.partitions import environments
 from agentops_pipelines.sensors.approvals import build_approval_sensor
 from agentops_pipelines.sensors.drift import build_drift_sensor
 from agentops_pipelines.sensors.mlflow_runs import build_mlflow_run_sensor
@@ -54,7 +54,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
 
     ingest = dg.define_asset_job(
         f"{agent.name}_ingest_job", selection=dg.AssetSelection.assets(dataset, customer_features),
-        partitions_def=daily, description="One day of requests through the gates into the feature store.")
+        description="One day of requests through the gates into the feature store.")
     training = dg.define_asset_job(
         f"{agent.name}_training_job",
         selection=dg.AssetSelection.assets(training_set, trained, evaluation, registered),
@@ -67,7 +67,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
         f"{agent.name}_reevaluation_job", selection=dg.AssetSelection.assets(evaluation, registered),
         description="Evaluate one MLflow run's model against the champion and register it if it passes.")
     drift_job = dg.define_asset_job(
-        f"{agent.name}_drift_job", selection=dg.AssetSelection.assets(drift), partitions_def=daily_to_date,
+        f"{agent.name}_drift_job", selection=dg.AssetSelection.assets(drift),
         description="One day of production traffic against the training data.")
     promotion = build_promotion_job(agent)
     rollback = build_rollback_job(agent)
