@@ -160,15 +160,17 @@ def status() -> int:
             print(f"  v{mv.version}: approval_status={mv.tags.get('approval_status', '-')} "
                   f"accuracy={mv.tags.get('eval_accuracy', '-')} run={mv.run_id}")
         for env in ("dev", "staging", "prod"):
-            print(f"  {env}: {_serving_line(deployer, env)}")
+            print(f"  {env}: {_serving_line(deployer, env, agent.name)}")
     return 0
 
 
-def _serving_line(deployer, environment: str) -> str:
+def _serving_line(deployer, environment: str, agent: str | None = None) -> str:
     """What serves ``environment``, with the local supervisor's restarts or why it gave up."""
-    d = deployer.status(environment)
-    supervision = getattr(deployer, "supervision", None)
-    record = supervision(environment) if supervision else None
+    supervision = getattr(deployer, "supervision", None)  # local processes only
+    if supervision is None:
+        d, record = deployer.status(environment), None
+    else:
+        d, record = deployer.status(environment, agent=agent), supervision(environment, agent=agent)
     restarts = f", restarts {record['restarts']}" if record and record.get("alive") else ""
     if d:
         canary = f", canary version {d.canary_version} ({d.canary_share:.0%})" if d.canary_version else ""

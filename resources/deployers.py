@@ -491,13 +491,15 @@ class LocalProcessDeployer(Deployer):
         self._migrate(files)
         state = self._server_state(files)
         if state is not None:
-            if self._health(state, attempts=3) and self._supervisor_pid(files):
+            supervised = self._supervisor_pid(files) is not None
+            if supervised and self._health(state, attempts=3):
                 payload = {"model_uri": model_uri, "version": version, "role": "stable"}  # drops a canary
                 return self._admin(files, "POST", "/admin/load", payload,
                                    f"hot swap to {model_uri} (version {version})", state=state)
             logger.warning(
-                "server for %s in %s (pid %d) is running but not healthy: replacing it",
+                "server for %s in %s (pid %d) is running %s: replacing it",
                 files.agent, environment, state["pid"],
+                "but not healthy" if supervised else "without a supervisor",
             )  # fmt: skip
         self._stop(files)
         return self._start(environment, files, model_uri, version)
@@ -683,6 +685,7 @@ class LocalProcessDeployer(Deployer):
                     model_uri,
                     version,
                 ):
+                    self._await_supervisor(files, state["pid"])
                     return self._deployment(files, state, health)
             if time.monotonic() > deadline:
                 self._terminate(process.pid, self.stop_timeout_s + 5.0)
@@ -694,6 +697,18 @@ class LocalProcessDeployer(Deployer):
                     f"{_log_tail(log_file, offset)}"
                 )
             time.sleep(0.1)
+
+    def _await_supervisor(self, files: ServingFiles, server_pid: int, timeout_s: float = 5.0) -> None:
+        """Wait (briefly) until the supervisor has seen the server serve: from then on it
+        restarts the server if it dies."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            record = self._read_supervision(files) or {}
+            if record.get("server_pid") == server_pid and record.get("status") == "serving":
+                return
+            time.sleep(0.02)
+        logger.warning("%s: the supervisor has not recorded server pid %d as serving",
+                       files.environment, server_pid)
 
     def _terminate(self, pid: int, wait_s: float | None = None) -> None:
         """SIGTERM, then SIGKILL after ``wait_s`` (default ``stop_timeout_s``); returns once the

@@ -299,6 +299,20 @@ def test_two_agents_in_one_environment_are_apart(deployer, registry):
 
 
 @pytest.mark.slow
+def test_a_crash_loop_stops_and_says_so(deployer, registry):
+    strict = deployer.model_copy(update={"max_restarts": 0})  # the first crash is one too many
+    served = strict.deploy("staging", registry[ALPHA, "1"], "1")
+    os.kill(served.pid, signal.SIGKILL)
+    record = _wait(lambda: (r := strict.supervision("staging"))["status"] == "crash_loop"
+                   and not r["alive"] and r, 10, "the supervisor gives up and exits")
+    assert record["restarts"] == 0 and strict.status("staging") is None
+    line = _serving_line(strict, "staging")
+    assert line.startswith("DOWN: crash loop, stopped after 0 restarts (last: killed by SIGKILL")
+    assert "crash loop" in Path(record["log"]).read_text().splitlines()[-1]
+    assert strict.deploy("staging", registry[ALPHA, "1"], "1").url == served.url  # deploy again
+
+
+@pytest.mark.slow
 def test_a_server_from_before_supervision_is_taken_over(deployer, registry):
     """A state file of the environment-only layout (<state_dir>/<environment>.json): reported,
     then replaced on the next deploy by a supervised server on the same port."""

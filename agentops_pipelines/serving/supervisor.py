@@ -221,6 +221,9 @@ class Supervisor:
                 return 0
             code = child.returncode
             ran_s = time.monotonic() - started
+            if not ever_served and self._serving(child):  # it served, then died before the next look
+                served_since = time.monotonic()
+                ever_served = True
             self._reap_group(child.pid)
             self._save(last_exit=_describe(code), last_exit_at=_now(), server_pid=None)
             if code == 0:
