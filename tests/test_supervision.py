@@ -318,10 +318,11 @@ def test_a_server_from_before_supervision_is_taken_over(deployer, registry):
     then replaced on the next deploy by a supervised server on the same port."""
     legacy_file = Path(deployer.state_dir).resolve() / "legacy.json"
     port = LocalProcessDeployer(state_dir=str(legacy_file.parent / "elsewhere")).port("legacy")
-    old = subprocess.Popen(
+    old = subprocess.Popen(  # as the old deployer started it (with a token: newer servers need one)
         [sys.executable, "-m", "agentops_pipelines.serving", "--model-uri", registry[ALPHA, "1"],
          "--version", "1", "--environment", "legacy", "--port", str(port), "--state-file",
-         str(legacy_file), "--no-tracing"],
+         str(legacy_file)],
+        env={**os.environ, "AGENTOPS_SERVING_ADMIN_TOKEN": "legacy-token"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
