@@ -108,6 +108,11 @@ def test_serving_environment_keeps_only_what_serving_needs():
 
 
 def test_ports_are_chosen_once_per_agent_and_environment(tmp_path):
+    from agentops_pipelines.resources.settings import _serving_ports
+
+    problems: list[str] = []
+    assert _serving_ports(f"prod=8083, {BETA}/prod=8093", problems) == {"prod": 8083, f"{BETA}/prod": 8093}
+    assert problems == []
     d = LocalProcessDeployer(state_dir=str(tmp_path), agent=ALPHA,
                              ports={"prod": 8083, f"{BETA}/prod": 8093})
     assert d.port("prod") == 8083 and d.port("prod", BETA) == 8093  # explicit entries win
