@@ -88,6 +88,10 @@ def _with_option(command: list[str], option: str, value: str) -> list[str]:
     return command
 
 
+def _option(command: list[str], option: str) -> str:
+    return command[command.index(option) + 1] if option in command[:-1] else "?"
+
+
 def _describe(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -204,8 +208,8 @@ class Supervisor:
         while True:
             started = time.monotonic()
             child = self.child = self._spawn(command)
-            _log(f"server pid {child.pid} started: {' '.join(command[1:4])} "
-                 f"(restarts so far: {self.record['restarts']})")
+            _log(f"server pid {child.pid} started: {_option(command, '--model-uri')} version "
+                 f"{_option(command, '--version')} (restarts so far: {self.record['restarts']})")
             served_since: float | None = None
             while child.poll() is None and not self.stopping:
                 if served_since is None and self._serving(child):
