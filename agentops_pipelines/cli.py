@@ -163,9 +163,27 @@ def status() -> int:
             print(f"  v{mv.version}: approval_status={mv.tags.get('approval_status', '-')} "
                   f"accuracy={mv.tags.get('eval_accuracy', '-')} run={mv.run_id}")
         for env in ("dev", "staging", "prod"):
-            d = deployer.status(env)
-            print(f"  {env}: " + (f"version {d.version} at {d.url}" if d else "not deployed"))
+            print(f"  {env}: {_serving_line(deployer, env, agent.name)}")
     return 0
+
+
+def _serving_line(deployer, environment: str, agent: str | None = None) -> str:
+    """What serves ``environment``, with the local supervisor's restarts or why it gave up."""
+    supervision = getattr(deployer, "supervision", None)  # local processes only
+    if supervision is None:
+        d, record = deployer.status(environment), None
+    else:
+        d, record = deployer.status(environment, agent=agent), supervision(environment, agent=agent)
+    restarts = f", restarts {record['restarts']}" if record and record.get("alive") else ""
+    if d:
+        canary = f", canary version {d.canary_version} ({d.canary_share:.0%})" if d.canary_version else ""
+        return f"version {d.version} at {d.url}{canary}{restarts}"
+    if record and record.get("status") == "crash_loop":
+        return (f"DOWN: crash loop, stopped after {record.get('restarts')} restarts "
+                f"(last: {record.get('last_exit')} at {record.get('last_exit_at')}); log {record['log']}")
+    if record and record.get("alive"):
+        return f"{record.get('status')} (restarts {record.get('restarts')}; last: {record.get('last_exit')})"
+    return "not deployed"
 
 
 def _resources(settings=None) -> dict:

@@ -62,7 +62,8 @@ def build_deployer(settings: Settings):
                 options[field] = value
         return KubernetesDeployer(**options)
     return LocalProcessDeployer(
-        state_dir=str(settings.serving_dir), inference_log_dir=str(settings.inference_log_dir),
+        state_dir=str(settings.serving_dir), agent=AGENTS[0].name,
+        inference_log_dir=str(settings.inference_log_dir),
         host=settings.serving_host, ports=dict(settings.serving_ports),
         admin_token=dg.EnvVar("AGENTOPS_SERVING_ADMIN_TOKEN") if settings.serving_admin_token else None,
     )

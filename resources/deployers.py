@@ -6,15 +6,28 @@ customer) to a second version next to the stable one; ``promote_canary`` makes i
 version; ``abort_canary`` drops it; ``stats`` reports requests, errors and latency per role over a
 recent window (the server's ``GET /admin/stats``), for bake-time health checks.
 
-``LocalProcessDeployer`` runs ``python -m agentops_pipelines.serving`` as a detached local process
-per environment, with its state file (``<state_dir>/<environment>.json``, written by the server)
-and log (``<state_dir>/<environment>.log``) side by side. A deploy to a healthy running server
-hot-swaps the model through ``POST /admin/load`` (same process, same port); otherwise a new process
-starts. Canary operations need a running server (deploy a stable version first). With
-``inference_log_dir`` set, the server appends every request to
-``<inference_log_dir>/<agent>/<environment>/`` (the agent is the registered model's name in
-``models:/<agent>/...``); ``trace_sample_rate`` is the share of requests traced in MLflow (failed
-ones always are). Both apply when a process starts, not to a hot swap.
+``LocalProcessDeployer`` runs ``python -m agentops_pipelines.serving`` once per agent and
+environment (the agent is the registered model's name in ``models:/<agent>/...``), under a small
+supervisor (``agentops_pipelines.serving.supervisor``) started detached so it outlives the run:
+the supervisor restarts a server that dies on the same port (with backoff; a crash loop stops
+it), and the server dies with the supervisor. Everything for one (agent, environment) lives in
+``<state_dir>/<agent>/``: ``<environment>.json`` (the server's state file, written by the server),
+``<environment>.log`` (both processes' output), ``<environment>.supervisor.json`` (restarts and
+status, written by the supervisor) and ``<environment>.port``: the port, chosen once (outside the
+OS's ephemeral range) and kept, so restarts and redeploys never move the URL; an entry in
+``ports`` (``"<agent>/<environment>"``, or ``"<environment>"`` for the deployer's own ``agent``)
+wins. A deploy to a healthy running server hot-swaps the model through ``POST /admin/load`` (same
+process, same port); otherwise a new process starts. Canary operations need a running server
+(deploy a stable version first). Calls that name only an environment act on ``agent`` (or on the
+one agent serving there). A server started by an older version of this deployer
+(``<state_dir>/<environment>.json``) is still reported and stopped, and the next deploy replaces
+it by a supervised one on the same port.
+
+Serving processes get an explicit environment (:func:`serving_environment`), never the
+deployer's: no database password, audit-log URL or other secret of the code location reaches
+them. With ``inference_log_dir`` set, the server appends every request to
+``<inference_log_dir>/<agent>/<environment>/``; ``trace_sample_rate`` is the share of requests
+traced in MLflow (failed ones always are). Both apply when a process starts, not to a hot swap.
 """
 
 from __future__ import annotations
@@ -22,14 +35,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +57,7 @@ logger = logging.getLogger(__name__)
 ADMIN_TOKEN_ENV = "AGENTOPS_SERVING_ADMIN_TOKEN"  # read by agentops_pipelines.serving.app
 _ENVIRONMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SERVER_MODULE = "agentops_pipelines.serving"
+_SUPERVISOR_MODULE = "agentops_pipelines.serving.supervisor"
 _REGISTERED_NAME = re.compile(r"^models:/([^/@]+)")
 _children: dict[int, subprocess.Popen] = {}  # processes started here, so they can be reaped
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via HTTP(S)_PROXY
@@ -61,6 +78,8 @@ class Deployment:
     canary_version: str | None = None
     canary_share: float = 0.0
     canary_model_uri: str | None = None
+    agent: str = ""  # local deployer: the agent whose process this is
+    restarts: int = 0  # local deployer: restarts of the serving process by its supervisor
 
 
 class Deployer(dg.ConfigurableResource):
@@ -125,6 +144,63 @@ def _http_json(
     return status, decoded if isinstance(decoded, dict) else {"body": decoded}
 
 
+# -- the serving processes' environment
+
+# Variables a serving process may receive from the deployer's environment, by exact name or
+# prefix: what Python needs to start and import, locale and certificates, proxies, MLflow (its
+# tracking URI, credentials and artifact-store settings), the Feast settings the model's online
+# lookups read (agentops_pipelines.agent.model), the embedding weights, the serving role. Not
+# AGENTOPS_MODE: in production mode load_settings() wants the code location's database settings,
+# which a serving process must not get; the variables it does get work on their own.
+SERVING_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+    "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCESS_KEY",  # MLflow artifact stores other than S3 (AWS_*)
+    "AGENTOPS_HOME", "AGENTOPS_MLFLOW_ARTIFACT_ROOT", "AGENTOPS_FEAST_DIR", "AGENTOPS_FEAST_REDIS",
+    "AGENTOPS_FEAST_REGISTRY", "AGENTOPS_FEAST_PROJECT", "AGENTOPS_MINILM_DIR",
+    "AGENTOPS_SERVING_ROLE", "FEAST_USAGE",
+})  # fmt: skip
+SERVING_ENV_PREFIXES = ("LC_", "PYTHON", "MLFLOW_", "AWS_")
+SERVING_ENV_EXCLUDED = frozenset({"MLFLOW_BACKEND_STORE_URI"})  # the MLflow server's, not a client's
+
+
+def serving_environment(source: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``source`` a serving process gets (see ``SERVING_ENV_NAMES``)."""
+    return {
+        name: value
+        for name, value in source.items()
+        if name not in SERVING_ENV_EXCLUDED
+        and (name in SERVING_ENV_NAMES or name.startswith(SERVING_ENV_PREFIXES))
+    }
+
+
+def _argv(pid: int) -> list[str] | None:
+    """The command line of ``pid``; None if it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    except OSError:
+        try:  # no /proc (macOS): words, good enough to recognise our own processes
+            out = subprocess.run(
+                ["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, timeout=5
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.split() or None
+
+
+def _runs_module(pid: int, module: str, path: Path) -> bool:
+    """True if ``pid`` is alive and runs ``python -m module`` with ``path`` among its arguments
+    (guards against pid reuse)."""
+    if not _pid_alive(pid):
+        return False
+    argv = _argv(pid)
+    return bool(argv) and argv[1:3] == ["-m", module] and str(path) in argv
+
+
 def _pid_alive(pid: int) -> bool:
     child = _children.get(pid)
     if child is not None:
@@ -135,25 +211,19 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _is_server_process(pid: int, state_file: Path) -> bool:
-    """True if ``pid`` is alive and is the server writing ``state_file`` (guards against pid reuse)."""
-    if not _pid_alive(pid):
-        return False
-    try:
-        cmdline = (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        try:  # no /proc (macOS)
-            cmdline = subprocess.run(
-                ["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, timeout=5
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            return False
-    return _SERVER_MODULE in cmdline and str(state_file) in cmdline
+    """True if ``pid`` is alive and is the server writing ``state_file``."""
+    return _runs_module(pid, _SERVER_MODULE, state_file)
+
+
+def _is_supervisor(pid: int, supervision_file: Path) -> bool:
+    return _runs_module(pid, _SUPERVISOR_MODULE, supervision_file)
 
 
 def _log_tail(path: Path, offset: int = 0, lines: int = 40) -> str:
@@ -166,25 +236,116 @@ def _log_tail(path: Path, offset: int = 0, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
 
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _agent_folder(agent: str) -> str:
+    """An agent's name as a folder name (``support_agent`` stays as it is)."""
+    name = _SAFE_NAME.sub("_", agent)
+    if not name or name in (".", ".."):
+        raise ValueError(f"invalid agent name {agent!r}")
+    return name
+
+
+def _local_port_range() -> tuple[int, int]:
+    """The OS's ephemeral port range (Linux), where outgoing connections take their ports."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 49152, 65535  # IANA's; macOS uses it
+
+
+def _can_bind(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class ServingFiles:
+    """Where one (agent, environment) keeps its files, all in ``<state_dir>/<agent>/``."""
+
+    agent: str
+    environment: str
+    state: Path  # written by the server: pid, url, versions
+    log: Path  # the supervisor's and the server's output
+    supervision: Path  # written by the supervisor: restarts, status
+    port: Path  # the stable port, chosen once
+
+
 class LocalProcessDeployer(Deployer):
-    """One local serving process per environment, started detached so it outlives the run."""
+    """One supervised local serving process per agent and environment, on a stable port."""
 
     state_dir: str
+    agent: str = ""  # the agent of calls that name only an environment (status, stop, canary, ...)
     host: str = "127.0.0.1"
-    ports: dict[str, int] = {}
+    ports: dict[str, int] = {}  # "<agent>/<environment>" or "<environment>" (this agent) -> port
     health_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
     admin_token: str | None = None  # if set, the server requires it on /admin/*
     inference_log_dir: str = ""  # root of the inference logs; empty: no log
     trace_sample_rate: float = 0.01  # share of successful requests traced in MLflow
+    max_restarts: int = 5  # more restarts than this within restart_window_s is a crash loop
+    restart_window_s: float = 300.0
+    restart_backoff_s: float = 0.5  # the first restart's delay; doubles while restarts fail fast
+    restart_backoff_max_s: float = 30.0
 
     # -- files
 
-    def _paths(self, environment: str) -> tuple[Path, Path]:
+    def _root(self) -> Path:
+        return Path(self.state_dir).resolve()
+
+    def _validate(self, environment: str) -> None:
         if not _ENVIRONMENT.match(environment):
             raise ValueError(f"invalid environment name {environment!r}")
-        folder = Path(self.state_dir).resolve()
-        return folder / f"{environment}.json", folder / f"{environment}.log"
+
+    def files(self, environment: str, agent: str | None = None) -> ServingFiles:
+        """The files of ``agent`` (default: this deployer's) in ``environment``."""
+        self._validate(environment)
+        name = _agent_folder(agent or self.agent or "agent")
+        folder = self._root() / name
+        return ServingFiles(
+            agent=name, environment=environment, state=folder / f"{environment}.json",
+            log=folder / f"{environment}.log", supervision=folder / f"{environment}.supervisor.json",
+            port=folder / f"{environment}.port",
+        )  # fmt: skip
+
+    def _agent_of(self, model_uri: str) -> str:
+        match = _REGISTERED_NAME.match(model_uri)
+        return _agent_folder(match.group(1)) if match else _agent_folder(self.agent or "agent")
+
+    def _legacy_file(self, environment: str) -> Path:
+        """Where a server started by the environment-only deployer kept its state."""
+        return self._root() / f"{environment}.json"
+
+    def _legacy_state(self, agent: str, environment: str) -> dict[str, Any] | None:
+        state = self._read_state(self._legacy_file(environment))
+        if state is None or self._agent_of(str(state.get("model_uri", ""))) != agent:
+            return None
+        return state
+
+    def _resolve(self, environment: str, agent: str | None) -> ServingFiles | None:
+        """The files for a call naming only ``environment``: ``agent``, this deployer's agent, or
+        the one agent with files there (None if there is none)."""
+        self._validate(environment)
+        if agent or self.agent:
+            return self.files(environment, agent)
+        root = self._root()
+        found = {p.parent.name for pattern in (f"*/{environment}.json", f"*/{environment}.supervisor.json")
+                 for p in root.glob(pattern)}
+        legacy = self._read_state(self._legacy_file(environment))
+        if legacy is not None:
+            found.add(self._agent_of(str(legacy.get("model_uri", ""))))
+        if len(found) > 1:
+            raise DeploymentError(f"{environment}: several agents serve here ({', '.join(sorted(found))}): "
+                                  "name one (agent=...)")
+        return self.files(environment, found.pop()) if found else None
 
     @staticmethod
     def _read_state(state_file: Path) -> dict[str, Any] | None:
@@ -193,6 +354,78 @@ class LocalProcessDeployer(Deployer):
         except (OSError, ValueError):
             return None
         return state if isinstance(state, dict) and isinstance(state.get("pid"), int) else None
+
+    @staticmethod
+    def _read_supervision(files: ServingFiles) -> dict[str, Any] | None:
+        try:
+            record = json.loads(files.supervision.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _supervisor_pid(self, files: ServingFiles) -> int | None:
+        """The pid of the live supervisor of ``files``, if there is one."""
+        record = self._read_supervision(files) or {}
+        pid = record.get("supervisor_pid")
+        return pid if isinstance(pid, int) and _is_supervisor(pid, files.supervision) else None
+
+    def _server_state(self, files: ServingFiles) -> dict[str, Any] | None:
+        """The state of the live server of ``files`` (or of a server started before servers
+        were kept per agent), else None."""
+        state = self._read_state(files.state)
+        if state is not None and _is_server_process(state["pid"], files.state):
+            return state
+        legacy = self._legacy_state(files.agent, files.environment)
+        if legacy is not None and _is_server_process(legacy["pid"], self._legacy_file(files.environment)):
+            return legacy
+        return None
+
+    # -- the stable port
+
+    def _explicit_port(self, files: ServingFiles) -> int | None:
+        port = self.ports.get(f"{files.agent}/{files.environment}")
+        if port is None and (not self.agent or files.agent == _agent_folder(self.agent)):
+            port = self.ports.get(files.environment)
+        return port or None
+
+    @staticmethod
+    def _read_port(path: Path) -> int | None:
+        try:
+            port = int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return port if 0 < port < 65536 else None
+
+    def port(self, environment: str, agent: str | None = None) -> int:
+        """The port ``agent`` serves ``environment`` on: ``ports``, or the one chosen at its first
+        deploy and kept in ``<environment>.port``, or a new one (chosen now and kept)."""
+        files = self.files(environment, agent)
+        explicit = self._explicit_port(files)
+        if explicit:
+            return explicit
+        kept = self._read_port(files.port)
+        if kept:
+            return kept
+        taken = {p for p in map(self._read_port, self._root().glob("*/*.port")) if p}
+        taken |= set(self.ports.values())
+        low, _ = _local_port_range()
+        # below the ephemeral range: no outgoing connection takes the port while it is free
+        candidates = range(20000, low) if low > 21000 else range(1024, 65536)
+        for _ in range(200):
+            port = random.choice(candidates)
+            if port not in taken and _can_bind(self.host, port):
+                break
+        else:
+            raise DeploymentError(f"{environment}: no free port found for {files.agent}")
+        files.port.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with files.port.open("x") as f:  # two deploys at once: the first one wins
+                f.write(f"{port}\n")
+        except FileExistsError:
+            return self._read_port(files.port) or port
+        return port
+
+    # -- health
 
     def _health(self, state: dict[str, Any], attempts: int = 1) -> dict[str, Any] | None:
         """The /health payload when the server answers 200, else None."""
@@ -207,11 +440,12 @@ class LocalProcessDeployer(Deployer):
                 time.sleep(1.0)
         return None
 
-    @staticmethod
-    def _deployment(environment: str, state: dict[str, Any], health: dict[str, Any]) -> Deployment:
+    def _deployment(self, files: ServingFiles, state: dict[str, Any], health: dict[str, Any]) -> Deployment:
         canary = health.get("canary_version")
+        record = self._read_supervision(files) or {}
+        restarts = record.get("restarts") if record.get("server_pid") == state["pid"] else 0
         return Deployment(
-            environment=environment,
+            environment=files.environment,
             url=state["url"],
             model_uri=health["model_uri"],
             version=str(health["version"]),
@@ -220,54 +454,60 @@ class LocalProcessDeployer(Deployer):
             canary_version=str(canary) if canary is not None else None,
             canary_share=float(health.get("canary_share") or 0.0) if canary is not None else 0.0,
             canary_model_uri=health.get("canary_model_uri"),
+            agent=files.agent,
+            restarts=restarts if isinstance(restarts, int) else 0,
         )
 
     def inference_log_path(self, environment: str, model_uri: str) -> Path | None:
         """Where the server for ``environment`` logs requests (None when logging is off)."""
         if not self.inference_log_dir:
             return None
-        match = _REGISTERED_NAME.match(model_uri)
-        agent = re.sub(r"[^A-Za-z0-9_.-]", "_", match.group(1)) if match else "agent"
-        self._paths(environment)  # validates the name
-        return Path(self.inference_log_dir).resolve() / agent / environment
+        self._validate(environment)
+        return Path(self.inference_log_dir).resolve() / self._agent_of(model_uri) / environment
 
     # -- the interface
 
-    def status(self, environment: str) -> Deployment | None:
-        state_file, _ = self._paths(environment)
-        state = self._read_state(state_file)
-        if state is None or not _is_server_process(state["pid"], state_file):
+    def status(self, environment: str, agent: str | None = None) -> Deployment | None:
+        files = self._resolve(environment, agent)
+        state = self._server_state(files) if files else None
+        if state is None:
             return None
         health = self._health(state)
-        return self._deployment(environment, state, health) if health else None
+        return self._deployment(files, state, health) if health else None
+
+    def supervision(self, environment: str, agent: str | None = None) -> dict[str, Any] | None:
+        """What the supervisor of ``environment`` last recorded (status: starting, serving,
+        restarting, crash_loop, failed, stopped; restarts; last_exit), with ``alive`` (the
+        supervisor runs) and ``log``; None if nothing was ever supervised there."""
+        files = self._resolve(environment, agent)
+        record = self._read_supervision(files) if files else None
+        if record is None:
+            return None
+        return {**record, "alive": self._supervisor_pid(files) is not None, "log": str(files.log)}
 
     def deploy(self, environment: str, model_uri: str, version: str) -> Deployment:
         version = str(version)
-        state_file, log_file = self._paths(environment)
-        state = self._read_state(state_file)
-        if state is not None and _is_server_process(state["pid"], state_file):
-            if self._health(state, attempts=3):
+        files = self.files(environment, self._agent_of(model_uri))
+        self._migrate(files)
+        state = self._server_state(files)
+        if state is not None:
+            supervised = self._supervisor_pid(files) is not None
+            if supervised and self._health(state, attempts=3):
                 payload = {"model_uri": model_uri, "version": version, "role": "stable"}  # drops a canary
-                return self._admin(environment, "POST", "/admin/load", payload,
+                return self._admin(files, "POST", "/admin/load", payload,
                                    f"hot swap to {model_uri} (version {version})", state=state)
             logger.warning(
-                "server for %s (pid %d) is running but not healthy: replacing it",
-                environment,
-                state["pid"],
-            )
-            self.stop(environment)
-        return self._start(environment, state_file, log_file, model_uri, version)
+                "server for %s in %s (pid %d) is running %s: replacing it",
+                files.agent, environment, state["pid"],
+                "but not healthy" if supervised else "without a supervisor",
+            )  # fmt: skip
+        self._stop(files)
+        return self._start(environment, files, model_uri, version)
 
-    def stop(self, environment: str) -> None:
-        state_file, _ = self._paths(environment)
-        state = self._read_state(state_file)
-        if state is None:
-            return
-        pid = state["pid"]
-        if _is_server_process(pid, state_file):
-            self._terminate(pid)
-        if (current := self._read_state(state_file)) and current["pid"] == pid:
-            state_file.unlink(missing_ok=True)  # stale or left by a killed process
+    def stop(self, environment: str, agent: str | None = None) -> None:
+        files = self._resolve(environment, agent)
+        if files is not None:
+            self._stop(files)
 
     def deploy_canary(
         self, environment: str, model_uri: str, version: str, share: float
@@ -280,18 +520,19 @@ class LocalProcessDeployer(Deployer):
             "role": "canary",
             "canary_share": float(share),
         }
-        return self._admin(
-            environment, "POST", "/admin/load", payload, f"canary {model_uri} (version {version})"
-        )
+        files = self.files(environment, self._agent_of(model_uri))
+        return self._admin(files, "POST", "/admin/load", payload, f"canary {model_uri} (version {version})")
 
-    def promote_canary(self, environment: str) -> Deployment:
-        return self._admin(environment, "POST", "/admin/promote", {}, "promoting the canary")
+    def promote_canary(self, environment: str, agent: str | None = None) -> Deployment:
+        return self._admin(self._resolve(environment, agent), "POST", "/admin/promote", {},
+                           "promoting the canary", environment=environment)  # fmt: skip
 
-    def abort_canary(self, environment: str) -> Deployment:
-        return self._admin(environment, "POST", "/admin/abort", {}, "aborting the canary")
+    def abort_canary(self, environment: str, agent: str | None = None) -> Deployment:
+        return self._admin(self._resolve(environment, agent), "POST", "/admin/abort", {},
+                           "aborting the canary", environment=environment)  # fmt: skip
 
-    def stats(self, environment: str, window_s: float = 60.0) -> dict[str, Any]:
-        state = self._running(environment)
+    def stats(self, environment: str, window_s: float = 60.0, agent: str | None = None) -> dict[str, Any]:
+        state = self._running(self._resolve(environment, agent), environment)
         path = f"/admin/stats?window={float(window_s):g}"
         return self._call(environment, state, "GET", path, None, "stats", timeout=5.0)
 
@@ -318,31 +559,65 @@ class LocalProcessDeployer(Deployer):
             )
         return body
 
-    def _running(self, environment: str) -> dict[str, Any]:
-        """The state of the environment's live server, or DeploymentError."""
-        state_file, _ = self._paths(environment)
-        state = self._read_state(state_file)
-        if state is None or not _is_server_process(state["pid"], state_file):
+    def _running(self, files: ServingFiles | None, environment: str) -> dict[str, Any]:
+        """The state of the live server of ``files``, or DeploymentError."""
+        state = self._server_state(files) if files is not None else None
+        if state is None:
             raise DeploymentError(
                 f"{environment}: no server is running; deploy a stable version first"
             )
         return state
 
     def _admin(
-        self, environment: str, method: str, path: str, payload: dict[str, Any], what: str,
-        state: dict[str, Any] | None = None,
+        self, files: ServingFiles | None, method: str, path: str, payload: dict[str, Any], what: str,
+        state: dict[str, Any] | None = None, environment: str = "",
     ) -> Deployment:
-        state = state or self._running(environment)
+        environment = files.environment if files else environment
+        state = state or self._running(files, environment)
         body = self._call(environment, state, method, path, payload, what,
                           unchanged=f" (server pid {state['pid']} unchanged)")  # fmt: skip
-        return self._deployment(environment, state, body)
+        return self._deployment(files, state, body)
+
+    def _migrate(self, files: ServingFiles) -> None:
+        """Replace a server started before servers were kept per agent (``<environment>.json`` in
+        the state folder): its port becomes the stable port, it stops, the deploy starts a
+        supervised one."""
+        legacy_file = self._legacy_file(files.environment)
+        legacy = self._legacy_state(files.agent, files.environment)
+        if legacy is None:
+            return
+        if isinstance(legacy.get("port"), int) and not files.port.exists():
+            files.port.parent.mkdir(parents=True, exist_ok=True)
+            files.port.write_text(f"{legacy['port']}\n")
+        if _is_server_process(legacy["pid"], legacy_file):
+            logger.info("%s: replacing server pid %d (%s) by a supervised one on port %s",
+                        files.environment, legacy["pid"], legacy_file, legacy.get("port"))
+            self._terminate(legacy["pid"])
+        legacy_file.unlink(missing_ok=True)
+
+    def _stop(self, files: ServingFiles) -> None:
+        """Stop the supervisor (it stops the server), then any server left (one from before
+        supervision, or one whose supervisor was killed), and remove stale state."""
+        supervisor = self._supervisor_pid(files)
+        if supervisor is not None:
+            self._terminate(supervisor, self.stop_timeout_s + 5.0)
+        for state_file in (files.state, self._legacy_file(files.environment)):
+            state = self._read_state(state_file)
+            if state is None or (state_file != files.state
+                                 and self._legacy_state(files.agent, files.environment) is None):
+                continue
+            if _is_server_process(state["pid"], state_file):
+                self._terminate(state["pid"])
+            if (current := self._read_state(state_file)) and current["pid"] == state["pid"]:
+                state_file.unlink(missing_ok=True)  # stale or left by a killed process
 
     def _start(
-        self, environment: str, state_file: Path, log_file: Path, model_uri: str, version: str
+        self, environment: str, files: ServingFiles, model_uri: str, version: str
     ) -> Deployment:
+        state_file = files.state
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.unlink(missing_ok=True)  # stale: its process is gone
-        port = self.ports.get(environment) or 0
+        port = self.port(environment, files.agent)
         command = [
             sys.executable, "-m", _SERVER_MODULE,
             "--model-uri", model_uri,
@@ -355,43 +630,67 @@ class LocalProcessDeployer(Deployer):
         ]  # fmt: skip
         if log_dir := self.inference_log_path(environment, model_uri):
             command += ["--inference-log-dir", str(log_dir)]
-        env = dict(os.environ)
-        env.pop(ADMIN_TOKEN_ENV, None)
+        env = serving_environment(os.environ)
         if self.admin_token:
             env[ADMIN_TOKEN_ENV] = self.admin_token
+        return self._supervise(files, command, env, model_uri, version, port)
+
+    def _supervisor_command(self, files: ServingFiles, command: list[str]) -> list[str]:
+        return [
+            sys.executable, "-m", _SUPERVISOR_MODULE,
+            "--state-file", str(files.state),
+            "--supervision-file", str(files.supervision),
+            "--max-restarts", str(self.max_restarts),
+            "--restart-window-s", repr(float(self.restart_window_s)),
+            "--backoff-s", repr(float(self.restart_backoff_s)),
+            "--backoff-max-s", repr(float(self.restart_backoff_max_s)),
+            "--stop-timeout-s", repr(float(self.stop_timeout_s)),
+            "--", *command,
+        ]  # fmt: skip
+
+    def _supervise(
+        self, files: ServingFiles, command: list[str], env: dict[str, str], model_uri: str,
+        version: str, port: int,
+    ) -> Deployment:
+        """Start the supervisor running ``command`` and wait until the server serves
+        ``model_uri`` (``version``); DeploymentError with the log's tail otherwise."""
+        environment, log_file = files.environment, files.log
+        files.supervision.unlink(missing_ok=True)  # its supervisor is gone (stopped above)
         with log_file.open("ab") as log:
             log.write(f"\n=== deploy {model_uri} version {version} on port {port}\n".encode())
             log.flush()
             offset = log.tell()
             process = subprocess.Popen(
-                command,
+                self._supervisor_command(files, command),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                start_new_session=True,
+                start_new_session=True,  # outlives the run that deployed it
                 close_fds=True,
             )
         _children[process.pid] = process
         deadline = time.monotonic() + self.health_timeout_s
         while True:
             if process.poll() is not None:
+                _children.pop(process.pid, None)
                 raise DeploymentError(
                     f"{environment}: the server exited with code {process.returncode} before serving "
                     f"{model_uri} (version {version}). Log ({log_file}):\n{_log_tail(log_file, offset)}"
                 )
-            state = self._read_state(state_file)
-            if state is not None and state["pid"] == process.pid:
+            state = self._read_state(files.state)
+            if state is not None and _is_server_process(state["pid"], files.state):
                 health = self._health(state)
                 if health and (health.get("model_uri"), str(health.get("version"))) == (
                     model_uri,
                     version,
                 ):
-                    return self._deployment(environment, state, health)
+                    self._await_supervisor(files, state["pid"])
+                    return self._deployment(files, state, health)
             if time.monotonic() > deadline:
-                self._terminate(process.pid)
-                if (state := self._read_state(state_file)) and state["pid"] == process.pid:
-                    state_file.unlink(missing_ok=True)
+                self._terminate(process.pid, self.stop_timeout_s + 5.0)
+                if (state := self._read_state(files.state)) and not _pid_alive(state["pid"]):
+                    files.state.unlink(missing_ok=True)
                 raise DeploymentError(
                     f"{environment}: the server did not serve {model_uri} (version {version}) within "
                     f"{self.health_timeout_s:.0f}s; stopped it. Log ({log_file}):\n"
@@ -399,14 +698,28 @@ class LocalProcessDeployer(Deployer):
                 )
             time.sleep(0.1)
 
-    def _terminate(self, pid: int) -> None:
-        """SIGTERM, then SIGKILL after ``stop_timeout_s``; returns once the process is gone."""
-        for sig, wait_s in ((signal.SIGTERM, self.stop_timeout_s), (signal.SIGKILL, 5.0)):
+    def _await_supervisor(self, files: ServingFiles, server_pid: int, timeout_s: float = 5.0) -> None:
+        """Wait (briefly) until the supervisor has seen the server serve: from then on it
+        restarts the server if it dies."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            record = self._read_supervision(files) or {}
+            if record.get("server_pid") == server_pid and record.get("status") == "serving":
+                return
+            time.sleep(0.02)
+        logger.warning("%s: the supervisor has not recorded server pid %d as serving",
+                       files.environment, server_pid)
+
+    def _terminate(self, pid: int, wait_s: float | None = None) -> None:
+        """SIGTERM, then SIGKILL after ``wait_s`` (default ``stop_timeout_s``); returns once the
+        process is gone."""
+        first = self.stop_timeout_s if wait_s is None else wait_s
+        for sig, wait in ((signal.SIGTERM, first), (signal.SIGKILL, 5.0)):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 break
-            deadline = time.monotonic() + wait_s
+            deadline = time.monotonic() + wait
             while _pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if not _pid_alive(pid):

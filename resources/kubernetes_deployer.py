@@ -43,6 +43,7 @@ values are None and ``note`` says why: one pod's ``/admin/stats`` does not descr
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import hashlib
 import json
@@ -84,6 +85,9 @@ DEFAULT_IMAGE = "agentops-pipelines:0.1.0"
 DEFAULT_MLFLOW_URI = "http://mlflow.agentops-platform.svc.cluster.local:5000"
 SERVING_MODULE = "agentops_pipelines.serving"
 ADMIN_TOKEN_ENV = "AGENTOPS_SERVING_ADMIN_TOKEN"  # read by agentops_pipelines.serving.app
+ADMIN_TOKEN_KEY = "token"  # the key in the admin token Secret
+LIVENESS_PATH = "/livez"  # the process is up
+READINESS_PATH = "/readyz"  # a model is loaded and the server is not draining (else 503)
 
 # (apiVersion, kind) of everything the deployer manages, in apply order.
 MANAGED_KINDS: tuple[tuple[str, str], ...] = (
@@ -162,7 +166,8 @@ class ServingSpec:
     memory_limit: str = "1Gi"
     mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI
     mlflow_secret: str = "agentops-mlflow"  # envFrom (optional): MLFLOW_TRACKING_USERNAME, ...
-    admin_token_secret: str = "agentops-serving-admin"  # key "token"; "" leaves /admin/* open
+    # The Secret (key "token", non-empty) holding the bearer token of the pods' /admin/*; required.
+    admin_token_secret: str = "agentops-serving-admin"  # required: rendering fails when empty
     startup_timeout_s: int = 300  # time a pod may take to load its model
     run_as_user: int = 10001  # the image's non-root user (deploy/Dockerfile)
     # The inference log (requests and predictions, for drift): a ReadWriteMany
@@ -173,6 +178,12 @@ class ServingSpec:
     inference_log_mount: str = "/var/lib/agentops/inference_log"
 
     def __post_init__(self) -> None:
+        if not self.admin_token_secret.strip():
+            raise ValueError(
+                "admin_token_secret is empty: the serving pods' /admin/* (which loads model "
+                "versions) would have no token. Name a Secret with a non-empty key "
+                f"{ADMIN_TOKEN_KEY!r} in each serving namespace (deploy/k8s/README.md)"
+            )
         if self.replicas < 1 or self.max_replicas < self.replicas:
             raise ValueError(
                 f"need 1 <= replicas ({self.replicas}) <= max_replicas ({self.max_replicas})"
@@ -235,12 +246,11 @@ def _container(
         {"name": "AGENTOPS_SERVING_ROLE", "value": role},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
         {"name": "AGENTOPS_HOME", "value": "/tmp/agentops"},
+        # required: a pod does not start without the Secret (the deployer checks the key is not
+        # empty before a rollout, and the server refuses to start without a token)
+        {"name": ADMIN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {
+            "name": spec.admin_token_secret, "key": ADMIN_TOKEN_KEY, "optional": False}}},
     ]
-    if spec.admin_token_secret:
-        env.append({
-            "name": ADMIN_TOKEN_ENV,
-            "valueFrom": {"secretKeyRef": {"name": spec.admin_token_secret, "key": "token"}},
-        })
     container: dict[str, Any] = {
         "name": "serving",
         "image": spec.image,
@@ -259,12 +269,13 @@ def _container(
             "requests": {"cpu": spec.cpu_request, "memory": spec.memory_request},
             "limits": {"cpu": spec.cpu_limit, "memory": spec.memory_limit},
         },
-        # /health answers 503 until the model is loaded: the startup probe allows for a slow
-        # load, readiness keeps a pod out of the Service until it serves, liveness restarts a
-        # server that stopped answering.
-        "startupProbe": _probe("/health", 5, max(1, math.ceil(spec.startup_timeout_s / 5))),
-        "readinessProbe": _probe("/health", 5, 3),
-        "livenessProbe": _probe("/health", 10, 3, timeout=3),
+        # /readyz answers 503 until the model is loaded and while draining: the startup probe
+        # allows for a slow load, readiness keeps a pod out of the Service until it serves (and
+        # from the moment it drains); liveness (/livez: the process answers) restarts a server
+        # that stopped answering, never one that is only loading or draining.
+        "startupProbe": _probe(READINESS_PATH, 5, max(1, math.ceil(spec.startup_timeout_s / 5))),
+        "readinessProbe": _probe(READINESS_PATH, 5, 3),
+        "livenessProbe": _probe(LIVENESS_PATH, 10, 3, timeout=3),
         # let endpoints and kube-proxy drop the pod before the server stops on SIGTERM
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
         "securityContext": {
@@ -490,9 +501,11 @@ def render_rbac(
     namespace_prefix: str = "agentops-",
     dagster_namespace: str = "dagster",
     dagster_service_account: str = "dagster",
+    admin_token_secret: str = "agentops-serving-admin",
 ) -> list[dict[str, Any]]:
     """What an administrator applies once: the namespaces and a Role per namespace that lets
-    the Dagster run pods (the chart's service account) manage the serving objects."""
+    the Dagster run pods (the chart's service account) manage the serving objects, and read
+    the admin token Secret (only that one) to check it is not empty before a rollout."""
     namespaces = sorted({namespace_for(e, namespace, namespace_prefix) for e in environments})
     labels = {"app.kubernetes.io/part-of": "agentops"}
     rules = [
@@ -505,6 +518,8 @@ def render_rbac(
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
          "verbs": ["get", "list", "create", "patch", "update", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},  # failure reasons
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [admin_token_secret],
+         "verbs": ["get"]},
     ]
     manifests: list[dict[str, Any]] = []
     for ns in namespaces:
@@ -760,7 +775,7 @@ class KubernetesDeployer(Deployer):
     image_pull_policy: str = "IfNotPresent"
     mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI
     mlflow_secret: str = "agentops-mlflow"
-    admin_token_secret: str = "agentops-serving-admin"
+    admin_token_secret: str = "agentops-serving-admin"  # required: rendering fails when empty
     port: int = 8080
     service_port: int = 80
     replicas: dict[str, int] = {"dev": 1, "staging": 2, "prod": 3}
@@ -1037,8 +1052,43 @@ class KubernetesDeployer(Deployer):
                            (canary_obj.get("spec") or {}).get("replicas") or 1,
                            float(share) if share else None)
 
+    def _check_admin_secret(self, environment: str) -> None:
+        """DeploymentError unless the admin token Secret exists with a non-empty token: pods
+        without one would serve an unauthenticated /admin/* (or, with a server that refuses to
+        start without a token, never become ready)."""
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        namespace, name = self.namespace_of(environment), self.admin_token_secret
+        where = f"Secret {namespace}/{name}"
+        try:
+            secret = self._client().get(self._api("v1", "Secret"), name=name, namespace=namespace).to_dict()
+        except NotFoundError:
+            raise DeploymentError(
+                f"{environment}: {where} does not exist: create it with a non-empty key "
+                f"{ADMIN_TOKEN_KEY!r} before deploying (deploy/k8s/README.md)"
+            ) from None
+        except DeploymentError:
+            raise
+        except Exception as e:  # ApiException (403: the Role predates this check), connection errors
+            raise DeploymentError(
+                f"{environment}: could not read {where} to check the admin token: {e} "
+                "(deploy/k8s/rbac.yaml grants get on it)"
+            ) from e
+        encoded = (secret.get("data") or {}).get(ADMIN_TOKEN_KEY) or ""
+        try:
+            token = base64.b64decode(encoded).decode().strip()
+        except (ValueError, UnicodeDecodeError):
+            token = ""
+        if not token:
+            raise DeploymentError(
+                f"{environment}: {where} has no non-empty key {ADMIN_TOKEN_KEY!r}: the serving "
+                "pods' /admin/* needs a token; refusing to deploy (deploy/k8s/README.md)"
+            )
+
     def _rollout(self, environment: str, current: dict[ObjectKey, dict], target: list[dict]) -> None:
-        """Apply ``target``; if a Deployment does not become ready, re-apply the previous state."""
+        """Apply ``target``; if a Deployment does not become ready, re-apply the previous state.
+        Nothing is applied unless the admin token Secret has a token."""
+        self._check_admin_secret(environment)
         previous = self._previous_target(environment, current)
         try:
             self._execute(environment, plan_rollout(current, target))
@@ -1142,7 +1192,8 @@ def committed_manifests(deployer: KubernetesDeployer | None = None) -> dict[str,
         )
     files["rbac.yaml"] = to_yaml(
         render_rbac(COMMITTED_ENVIRONMENTS, namespace=deployer.namespace,
-                    namespace_prefix=deployer.namespace_prefix),
+                    namespace_prefix=deployer.namespace_prefix,
+                    admin_token_secret=deployer.admin_token_secret),
         f"{_HEADER}\nNamespaces and the rights the Dagster run pods need to deploy (apply once).",
     )
     return files

@@ -100,7 +100,9 @@ class Settings:
     serving_mlflow_uri: str = ""  # kubernetes: MLflow as the pods reach it (default: in-cluster)
     k8s_inference_log_claim: str = ""  # kubernetes: the pods' inference-log claim ("" logs nothing)
     serving_host: str = "127.0.0.1"  # local: the interface serving processes listen on
-    serving_ports: Mapping[str, int] = field(default_factory=dict)  # local: environment -> port
+    # local: "<environment>" (the first agent) or "<agent>/<environment>" -> port; other serving
+    # processes get a port chosen at their first deploy and kept in the state folder
+    serving_ports: Mapping[str, int] = field(default_factory=dict)
     serving_admin_token: bool = False  # AGENTOPS_SERVING_ADMIN_TOKEN is set (the value stays there)
 
     @property
@@ -160,7 +162,8 @@ def _production_problems(env: Mapping[str, str], tracking: str) -> list[str]:
 
 
 def _serving_ports(value: str, problems: list[str]) -> dict[str, int]:
-    """``dev=8081,staging=8082,prod=8083`` -> {"dev": 8081, ...}; empty: ephemeral ports."""
+    """``dev=8081,other_agent/dev=8091`` -> {"dev": 8081, "other_agent/dev": 8091}; empty: each
+    serving process keeps the port chosen at its first deploy."""
     ports: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in value.split(","))):
         environment, _, port = item.partition("=")

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -179,8 +180,11 @@ def test_rendered_manifests_are_valid(environment, role):
     assert args[args.index("--version") + 1] == "7"
     assert args[args.index("--environment") + 1] == environment
     assert args[args.index("--port") + 1] == str(container["ports"][0]["containerPort"]) == "8080"
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    # readiness (and start-up): model loaded, not draining; liveness: the process answers
+    assert {probe: container[probe]["httpGet"]["path"] for probe in
+            ("startupProbe", "readinessProbe", "livenessProbe")} == {
+        "startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/livez"}
+    assert all(container[probe]["httpGet"]["port"] == "http" for probe in ("readinessProbe", "livenessProbe"))
     assert set(container["resources"]["requests"]) == set(container["resources"]["limits"]) == {"cpu", "memory"}
     security = pod["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
@@ -188,7 +192,8 @@ def test_rendered_manifests_are_valid(environment, role):
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_TRACKING_URI"]["value"] == deployer.mlflow_tracking_uri
-    assert env["AGENTOPS_SERVING_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "agentops-serving-admin"
+    assert env["AGENTOPS_SERVING_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "agentops-serving-admin", "key": "token", "optional": False}  # a pod needs it to start
     if role == "canary":
         assert deployment["spec"]["replicas"] == 2
         assert deployment["metadata"]["annotations"]["agentops/canary-share"] == "0.25"
@@ -241,14 +246,16 @@ def test_service_hpa_and_pdb_cover_the_right_pods():
 
 
 def test_rendering_options():
-    spec = ServingSpec(autoscaling=False, replicas=2, max_replicas=2, admin_token_secret="", mlflow_secret="")
+    spec = ServingSpec(autoscaling=False, replicas=2, max_replicas=2, admin_token_secret="team-admin",
+                       mlflow_secret="")
     manifests = render_manifests(AGENT, "dev", "1", V1.model_uri, spec=spec, namespace="shared")
     assert [m["kind"] for m in manifests] == ["ServiceAccount", "Service", "PodDisruptionBudget", "Deployment"]
     deployment = manifests[-1]
     assert deployment["spec"]["replicas"] == 2 and deployment["metadata"]["namespace"] == "shared"
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "envFrom" not in container
-    assert "AGENTOPS_SERVING_ADMIN_TOKEN" not in {e["name"] for e in container["env"]}
+    token = next(e for e in container["env"] if e["name"] == "AGENTOPS_SERVING_ADMIN_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "team-admin"
     for m in manifests:
         validate_k8s(m)
     with pytest.raises(ValueError, match="role"):
@@ -260,6 +267,18 @@ def test_rendering_options():
     # rendering is deterministic: the hash only changes with the content
     again = render_manifests(AGENT, "dev", "1", V1.model_uri, spec=spec, namespace="shared")
     assert again == manifests
+
+
+@pytest.mark.parametrize("secret", ["", "  "])
+def test_rendering_refuses_an_empty_admin_secret(secret):
+    """The admin API of a serving pod always has a token: no secret name, no manifests."""
+    message = "admin_token_secret is empty.*non-empty key 'token'"
+    with pytest.raises(ValueError, match=message):
+        ServingSpec(admin_token_secret=secret)
+    with pytest.raises(ValueError, match=message):
+        KubernetesDeployer(admin_token_secret=secret).target("prod", V1)
+    with pytest.raises(ValueError, match=message):
+        committed_manifests(KubernetesDeployer(admin_token_secret=secret))
 
 
 def test_rbac_grants_what_the_executor_does():
@@ -275,6 +294,9 @@ def test_rbac_grants_what_the_executor_does():
                             ("policy", "poddisruptionbudgets")]:
         for verb in ("get", "list", "patch", "delete"):  # read, server-side apply, delete
             assert (group, resource, verb) in granted, (group, resource, verb)
+    (secrets,) = [rule for rule in roles[0]["rules"] if rule["resources"] == ["secrets"]]
+    assert secrets == {"apiGroups": [""], "resources": ["secrets"],  # that one Secret, read only
+                       "resourceNames": ["agentops-serving-admin"], "verbs": ["get"]}
     binding = next(m for m in manifests if m["kind"] == "RoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dagster", "namespace": "dagster"}]
     values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
@@ -516,11 +538,16 @@ class StubCluster:
     """Objects by (kind, namespace, name). An applied Deployment is rolled out at once, unless its
     version is in ``failing`` (then its rollout exceeds the progress deadline)."""
 
-    def __init__(self, failing=()):
+    def __init__(self, failing=(), admin_token: str | None = "s3cret"):
         self.objects: dict[tuple, dict] = {}
         self.applies: list[dict] = []
         self.failing = set(failing)
         self.resources = SimpleNamespace(get=lambda api_version, kind: SimpleNamespace(kind=kind))
+        if admin_token is not None:  # what `kubectl create secret generic` makes (deploy/k8s/README.md)
+            for environment in ENVIRONMENTS:
+                self.objects[("Secret", f"agentops-{environment}", "agentops-serving-admin")] = {
+                    "metadata": {"name": "agentops-serving-admin"},
+                    "data": {"token": base64.b64encode(admin_token.encode()).decode()}}
 
     @staticmethod
     def _result(payload):
@@ -601,6 +628,33 @@ def test_deploy_update_and_status(deployer, cluster):
     assert len(cluster.applies) == 6  # only the Deployment changed
     assert deployer.deploy("prod", V2.model_uri, "2") == deployer.status("prod")  # idempotent
     assert len(cluster.applies) == 6
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    (None, "Secret agentops-prod/agentops-serving-admin does not exist"),
+    ("", "has no non-empty key 'token'"),
+    (" \n", "has no non-empty key 'token'"),
+])
+def test_deploy_refuses_a_missing_or_empty_admin_token(token, message):
+    cluster = StubCluster(admin_token=token)
+    d = KubernetesDeployer(rollout_timeout_s=5, poll_interval_s=0.01)
+    d._dynamic = cluster
+    with pytest.raises(DeploymentError, match=message):
+        d.deploy("prod", V1.model_uri, "1")
+    assert cluster.applies == []  # nothing was applied
+    # a canary is a rollout too: a token removed since the stable deploy stops it
+    good = StubCluster()
+    d._dynamic = good
+    d.deploy("prod", V1.model_uri, "1")
+    applied = len(good.applies)
+    key = ("Secret", "agentops-prod", "agentops-serving-admin")
+    if token is None:
+        del good.objects[key]
+    else:
+        good.objects[key] = cluster.objects[key]
+    with pytest.raises(DeploymentError, match=message):
+        d.deploy_canary("prod", V2.model_uri, "2", 0.25)
+    assert len(good.applies) == applied
 
 
 def test_a_failed_rollout_is_rolled_back(deployer, cluster):
@@ -689,7 +743,7 @@ def test_a_failure_restores_both_the_stable_version_and_the_canary(deployer, clu
 def test_stop_and_a_foreign_model(deployer, cluster):
     deployer.deploy("prod", V1.model_uri, "1")
     deployer.stop("prod")
-    assert cluster.objects == {}
+    assert [key for key in cluster.objects if key[0] != "Secret"] == []  # the Secrets are not ours
     deployer.stop("prod")  # a no-op
     with pytest.raises(DeploymentError, match="other_agent"):
         deployer.deploy("prod", "models:/other_agent/1", "1")

@@ -1033,7 +1033,7 @@ def scrape(url: str) -> dict[tuple, float]:
 def test_deploy_writes_state_and_serves_health(deployer, deployment, registry):
     assert deployment.version == "1" and deployment.model_uri == registry["1"]
     assert (deployment.canary_version, deployment.canary_share) == (None, 0.0)
-    state = json.loads((Path(deployer.state_dir) / "test.json").read_text())
+    state = json.loads((Path(deployer.state_dir) / MODEL_NAME / "test.json").read_text())
     assert state["pid"] == deployment.pid and state["port"] > 0
     assert state["url"] == deployment.url == f"http://127.0.0.1:{state['port']}"
     assert {k: state[k] for k in ("host", "model_uri", "version", "environment", "started_at")} == {
@@ -1205,7 +1205,7 @@ def test_hot_swap_and_failed_load(deployer, deployment, registry):
             "confidence": 0,
             "answer": "v2",
         }
-        state = json.loads((Path(deployer.state_dir) / "test.json").read_text())
+        state = json.loads((Path(deployer.state_dir) / MODEL_NAME / "test.json").read_text())
         assert (state["pid"], state["version"], state["model_uri"]) == (
             deployment.pid,
             "2",
@@ -1235,7 +1235,7 @@ def test_canary_through_the_deployer(deployer, registry):
     )  # fmt: skip
     assert canary.canary_model_uri == registry["2"]
     assert deployer.status("canary") == canary
-    state = json.loads((Path(deployer.state_dir) / "canary.json").read_text())
+    state = json.loads((Path(deployer.state_dir) / MODEL_NAME / "canary.json").read_text())
     assert (state["canary_version"], state["canary_share"]) == ("2", 0.5)
 
     def serve(customer: str) -> tuple[str, str, str]:
@@ -1320,7 +1320,7 @@ def test_inference_log_is_flushed_on_stop_and_errors_are_traced(deployer, regist
     )  # fmt: skip
     assert row["confidence"] == 0.9 and row["status"] == 200 and row["environment"] == "second"
     assert df.set_index("request_id").loc["log-boom", "status"] == 500
-    log = (Path(deployer.state_dir) / "second.log").read_text()
+    log = (Path(deployer.state_dir) / MODEL_NAME / "second.log").read_text()
     assert "inference log: 1 files written" in log and "stopped (exit code 0)" in log
 
 
@@ -1330,7 +1330,7 @@ def test_failed_start_reports_the_log(deployer, registry):
         deployer.deploy("broken", f"models:/{MODEL_NAME}/99", "99")
     assert "could not load" in str(info.value)  # the tail of the server's log
     assert deployer.status("broken") is None
-    assert not (Path(deployer.state_dir) / "broken.json").exists()
+    assert not (Path(deployer.state_dir) / MODEL_NAME / "broken.json").exists()
 
 
 @pytest.mark.slow
@@ -1338,7 +1338,7 @@ def test_second_environment_and_stop(deployer, deployment, registry):
     second = deployer.deploy("second", registry["2"], "2")
     assert second.pid != deployment.pid and second.url != deployment.url
     assert deployer.status("test").version == "1"  # environments are independent
-    state_file = Path(deployer.state_dir) / "second.json"
+    state_file = Path(deployer.state_dir) / MODEL_NAME / "second.json"
     assert state_file.exists()
 
     deployer.stop("second")
@@ -1346,7 +1346,7 @@ def test_second_environment_and_stop(deployer, deployment, registry):
     with pytest.raises(ProcessLookupError):
         os.kill(second.pid, 0)
     assert deployer.status("second") is None
-    log = (Path(deployer.state_dir) / "second.log").read_text()
+    log = (Path(deployer.state_dir) / MODEL_NAME / "second.log").read_text()
     assert "stopped (exit code 0)" in log
     deployer.stop("second")  # a no-op now
     with pytest.raises(OSError):
