@@ -30,7 +30,7 @@ import warnings
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -42,43 +42,26 @@ from agentops_pipelines.feature_repo.definitions import (
     ACTIVITY_VIEW,
     CREATED_FIELD,
     FEATURE_DEFAULTS,
-    FEATURE_REFS,
     JOIN_KEY,
     PROFILE_VIEW,
     TIMESTAMP_FIELD,
     VIEW_FEATURES,
 )
+from agentops_pipelines.features.online import (  # one definition, shared with served models
+    FEATURES,
+    OnlineLookup,
+    StoreConfig,
+    redis_connection_string,
+)
+from agentops_pipelines.features.online import is_sql_url as _is_sql_url
 
-FEATURES: list[str] = [ref.split(":", 1)[1] for ref in FEATURE_REFS]
+__all__ = ["FEATURES", "FeastResource", "redis_connection_string"]
+
 # Activity computed from day D's requests becomes visible just after D ends. One microsecond
 # before midnight keeps it inside D's partition window (so materializing D's window picks it up)
 # while no request of D with second (or millisecond) resolution can see its own day's counts.
 ACTIVITY_LAG = timedelta(days=1) - timedelta(microseconds=1)
-_SQL_SCHEMES = {"postgresql", "postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle"}
 _ROW = "__agentops_row"
-
-
-def _is_sql_url(registry: str) -> bool:
-    scheme = urlparse(registry).scheme.split("+", 1)[0].lower()
-    return "://" in registry and scheme in _SQL_SCHEMES
-
-
-def redis_connection_string(value: str) -> str:
-    """Feast's ``host:port,db=N,password=...`` form from itself or a ``redis://`` URL."""
-    if not value.startswith(("redis://", "rediss://")):
-        return value
-    url = urlparse(value)
-    parts = [f"{url.hostname or '127.0.0.1'}:{url.port or 6379}"]
-    db = url.path.lstrip("/")
-    if db:
-        parts.append(f"db={int(db)}")
-    if url.username and url.username != "default":
-        parts.append(f"username={unquote(url.username)}")
-    if url.password:
-        parts.append(f"password={unquote(url.password)}")
-    if url.scheme == "rediss":
-        parts.append("ssl=true")
-    return ",".join(parts)
 
 
 def _redis_kwargs(connection_string: str) -> dict:
@@ -148,41 +131,14 @@ class FeastResource(dg.ConfigurableResource):
         shown = re.sub(r"password=[^,]*", "password=***", redis_connection_string(self.online_store))
         return f"Redis online store at {shown}"
 
+    @property
+    def config(self) -> StoreConfig:
+        return StoreConfig(repo_dir=Path(self.repo_dir), registry=self.registry, online_store=self.online_store,
+                           project=self.project, registry_cache_ttl_seconds=self.registry_cache_ttl_seconds)
+
     def repo_config_dict(self) -> dict:
         """The ``feature_store.yaml`` contents (plain data; nothing is created)."""
-        repo_dir = Path(self.repo_dir).resolve()
-        if _is_sql_url(self.registry):
-            registry: dict = {
-                "registry_type": "sql",
-                "path": self.registry,
-                "cache_ttl_seconds": self.registry_cache_ttl_seconds,
-                "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
-            }
-        else:
-            path = self.registry
-            if "://" not in path:  # a local file; s3:// and gs:// stay as they are
-                path = str(Path(path).expanduser().resolve())
-            registry = {
-                "registry_type": "file",
-                "path": path,
-                "cache_ttl_seconds": self.registry_cache_ttl_seconds,
-            }
-        if self.online_store == "sqlite":
-            online: dict = {"type": "sqlite", "path": str(repo_dir / "online_store.db")}
-        else:
-            online = {
-                "type": "redis",
-                "redis_type": "redis",
-                "connection_string": redis_connection_string(self.online_store),
-            }
-        return {
-            "project": self.project,
-            "provider": "local",
-            "registry": registry,
-            "online_store": online,
-            "offline_store": {"type": "file"},
-            "entity_key_serialization_version": 3,
-        }
+        return self.config.repo_config_dict()
 
     # ------------------------------------------------------------------ the store
     def _render(self) -> None:
@@ -380,19 +336,9 @@ class FeastResource(dg.ConfigurableResource):
         return pd.concat([entity_df, features], axis=1)
 
     def online_feature_columns(self, customer_ids: list[str]) -> dict[str, list]:
-        """Like :meth:`online_features` as ``{column: values}``, without pandas (~10x faster)."""
-        ids = [str(c) for c in customer_ids]
-        columns: dict[str, list] = {JOIN_KEY: ids}
-        if not ids:
-            return {**columns, **{name: [] for name in FEATURES}}
-        values = self.store().get_online_features(
-            features=FEATURE_REFS, entity_rows={JOIN_KEY: ids}
-        ).to_dict()
-        for name in FEATURES:
-            default = FEATURE_DEFAULTS[name]
-            cast = str if isinstance(default, str) else int
-            columns[name] = [default if v is None else cast(v) for v in values[name]]
-        return columns
+        """Like :meth:`online_features` as ``{column: values}``, without pandas (~10x faster):
+        the same lookup a served model makes (features/online.py)."""
+        return OnlineLookup(self.config, self.store())(customer_ids)
 
     def online_features(self, customer_ids: list[str]) -> pd.DataFrame:
         """Latest online values: one row per id, in order; unknown customers get the defaults."""

@@ -192,9 +192,10 @@ def load_settings(strict: bool = True) -> Settings:
         raise SettingsError(f"AGENTOPS_DEPLOYER must be one of {', '.join(DEPLOYERS)}, not {deployer!r}")
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     artifacts = env.get("AGENTOPS_MLFLOW_ARTIFACT_ROOT") or str(home / "mlflow" / "artifacts")
-    registry = env.get("AGENTOPS_FEAST_REGISTRY") or str(home / "feast" / "registry.db")
-    online = env.get("AGENTOPS_FEAST_REDIS") or "sqlite"
-    project = env.get("AGENTOPS_FEAST_PROJECT") or "agentops"
+    from agentops_pipelines.features.online import config_from_environ
+
+    feast = config_from_environ(env, home)  # the same reading a served model makes
+    registry, online, project = feast.registry, feast.online_store, feast.project
     if not re.fullmatch(r"[A-Za-z0-9_]+", project):
         problems.append(f"AGENTOPS_FEAST_PROJECT must be letters, digits and underscores, not {project!r}")
     dagster_pg = _dagster_postgres(env, problems)
@@ -229,7 +230,7 @@ def load_settings(strict: bool = True) -> Settings:
         mlflow_artifact_root=artifacts,
         mlflow_ui_url=env.get("AGENTOPS_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
         lake_dir=Path(env.get("AGENTOPS_LAKE_DIR") or home / "lake"),
-        feast_dir=Path(env.get("AGENTOPS_FEAST_DIR") or home / "feast"),
+        feast_dir=feast.repo_dir,
         feast_online_store=online,
         feast_registry=registry,
         serving_dir=home / "serving",

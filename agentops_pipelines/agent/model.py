@@ -61,23 +61,28 @@ class AgentModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         """Where it is served, look customers' features up in the online store (Feast).
 
-        The store comes from the serving process's environment (AGENTOPS_HOME or the production
-        variables, the same settings as the code location). Without one, features the caller did
-        not send are filled with neutral values, and the reason is logged once.
+        The store comes from the serving process's environment (``AGENTOPS_HOME``,
+        ``AGENTOPS_FEAST_*``: the variables the code location's settings read), through the plain
+        lookup module the Feast resource uses too: a served model imports nothing from the code
+        location's resources. Without a store, features the caller did not send are filled with
+        neutral values, and the reason is logged once.
         """
         if not self.feature_columns or self._feature_lookup is not None:
             return
         try:
-            from agentops_pipelines.resources.feast import FeastResource
-            from agentops_pipelines.resources.settings import load_settings
+            import os
 
-            settings = load_settings()
-            if settings.feast_online_store == "sqlite" and not (settings.feast_dir / "online_store.db").exists():
-                log.warning("no online store at %s: features not sent are filled with defaults", settings.feast_dir)
+            from agentops_pipelines.features.online import (
+                OnlineLookup,
+                config_from_environ,
+                default_home,
+            )
+
+            config = config_from_environ(os.environ, default_home(os.environ))  # this process's edge
+            if not config.has_online_store:
+                log.warning("no online store at %s: features not sent are filled with defaults", config.repo_dir)
                 return
-            feast = FeastResource(repo_dir=str(settings.feast_dir), registry=settings.feast_registry,
-                                  online_store=settings.feast_online_store, project=settings.feast_project)
-            self._feature_lookup = feast.online_feature_columns  # dict of lists: the fast path
+            self._feature_lookup = OnlineLookup(config)  # dict of lists: the fast path
         except Exception as exc:  # noqa: BLE001 - serving without features beats not serving
             log.warning("online features unavailable (%s: %s): features not sent are filled with defaults",
                         type(exc).__name__, exc)

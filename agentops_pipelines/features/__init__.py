@@ -1,0 +1,1 @@
+"""Features shared by the code location and served models (no Dagster here)."""
