@@ -25,15 +25,28 @@ from agentops_pipelines.vocabulary import (
 )
 
 
-class PromotionConfig(dg.Config):
+class RolloutConfig(dg.Config):
+    """How prod takes a new version: the one definition every job and asset that rolls out uses
+    (its fields sit flat in their run config)."""
+
+    canary_share: float = Field(default=0.1, gt=0.0, le=1.0, description="traffic share while baking (1: no canary)")
+    bake_seconds: float = Field(default=60.0, ge=0.0, description="how long the canary must stay healthy")
+    check_interval_seconds: float = Field(default=5.0, gt=0.0)
+    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="canary server errors / requests")
+    max_p99_ms: float = Field(default=250.0, gt=0.0, description="canary p99 latency ceiling")
+
+    def policy(self):
+        from agentops_pipelines.rollout import RolloutPolicy
+
+        return RolloutPolicy(canary_share=self.canary_share, bake_seconds=self.bake_seconds,
+                             check_interval_seconds=self.check_interval_seconds,
+                             max_error_rate=self.max_error_rate, max_p99_ms=self.max_p99_ms)
+
+
+class PromotionConfig(RolloutConfig):
     version: str = Field(description="the registered version to promote")
     target: str = Field(default="prod", description="how far: 'staging', or 'prod' (staging first)")
     reviewer: str = Field(default="", description="unused; kept so older run configs still load")
-    canary_share: float = Field(default=0.1, gt=0.0, le=1.0)
-    bake_seconds: float = Field(default=60.0, ge=0.0)
-    check_interval_seconds: float = Field(default=5.0, gt=0.0)
-    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
-    max_p99_ms: float = Field(default=250.0, gt=0.0)
 
 
 class RollbackConfig(dg.Config):
@@ -71,7 +84,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
     def promote(context: dg.OpExecutionContext, config: PromotionConfig, mlflow_store: MlflowResource,
                 deployer: Deployer, audit: AuditLog, governance: GovernanceResource) -> None:
         from agentops_pipelines.governance.digests import model_artifacts_sha256
-        from agentops_pipelines.rollout import RolloutPolicy, rollout
+        from agentops_pipelines.rollout import rollout
 
         if config.target not in GUARDED_ENVIRONMENTS:
             raise dg.Failure(f"target must be one of {', '.join(GUARDED_ENVIRONMENTS)}, not {config.target!r}")
@@ -101,11 +114,8 @@ def build_promotion_job(agent) -> dg.JobDefinition:
                                                            VersionTag.REFUSAL: ""})
             return
 
-        policy_ = RolloutPolicy(canary_share=config.canary_share, bake_seconds=config.bake_seconds,
-                                check_interval_seconds=config.check_interval_seconds,
-                                max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms)
         with rollout_lock(audit, agent.name, "prod", actor, context.log.info):
-            prod = rollout(deployer, "prod", model_uri, version, policy_, context.log.info)
+            prod = rollout(deployer, "prod", model_uri, version, config.policy(), context.log.info)
         if not prod.succeeded:
             approvals.show(client, agent.name, version, **{VersionTag.ROLLED_BACK: f"canary failed: {prod.reason}"})
             audit.record("promotion_failed", agent.name, actor=actor, version=version, environment="prod",

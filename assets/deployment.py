@@ -9,24 +9,19 @@ from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.evaluation import latest_metadata
 from agentops_pipelines.governance import approvals
 from agentops_pipelines.governance import eligibility as elig
-from agentops_pipelines.operations import refuse, rollout_lock
+from agentops_pipelines.operations import RolloutConfig, refuse, rollout_lock
 from agentops_pipelines.partitions import environments
 from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.deployers import Deployer
 from agentops_pipelines.resources.governance import GovernanceResource
 from agentops_pipelines.resources.mlflow import MlflowResource
-from agentops_pipelines.rollout import RolloutPolicy, rollout
+from agentops_pipelines.rollout import rollout
 from agentops_pipelines.vocabulary import GUARDED_ENVIRONMENTS, Alias, VersionTag
 
 
-class DeploymentConfig(dg.Config):
+class DeploymentConfig(RolloutConfig):  # the rollout fields apply to prod
     version: str = Field(default="", description="model version to deploy; default: dev gets the newest "
                                                  "registered version, staging and prod the champion")
-    canary_share: float = Field(default=0.1, gt=0.0, le=1.0, description="prod: traffic share while baking (1: no canary)")
-    bake_seconds: float = Field(default=60.0, ge=0.0, description="prod: how long the canary must stay healthy")
-    check_interval_seconds: float = Field(default=5.0, gt=0.0)
-    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
-    max_p99_ms: float = Field(default=250.0, gt=0.0)
 
 
 def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -50,7 +45,7 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
             version = str(latest_metadata(context, registered.key).get("version", ""))
         if not version:
             try:
-                version = str(client.get_model_version_by_alias(agent.name, "champion").version)
+                version = str(client.get_model_version_by_alias(agent.name, Alias.CHAMPION).version)
             except mlflow.exceptions.MlflowException as exc:
                 raise dg.Failure(f"nothing to deploy to {environment}: no version given and no "
                                  f"champion for {agent.name}") from exc
@@ -66,9 +61,7 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
                 raise refuse(audit, agent.name, str(mv.version), environment, actor, verdict.reason)
         policy = None
         if environment == "prod":  # canary → bake time with health checks → full
-            policy = RolloutPolicy(canary_share=config.canary_share, bake_seconds=config.bake_seconds,
-                                   check_interval_seconds=config.check_interval_seconds,
-                                   max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms)
+            policy = config.policy()
         with rollout_lock(audit, agent.name, environment, actor, context.log.info):
             result = rollout(deployer, environment, model_uri, str(mv.version), policy, context.log.info)
         if not result.succeeded:

@@ -10,6 +10,7 @@ from pydantic import Field
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.vocabulary import Alias
 
 
 class EvaluationConfig(dg.Config):
@@ -45,7 +46,7 @@ def champion_version(client, name: str):
     import mlflow
 
     try:
-        return client.get_model_version_by_alias(name, "champion")
+        return client.get_model_version_by_alias(name, Alias.CHAMPION)
     except mlflow.exceptions.MlflowException:
         return None
 

@@ -74,7 +74,7 @@ def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.As
             "model_name": agent.name,
             "version": str(mv.version),
             "model_uri": f"models:/{agent.name}/{mv.version}",
-            "alias": "challenger",
+            "alias": str(Alias.CHALLENGER),
             "artifacts_sha256": registration.artifacts_sha256,
             "evaluation_report_sha256": registration.report_sha256,
             "approval_status": tags.get(STATUS_TAG, mv.tags.get(STATUS_TAG, "")),

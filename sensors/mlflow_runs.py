@@ -13,6 +13,7 @@ import json
 import dagster as dg
 
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.vocabulary import RunTag
 
 PAGE_SIZE = 500
 LOOKBACK_MS = 10 * 60 * 1000  # end times written by clients whose clocks lag by up to 10 minutes
@@ -69,7 +70,7 @@ def build_mlflow_run_sensor(agent, job) -> dg.SensorDefinition:
             requests.append(dg.RunRequest(
                 run_key=run.info.run_id,
                 run_config={"ops": {f"{agent.name}__evaluation_report": {"config": {"candidate_run_id": run.info.run_id}}}},
-                tags={"agentops/agent": agent.name, "agentops/mlflow_run_id": run.info.run_id},
+                tags={RunTag.AGENT: agent.name, "agentops/mlflow_run_id": run.info.run_id},
             ))
         newest = max(cursor["end_time"], runs[-1].info.end_time)
         seen = {**cursor["seen"], **{r.info.run_id: r.info.end_time for r in runs}}

@@ -12,6 +12,7 @@ import dagster as dg
 
 from agentops_pipelines.resources.deployers import Deployer
 from agentops_pipelines.resources.prometheus import PrometheusResource, PrometheusUnreachable
+from agentops_pipelines.vocabulary import RunTag
 
 MAX_REMEMBERED = 500
 
@@ -54,8 +55,8 @@ def build_prometheus_alert_sensor(agent, rollback_job: dg.JobDefinition) -> dg.S
                 run_config={"ops": {f"{agent.name}_rollback": {"config": {
                     "environment": env, "reason": reason, "bad_version": current.version,
                     "actor": "prometheus_alert_sensor"}}}},
-                tags={"agentops/environment": env, "agentops/alert": labels.get("alertname", ""),
-                      "agentops/version": current.version}))
+                tags={RunTag.ENVIRONMENT: env, "agentops/alert": labels.get("alertname", ""),
+                      RunTag.VERSION: current.version, RunTag.AGENT: agent.name}))
             seen.append(key)
         cursor = json.dumps(seen[-MAX_REMEMBERED:])
         if not requests:
@@ -77,7 +78,7 @@ def build_promotion_failure_sensor(agent, promotion_job: dg.JobDefinition, rollb
             run_key=f"rollback-after-{run.run_id}",
             run_config={"ops": {f"{agent.name}_rollback": {"config": {
                 "environment": "prod", "reason": f"promotion run {run.run_id[:8]} failed: {message}",
-                "bad_version": run.tags.get("agentops/version", ""), "actor": "promotion_failure_sensor"}}}},
-            tags={"agentops/environment": "prod"})
+                "bad_version": run.tags.get(RunTag.VERSION, ""), "actor": "promotion_failure_sensor"}}}},
+            tags={RunTag.ENVIRONMENT: "prod", RunTag.AGENT: agent.name})
 
     return promotion_failure_sensor
