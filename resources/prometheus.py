@@ -1,15 +1,12 @@
-"""Prometheus's HTTP API: the alerts that fire, for the rollback sensor."""
+"""Prometheus as a Dagster resource: a thin shell over agentops_pipelines/prometheus_api.py."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import dagster as dg
 
+from agentops_pipelines.prometheus_api import PrometheusAPI, PrometheusUnreachable
 
-class PrometheusUnreachable(ConnectionError):
-    pass
+__all__ = ["PrometheusResource", "PrometheusUnreachable"]
 
 
 class PrometheusResource(dg.ConfigurableResource):
@@ -18,12 +15,4 @@ class PrometheusResource(dg.ConfigurableResource):
 
     def firing_alerts(self) -> list[dict]:
         """Alerts in state ``firing`` (pending ones are not yet alerts)."""
-        try:
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            with opener.open(f"{self.url.rstrip('/')}/api/v1/alerts", timeout=self.timeout_seconds) as resp:
-                payload = json.loads(resp.read())
-        except (OSError, ValueError) as exc:
-            raise PrometheusUnreachable(f"Prometheus at {self.url} is unreachable: {type(exc).__name__}: {exc}") from exc
-        if payload.get("status") != "success":
-            raise PrometheusUnreachable(f"Prometheus at {self.url} answered {payload.get('status')}: {payload.get('error')}")
-        return [a for a in payload["data"]["alerts"] if a.get("state") == "firing"]
+        return PrometheusAPI(self.url, self.timeout_seconds).firing_alerts()

@@ -29,27 +29,35 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agentops_pipelines.resources.deployers import Deployer, DeploymentError
-from agentops_pipelines.resources.kubernetes_deployer import (
+from agentops_pipelines.k8s.naming import (
     ANNOTATION_HASH,
     LABEL_ROLE,
     LABEL_VERSION,
-    KubernetesDeployer,
-    Release,
-    ServingSpec,
-    canary_replicas,
-    committed_manifests,
+)
+from agentops_pipelines.k8s.plan import (
     deployment_status,
     object_key,
     plan_rollout,
     pod_problems,
     release_of,
+)
+from agentops_pipelines.k8s.render import (
+    Release,
+    ServingSpec,
+    canary_replicas,
     render_environment,
     render_manifests,
     render_rbac,
     replica_share,
+)
+from agentops_pipelines.k8s.stats import (
     role_stats,
     stats_queries,
+)
+from agentops_pipelines.resources.deployers import Deployer, DeploymentError
+from agentops_pipelines.resources.kubernetes_deployer import (
+    KubernetesDeployer,
+    committed_manifests,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -155,11 +155,9 @@ def test_build_resources_passes_feast_passwords_as_env_vars(env):
 
 def test_the_deployer_is_chosen_by_a_setting(env):
     from agentops_pipelines.definitions import build_resources
+    from agentops_pipelines.k8s.naming import DEFAULT_MLFLOW_URI
     from agentops_pipelines.resources.deployers import LocalProcessDeployer
-    from agentops_pipelines.resources.kubernetes_deployer import (
-        DEFAULT_MLFLOW_URI,
-        KubernetesDeployer,
-    )
+    from agentops_pipelines.resources.kubernetes_deployer import KubernetesDeployer
 
     assert isinstance(build_resources(load_settings())["deployer"], LocalProcessDeployer)
     env(AGENTOPS_DEPLOYER="kubernetes")
