@@ -346,13 +346,12 @@ def _wait_for_outcome(audit, policy, agent: str, version: str, digest: str, time
 
 
 def create_audit_key() -> int:
-    """``agentops audit --create-key``: the audit log's MAC key at AGENTOPS_AUDIT_KEY_FILE, if missing."""
-    from agentops_pipelines.governance.audit_log import create_key_file
-
-    path = load_settings(strict=False).audit_key_file
-    made = create_key_file(path)
-    print(f"{'created' if made else 'kept the existing'} audit key {path} (mode 600; back it up: "
-          "without it the log can be neither written nor verified)")
+    """``agentops audit --create-key``: the audit log's MAC key (AGENTOPS_AUDIT_KEY_FILE) and the
+    anchor of the empty log, if missing."""
+    store = _resources()["audit"].store
+    made = store.initialize()
+    print(f"{'created' if made else 'kept the existing'} audit key {store.key_file} (mode 600; back it up: "
+          f"without it the log can be neither written nor verified) and anchor {store.anchor_path}")
     return 0
 
 

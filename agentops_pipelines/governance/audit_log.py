@@ -382,6 +382,19 @@ class AuditStore:
             os.fsync(fd)
         return AuditEntry(seq, at, actor, action, agent, version, environment, reason, details or {}, prev, mac)
 
+    def initialize(self) -> bool:
+        """Make the key (if missing) and anchor the empty log (sequence 0), so that deleting the
+        log together with its anchor later shows. True if anything was created."""
+        made = create_key_file(self.key_file)
+        key = self._key(may_create=False)
+        with self._writer() as (_conn, fd):
+            if self.anchor_path.stat().st_size == 0:
+                line = json.dumps({"seq": 0, "mac": GENESIS, "at": "", "check": _anchor_check(key, 0, GENESIS)})
+                os.write(fd, (line + "\n").encode())
+                os.fsync(fd)
+                made = True
+        return made
+
     # -- read and verify ----------------------------------------------------------------------
 
     def _rows(self, agent: str | None = None, version: str | int | None = None,
@@ -425,8 +438,11 @@ class AuditStore:
         with self.engine().connect() as conn:
             table = self._table_exists(conn)
             missing = self._missing_triggers(conn) if table else set()
+        if not anchors and not bad_lines:
+            problems.append(f"the anchor {self.anchor_path} is missing or empty: the log cannot be "
+                            "proven complete (deleted with the log?)")
         if not table:
-            if anchors:
+            if max(anchors, default=(0, ""))[0] > 0:
                 problems.append(f"the table {TABLE} is gone (dropped, or the database was deleted or "
                                 f"replaced) but the anchor records {max(anchors)[0]} entries")
             return Verification([], problems, max(anchors, default=(0, ""))[0])
@@ -452,9 +468,6 @@ class AuditStore:
             prev, expected_seq = mac, seq + 1
         head = entries[-1].seq if entries else 0
         anchored = max(anchors, default=(0, GENESIS))
-        if not anchors and entries:
-            problems.append(f"the anchor {self.anchor_path} is missing or empty: the log cannot be "
-                            "proven complete")
         if anchored[0] > head:
             problems.append(f"the anchor records entry {anchored[0]} but the log ends at entry {head}: "
                             + ("every entry was deleted" if head == 0 else "the last entries were deleted"))

@@ -84,7 +84,13 @@ def decisions(entries: Iterable[AuditEntry], policy: ApprovalPolicy, agent: str,
             notes.append(f"{decision.reviewer}'s decision was signed for other artifacts or another "
                          "evaluation report than the version's registration: sign again")
             continue
-        latest[decision.reviewer] = decision
+        # A reviewer's latest decision is the latest they *signed* (decided_at is inside the
+        # signature), not the latest recorded: an older envelope replayed later changes nothing.
+        # At the same second a rejection wins.
+        current = latest.get(decision.reviewer)
+        if current is None or (decision.decided_at, decision.decision == "rejected") > (
+                current.decided_at, current.decision == "rejected"):
+            latest[decision.reviewer] = decision
     return latest, notes
 
 

@@ -152,12 +152,10 @@ def production(tmp_path_factory):
             mp.setenv(name, value)
         settings = load_settings()  # strict: raises if production mode is incomplete
         checked = check(settings)
-        from agentops_pipelines.governance.audit_log import create_key_file
-
-        create_key_file(settings.audit_key_file)  # production mounts it; `agentops audit --create-key`
         prepare_home()  # copies deploy/dagster-production.yaml into DAGSTER_HOME
         instance = dg.DagsterInstance.from_config(str(home / "dagster"))
         defs = build_definitions(settings)
+        defs.resources["audit"].store.initialize()  # production mounts the key: `agentops audit --create-key`
         try:
             runs = [run_job(defs, instance, "ingest", partition_key=day) for day in DAYS]
             runs.append(run_job(defs, instance, "training"))

@@ -193,3 +193,23 @@ def test_a_signed_rejection_of_a_serving_version_is_refused_not_applied(defs, in
     assert ("reject", "alice") not in actions(audit, v)
     refused = [e.reason for e in audit.entries(AGENT, version=v) if e.action == "approval_refused"]
     assert refused and "serves in prod" in refused[0] and "roll it back" in refused[0]
+
+
+def test_a_replayed_older_approval_does_not_undo_a_later_rejection(defs, instance, setup, reviewers):
+    from agentops_pipelines.governance.approvals import submit
+    from agentops_pipelines.governance.signing import Decision, sign
+
+    client, audit, uri = setup
+    reviewers.configure(["alice"])
+    (v,) = register_versions(uri, 1, audit=audit)
+    tags = client.get_model_version(AGENT, v).tags
+    digests = {"artifacts_sha256": tags[VersionTag.ARTIFACTS_SHA256], "report_sha256": tags[VersionTag.REPORT_SHA256]}
+    approve = Decision(AGENT, v, "approved", "alice", decided_at="2026-12-01T09:00:00+00:00", **digests)
+    reject = Decision(AGENT, v, "rejected", "alice", decided_at="2026-12-01T10:00:00+00:00", **digests)
+    key = reviewers.key("alice")
+    submit(client, reject, sign(reject, key))
+    evaluate(defs, instance, "approval_sensor")
+    submit(client, approve, sign(approve, key))  # the older approval, never seen before, put back
+    requests, _, _ = evaluate(defs, instance, "approval_sensor")
+    assert requests == []
+    assert "rejected by alice" in client.get_model_version(AGENT, v).tags[VersionTag.REFUSAL]

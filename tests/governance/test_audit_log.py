@@ -192,3 +192,14 @@ def test_six_concurrent_writers_leave_a_chain_that_verifies(tmp_path):
     assert result.ok, result.problems
     assert [e.seq for e in result.entries] == list(range(1, 181))
     assert sorted({e.actor for e in result.entries}) == [f"worker-{w}" for w in range(6)]
+
+
+def test_deleting_the_log_together_with_its_anchor_is_detected(tmp_path):
+    s = store_at(tmp_path, create_key=False)
+    assert s.initialize() is True  # production set-up: key and the anchor of the empty log
+    assert s.verify().ok and s.initialize() is False
+    s.record("approve", "support_agent", actor="alice", version=1)
+    s.dispose()
+    (tmp_path / "audit.db").unlink()
+    (tmp_path / "anchor.jsonl").unlink()
+    assert "anchor" in problems(store_at(tmp_path))
