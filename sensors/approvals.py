@@ -20,6 +20,7 @@ import dagster as dg
 from agentops_pipelines.governance import approvals
 from agentops_pipelines.governance import eligibility as elig
 from agentops_pipelines.governance.policy import PolicyError
+from agentops_pipelines.operations import PromotionConfig
 from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.governance import GovernanceResource
 from agentops_pipelines.resources.mlflow import MlflowResource
@@ -95,7 +96,7 @@ def build_approval_sensor(agent, promotion_job: dg.JobDefinition) -> dg.SensorDe
             if target and target not in reached:
                 requests.append(dg.RunRequest(
                     run_key=f"promote-{version}-{target}-{'+'.join(verdict.approvers) or 'staging'}",
-                    run_config={"ops": {f"{agent.name}_promote": {"config": {"version": version, "target": target}}}},
+                    run_config=dg.RunConfig(ops={f"{agent.name}_promote": PromotionConfig(version=version, target=target)}),
                     tags={RunTag.ENVIRONMENT: target, RunTag.VERSION: version, RunTag.AGENT: agent.name,
                           RunTag.REVIEWER: ",".join(verdict.approvers)}))
                 approvals.show(client, agent.name, version, **{VersionTag.STATUS: f"approved for {target}",

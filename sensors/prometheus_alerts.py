@@ -10,6 +10,7 @@ import json
 
 import dagster as dg
 
+from agentops_pipelines.operations import RollbackConfig
 from agentops_pipelines.resources.deployers import Deployer
 from agentops_pipelines.resources.prometheus import PrometheusResource, PrometheusUnreachable
 from agentops_pipelines.vocabulary import RunTag
@@ -52,9 +53,8 @@ def build_prometheus_alert_sensor(agent, rollback_job: dg.JobDefinition) -> dg.S
             reason = f"{labels.get('alertname')} firing since {alert.get('activeAt')}" + (f": {summary}" if summary else "")
             requests.append(dg.RunRequest(
                 run_key=key,
-                run_config={"ops": {f"{agent.name}_rollback": {"config": {
-                    "environment": env, "reason": reason, "bad_version": current.version,
-                    "actor": "prometheus_alert_sensor"}}}},
+                run_config=dg.RunConfig(ops={f"{agent.name}_rollback": RollbackConfig(
+                    environment=env, reason=reason, bad_version=current.version, actor="prometheus_alert_sensor")}),
                 tags={RunTag.ENVIRONMENT: env, "agentops/alert": labels.get("alertname", ""),
                       RunTag.VERSION: current.version, RunTag.AGENT: agent.name}))
             seen.append(key)
@@ -76,9 +76,9 @@ def build_promotion_failure_sensor(agent, promotion_job: dg.JobDefinition, rollb
         message = (context.failure_event.message or "")[:300]
         return dg.RunRequest(
             run_key=f"rollback-after-{run.run_id}",
-            run_config={"ops": {f"{agent.name}_rollback": {"config": {
-                "environment": "prod", "reason": f"promotion run {run.run_id[:8]} failed: {message}",
-                "bad_version": run.tags.get(RunTag.VERSION, ""), "actor": "promotion_failure_sensor"}}}},
+            run_config=dg.RunConfig(ops={f"{agent.name}_rollback": RollbackConfig(
+                environment="prod", reason=f"promotion run {run.run_id[:8]} failed: {message}",
+                bad_version=run.tags.get(RunTag.VERSION, ""), actor="promotion_failure_sensor")}),
             tags={RunTag.ENVIRONMENT: "prod", RunTag.AGENT: agent.name})
 
     return promotion_failure_sensor

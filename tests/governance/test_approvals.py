@@ -30,7 +30,8 @@ def test_a_signed_approval_by_an_approver_promotes(defs, instance, setup, review
     (v,) = register_versions(uri, 1, audit=audit)
     reviewers.decide(client, v, "alice")
     requests, cursor, _ = evaluate(defs, instance, "approval_sensor")
-    assert [r.run_config["ops"][f"{AGENT}_promote"]["config"] for r in requests] == [{"version": v, "target": "prod"}]
+    assert [{k: r.run_config["ops"][f"{AGENT}_promote"]["config"][k] for k in ("version", "target")}
+            for r in requests] == [{"version": v, "target": "prod"}]
     assert requests[0].tags["agentops/environment"] == "prod"
     assert ("approve", "alice") in actions(audit, v)
     approve = next(e for e in audit.entries(AGENT, version=v) if e.action == "approve")
