@@ -147,12 +147,28 @@ def dev(port: int, mlflow_port: int) -> int:
 
 
 def status() -> int:
+    """``agentops status``: per agent and environment, what serves (version, canary share,
+    restarts), when it was deployed and who approved it (from the verified audit log), then the
+    newest registered versions with their approval state."""
     from agentops_pipelines.agents import AGENTS
+    from agentops_pipelines.governance.eligibility import served
+    from agentops_pipelines.vocabulary import ENVIRONMENTS
+
     resources = _resources()
     client = resources["mlflow_store"].configure()
     deployer = resources["deployer"]
+    log = resources["audit"].store.verify()
+    if not log.ok:
+        print(f"WARNING: {log.summary()}", file=sys.stderr)
     for agent in AGENTS:
         print(f"{agent.name}")
+        now = {row["environment"]: row for row in served(log.entries, agent.name) if row["until"] == "now"}
+        for env in ENVIRONMENTS:
+            line = _serving_line(deployer, env, agent.name)
+            row = now.get(env)
+            if row and line != "not deployed":
+                line += f"; {row['how']} {row['since'][:19]} by {row['by']}, approved by {row['approved_by'] or '-'}"
+            print(f"  {env:<8} {line}")
         try:
             model = client.get_registered_model(agent.name)
         except Exception:  # noqa: BLE001 - nothing registered yet
@@ -160,10 +176,9 @@ def status() -> int:
             continue
         print(f"  aliases: {dict(model.aliases)}")
         for mv in client.search_model_versions(f"name='{agent.name}'", order_by=["version_number DESC"], max_results=10):
-            print(f"  v{mv.version}: approval_status={mv.tags.get('approval_status', '-')} "
-                  f"accuracy={mv.tags.get('eval_accuracy', '-')} run={mv.run_id}")
-        for env in ("dev", "staging", "prod"):
-            print(f"  {env}: {_serving_line(deployer, env, agent.name)}")
+            print(f"  v{mv.version}: {mv.tags.get('approval_status', '-')}"
+                  + (f" ({mv.tags['approval_refusal_reason']})" if mv.tags.get("approval_refusal_reason") else "")
+                  + f"; accuracy {mv.tags.get('eval_accuracy', '-')}; run {mv.run_id}")
     return 0
 
 

@@ -46,7 +46,7 @@ def test_the_deploy_job_refuses_prod_and_staging_without_approval(defs, instance
 
 
 @pytest.mark.slow
-def test_an_approved_version_deploys_to_prod_with_audit_and_alias(defs, instance, versions, reviewers):
+def test_an_approved_version_deploys_to_prod_with_audit_and_alias(defs, instance, versions, reviewers, capsys):
     client, audit, (v1, _) = versions
     reviewers.decide(client, v1, "alice")
     evaluate(defs, instance, "approval_sensor")  # verifies the signature into the audit log
@@ -56,6 +56,13 @@ def test_an_approved_version_deploys_to_prod_with_audit_and_alias(defs, instance
     assert str(client.get_registered_model(AGENT).aliases["champion"]) == v1
     promote = [e for e in audit.entries(AGENT, version=v1) if e.action == "promote"]
     assert promote and promote[-1].environment == "prod" and promote[-1].details["approvers"] == ["alice"]
+    # `agentops status` says what serves where, since when and who approved it
+    from agentops_pipelines.cli import main
+
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    prod_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("prod"))
+    assert f"version {v1} at http://" in prod_line and "approved by alice" in prod_line
 
 
 @pytest.mark.slow
