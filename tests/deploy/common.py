@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from agentops_pipelines.k8s.render import Release
+from agentops_pipelines.serving.metrics import ServingMetrics
 from agentops_pipelines.vocabulary import ENVIRONMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,19 +25,16 @@ AGENT = "support_agent"
 V1 = Release("1", f"models:/{AGENT}/1")
 V2 = Release("2", f"models:/{AGENT}/2")
 V3 = Release("3", f"models:/{AGENT}/3")
-# the metric names the serving process exports (agentops_pipelines/serving)
-METRICS = {
-    "agentops_requests_total",
-    "agentops_request_latency_seconds",
-    "agentops_request_latency_seconds_bucket",
-    "agentops_request_latency_seconds_sum",
-    "agentops_request_latency_seconds_count",
-    "agentops_tool_calls_total",
-    "agentops_escalations_total",
-    "agentops_errors_total",
-    "agentops_model_info",
-    "agentops_canary_share",
-}
+
+
+def _serving_metric_names() -> set[str]:
+    """Every series name the serving process exports (its own registry, not a copy of it)."""
+    suffixes = {"counter": ("_total",), "histogram": ("", "_bucket", "_sum", "_count"), "gauge": ("",)}
+    families = ServingMetrics("test", process_metrics=False).registry.collect()
+    return {f.name + suffix for f in families for suffix in suffixes[f.type]}
+
+
+METRICS = _serving_metric_names()
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Prometheus) is not installed")
 
