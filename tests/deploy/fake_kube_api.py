@@ -11,7 +11,10 @@ required, a conflict without ``force`` when another manager applied the object),
 
 Server-side apply is kept to what one field manager sees: the applied configuration replaces the
 manager's previous one, so a field it drops is removed; ``spec.replicas`` of a Deployment that no
-applied configuration sets is left to the HPA (or defaults to 1), as on a real cluster.
+applied configuration sets is left to the HPA (or defaults to 1), as on a real cluster. Field
+ownership is per object, not per field: a forced apply makes its manager the only one (a real
+server moves only the conflicting fields), which is the same whenever the managers apply the same
+fields, as the deployer does.
 
 Two controllers, simplified: an HPA keeps its Deployment's replicas within min and max; a
 Deployment's rollout is observed one read after it is applied (the deployer polls), and ends at

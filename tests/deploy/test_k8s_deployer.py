@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import json
 import socket
 import tempfile
@@ -249,3 +250,43 @@ def test_stop_and_a_foreign_model(deployer, cluster):
     deployer.stop("prod")  # a no-op
     with pytest.raises(DeploymentError, match="other_agent"):
         deployer.deploy("prod", "models:/other_agent/1", "1")
+
+
+def test_the_stand_in_answers_as_an_api_server_does(cluster, tmp_path):
+    """Where the deployer relies on the API server's behaviour, through the official client."""
+    from kubernetes import config, dynamic
+    from kubernetes.dynamic.exceptions import (
+        ApiException,
+        BadRequestError,
+        ConflictError,
+        NotFoundError,
+    )
+
+    client = dynamic.DynamicClient(config.new_client_from_config(config_file=str(cluster.kubeconfig(tmp_path / "k"))))
+    services = client.resources.get(api_version="v1", kind="Service")
+    body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"a": "1", "b": "2"}},
+            "spec": {"ports": [{"port": 80}]}}
+    with pytest.raises(NotFoundError):
+        client.get(services, name="s", namespace="agentops-dev")
+    with pytest.raises(BadRequestError, match="fieldManager is required"):
+        client.server_side_apply(services, body=body, namespace="agentops-dev")
+    client.server_side_apply(services, body=body, namespace="agentops-dev", field_manager="someone-else")
+    with pytest.raises(ConflictError):  # another manager's object: only with force
+        client.server_side_apply(services, body=body, namespace="agentops-dev", field_manager="agentops")
+    client.server_side_apply(services, body=body, namespace="agentops-dev", field_manager="agentops",
+                             force_conflicts=True)  # the same fields: all of them are agentops's now
+    live = client.get(services, name="s", namespace="agentops-dev").to_dict()
+    assert [f["manager"] for f in live["metadata"]["managedFields"]] == ["agentops"]
+    dropped = copy.deepcopy(body)
+    del dropped["metadata"]["labels"]["b"]
+    client.server_side_apply(services, body=dropped, namespace="agentops-dev", field_manager="agentops",
+                             force_conflicts=True)
+    live = client.get(services, name="s", namespace="agentops-dev").to_dict()
+    assert live["metadata"]["labels"] == {"a": "1"}  # what its only manager no longer applies is gone
+    listed = client.get(services, namespace="agentops-dev", label_selector="a=1").to_dict()["items"]
+    assert [o["metadata"]["name"] for o in listed] == ["s"]
+    assert client.get(services, namespace="agentops-dev", label_selector="a=2").to_dict()["items"] == []
+    client.delete(services, name="s", namespace="agentops-dev", body={"propagationPolicy": "Background"})
+    with pytest.raises(ApiException) as gone:
+        client.delete(services, name="s", namespace="agentops-dev")
+    assert gone.value.status == 404

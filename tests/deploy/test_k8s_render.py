@@ -73,7 +73,7 @@ def test_rendered_manifests_are_valid(environment, role):
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_TRACKING_URI"]["value"] == deployer.mlflow_tracking_uri
     assert env["AGENTOPS_SERVING_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-        "name": "agentops-serving-admin", "key": "token", "optional": False}  # a pod needs it to start
+        "name": deployer.admin_token_secret, "key": "token", "optional": False}  # a pod needs it to start
     if role == "canary":
         assert deployment["spec"]["replicas"] == 2
         assert deployment["metadata"]["annotations"]["agentops/canary-share"] == "0.25"
@@ -176,8 +176,8 @@ def test_rbac_grants_what_the_executor_does(helm_values):
         for verb in ("get", "list", "patch", "delete"):  # read, server-side apply, delete
             assert (group, resource, verb) in granted, (group, resource, verb)
     (secrets,) = [rule for rule in roles[0]["rules"] if rule["resources"] == ["secrets"]]
-    assert secrets == {"apiGroups": [""], "resources": ["secrets"],  # that one Secret, read only
-                       "resourceNames": ["agentops-serving-admin"], "verbs": ["get"]}
+    assert secrets == {"apiGroups": [""], "resources": ["secrets"],  # the pods' admin Secret, read only
+                       "resourceNames": [KubernetesDeployer().admin_token_secret], "verbs": ["get"]}
     binding = next(m for m in manifests if m["kind"] == "RoleBinding")
     # bound to the account the chart's pods (and so the run pods that deploy) run as
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": helm_values["serviceAccount"]["name"],
