@@ -9,6 +9,7 @@ themselves are read from the shipped file, not repeated here). Alertmanager runs
 raise nothing; failing traffic must fire ``AgentHighErrorRate`` with the agent, environment and
 version of the failing model, and Alertmanager must deliver it to the ``oncall`` receiver.
 
+The shipped files' static checks (promtool, amtool) are tests/deploy/test_prometheus_rules.py.
 Skipped, with the reason, without the ``prometheus`` binary (``apt-get install prometheus
 prometheus-alertmanager``; ``.ci/run`` installs them). Every wait is bounded.
 """
@@ -59,36 +60,6 @@ class Router(mlflow.pyfunc.PythonModel):
 
 mlflow.models.set_model(Router())
 """
-
-
-# --------------------------------------------------------------------------------------------
-# The shipped files, checked by the Prometheus tools
-
-
-@pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)"
-)
-def test_promtool_checks_rules_config_and_rule_unit_tests():
-    for args in (
-        ["check", "rules", "rules.yml"],
-        ["check", "config", "prometheus.yml"],
-        ["test", "rules", "rules_test.yml"],  # each alert fires (and only) where it should
-    ):
-        done = subprocess.run(
-            [PROMTOOL, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 0, f"promtool {' '.join(args)}:\n{done.stdout}{done.stderr}"
-
-
-@pytest.mark.skipif(
-    AMTOOL is None, reason="amtool is not installed (apt-get install prometheus-alertmanager)"
-)
-def test_amtool_checks_alertmanager_config():
-    done = subprocess.run(
-        [AMTOOL, "check-config", "alertmanager.yml"],
-        cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # --------------------------------------------------------------------------------------------
