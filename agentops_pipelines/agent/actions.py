@@ -176,8 +176,18 @@ def explain(error: ValidationError) -> str:
 
 # -- the tools: (conn, args, confirmed) -> data; raise _Outcome to end otherwise ------------------
 
+# The hot reads, built once: SQLAlchemy memoises a statement's cache key, so a prebuilt statement
+# with bound parameters skips the construction and key generation a fresh select() costs each call.
+_CUSTOMER = sa.select(db.customers).where(db.customers.c.customer_id == sa.bindparam("cid"))
+_ORDER = sa.select(db.orders).where(db.orders.c.order_id == sa.bindparam("oid"),
+                                    db.orders.c.customer_id == sa.bindparam("cid"))
+_LATEST = (sa.select(db.orders).where(db.orders.c.customer_id == sa.bindparam("cid"),
+                                      db.orders.c.status.in_(sa.bindparam("statuses", expanding=True)))
+           .order_by(db.orders.c.ordered_on.desc(), db.orders.c.order_id.desc()).limit(1))
+
+
 def _customer(conn, customer_id: str):
-    row = conn.execute(sa.select(db.customers).where(db.customers.c.customer_id == customer_id)).first()
+    row = conn.execute(_CUSTOMER, {"cid": customer_id}).first()
     if row is None:
         raise _Outcome("not_found", f"customer_id: no customer {customer_id}")
     return row
@@ -185,18 +195,13 @@ def _customer(conn, customer_id: str):
 
 def _order(conn, args: OrderArgs, statuses: tuple[str, ...] | None = None):
     """The order named, or the customer's latest one in ``statuses``."""
-    o = db.orders
     if args.order_id is not None:
-        row = conn.execute(sa.select(o).where(o.c.order_id == args.order_id,
-                                              o.c.customer_id == args.customer_id)).first()
+        row = conn.execute(_ORDER, {"oid": args.order_id, "cid": args.customer_id}).first()
         if row is None:
             raise _Outcome("not_found", f"order_id: no order {args.order_id} for customer {args.customer_id}")
         return row
     _customer(conn, args.customer_id)
-    q = sa.select(o).where(o.c.customer_id == args.customer_id)
-    if statuses:
-        q = q.where(o.c.status.in_(statuses))
-    row = conn.execute(q.order_by(o.c.ordered_on.desc(), o.c.order_id.desc()).limit(1)).first()
+    row = conn.execute(_LATEST, {"cid": args.customer_id, "statuses": list(statuses or db.ORDER_STATUSES)}).first()
     if row is None:
         wanted = "/".join(statuses) if statuses else "any"
         raise _Outcome("not_found", f"order_id: customer {args.customer_id} has no order ({wanted}); name one")

@@ -193,6 +193,15 @@ def answer_for(tool: str, result: ToolResult, handover: ToolResult | None = None
     return f"Done: {tool.replace('_', ' ')}."
 
 
+_OPEN = (sa.select(sa.func.count()).select_from(db.orders)
+         .where(db.orders.c.customer_id == db.customers.c.customer_id,
+                db.orders.c.status.in_(("placed", "shipped", "in_transit"))).scalar_subquery())
+_CONTEXT = (sa.select(db.customers.c.customer_id, db.customers.c.name, db.subscriptions.c.plan_tier,
+                      db.subscriptions.c.status, _OPEN.label("open_orders"))
+            .join(db.subscriptions, db.subscriptions.c.customer_id == db.customers.c.customer_id, isouter=True)
+            .where(db.customers.c.customer_id == sa.bindparam("cid")))
+
+
 class Executor:
     """Serves requests as trajectories over one set of actions. Thread-safe."""
 
@@ -273,19 +282,13 @@ class Executor:
         return traj
 
     def _context(self, customer_id: str, features: Mapping[str, Any] | None) -> dict:
-        c, s = db.customers, db.subscriptions
         with self.actions.sor.read() as conn:
-            row = conn.execute(sa.select(c.c.customer_id, c.c.name, s.c.plan_tier, s.c.status)
-                               .join(s, s.c.customer_id == c.c.customer_id, isouter=True)
-                               .where(c.c.customer_id == customer_id)).first()
-            n_open = conn.execute(sa.select(sa.func.count()).select_from(db.orders).where(
-                db.orders.c.customer_id == customer_id,
-                db.orders.c.status.in_(("placed", "shipped", "in_transit")))).scalar()
+            row = conn.execute(_CONTEXT, {"cid": customer_id}).first()
         if row is None:
             raise LookupError(f"customer_id: no customer {customer_id}")
         feats = dict(features) if features is not None else self._features(customer_id)
         return {"customer": {"customer_id": row.customer_id, "name": row.name, "plan": row.plan_tier,
-                             "subscription": row.status, "open_orders": int(n_open or 0)},
+                             "subscription": row.status, "open_orders": int(row.open_orders or 0)},
                 "features": feats}
 
     def _features(self, customer_id: str) -> dict:
