@@ -203,6 +203,7 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     per_scorer = "\n".join(f"| {r.scorer} | {r.mean:.3f} | {r.failed} |" for r in ev.per_scorer.itertuples())
     per_tool = "\n".join(f"| {r.expected_tool} | {r.cases} | {r.tool_choice:.2f} | {r.argument_correctness:.2f} | "
                          f"{r.outcome_match:.2f} | {r.policy_compliance:.2f} |" for r in ev.per_tool.itertuples())
@@ -212,7 +213,7 @@ def main() -> int:
     section = f"""{SECTION}
 
 `.venv/bin/python bench/trajectory_eval.py --write` ({date.today():%Y-%m-%d}, {platform.machine()}, {os.cpu_count()} CPUs
-shared with other work, Python {platform.python_version()}). The system of record on a SQLite file
+shared with other work: load average {load} at the end; Python {platform.python_version()}). The system of record on a SQLite file
 (seeded in {seed_s:.1f} s), the support desk's trained router ({train_s:.1f} s to train on three generated
 days), the executor doing real reads and writes (`agentops_pipelines/agent/trajectory.py`).
 

@@ -479,7 +479,8 @@ class Actions:
                     outcome = "needs_handover" if decision.action == "handover" else "needs_confirmation"
                     deferred.append(ToolResult(tool, outcome, plan, decision.reason, arguments=shown))
                     raise _Outcome(outcome)  # roll back: nothing written, nothing recorded
-                return {"outcome": "executed", "data": spec.fn(conn, args, confirmed, **extra)}
+                data = spec.fn(conn, args, confirmed, **extra)
+                return {"outcome": "executed", "data": {**data, "confirmed": confirmed}}
             except _Outcome as o:
                 if deferred:
                     raise

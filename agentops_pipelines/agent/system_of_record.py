@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 SCHEMA_VERSION = "1"
+SCHEMA_LOCK_KEY = 0x5EED_0012  # Postgres advisory lock held while the schema is created and seeded
 ORDER_STATUSES = ("placed", "shipped", "in_transit", "delivered", "cancelled")
 SEED_DAY = date(2026, 11, 1)  # "today" in the seeded world: order dates and ETAs count from it
 
@@ -276,6 +277,8 @@ class SystemOfRecord:
         for attempt in range(attempts):
             try:
                 with self._write() as conn:
+                    if conn.dialect.name == "postgresql":  # creators queue here, then see the schema
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                     metadata.create_all(conn, checkfirst=True)
                     done = conn.execute(sa.select(meta.c.value).where(meta.c.key == "seeded")).scalar()
                     if done is None:
