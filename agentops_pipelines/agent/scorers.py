@@ -374,6 +374,17 @@ class TrajectoryEvaluation:
     def metrics(self) -> dict[str, float]:
         return {f"{r.scorer}/mean": float(r.mean) for r in self.per_scorer.itertuples()}
 
+    def log_to_mlflow(self, run_id: str, prefix: str = "trajectory") -> None:
+        """The metrics (``trajectory/<scorer>/mean``, the same names ``mlflow.genai.evaluate``
+        gives, under a prefix) and the four tables as JSON artifacts of an MLflow run."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        for name, value in self.metrics.items():
+            client.log_metric(run_id, f"{prefix}/{name}", value)
+        for name in ("cases", "per_scorer", "per_tool", "per_step"):
+            client.log_table(run_id, getattr(self, name), artifact_file=f"{prefix}/{name}.json")
+
 
 def runner(executor: Executor) -> Callable[[GoldenCase], Trajectory]:
     return lambda case: executor.run(case.request_id, case.text, case.customer_id)

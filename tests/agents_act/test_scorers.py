@@ -112,3 +112,21 @@ def test_scorers_agree_between_in_process_and_mlflow_genai_evaluate(sor, cases, 
             assert result.metrics[f"{name}/mean"] == pytest.approx(mean)
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_the_evaluation_is_logged_to_an_mlflow_run(sor, cases, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        exp = mlflow.create_experiment("eval", artifact_location=str(tmp_path / "artifacts"))
+        ev = evaluate_trajectories(cases[:40], runner(Executor(Actions(sor), lambda t, f: ("track_order", 0.5))))
+        with mlflow.start_run(experiment_id=exp) as run:
+            ev.log_to_mlflow(run.info.run_id)
+        logged = mlflow.get_run(run.info.run_id).data.metrics
+        assert logged["trajectory/tool_choice/mean"] == ev.metrics["tool_choice/mean"] < 1.0
+        mlflow.set_experiment(experiment_id=exp)
+        table = mlflow.load_table("trajectory/per_tool.json", run_ids=[run.info.run_id])
+        assert set(table["expected_tool"]) == set(ev.per_tool["expected_tool"])
+    finally:
+        mlflow.set_tracking_uri(None)
