@@ -132,3 +132,25 @@ def test_export_as_mlflow_spans_found_by_request_id(actions, sor, tmp_path):
         assert failed[0].attributes["error"] == "address: Field required"
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_the_trained_support_desk_router_drives_the_executor(actions, sor):
+    from datetime import date
+
+    from agentops_pipelines.agent.scorers import evaluate_trajectories, golden_cases, runner
+    from agentops_pipelines.agent.support_desk import SupportDeskAgent
+    from agentops_pipelines.agent.trajectory import router_from_model
+    from agentops_pipelines.data.generator import customer_snapshot, generate_requests
+
+    day = date(2026, 11, 1)
+    training = generate_requests(day).merge(customer_snapshot(day), on="customer_id")
+    model = SupportDeskAgent().train(training, {})
+    columns = tuple(c for c in SupportDeskAgent.feature_columns if c in training)
+    snap = customer_snapshot(day).set_index("customer_id")
+    lookup = lambda ids: {c: snap.loc[ids, c].tolist() for c in columns}  # noqa: E731
+    cases = golden_cases(sor, 60)
+    ev = evaluate_trajectories(cases, runner(Executor(actions, router_from_model(model, columns), lookup)))
+    assert ev.metrics["tool_choice/mean"] > 0.8
+    assert ev.metrics["policy_compliance/mean"] == 1.0
+    decided = [s for s in ev.per_step.itertuples() if s.step == "decide"]
+    assert decided[0].count == 60 and decided[0].errors == 0
