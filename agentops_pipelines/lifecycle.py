@@ -12,7 +12,7 @@ from datetime import timedelta
 import dagster as dg
 
 from agentops_pipelines.agent.interface import Agent
-from agentops_pipelines.assets.checks import build_dataset_checks, build_evaluation_gate
+from agentops_pipelines.assets.checks import build_evaluation_gate
 from agentops_pipelines.assets.dataset import build_dataset_asset
 from agentops_pipelines.assets.deployment import build_deployment_asset
 from agentops_pipelines.assets.drift import build_drift_asset
@@ -50,7 +50,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
     registered = build_registry_asset(agent, evaluation)
     deployment = build_deployment_asset(agent, registered)
     drift = build_drift_asset(agent, deployment, training_set, inference_log_root)
-    checks = [build_dataset_checks(agent, dataset), build_evaluation_gate(agent, evaluation)]
+    checks = [build_evaluation_gate(agent, evaluation)]  # the dataset's gates are its check_specs
 
     ingest = dg.define_asset_job(
         f"{agent.name}_ingest_job", selection=dg.AssetSelection.assets(dataset, customer_features),

@@ -1,9 +1,11 @@
 """The whole lifecycle on the embedded defaults, in a temporary AGENTOPS_HOME."""
 
+import dagster as dg
 import mlflow
 import pandas as pd
 import pytest
 
+from agentops_pipelines.partitions import daily
 from tests.helpers import AGENT, dataset_config, invoke, metadata, run_job
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
@@ -72,8 +74,33 @@ def test_bad_partition_is_stopped_by_its_gate(defs, instance, home, tmp_path):
     assert "teleport_customer" in checks["known_labels"].metadata["failing_rows"].value
     assert not checks["no_nulls"].passed and not checks["text_length"].passed
     assert checks["schema"].passed
-    # Nothing downstream ran, and the partition still reads as its last good version.
-    materializations = [e.asset_key.path[-1] for e in result.get_asset_materialization_events()]
-    assert materializations == ["dataset"]
+    # The rejected day is not a materialization: the step failed after staging, nothing
+    # downstream ran, and the partition reads as failed; the lake keeps its last good version.
+    assert result.get_asset_materialization_events() == []
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "known_labels" in failure.step_failure_data.error.message
+    assert failure.step_failure_data.user_failure_data.metadata["rejected_file"].value.endswith(".rejected.json")
+    key = dg.AssetKey([AGENT, "dataset"])
+    assert instance.get_materialized_partitions(key) == {"2026-11-01"}  # the good run, earlier
+    event = instance.get_latest_materialization_event(key)
+    assert event.run_id != result.run_id
+    from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+    status = get_and_update_asset_status_cache_value(instance, key, daily)
+    assert daily.deserialize_subset(status.serialized_failed_partition_subset).get_partition_keys() == ["2026-11-01"]
     assert lake.current_run_id(f"{AGENT}/dataset", "2026-11-01") == good
-    assert (home / "lake" / AGENT / "dataset" / "2026-11-01" / f"{result.run_id}.rejected.json").exists()
+    rejected = home / "lake" / AGENT / "dataset" / "2026-11-01" / f"{result.run_id}.rejected.json"
+    assert rejected.exists()
+    assert checks["known_labels"].metadata["rejected_file"].value == str(rejected)
+
+
+@pytest.mark.slow
+def test_a_new_day_that_fails_its_gates_is_missing_not_materialized(defs, instance, tmp_path):
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"text": ["where is my order"], "tool": ["teleport_customer"],
+                  "customer_id": ["C00001"]}).to_csv(path, index=False)
+    result = run_job(defs, instance, "ingest", partition_key="2026-11-05",
+                     run_config=dataset_config(source="file", path=str(path)))
+    assert not result.success
+    key = dg.AssetKey([AGENT, "dataset"])
+    assert "2026-11-05" not in instance.get_materialized_partitions(key)
+    assert defs.resources["lake"].current_run_id(f"{AGENT}/dataset", "2026-11-05") is None
