@@ -83,11 +83,16 @@ def build_evaluation_gate(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.A
         if not md:
             return dg.AssetCheckResult(passed=False, metadata={"problem": "no evaluation report yet"})
         reasons = md.get("gate_reasons") or []
-        return dg.AssetCheckResult(
-            passed=bool(md.get("gate_passed")),
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"candidate_run_id": str(md.get("candidate_run_id")),
-                      "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none")},
-        )
+        numbers = {k: v for k, v in md.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)
+                   and k.split("_")[0] in ("accuracy", "macro", "escalation", "latency", "champion", "delta", "mcnemar")}
+        metadata = {"candidate_run_id": str(md.get("candidate_run_id")),
+                    "champion_version": str(md.get("champion_version", "none")),
+                    **numbers,
+                    "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none")}
+        if md.get("candidate_vs_champion"):
+            metadata["candidate_vs_champion"] = dg.MetadataValue.md(str(md["candidate_vs_champion"]))
+        return dg.AssetCheckResult(passed=bool(md.get("gate_passed")), severity=dg.AssetCheckSeverity.ERROR,
+                                   metadata=metadata)
 
     return evaluation_gate

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 
 from agentops_pipelines.partitions import daily
-from tests.helpers import AGENT, dataset_config, invoke, metadata, run_job
+from tests.helpers import AGENT, dataset_config, invoke, latest_check, metadata, run_job
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 
 
 @pytest.mark.slow
-def test_full_chain_registers_and_serves(defs, instance, home):
+def test_full_chain_registers_and_serves(defs, instance, home, tmp_path):
     for day in DAYS:
         assert run_job(defs, instance, "ingest", partition_key=day).success
     assert run_job(defs, instance, "training").success
@@ -45,6 +45,28 @@ def test_full_chain_registers_and_serves(defs, instance, home):
     assert any(n.startswith("tool:") for n in span_names)
     artifacts = [a.path for a in client.list_artifacts(mv.run_id, "evaluation")]
     assert "evaluation/report.html" in artifacts
+    assert {f"evaluation/{n}.png" for n in ("per_tool_f1", "confusion_matrix", "calibration", "latency")} <= set(artifacts)
+    html = client.download_artifacts(mv.run_id, "evaluation/report.html", str(tmp_path))
+    assert open(html).read().count('<img alt="') == 4
+
+    # Numbers a person reads: rounded; four plots embedded as images on the asset page.
+    assert report["accuracy"] == round(report["accuracy"], 4)
+    assert report["latency_p99_ms"] == round(report["latency_p99_ms"], 2)
+    assert report["plots"].count("](data:image/png;base64,") == 4
+    assert report["champion_version"] == "none" and "delta_accuracy" not in report
+
+    # A second candidate is compared with the first, now the champion: deltas everywhere.
+    client.set_registered_model_alias(AGENT, "champion", reg["version"])
+    assert run_job(defs, instance, "training").success
+    second = metadata(instance, "evaluation_report")
+    assert second["champion_version"] == reg["version"]
+    assert second["delta_accuracy"] == pytest.approx(second["accuracy"] - second["champion_accuracy"], abs=1e-4)
+    assert "| accuracy |" in second["candidate_vs_champion"] and "champion_f1" in second["per_tool"]
+    gate = latest_check(instance, "evaluation_report", "evaluation_gate")
+    assert gate["champion_version"] == reg["version"]
+    assert gate["delta_macro_f1"] == second["delta_macro_f1"] and gate["accuracy"] == second["accuracy"]
+    reg = metadata(instance, "registered_version")
+    mv = client.get_model_version(AGENT, reg["version"])
 
     assert run_job(defs, instance, "deploy", partition_key="dev",
                    run_config={"ops": {f"{AGENT}__deployment": {"config": {"version": reg["version"]}}}}).success
