@@ -22,6 +22,7 @@ from agentops_pipelines.assets.registry import build_registry_asset
 from agentops_pipelines.assets.training import build_training_asset
 from agentops_pipelines.operations import build_promotion_job, build_rollback_job
 from agentops_pipelines.partitions import daily, daily_to_date, environments
+from agentops_pipelines.resources.deployers import Deployer
 from agentops_pipelines.sensors.approvals import build_approval_sensor
 from agentops_pipelines.sensors.drift import build_drift_sensor
 from agentops_pipelines.sensors.mlflow_runs import build_mlflow_run_sensor
@@ -83,11 +84,19 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
 
     @dg.asset_sensor(asset_key=registered.key, job=deploy, name=f"{agent.name}_dev_deploy_sensor",
                      default_status=dg.DefaultSensorStatus.RUNNING,
-                     description="Every newly registered version goes to dev.")
-    def dev_deploy_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+                     description="Every newly registered version goes to dev, unless it already serves there.")
+    def dev_deploy_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, deployer: Deployer):
         metadata = asset_event.asset_materialization.metadata
         version = str(metadata["version"].value)
-        yield dg.RunRequest(
+        try:
+            serving = deployer.status("dev")
+        except Exception as exc:  # noqa: BLE001 - an unreachable deployer: the deploy run says why
+            context.log.warning("could not read dev's status (%s); deploying version %s", exc, version)
+            serving = None
+        if serving is not None and str(serving.version) == version:
+            # e.g. the stack starts after `agentops demo` deployed it: nothing to do.
+            return dg.SkipReason(f"version {version} already serves in dev at {serving.url}")
+        return dg.RunRequest(
             run_key=f"dev-{version}-{asset_event.run_id}", partition_key="dev",
             run_config={"ops": {f"{agent.name}__deployment": {"config": {"version": version}}}},
             tags={"agentops/environment": "dev", "agentops/version": version},

@@ -37,6 +37,8 @@ def test_full_chain_registers_and_serves(defs, instance, home, tmp_path):
     assert str(client.get_registered_model(AGENT).aliases["challenger"]) == reg["version"]
     run = client.get_run(mv.run_id)
     assert run.data.params["prompt_version"] == "1"
+    first_prompt = mlflow.genai.load_prompt(f"prompts:/{AGENT}_answer/1")
+    assert first_prompt.commit_message.startswith("first version")
     assert run.inputs.dataset_inputs, "the training set is logged as the run's input"
     traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=mv.run_id, return_type="list")
     assert traces, "validation requests are traced"
