@@ -78,7 +78,9 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         key_prefix=[agent.name], name="evaluation_report", group_name=agent.name,
         deps=[trained, training_set], kinds={"mlflow", "html"}, code_version="1",
         description="Tool-selection accuracy, macro-F1, escalation precision/recall, per-tool table, "
-                    "latency and McNemar's test against the champion; the HTML report is in MLflow.",
+                    "latency and McNemar's test against the champion, with the champion's numbers and "
+                    "the deltas; plots (per-tool F1, confusion matrix, calibration, latency) in the "
+                    "`plots` metadata and in MLflow beside the HTML report.",
     )
     def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig,
                           lake: LakeResource, mlflow_store: MlflowResource) -> dg.MaterializeResult:
@@ -137,7 +139,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                         "only_champion_correct": test["only_champion_correct"]}
         labels = list(cand["per_tool"]["tool"])
         figures = {  # title → PNG; file names below
-            "Per-tool F1: candidate vs champion": plots.per_tool_f1(cand["per_tool"], champ["per_tool"] if champ else None),
+            "Per-tool F1": plots.per_tool_f1(cand["per_tool"], champ["per_tool"] if champ else None),
             "Confusion matrix": plots.confusion_matrix(holdout["tool"].astype(str), cand_pred.astype(str), labels),
             "Confidence calibration": plots.calibration_curve(cand_out["confidence"], cand_pred.to_numpy() == holdout["tool"].to_numpy()),
             "Latency": plots.latency_histogram(lat["samples"], lat["p50"], lat["p99"]),
