@@ -14,6 +14,7 @@ import pandas as pd
 
 CANDIDATE, CHAMPION = "#1f77b4", "#ff7f0e"
 DPI = 80
+MAX_LABELS = 30  # more tools than this (e.g. Banking77's 77): the ones that matter most are shown
 
 
 def _pyplot():
@@ -52,6 +53,13 @@ def html_images(figures: Mapping[str, bytes]) -> str:
 def per_tool_f1(candidate: pd.DataFrame, champion: pd.DataFrame | None) -> bytes:
     """Horizontal bars of F1 per tool, the candidate beside the champion when there is one."""
     plt = _pyplot()
+    title = "Per-tool F1: candidate vs champion" if champion is not None else "Per-tool F1 (no champion yet)"
+    if len(candidate) > MAX_LABELS:  # the weakest tools (or the biggest changes against the champion)
+        key = candidate["f1"]
+        if champion is not None:
+            key = -(candidate["f1"] - candidate["tool"].map(champion.set_index("tool")["f1"]).fillna(0.0)).abs()
+        candidate = candidate.loc[key.sort_values(kind="stable").index[:MAX_LABELS]]
+        title += f"\n({MAX_LABELS} of {len(key)} tools: " + ("largest changes)" if champion is not None else "lowest F1)")
     tools = list(candidate["tool"])
     y = np.arange(len(tools))
     fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(tools) + 1.2))
@@ -67,7 +75,7 @@ def per_tool_f1(candidate: pd.DataFrame, champion: pd.DataFrame | None) -> bytes
     ax.set_xlabel("F1 on the held-out cases")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 1.5 / (0.35 * len(tools) + 1.2) / 10), ncol=2,
               fontsize=8, frameon=False)
-    ax.set_title("Per-tool F1: candidate vs champion" if champion is not None else "Per-tool F1 (no champion yet)")
+    ax.set_title(title)
     return _png(fig)
 
 
@@ -76,10 +84,22 @@ def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
     from sklearn.metrics import confusion_matrix as cm
 
     plt = _pyplot()
-    counts = cm(np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object), labels=list(labels))
-    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    labels = list(labels)
+    counts = cm(np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object), labels=labels)
+    title = "Confusion matrix (candidate; colour: share of the row)"
+    if len(labels) > MAX_LABELS:  # the tools involved in the most errors, as true or as chosen tool
+        errors = counts.copy()
+        np.fill_diagonal(errors, 0)
+        keep = np.sort(np.argsort(-(errors.sum(axis=0) + errors.sum(axis=1)), kind="stable")[:MAX_LABELS])
+        title += f"\n{MAX_LABELS} of {len(labels)} tools: those in the most errors"
+        row_totals = counts.sum(axis=1)[keep]
+        counts = counts[np.ix_(keep, keep)]
+        labels = [labels[i] for i in keep]
+        share = counts / np.maximum(row_totals, 1)[:, None]
+    else:
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.4 * n + 2))
+    fig, ax = plt.subplots(figsize=(0.32 * n + 3.2, 0.28 * n + 2.4))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
         for j in range(n):
@@ -90,7 +110,7 @@ def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
     ax.set_yticks(range(n), labels, fontsize=7)
     ax.set_xlabel("chosen tool")
     ax.set_ylabel("true tool")
-    ax.set_title("Confusion matrix (candidate; colour: share of the row)")
+    ax.set_title(title)
     return _png(fig)
 
 
@@ -114,6 +134,8 @@ def calibration_curve(confidence: Sequence[float], correct: Sequence[bool], bins
     ax2 = ax.twinx()
     ax2.bar((edges[:-1] + edges[1:]) / 2, counts, width=1.0 / bins, alpha=0.15, color=CANDIDATE)
     ax2.set_ylabel("cases per bin")
+    ax.set_zorder(ax2.get_zorder() + 1)  # the curve over the counts
+    ax.patch.set_visible(False)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence of the chosen tool")
@@ -129,8 +151,8 @@ def latency_histogram(samples_ms: Sequence[float], p50: float, p99: float) -> by
     ax.hist(np.asarray(samples_ms, dtype=float), bins=30, color=CANDIDATE, alpha=0.8)
     for value, label, style in ((p50, "p50", "-"), (p99, "p99", "--")):
         ax.axvline(value, color="black", linestyle=style, linewidth=1)
-        ax.annotate(f"{label} {value:.2f} ms", (value, ax.get_ylim()[1] * 0.9), rotation=90,
-                    fontsize=8, ha="right", va="top")
+        ax.annotate(f"{label} {value:.2f} ms", (value, ax.get_ylim()[1] * 0.97), rotation=90,
+                    fontsize=8, ha="right", va="top", xytext=(-2, 0), textcoords="offset points")
     ax.set_xlabel("single-request latency (ms)")
     ax.set_ylabel("requests")
     ax.set_title(f"Latency of the candidate ({len(samples_ms)} requests)")

@@ -88,3 +88,17 @@ def test_latency_keeps_its_samples():
 
     out = latency_ms(lambda row: row, pd.DataFrame({"x": range(5)}), n=5)
     assert len(out["samples"]) == 5 and out["p50"] <= out["p99"]
+
+
+def test_many_tools_keep_the_figures_readable():
+    rng = np.random.default_rng(1)
+    tools = [f"intent_{i:02d}" for i in range(77)]  # Banking77's size
+    y_true = rng.choice(tools, 3000)
+    y_pred = np.where(rng.random(3000) < 0.9, y_true, rng.choice(tools, 3000))
+    cand = classification_metrics(y_true, y_pred, None)["per_tool"]
+    champ = classification_metrics(y_true, np.where(rng.random(3000) < 0.8, y_true, rng.choice(tools, 3000)), None)["per_tool"]
+    for png in (plots.confusion_matrix(y_true, y_pred, tools), plots.per_tool_f1(cand, champ),
+                plots.per_tool_f1(cand, None)):
+        height, width = image(png).shape[:2]
+        assert width <= 1200 and height <= 1200, (width, height)
+        assert len(png) < 200_000  # it travels as base64 in the asset's metadata
