@@ -1,7 +1,8 @@
-"""``agentops``: the lifecycle from a terminal.
+"""agentops: the lifecycle of a production AI agent from a terminal.
 
     agentops demo      run the whole lifecycle on the embedded defaults and say where to look
     agentops dev       open the Dagster UI with the daemon (and the MLflow UI)
+    agentops backfill  ingest a range of days (one run per day), checked against the valid range
     agentops status    what is registered and what serves where
     agentops check     connect to every configured service; one line per problem, exit 1 on any
     agentops keygen    make a reviewer's signing key
@@ -127,23 +128,137 @@ Where to look:
 
 
 def dev(port: int, mlflow_port: int) -> int:
+    """``agentops dev``: ``dg dev`` (webserver and daemon) and the MLflow UI, until Ctrl-C.
+
+    ``dg dev -w workspace.yaml`` is how Dagster 1.13 starts a local stack (``dagster dev`` is
+    superseded). It runs from the instance folder (DAGSTER_HOME), so the repository's own
+    dagster.yaml (copied there) is not mistaken for the instance's; relative paths in run config
+    resolve against the project root whatever the working directory.
+    """
     prepare_home()
     settings = load_settings()
+    dg = Path(sys.executable).with_name("dg")
+    if not dg.exists():
+        print("agentops dev: the `dg` command (dagster-dg-cli) is not installed in this environment; "
+              "run `make install`", file=sys.stderr)
+        return 2
     mlflow_ui = None
-    if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):  # a server is its own UI
+    env = dict(os.environ)
+    if settings.mlflow_tracking_uri.startswith(("http://", "https://")):  # a server is its own UI
+        ui_url = env.setdefault("AGENTOPS_MLFLOW_UI_URL", settings.mlflow_tracking_uri.rstrip("/"))
+    else:
+        ui_url = f"http://127.0.0.1:{mlflow_port}"
+        env["AGENTOPS_MLFLOW_UI_URL"] = ui_url  # every metadata link points at the UI started here
         mlflow_cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port)]
         if "://" not in settings.mlflow_artifact_root:
             mlflow_cmd += ["--default-artifact-root", settings.mlflow_artifact_root]
         # The store URI (which may hold a password) goes by environment, not on the command line.
-        env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=settings.mlflow_tracking_uri)
-        mlflow_ui = subprocess.Popen(mlflow_cmd, start_new_session=True, env=env)
-    print(f"MLflow UI: http://127.0.0.1:{mlflow_port}   Dagster UI: http://127.0.0.1:{port}")
+        mlflow_ui = subprocess.Popen(mlflow_cmd, start_new_session=True,
+                                     env=dict(env, MLFLOW_BACKEND_STORE_URI=settings.mlflow_tracking_uri))
+    print(f"Dagster UI: http://127.0.0.1:{port}   MLflow UI: {ui_url}   (Ctrl-C stops both)", flush=True)
+    dagster = subprocess.Popen([str(dg), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)],
+                               cwd=settings.dagster_home, env=env)
     try:
-        return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                                "-p", str(port)], cwd=PROJECT_ROOT)
+        return dagster.wait()
+    except KeyboardInterrupt:  # the terminal sent SIGINT to dg dev too: let it shut down cleanly
+        try:
+            dagster.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            dagster.terminate()
+            dagster.wait()
+        print("agentops dev: stopped", file=sys.stderr)
+        return 130
     finally:
         if mlflow_ui is not None:
-            mlflow_ui.terminate()
+            _stop_group(mlflow_ui)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started in its own session, and its workers (SIGTERM, then SIGKILL)."""
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def valid_days() -> tuple[str, str]:
+    """The first and last day the dataset can be materialized for (daily partitions, UTC)."""
+    from agentops_pipelines.partitions import daily
+
+    keys = daily.get_partition_keys()
+    return keys[0], keys[-1]
+
+
+def _day(value: str) -> str:
+    """argparse type: an ISO day inside the dataset's partition range; the error names the range."""
+    first, last = valid_days()
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d").date().isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a day (YYYY-MM-DD); valid days are "
+                                         f"{first} .. {last}") from None
+    if not first <= day <= last:
+        raise argparse.ArgumentTypeError(f"{day} is not a partition of the dataset: valid days are {first} .. "
+                                         f"{last} (daily, UTC; a day becomes a partition once it is over)")
+    return day
+
+
+def _days_back(value: str) -> int:
+    """argparse type for ``demo --days``: 1 .. the number of days in the partition range."""
+    first, last = valid_days()
+    most = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).days + 1
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of days (1 .. {most})") from None
+    if not 1 <= days <= most:
+        raise argparse.ArgumentTypeError(f"{days} is out of range: 1 .. {most} (the dataset's days are "
+                                         f"{first} .. {last})")
+    return days
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1 .. 65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is out of range: 1 .. 65535")
+    return port
+
+
+def backfill(agent_name: str, first: str, last: str) -> int:
+    """``agentops backfill``: the agent's ingest job for each day of a range, one run per day."""
+    from agentops_pipelines.agents import AGENTS
+
+    names = [a.name for a in AGENTS]
+    if agent_name not in names:
+        print(f"agentops backfill: unknown agent {agent_name!r}; agents: {', '.join(names)}", file=sys.stderr)
+        return 2
+    if first > last:
+        print(f"agentops backfill: --from {first} is after --to {last}", file=sys.stderr)
+        return 2
+    prepare_home()
+    job = f"{agent_name}_ingest_job"
+    out = subprocess.run([str(Path(sys.executable).with_name("dagster")), "job", "backfill", "-w",
+                          str(PROJECT_ROOT / "workspace.yaml"), "-j", job, "--from", first, "--to", last,
+                          "--noprompt"], cwd=load_settings().dagster_home, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"agentops backfill: Dagster refused the backfill of {job}:\n{out.stderr.strip()[-2000:]}",
+              file=sys.stderr)
+        return 1
+    days = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).days + 1
+    print(f"Submitted: {job} for {days} day(s), {first} .. {last}, one run per day (dataset, its gates, "
+          f"features). Runs start when the daemon picks them up (`agentops dev`); follow them in the "
+          f"Dagster UI under Runs, tag dagster/backfill. A day that fails its gates shows as a failed "
+          f"partition of {agent_name}/dataset.")
+    return 0
 
 
 def status() -> int:
@@ -400,12 +515,24 @@ def audit_log(agent: str | None, limit: int, as_json: bool, served_only: bool) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentops", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="run the whole lifecycle on the embedded defaults")
-    p.add_argument("--days", type=int, default=3, help="days of requests to ingest (default 3)")
-    p = sub.add_parser("dev", help="Dagster UI with the daemon, and the MLflow UI")
-    p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--mlflow-port", type=int, default=5000)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    help_ = "run the whole lifecycle on the embedded defaults and say where to look"
+    p = sub.add_parser("demo", help=help_, description=help_)
+    p.add_argument("--days", type=_days_back, default=3, metavar="N",
+                   help="days of requests to ingest, ending yesterday (default 3)")
+    help_ = "Dagster UI with the daemon (sensors, schedules) and the MLflow UI, until Ctrl-C"
+    p = sub.add_parser("dev", help=help_, description=help_)
+    p.add_argument("--port", type=_port, default=3000, help="the Dagster UI's port (default 3000)")
+    p.add_argument("--mlflow-port", type=_port, default=5000,
+                   help="the MLflow UI's port (default 5000); every MLflow link in the Dagster UI points there")
+    first, last = valid_days()
+    help_ = "ingest a range of days: one run per day of the ingest job (dataset, gates, features)"
+    p = sub.add_parser("backfill", help=help_, description=f"{help_}. Valid days: {first} .. {last} (UTC).")
+    p.add_argument("--from", dest="first", type=_day, required=True, metavar="DAY",
+                   help=f"first day, YYYY-MM-DD ({first} .. {last})")
+    p.add_argument("--to", dest="last", type=_day, required=True, metavar="DAY",
+                   help="last day, YYYY-MM-DD, included")
+    p.add_argument("--agent", default="support_agent", help="whose dataset (default support_agent)")
     sub.add_parser("status", help="registered versions and deployments")
     sub.add_parser("check", help="connect to every configured service (Postgres, Redis, MLflow, Feast)")
     p = sub.add_parser("keygen", help="make a reviewer's signing key (Ed25519); prints the public key")
@@ -432,6 +559,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--create-key", action="store_true",
                    help="create the MAC key at AGENTOPS_AUDIT_KEY_FILE if it is missing (production set-up)")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"agentops {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "backfill":
+        return backfill(args.agent, args.first, args.last)
     if args.command == "demo":
         return demo(args.days)
     if args.command == "keygen":

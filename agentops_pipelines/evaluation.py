@@ -66,7 +66,44 @@ def latency_ms(predict, requests: pd.DataFrame, n: int = 200) -> dict:
         predict(row)
         times.append((time.perf_counter() - t0) * 1000)
     arr = np.asarray(times) if times else np.zeros(1)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "samples": times}
+
+
+HEADLINE = ("accuracy", "macro_f1", "escalation_precision", "escalation_recall")
+
+
+def comparison(candidate: Mapping, champion: Mapping | None, digits: int = 4) -> dict[str, dict]:
+    """``{metric: {"candidate", "champion", "delta"}}``, rounded; champion and delta None without one."""
+    out = {}
+    for metric in HEADLINE:
+        if metric not in candidate:
+            continue
+        cand = round(float(candidate[metric]), digits)
+        champ = round(float(champion[metric]), digits) if champion is not None and metric in champion else None
+        out[metric] = {"candidate": cand, "champion": champ,
+                       "delta": None if champ is None else round(cand - champ, digits)}
+    return out
+
+
+def per_tool_comparison(candidate: pd.DataFrame, champion: pd.DataFrame | None, digits: int = 3) -> pd.DataFrame:
+    """The candidate's per-tool table with the champion's F1 and the difference, rounded."""
+    table = candidate.copy()
+    if champion is not None:
+        champ = champion.set_index("tool")["f1"]
+        table["champion_f1"] = table["tool"].map(champ)
+        table["delta_f1"] = table["f1"] - table["champion_f1"]
+    numeric = [c for c in table.columns if c not in ("tool", "support")]
+    table[numeric] = table[numeric].astype(float).round(digits)
+    return table
+
+
+def comparison_markdown(rows: Mapping[str, Mapping]) -> str:
+    lines = ["| metric | candidate | champion | delta |", "|---|---:|---:|---:|"]
+    for metric, r in rows.items():
+        champ = "–" if r["champion"] is None else f"{r['champion']:.4f}"
+        delta = "–" if r["delta"] is None else f"{r['delta']:+.4f}"
+        lines.append(f"| {metric} | {r['candidate']:.4f} | {champ} | {delta} |")
+    return "\n".join(lines)
 
 
 @dataclass

@@ -116,3 +116,9 @@ def run_gates(df: pd.DataFrame, known_labels, day: date, limits: GateLimits = Ga
                         row[col] = item[col]
                 out.failing_rows.append(row)
     return outcomes
+
+
+def failure_summary(outcomes: dict[str, GateOutcome]) -> str:
+    """One line per failing gate, e.g. ``known_labels: ... 1 row(s) (33.33%) fail``; '' if none."""
+    return "\n".join(f"{name}: {'; '.join(o.problems) or 'failed'}"
+                     for name, o in outcomes.items() if not o.passed)

@@ -12,7 +12,7 @@ from datetime import timedelta
 import dagster as dg
 
 from agentops_pipelines.agent.interface import Agent
-from agentops_pipelines.assets.checks import build_dataset_checks, build_evaluation_gate
+from agentops_pipelines.assets.checks import build_evaluation_gate
 from agentops_pipelines.assets.dataset import build_dataset_asset
 from agentops_pipelines.assets.deployment import build_deployment_asset
 from agentops_pipelines.assets.drift import build_drift_asset
@@ -22,6 +22,7 @@ from agentops_pipelines.assets.registry import build_registry_asset
 from agentops_pipelines.assets.training import build_training_asset
 from agentops_pipelines.operations import build_promotion_job, build_rollback_job
 from agentops_pipelines.partitions import environments
+from agentops_pipelines.resources.deployers import Deployer
 from agentops_pipelines.sensors.approvals import build_approval_sensor
 from agentops_pipelines.sensors.drift import build_drift_sensor
 from agentops_pipelines.sensors.mlflow_runs import build_mlflow_run_sensor
@@ -50,7 +51,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
     registered = build_registry_asset(agent, evaluation)
     deployment = build_deployment_asset(agent, registered)
     drift = build_drift_asset(agent, deployment, training_set, inference_log_root)
-    checks = [build_dataset_checks(agent, dataset), build_evaluation_gate(agent, evaluation)]
+    checks = [build_evaluation_gate(agent, evaluation)]  # the dataset's gates are its check_specs
 
     ingest = dg.define_asset_job(
         f"{agent.name}_ingest_job", selection=dg.AssetSelection.assets(dataset, customer_features),
@@ -83,11 +84,19 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
 
     @dg.asset_sensor(asset_key=registered.key, job=deploy, name=f"{agent.name}_dev_deploy_sensor",
                      default_status=dg.DefaultSensorStatus.RUNNING,
-                     description="Every newly registered version goes to dev.")
-    def dev_deploy_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+                     description="Every newly registered version goes to dev, unless it already serves there.")
+    def dev_deploy_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, deployer: Deployer):
         metadata = asset_event.asset_materialization.metadata
         version = str(metadata["version"].value)
-        yield dg.RunRequest(
+        try:
+            serving = deployer.status("dev")
+        except Exception as exc:  # noqa: BLE001 - an unreachable deployer: the deploy run says why
+            context.log.warning("could not read dev's status (%s); deploying version %s", exc, version)
+            serving = None
+        if serving is not None and str(serving.version) == version:
+            # e.g. the stack starts after `agentops demo` deployed it: nothing to do.
+            return dg.SkipReason(f"version {version} already serves in dev at {serving.url}")
+        return dg.RunRequest(
             run_key=f"dev-{version}-{asset_event.run_id}", partition_key="dev",
             run_config={"ops": {f"{agent.name}__deployment": {"config": {"version": version}}}},
             tags={"agentops/environment": "dev", "agentops/version": version},

@@ -1,12 +1,22 @@
-"""Blocking gates: the dataset's data checks and the evaluation gate before registration."""
+"""Blocking gates: the dataset's data checks and the evaluation gate before registration.
 
+The dataset's gates run inside the ``dataset`` step (``check_specs`` on the asset), so a day whose
+gates fail is never recorded as a materialization: the step fails after staging, the partition
+shows as failed in the UI, and the failing gates (with the rows and the lake's ``.rejected.json``)
+are the check results of that partition, one click away.
+"""
+
+from collections.abc import Iterator, Mapping
 from datetime import date
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.partitions import daily
-from agentops_pipelines.resources.lake import LakeResource
+
+if TYPE_CHECKING:
+    from agentops_pipelines.gates import GateOutcome
 
 GATE_DESCRIPTIONS = {
     "schema": "The required columns are present, text is a string, the day is not empty.",
@@ -18,48 +28,48 @@ GATE_DESCRIPTIONS = {
 }
 
 
-def build_dataset_checks(agent: Agent, dataset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
-    specs = [dg.AssetCheckSpec(name, asset=dataset.key, blocking=True, partitions_def=daily,
-                               description=desc) for name, desc in GATE_DESCRIPTIONS.items()]
+def dataset_gate_specs(agent: Agent) -> list[dg.AssetCheckSpec]:
+    """One blocking, partitioned check per gate on ``<agent>/dataset``."""
+    key = dg.AssetKey([agent.name, "dataset"])
+    return [dg.AssetCheckSpec(name, asset=key, blocking=True, partitions_def=daily,
+                              description=f"Great Expectations gate: {desc}")
+            for name, desc in GATE_DESCRIPTIONS.items()]
 
-    @dg.multi_asset_check(specs=specs, name=f"{agent.name}_dataset_gates", description="Great Expectations gates")
-    def dataset_gates(context: dg.AssetCheckExecutionContext, lake: LakeResource):
-        from agentops_pipelines.gates import GateLimits, run_gates
 
-        table = f"{agent.name}/dataset"
-        partition = context.op_execution_context.partition_key
-        run_id = context.op_execution_context.run.run_id
-        if run_id not in lake.staged_run_ids(table, partition):  # checks run alone: judge the current version
-            run_id = lake.current_run_id(table, partition)
-        if run_id is None:
-            for name in GATE_DESCRIPTIONS:
-                yield dg.AssetCheckResult(check_name=name, passed=False,
-                                          metadata={"problem": f"no version of {table}/{partition} to check"})
-            return
-        df = lake.read(table, partition, run_id)
-        meta = lake.meta(table, partition, run_id)
-        outcomes = run_gates(df, meta.get("known_labels") or list(agent.tools), date.fromisoformat(partition),
-                             GateLimits(**meta.get("limits", {})))
-        if all(o.passed for o in outcomes.values()):
-            lake.commit(table, partition, run_id)
-        else:
-            lake.reject(table, partition, run_id, {
-                name: {"problems": o.problems, "failing_rows": o.failing_rows}
-                for name, o in outcomes.items() if not o.passed})
-            context.log.error("partition %s rejected: %s", partition, "; ".join(
-                f"{n}: {', '.join(o.problems)}" for n, o in outcomes.items() if not o.passed))
-        for name, outcome in outcomes.items():
-            metadata = {"rows_checked": len(df), "version": run_id}
-            if not outcome.passed:
-                metadata["problems"] = dg.MetadataValue.md("\n".join(f"- {p}" for p in outcome.problems))
-                if outcome.failing_rows:
-                    import pandas as pd
-                    metadata["failing_rows"] = dg.MetadataValue.md(
-                        pd.DataFrame(outcome.failing_rows[:20]).to_markdown(index=False))
-            yield dg.AssetCheckResult(check_name=name, passed=outcome.passed, metadata=metadata,
-                                      severity=dg.AssetCheckSeverity.ERROR)
+def judge_staged(agent: Agent, lake, partition: str, run_id: str, df, meta: Mapping
+                 ) -> tuple[dict[str, "GateOutcome"], str | None]:
+    """Run the gates on a staged version; commit it if they all pass, else record the rejection.
 
-    return dataset_gates
+    Returns the outcomes and the path of the ``.rejected.json`` (None when committed).
+    """
+    from agentops_pipelines.gates import GateLimits, run_gates
+
+    table = f"{agent.name}/dataset"
+    outcomes = run_gates(df, meta.get("known_labels") or list(agent.tools), date.fromisoformat(partition),
+                         GateLimits(**meta.get("limits", {})))
+    if all(o.passed for o in outcomes.values()):
+        lake.commit(table, partition, run_id)
+        return outcomes, None
+    rejected = lake.reject(table, partition, run_id, {
+        name: {"problems": o.problems, "failing_rows": o.failing_rows}
+        for name, o in outcomes.items() if not o.passed})
+    return outcomes, str(rejected)
+
+
+def gate_results(outcomes: Mapping[str, "GateOutcome"], rows: int, version: str,
+                 rejected: str | None) -> Iterator[dg.AssetCheckResult]:
+    for name, outcome in outcomes.items():
+        metadata = {"rows_checked": rows, "version": version}
+        if not outcome.passed:
+            metadata["problems"] = dg.MetadataValue.md("\n".join(f"- {p}" for p in outcome.problems))
+            if outcome.failing_rows:
+                import pandas as pd
+                metadata["failing_rows"] = dg.MetadataValue.md(
+                    pd.DataFrame(outcome.failing_rows[:20]).to_markdown(index=False))
+            if rejected:
+                metadata["rejected_file"] = dg.MetadataValue.path(rejected)
+        yield dg.AssetCheckResult(check_name=name, passed=outcome.passed, metadata=metadata,
+                                  severity=dg.AssetCheckSeverity.ERROR)
 
 
 def build_evaluation_gate(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
@@ -73,11 +83,16 @@ def build_evaluation_gate(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.A
         if not md:
             return dg.AssetCheckResult(passed=False, metadata={"problem": "no evaluation report yet"})
         reasons = md.get("gate_reasons") or []
-        return dg.AssetCheckResult(
-            passed=bool(md.get("gate_passed")),
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"candidate_run_id": str(md.get("candidate_run_id")),
-                      "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none")},
-        )
+        numbers = {k: v for k, v in md.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)
+                   and k.split("_")[0] in ("accuracy", "macro", "escalation", "latency", "champion", "delta", "mcnemar")}
+        metadata = {"candidate_run_id": str(md.get("candidate_run_id")),
+                    "champion_version": str(md.get("champion_version", "none")),
+                    **numbers,
+                    "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none")}
+        if md.get("candidate_vs_champion"):
+            metadata["candidate_vs_champion"] = dg.MetadataValue.md(str(md["candidate_vs_champion"]))
+        return dg.AssetCheckResult(passed=bool(md.get("gate_passed")), severity=dg.AssetCheckSeverity.ERROR,
+                                   metadata=metadata)
 
     return evaluation_gate

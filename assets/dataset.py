@@ -7,7 +7,8 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
-from agentops_pipelines.partitions import daily
+from agentops_pipelines.assets.checks import dataset_gate_specs, gate_results, judge_staged
+from agentops_pipelines.partitions import DAILY_START, daily
 from agentops_pipelines.resources.lake import LakeResource
 
 
@@ -38,15 +39,26 @@ def build_dataset_asset(agent: Agent) -> dg.AssetsDefinition:
         group_name=agent.name,
         partitions_def=daily,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+        check_specs=dataset_gate_specs(agent),
         kinds={"pandas", "parquet"},
-        code_version="1",
-        description="One day of customer requests with the tool that resolved each. Staged in the "
-                    "lake; readable downstream only once the gates pass.",
+        code_version="2",
+        description=f"One day of customer requests with the tool that resolved each. Daily "
+                    f"partitions (UTC) from {DAILY_START} to yesterday; a backfill runs one day "
+                    "per run. Staged in the lake, then judged by its blocking Great Expectations "
+                    "gates in the same step: a day whose gates fail is not materialized (the "
+                    "partition shows as failed, the failing gates and the lake's .rejected.json "
+                    "in its check results) and the last good version stays readable.",
+        metadata={"partitions": f"daily (UTC), {DAILY_START} .. yesterday",
+                  "backfill_policy": "one partition per run (BackfillPolicy.multi_run, max 1)",
+                  "gates": ", ".join(s.name for s in dataset_gate_specs(agent))},
     )
-    def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, lake: LakeResource) -> dg.MaterializeResult:
+    def dataset(context: dg.AssetExecutionContext, config: DatasetConfig, lake: LakeResource):
         from agentops_pipelines.data.sources import load_labels, load_partition
+        from agentops_pipelines.gates import failure_summary
 
-        day = date.fromisoformat(context.partition_key)
+        partition = context.partition_key
+        run_id = context.run.run_id
+        day = date.fromisoformat(partition)
         df = load_partition(config.source, day, rows_per_day=config.rows_per_day, seed=config.seed,
                             drift=config.drift, path=config.path, text_column=config.text_column,
                             label_column=config.label_column)
@@ -55,9 +67,28 @@ def build_dataset_asset(agent: Agent) -> dg.AssetsDefinition:
                 "seed": config.seed, "drift": config.drift,
                 "limits": {"min_text_length": config.min_text_length, "max_text_length": config.max_text_length,
                            "max_duplicate_share": config.max_duplicate_share}}
-        path = lake.stage(table(agent, "dataset"), context.partition_key, df, context.run.run_id, meta=meta)
+        path = lake.stage(table(agent, "dataset"), partition, df, run_id, meta=meta)
+        outcomes, rejected = judge_staged(agent, lake, partition, run_id, df, meta)
+        checks = list(gate_results(outcomes, len(df), run_id, rejected))
+        if rejected is not None:
+            # Check results first (they are the partition's record of why), then fail the step:
+            # no materialization, so the partition shows as failed, not as a new version.
+            yield from checks
+            failing = [name for name, o in outcomes.items() if not o.passed]
+            summary = failure_summary(outcomes)
+            context.log.error("partition %s rejected by its gates:\n%s", partition, summary)
+            raise dg.Failure(
+                description=f"{table(agent, 'dataset')} {partition} rejected by its gates "
+                            f"({', '.join(failing)}); the last good version stays current. "
+                            f"Why: {rejected}",
+                metadata={"failing_gates": dg.MetadataValue.md("\n".join(f"- {line}" for line in summary.splitlines())),
+                          "rejected_file": dg.MetadataValue.path(rejected),
+                          "staged_file": dg.MetadataValue.path(str(path)),
+                          "rows": len(df)},
+                allow_retries=False,
+            )
         counts = df["tool"].astype(str).value_counts()
-        return dg.MaterializeResult(metadata={
+        yield dg.MaterializeResult(metadata={
             "rows": len(df),
             "source": config.source if config.source == "generator" else f"file: {config.path}",
             "drift": config.drift,
@@ -65,6 +96,6 @@ def build_dataset_asset(agent: Agent) -> dg.AssetsDefinition:
             "labels": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
             "preview": dg.MetadataValue.md(df.head(5).to_markdown(index=False)),
             "dagster/row_count": len(df),
-        })
+        }, check_results=checks)
 
     return dataset

@@ -24,12 +24,19 @@ class DeploymentConfig(RolloutConfig):  # the rollout fields apply to prod
                                                  "registered version, staging and prod the champion")
 
 
+def deployments_group(agent: Agent) -> str:
+    """The deployment asset's group: apart from the agent's, out of its "Materialize all"."""
+    return f"{agent.name}_deployments"
+
+
 def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
-        key_prefix=[agent.name], name="deployment", group_name=agent.name, deps=[registered],
+        key_prefix=[agent.name], name="deployment", group_name=deployments_group(agent), deps=[registered],
         partitions_def=environments, kinds={"mlflow"}, code_version="1",
         description="The version serving in each environment, its URL and when it started. Staging "
-                    "and prod take only versions with enough valid signed approvals (approvers.yaml).",
+                    "and prod take only versions with enough valid signed approvals (approvers.yaml). "
+                    "In its own group so that materializing the agent's group never deploys: deploy "
+                    "one environment at a time (the deploy job, the promotion job, or this asset).",
     )
     def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig, mlflow_store: MlflowResource,
                    deployer: Deployer, audit: AuditLog, governance: GovernanceResource) -> dg.MaterializeResult:

@@ -22,6 +22,31 @@ def drift_columns(agent: Agent) -> tuple[list[str], list[str]]:
     return [*agent.feature_columns, "tool"], ["text"]
 
 
+def drift_by_column(result) -> dict[str, dict]:
+    """Per column: test, score, threshold, strength (× threshold, ≥ 1 drifted), all rounded."""
+    from agentops_pipelines.drift import STATTESTS
+    from agentops_pipelines.plots import drift_ratio
+
+    out = {}
+    for name, col in result.columns.items():
+        row = {"stattest": col.stattest, "kind": STATTESTS[col.stattest].kind,
+               "score": float(f"{col.score:.4g}"), "threshold": col.threshold, "drifted": col.drifted}
+        row["strength"] = round(drift_ratio(row), 2)
+        out[name] = row
+    return out
+
+
+def drifted_markdown(by_column: dict[str, dict]) -> str:
+    """Which columns drifted and by how much, strongest first; 'none' when none did."""
+    drifted = sorted(((n, c) for n, c in by_column.items() if c["drifted"]), key=lambda x: -x[1]["strength"])
+    if not drifted:
+        return "No column drifted."
+    sign = {"p_value": "<", "distance": "≥"}
+    return "\n".join(f"- **{n}**: {c['stattest']} {'p=' if c['kind'] == 'p_value' else ''}{c['score']:g} "
+                     f"{sign[c['kind']]} {c['threshold']:g} ({c['strength']:g}× the threshold)"
+                     for n, c in drifted)
+
+
 def predicted_tools(agent: Agent, version: str, requests):
     """The registered version's tool for each of ``requests`` (text and feature columns)."""
     import mlflow.pyfunc
@@ -48,6 +73,7 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
         import tempfile
         from pathlib import Path
 
+        from agentops_pipelines import plots
         from agentops_pipelines.drift import (
             ReferenceProfile,
             build_profile,
@@ -90,11 +116,16 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
         result = score_drift(profile, traffic, columns=[*features, *text])
 
         experiment_id = run.info.experiment_id
+        by_column = drift_by_column(result)
+        figure = plots.drift_strength(by_column)
         with tempfile.TemporaryDirectory() as tmp:
             html = Path(tmp) / f"drift-{config.environment}-{day}.html"
             evidently_report(reference, traffic, [*features, *text], html, sample_size=config.report_sample,
                              profile=profile)
             client.log_artifact(mv.run_id, str(html), "drift")
+            png = Path(tmp) / f"drift-{config.environment}-{day}.png"
+            png.write_bytes(figure)
+            client.log_artifact(mv.run_id, str(png), "drift")
         step = day.toordinal()
         client.log_metric(mv.run_id, f"drift_share_{config.environment}", result.share_drifted, step=step)
         url = mlflow_store.run_url(experiment_id, mv.run_id)
@@ -103,9 +134,12 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
             "environment": config.environment,
             "serving_version": version,
             "reference_rows": len(reference),
-            "drift_share": result.share_drifted,
+            "drift_share": round(result.share_drifted, 4),
             "dataset_drift": result.dataset_drift,
             "drifted_columns": dg.MetadataValue.json(result.drifted_columns),
+            "drifted": dg.MetadataValue.md(drifted_markdown(by_column)),
+            "drift_by_column": dg.MetadataValue.json(by_column),
+            "plot": dg.MetadataValue.md(plots.markdown_images({f"Drift per column ({config.environment}, {day})": figure})),
             "columns": dg.MetadataValue.md(result.to_markdown()),
             "tools": dg.MetadataValue.json({str(k): int(v) for k, v in traffic["tool"].value_counts().items()}),
             "report": dg.MetadataValue.url(f"{url}/artifacts/drift/{html.name}"),

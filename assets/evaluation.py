@@ -63,22 +63,39 @@ def _evidently_html(holdout, predicted, path: Path) -> None:
                                          reference_data=None).save_html(str(path))
 
 
+def _comparison_html(versus: dict) -> str:
+    import html
+
+    def cell(v, sign=False):
+        return "–" if v is None else (f"{v:+.4f}" if sign else f"{v:.4f}")
+
+    rows = "".join(f"<tr><th>{html.escape(m)}</th><td>{cell(r['candidate'])}</td><td>{cell(r['champion'])}</td>"
+                   f"<td>{cell(r['delta'], True)}</td></tr>" for m, r in versus.items())
+    return f"<table><tr><th>metric</th><th>candidate</th><th>champion</th><th>delta</th></tr>{rows}</table>"
+
+
 def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_set: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="evaluation_report", group_name=agent.name,
         deps=[trained, training_set], kinds={"mlflow", "html"}, code_version="1",
         description="Tool-selection accuracy, macro-F1, escalation precision/recall, per-tool table, "
-                    "latency and McNemar's test against the champion; the HTML report is in MLflow.",
+                    "latency and McNemar's test against the champion, with the champion's numbers and "
+                    "the deltas; plots (per-tool F1, confusion matrix, calibration, latency) in the "
+                    "`plots` metadata and in MLflow beside the HTML report.",
     )
     def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig,
                           lake: LakeResource, mlflow_store: MlflowResource) -> dg.MaterializeResult:
         import mlflow
 
+        from agentops_pipelines import plots
         from agentops_pipelines.evaluation import (
             classification_metrics,
+            comparison,
+            comparison_markdown,
             gate,
             latency_ms,
             mcnemar,
+            per_tool_comparison,
             render_html,
         )
 
@@ -92,7 +109,8 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             raise dg.Failure("the training set has no held-out rows")
 
         candidate = mlflow.pyfunc.load_model(f"runs:/{run_id}/agent").unwrap_python_model()
-        cand_pred = candidate.predict(None, holdout)["tool"]
+        cand_out = candidate.predict(None, holdout)
+        cand_pred = cand_out["tool"]
         cand = classification_metrics(holdout["tool"], cand_pred, agent.escalation_tool)
         lat = latency_ms(lambda row: candidate.predict(None, row), holdout, config.latency_samples)
 
@@ -108,23 +126,41 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         if agent.escalation_tool and (holdout["tool"] == agent.escalation_tool).any():
             minimums["escalation_recall"] = config.min_escalation_recall
         verdict = gate(cand, champ, test, minimums, config.alpha)
+        versus = comparison(cand, champ)
+        per_tool = per_tool_comparison(cand["per_tool"], champ["per_tool"] if champ else None)
 
-        summary = {k: v for k, v in cand.items() if isinstance(v, float | int)}
-        summary |= {"latency_p50_ms": lat["p50"], "latency_p99_ms": lat["p99"], "candidate_run_id": run_id}
+        summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in cand.items() if isinstance(v, float | int)}
+        summary |= {"latency_p50_ms": round(lat["p50"], 2), "latency_p99_ms": round(lat["p99"], 2),
+                    "candidate_run_id": run_id}
         if champ is not None:
-            summary |= {"champion_version": champ_mv.version, "champion_accuracy": champ["accuracy"],
-                        "mcnemar_p_value": test["p_value"], "only_candidate_correct": test["only_candidate_correct"],
+            summary |= {"champion_version": champ_mv.version,
+                        **{f"champion_{m}": r["champion"] for m, r in versus.items()},
+                        **{f"delta_{m}": r["delta"] for m, r in versus.items()},
+                        "mcnemar_p_value": round(test["p_value"], 4), "only_candidate_correct": test["only_candidate_correct"],
                         "only_champion_correct": test["only_champion_correct"]}
-        html = render_html(f"{agent.name}: evaluation of run {run_id}", summary, cand["per_tool"], verdict)
+        labels = list(cand["per_tool"]["tool"])
+        figures = {  # title → PNG; file names below
+            "Per-tool F1": plots.per_tool_f1(cand["per_tool"], champ["per_tool"] if champ else None),
+            "Confusion matrix": plots.confusion_matrix(holdout["tool"].astype(str), cand_pred.astype(str), labels),
+            "Confidence calibration": plots.calibration_curve(cand_out["confidence"], cand_pred.to_numpy() == holdout["tool"].to_numpy()),
+            "Latency": plots.latency_histogram(lat["samples"], lat["p50"], lat["p99"]),
+        }
+        files = dict(zip(figures, ("per_tool_f1.png", "confusion_matrix.png", "calibration.png", "latency.png"), strict=True))
+        html = render_html(f"{agent.name}: evaluation of run {run_id}", summary, per_tool, verdict,
+                           extra_sections={"Candidate vs champion": _comparison_html(versus),
+                                           "Plots": plots.html_images(figures)})
+        # Everything under evaluation/ is written here, before the asset finishes: the registry
+        # records a digest of the whole folder and approvals bind to it.
         with tempfile.TemporaryDirectory() as tmp:
-            report = Path(tmp) / "report.html"
-            report.write_text(html)
-            client.log_artifact(run_id, str(report), "evaluation")
-            (Path(tmp) / "summary.json").write_text(json.dumps(summary | {"gate_passed": verdict.passed, "gate_reasons": verdict.reasons}, default=str))
-            client.log_artifact(run_id, str(Path(tmp) / "summary.json"), "evaluation")
+            folder = Path(tmp) / "evaluation"
+            folder.mkdir()
+            (folder / "report.html").write_text(html)
+            (folder / "summary.json").write_text(json.dumps(summary | {"gate_passed": verdict.passed, "gate_reasons": verdict.reasons}, default=str))
+            for title, png in figures.items():
+                (folder / files[title]).write_bytes(png)
             if config.evidently_report:
-                _evidently_html(holdout, cand_pred, Path(tmp) / "classification_evidently.html")
-                client.log_artifact(run_id, str(Path(tmp) / "classification_evidently.html"), "evaluation")
+                _evidently_html(holdout, cand_pred, folder / "classification_evidently.html")
+            client.log_artifacts(run_id, str(folder), "evaluation")
         for key in ("accuracy", "macro_f1", "escalation_precision", "escalation_recall"):
             if key in cand:
                 client.log_metric(run_id, f"eval_{key}", cand[key])
@@ -132,22 +168,29 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         client.set_tag(run_id, "agentops.evaluation_gate", "passed" if verdict.passed else "failed")
         experiment_id = client.get_run(run_id).info.experiment_id
         url = mlflow_store.run_url(experiment_id, run_id)
-        return dg.MaterializeResult(metadata={
+        metadata = {
             "candidate_run_id": run_id,
-            "accuracy": cand["accuracy"],
-            "macro_f1": cand["macro_f1"],
-            "escalation_precision": cand.get("escalation_precision", 0.0),
-            "escalation_recall": cand.get("escalation_recall", 0.0),
-            "latency_p50_ms": lat["p50"],
-            "latency_p99_ms": lat["p99"],
+            **{m: r["candidate"] for m, r in versus.items()},
+            "latency_p50_ms": round(lat["p50"], 2),
+            "latency_p99_ms": round(lat["p99"], 2),
             "holdout_rows": len(holdout),
             "champion_version": str(champ_mv.version) if champ is not None else "none",
-            "mcnemar_p_value": test["p_value"] if test else 1.0,
+        }
+        metadata.setdefault("escalation_precision", 0.0)
+        metadata.setdefault("escalation_recall", 0.0)
+        if champ is not None:
+            metadata |= {f"champion_{m}": r["champion"] for m, r in versus.items()}
+            metadata |= {f"delta_{m}": r["delta"] for m, r in versus.items()}
+        metadata |= {
+            "mcnemar_p_value": round(test["p_value"], 4) if test else 1.0,
             "gate_passed": verdict.passed,
             "gate_reasons": dg.MetadataValue.json(verdict.reasons),
-            "per_tool": dg.MetadataValue.md(cand["per_tool"].to_markdown(index=False, floatfmt=".3f")),
+            "candidate_vs_champion": dg.MetadataValue.md(comparison_markdown(versus)),
+            "per_tool": dg.MetadataValue.md(per_tool.to_markdown(index=False, floatfmt=".3f")),
+            "plots": dg.MetadataValue.md(plots.markdown_images(figures)),
             "report": dg.MetadataValue.url(f"{url}/artifacts/evaluation/report.html"),
             "mlflow_run": dg.MetadataValue.url(url),
-        })
+        }
+        return dg.MaterializeResult(metadata=metadata)
 
     return evaluation_report

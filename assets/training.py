@@ -27,7 +27,8 @@ def ensure_prompt(agent: Agent) -> tuple[str, int]:
     if latest is not None and latest.template == agent.prompt_template:
         return latest.uri, int(latest.version)
     prompt = mlflow.genai.register_prompt(name=name, template=agent.prompt_template,
-                                          commit_message="template changed in code",
+                                          commit_message="template changed in code" if latest is not None
+                                          else f"first version: {agent.name}'s answer template",
                                           tags={"agent": agent.name})
     return prompt.uri, int(prompt.version)
 

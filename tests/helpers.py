@@ -133,3 +133,12 @@ class Reviewers:
         made, envelope = make_decision(client, agent, str(version), decision, reviewer, self.key(key_of or reviewer))
         submit(client, made, envelope)
         return envelope
+
+
+def latest_check(instance, asset: str, check: str) -> dict:
+    """Metadata of the latest evaluation of ``check`` on ``asset``."""
+    key = dg.AssetCheckKey(dg.AssetKey([AGENT, asset]), check)
+    records = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+    assert records and records[0].event is not None, f"{asset}:{check} never ran"
+    evaluation = records[0].event.dagster_event.event_specific_data
+    return {k: v.value for k, v in evaluation.metadata.items()}

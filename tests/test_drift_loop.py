@@ -60,6 +60,13 @@ def test_drifting_traffic_freezes_the_version_and_retrains(defs, instance):
     assert drifted["rows"] == 600 and drifted["dataset_drift"] is True, drifted["columns"]
     assert drifted["drift_share"] >= 0.5
     assert "text.length" in drifted["drifted_columns"]
+    # which columns drifted and by how much, readable and plotted on the asset page
+    by_column = drifted["drift_by_column"]
+    assert by_column["text.length"]["drifted"] and by_column["text.length"]["strength"] >= 1
+    assert not any(c["drifted"] for c in by_column.values() if c["strength"] < 1)
+    assert "**text.length**" in drifted["drifted"] and "the threshold" in drifted["drifted"]
+    assert drifted["plot"].count("](data:image/png;base64,") == 1
+    assert usual["drifted"] == "No column drifted." or "**tool**" not in usual["drifted"]
 
     result = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources, cursor=result.cursor))
     (request,) = result.run_requests
@@ -71,7 +78,8 @@ def test_drifting_traffic_freezes_the_version_and_retrains(defs, instance):
     assert [e.action for e in defs.resources["audit"].entries(AGENT)] == ["register", "freeze"]
     run = client.get_run(client.get_model_version(AGENT, version).run_id)
     assert any(k.startswith("drift_share_prod") for k in run.data.metrics)
-    assert any(a.path.startswith("drift/") for a in client.list_artifacts(run.info.run_id, "drift"))
+    drift_artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "drift")]
+    assert any(a.endswith(".html") for a in drift_artifacts) and any(a.endswith(".png") for a in drift_artifacts)
     # The next tick repeats nothing.
     again = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources, cursor=result.cursor))
     assert isinstance(again, dg.SkipReason) or not again.run_requests
