@@ -22,6 +22,9 @@ class PromotionConfig(dg.Config):
     check_interval_seconds: float = Field(default=5.0, gt=0.0)
     max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     max_p99_ms: float = Field(default=250.0, gt=0.0)
+    min_requests: int = Field(default=20, ge=1, description="requests the canary must serve before it is judged")
+    max_bake_seconds: float | None = Field(default=None, description="how long to bake for min_requests "
+                                                                     "before aborting (default 4x bake_seconds)")
 
 
 class RollbackConfig(dg.Config):
@@ -74,7 +77,8 @@ def build_promotion_job(agent) -> dg.JobDefinition:
 
         policy = RolloutPolicy(canary_share=config.canary_share, bake_seconds=config.bake_seconds,
                                check_interval_seconds=config.check_interval_seconds,
-                               max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms)
+                               max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms,
+                               min_requests=config.min_requests, max_bake_seconds=config.max_bake_seconds)
         prod = rollout(deployer, "prod", model_uri, mv.version, policy, log)
         if not prod.succeeded:
             client.set_model_version_tag(agent.name, mv.version, gov.ROLLED_BACK, f"canary failed: {prod.reason}")

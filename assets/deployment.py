@@ -21,6 +21,9 @@ class DeploymentConfig(dg.Config):
     check_interval_seconds: float = Field(default=5.0, gt=0.0)
     max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     max_p99_ms: float = Field(default=250.0, gt=0.0)
+    min_requests: int = Field(default=20, ge=1, description="requests the canary must serve before it is judged")
+    max_bake_seconds: float | None = Field(default=None, description="how long to bake for min_requests "
+                                                                     "before aborting (default 4x bake_seconds)")
 
 
 def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -50,7 +53,8 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
         if environment == "prod":  # canary → bake time with health checks → full
             policy = RolloutPolicy(canary_share=config.canary_share, bake_seconds=config.bake_seconds,
                                    check_interval_seconds=config.check_interval_seconds,
-                                   max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms)
+                                   max_error_rate=config.max_error_rate, max_p99_ms=config.max_p99_ms,
+                                   min_requests=config.min_requests, max_bake_seconds=config.max_bake_seconds)
         result = rollout(deployer, environment, model_uri, str(mv.version), policy, context.log.info)
         if not result.succeeded:
             client.set_model_version_tag(agent.name, mv.version, "rolled_back", f"canary failed: {result.reason}")

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ import dagster as dg
 
 logger = logging.getLogger(__name__)
 
-ADMIN_TOKEN_ENV = "AGENTOPS_SERVING_ADMIN_TOKEN"  # read by agentops_pipelines.serving.app
+ADMIN_TOKEN_ENV = "AGENTOPS_SERVING_ADMIN_TOKEN"  # read by agentops_pipelines.serving.server
 _ENVIRONMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SERVER_MODULE = "agentops_pipelines.serving"
 _REGISTERED_NAME = re.compile(r"^models:/([^/@]+)")
@@ -174,7 +175,9 @@ class LocalProcessDeployer(Deployer):
     ports: dict[str, int] = {}
     health_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
-    admin_token: str | None = None  # if set, the server requires it on /admin/*
+    # The servers' admin token. Unset: each started server gets its own, in
+    # <state_dir>/<environment>.admin-token (mode 0600), which this deployer reads for its calls.
+    admin_token: str | None = None
     inference_log_dir: str = ""  # root of the inference logs; empty: no log
     trace_sample_rate: float = 0.01  # share of successful requests traced in MLflow
 
@@ -185,6 +188,27 @@ class LocalProcessDeployer(Deployer):
             raise ValueError(f"invalid environment name {environment!r}")
         folder = Path(self.state_dir).resolve()
         return folder / f"{environment}.json", folder / f"{environment}.log"
+
+    def _token_file(self, environment: str) -> Path:
+        return self._paths(environment)[0].with_name(f"{environment}.admin-token")
+
+    def _token(self, environment: str) -> str | None:
+        """The admin token of the environment's server: the configured one, else its own file."""
+        if self.admin_token:
+            return self.admin_token
+        try:
+            return self._token_file(environment).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _new_token_file(self, environment: str) -> Path:
+        """A fresh per-deployment token, readable by this user only."""
+        path = self._token_file(environment)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        return path
 
     @staticmethod
     def _read_state(state_file: Path) -> dict[str, Any] | None:
@@ -307,7 +331,7 @@ class LocalProcessDeployer(Deployer):
             status, body = _http_json(
                 method, f"{state['url']}{path}", payload,
                 timeout=self.health_timeout_s if timeout is None else timeout,
-                token=self.admin_token,
+                token=self._token(environment),
             )  # fmt: skip
         except OSError as e:
             raise DeploymentError(f"{environment}: {what} failed: {e}") from e
@@ -357,8 +381,10 @@ class LocalProcessDeployer(Deployer):
             command += ["--inference-log-dir", str(log_dir)]
         env = dict(os.environ)
         env.pop(ADMIN_TOKEN_ENV, None)
-        if self.admin_token:
+        if self.admin_token:  # configured (compose): it wins
             env[ADMIN_TOKEN_ENV] = self.admin_token
+        else:
+            command += ["--admin-token-file", str(self._new_token_file(environment))]
         with log_file.open("ab") as log:
             log.write(f"\n=== deploy {model_uri} version {version} on port {port}\n".encode())
             log.flush()
