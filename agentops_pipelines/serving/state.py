@@ -88,19 +88,22 @@ class Served:
         batch_max_rows: int = DEFAULT_BATCH_MAX_ROWS,
         features: bool = True,
         batch_max_chars: int = DEFAULT_MAX_REQUEST_CHARS,
+        inline: bool = False,
     ):
         self.model = model
         self.infer_now = model.infer if features else model.infer_without_features
         self.batcher = (
             Batcher(self.infer_now, max_rows=batch_max_rows, max_chars=batch_max_chars,
-                    name=f"v{model.version}")
+                    name=f"v{model.version}", inline=inline)
             if batch_max_rows > 0
             else None
         )  # fmt: skip
 
     def infer(self, frame: pd.DataFrame, chars: int = 0) -> tuple[Any, Any, list]:
         """(predictions, features or None: only wanted by the inference log, the model's steps)."""
-        return self.batcher.predict(frame, chars) if self.batcher else self.infer_now(frame)
+        if self.batcher is None or self.batcher.inline:
+            return self.infer_now(frame)
+        return self.batcher.predict(frame, chars)
 
     def retire(self) -> None:
         if self.batcher is not None:
@@ -147,6 +150,7 @@ class ServingState:
         ring_capacity: int = 100_000,
         freeze_gc: bool = False,
         pod_role: str = STABLE,
+        inline_batching: bool = False,
     ):
         if pod_role not in ROLES:
             raise ValueError(f"pod_role must be one of {list(ROLES)}, got {pod_role!r}")
@@ -163,6 +167,7 @@ class ServingState:
         self.max_request_chars = max_request_chars
         self.max_concurrent = max_concurrent
         self.batch_max_rows = batch_max_rows
+        self.inline_batching = inline_batching  # the asyncio server predicts on its loop
         self.metrics = metrics or ServingMetrics(environment, process_metrics=False)
         self.inference_log = inference_log
         self.tracer = tracer
@@ -264,7 +269,7 @@ class ServingState:
             warm_up(model)
             freeze_heap()
         served = Served(model, self.batch_max_rows, features=self.inference_log is not None,
-                        batch_max_chars=self.max_request_chars)  # fmt: skip
+                        batch_max_chars=self.max_request_chars, inline=self.inline_batching)  # fmt: skip
         if role == CANARY:
             share = DEFAULT_CANARY_SHARE if canary_share is None else canary_share
             self._change(lambda r: replace(r, canary=served, canary_share=share))
