@@ -26,7 +26,10 @@ from typing import Any
 
 import pandas as pd
 
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# The largest body a request within the compute budget needs: 64 Ki characters of text, each up to
+# 6 bytes as a JSON escape (384 KiB), plus the rows' keys and ids. A larger body is refused while
+# it is read (413), before any of it is parsed.
+DEFAULT_MAX_BODY_BYTES = 512 * 1024
 DEFAULT_MAX_ROWS = 1000
 DEFAULT_MAX_TEXT_CHARS = 4096  # when the model does not say how long its training texts were
 DEFAULT_MAX_REQUEST_CHARS = 65_536
