@@ -411,12 +411,13 @@ class ServingState:
                     LogEntry(received, request_id, self.reported(role), model.version, status, error_code,
                              latency_s * 1000.0, frame, predictions, features)
                 )  # fmt: skip
-            if self.tracer is not None and (sampled or status >= 500):
+            reason = "error" if status >= 500 else "sampled"
+            if self.tracer is not None and (sampled or status >= 500) and self.tracer.admit(reason):
                 self.tracer.submit(
                     TraceJob.of(model, frame, request_id, self.reported(role), status, error,
-                                latency_s * 1000.0, "error" if status >= 500 else "sampled",
-                                predictions=predictions, features=features, marks=marks or {},
-                                steps=steps or [])
+                                latency_s * 1000.0, reason, predictions=predictions,
+                                features=features, marks=marks or {}, steps=steps or []),
+                    admitted=True,
                 )  # fmt: skip
         except Exception:
             logger.exception("recording request %s failed", request_id)

@@ -141,15 +141,22 @@ class Tracer:
     def sample(self) -> bool:
         return self.sample_rate > 0.0 and self._random() < self.sample_rate
 
-    def submit(self, job: TraceJob) -> bool:
-        """Queue ``job``; False (counted as dropped) when over the rate cap or the queue is full."""
+    def admit(self, reason: str) -> bool:
+        """Whether a trace may be made now (under the rate cap); a refused one is counted as
+        dropped. Called before the job is built, so a dropped trace costs the request nothing."""
         if self._queue is None:
             return False
         now = time.monotonic()
-        if now < self._next_at:  # over the rate cap: drop here, before any work
-            self._on_result(job.reason, "dropped")
+        if now < self._next_at:
+            self._on_result(reason, "dropped")
             return False
         self._next_at = now + self._interval
+        return True
+
+    def submit(self, job: TraceJob, admitted: bool = False) -> bool:
+        """Queue ``job``; False (counted as dropped) when over the rate cap or the queue is full."""
+        if self._queue is None or not (admitted or self.admit(job.reason)):
+            return False
         try:
             self._queue.put_nowait(job)
             return True
