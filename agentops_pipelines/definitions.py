@@ -14,6 +14,7 @@ from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.resources.prometheus import PrometheusResource
 from agentops_pipelines.resources.settings import Settings, load_settings
+from agentops_pipelines.vocabulary import EnvVar
 
 # Partitioned asset checks and backfill policies are marked preview/beta in 1.13; we rely on both
 # deliberately (tests cover them), so their warnings would only be noise at every load.
@@ -65,7 +66,7 @@ def build_deployer(settings: Settings):
         state_dir=str(settings.serving_dir), agent=AGENTS[0].name,
         inference_log_dir=str(settings.inference_log_dir),
         host=settings.serving_host, ports=dict(settings.serving_ports),
-        admin_token=dg.EnvVar("AGENTOPS_SERVING_ADMIN_TOKEN") if settings.serving_admin_token else None,
+        admin_token=dg.EnvVar(EnvVar.SERVING_ADMIN_TOKEN) if settings.serving_admin_token else None,
     )
 
 

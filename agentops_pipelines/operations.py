@@ -34,13 +34,17 @@ class RolloutConfig(dg.Config):
     check_interval_seconds: float = Field(default=5.0, gt=0.0)
     max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="canary server errors / requests")
     max_p99_ms: float = Field(default=250.0, gt=0.0, description="canary p99 latency ceiling")
+    min_requests: int = Field(default=20, ge=1, description="requests the canary must serve before it is judged")
+    max_bake_seconds: float | None = Field(default=None, description="how long to bake for min_requests "
+                                                                     "before aborting (default 4x bake_seconds)")
 
     def policy(self):
         from agentops_pipelines.rollout import RolloutPolicy
 
         return RolloutPolicy(canary_share=self.canary_share, bake_seconds=self.bake_seconds,
                              check_interval_seconds=self.check_interval_seconds,
-                             max_error_rate=self.max_error_rate, max_p99_ms=self.max_p99_ms)
+                             max_error_rate=self.max_error_rate, max_p99_ms=self.max_p99_ms,
+                             min_requests=self.min_requests, max_bake_seconds=self.max_bake_seconds)
 
 
 class PromotionConfig(RolloutConfig):

@@ -1,7 +1,14 @@
 """Rollouts: canary → bake time with health checks → full, or back to what served before.
 
-Pure policy (``health_problem``) plus one loop (``rollout``) over a deployer; no Dagster here, so
-the same code serves the deployment asset, the promotion job and tests.
+Pure policy (``health_problem``, ``enough_traffic``) plus one loop (``rollout``) over a deployer;
+no Dagster here, so the same code serves the deployment asset, the promotion job and tests.
+
+The canary's health is decided on what the server did, never on what clients sent: server errors
+(5xx) over the requests it served, and its p99 latency. Client errors (4xx: bad input, refused
+before the model) count for nothing, so no client can fail a canary by sending garbage. And a
+canary is judged only once it has served ``min_requests`` requests (counted over the whole bake):
+with too little traffic it keeps baking past ``bake_seconds``, up to ``max_bake_seconds``, and is
+then aborted with that reason. It is never promoted for lack of evidence.
 """
 
 from __future__ import annotations
@@ -18,11 +25,20 @@ class RolloutPolicy:
     check_interval_seconds: float = 5.0
     max_error_rate: float = 0.05  # server errors / requests on the canary
     max_p99_ms: float = 250.0
-    min_requests: int = 0  # below this many canary requests the health check cannot judge
+    min_requests: int = 20  # requests the canary must serve (4xx not counted) before it is judged
+    max_bake_seconds: float | None = None  # keep baking this long for min_requests (default 4x bake)
 
     def __post_init__(self):
         if not 0.0 < self.canary_share <= 1.0:
             raise ValueError(f"canary_share must be in (0, 1], got {self.canary_share}")
+        if self.min_requests < 1:
+            raise ValueError(f"min_requests must be at least 1, got {self.min_requests}")
+
+    @property
+    def deadline_seconds(self) -> float:
+        if self.max_bake_seconds is not None:
+            return max(self.bake_seconds, self.max_bake_seconds)
+        return max(4 * self.bake_seconds, self.bake_seconds + 60.0)
 
 
 @dataclass
@@ -40,16 +56,32 @@ class RolloutResult:
         return self.outcome == "full"
 
 
+def served_requests(canary: dict | None) -> int:
+    """Requests the canary served (answered or failed by the server), client errors excluded."""
+    if not canary:
+        return 0
+    if canary.get("served") is not None:
+        return int(canary["served"])
+    return max(0, int(canary.get("requests") or 0) - int(canary.get("client_errors") or 0))
+
+
+def enough_traffic(canary: dict | None, policy: RolloutPolicy) -> bool:
+    return served_requests(canary) >= policy.min_requests
+
+
 def health_problem(canary: dict | None, policy: RolloutPolicy) -> str | None:
-    """Why the canary is unhealthy, or None. ``canary`` is the deployer's stats for the canary role."""
+    """Why the canary is unhealthy, or None (healthy so far, or too few requests to say: see
+    ``enough_traffic``). ``canary`` is the deployer's stats for the canary role."""
     if not canary:
         return None
-    requests = int(canary.get("requests", 0))
-    if requests < max(policy.min_requests, 1):
+    served = served_requests(canary)
+    if served < policy.min_requests:
         return None
-    error_rate = float(canary.get("error_rate", 0.0))
+    errors = int(canary.get("errors") or 0)
+    error_rate = errors / served
     if error_rate > policy.max_error_rate:
-        return f"canary error rate {error_rate:.1%} over {requests} requests exceeds {policy.max_error_rate:.1%}"
+        return (f"canary error rate {error_rate:.1%} (server errors) over {served} requests exceeds "
+                f"{policy.max_error_rate:.1%}")
     p99 = canary.get("p99_ms")
     if p99 is not None and float(p99) > policy.max_p99_ms:
         return f"canary p99 latency {float(p99):.1f} ms exceeds {policy.max_p99_ms:.0f} ms"
@@ -69,19 +101,34 @@ def rollout(deployer, environment: str, model_uri: str, version: str, policy: Ro
     deployed = deployer.deploy_canary(environment, model_uri, str(version), policy.canary_share)
     log(f"{environment}: canary version {version} on {policy.canary_share:.0%} of traffic beside {previous}")
     checks: list[dict] = []
-    waited = 0.0
-    while waited < policy.bake_seconds:
-        step = min(policy.check_interval_seconds, policy.bake_seconds - waited)
+    waited, served, enough = 0.0, 0, False
+    deadline = policy.deadline_seconds
+    while True:
+        if waited >= policy.bake_seconds:
+            if enough:
+                break
+            if waited >= deadline:
+                problem = (f"canary served {served} requests in {waited:.0f} s, fewer than the "
+                           f"{policy.min_requests} needed to judge it: not promoted")
+                deployer.abort_canary(environment)
+                log(f"{environment}: canary {version} aborted, {previous} keeps serving: {problem}")
+                return RolloutResult(environment, str(version), previous, "rolled_back", problem, deployed.url, checks)
+        limit = policy.bake_seconds if waited < policy.bake_seconds else deadline
+        step = max(min(policy.check_interval_seconds, limit - waited), 0.001)
         sleep(step)
         waited += step
-        stats = deployer.stats(environment, max(step, 1.0))
+        stats = deployer.stats(environment, max(waited, 1.0))  # the whole bake so far
         checks.append({"after_s": round(waited, 1), **{k: v for k, v in stats.items() if isinstance(v, dict)}})
-        problem = health_problem(stats.get("canary"), policy)
+        canary = stats.get("canary")
+        served, enough = served_requests(canary), enough_traffic(canary, policy)
+        problem = health_problem(canary, policy)
         if problem:
             deployer.abort_canary(environment)
             log(f"{environment}: canary {version} aborted, {previous} keeps serving: {problem}")
             return RolloutResult(environment, str(version), previous, "rolled_back", problem, deployed.url, checks)
+        if waited >= policy.bake_seconds and not enough:
+            log(f"{environment}: canary {version} served {served} of {policy.min_requests} requests: baking on")
     deployed = deployer.promote_canary(environment)
-    log(f"{environment}: version {version} healthy for {policy.bake_seconds:.0f} s, now serving all traffic")
-    return RolloutResult(environment, str(version), previous, "full", f"canary healthy for {policy.bake_seconds:.0f} s",
-                         deployed.url, checks)
+    log(f"{environment}: version {version} healthy for {waited:.0f} s over {served} requests, now serving all traffic")
+    return RolloutResult(environment, str(version), previous, "full",
+                         f"canary healthy for {waited:.0f} s over {served} requests", deployed.url, checks)

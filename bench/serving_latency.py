@@ -16,8 +16,13 @@ and each latency is measured from the request's *scheduled* send time, so a serv
 behind shows its queueing delay instead of hiding it (no coordinated omission). One row per request,
 a support-desk message with a customer id from a pool of 500. Our server runs as deployed
 (``LocalProcessDeployer``: inference log on, 1% trace sampling, micro-batching), ``mlflow models
-serve`` with its defaults (one uvicorn worker, ``--env-manager local``). The two are measured in
-turns (ours, mlflow, ours, mlflow ...) so that other load on the machine hits both alike.
+serve`` with its defaults (one uvicorn worker, ``--env-manager local``). The servers are measured in
+turns (ours, mlflow, ours, mlflow ...) so that other load on the machine hits all alike.
+
+``--variant NAME=FLAGS`` adds configurations of our server to the turns (``h11=--http h11`` to
+compare HTTP parsers, ``traced=--trace-sample-rate 1`` for the cost of tracing every request);
+``--throughput SECONDS`` measures each of our servers' closed-loop maximum throughput;
+``--hostile`` measures 100 req/s alone and beside a client sending 1 MB texts.
 """
 
 from __future__ import annotations
@@ -176,6 +181,98 @@ def open_loop(url: str, rate: float, duration: float, connections: int, timeout:
     return latency, status, time.perf_counter() - start
 
 
+def _closed_loop_worker(url: str, seconds: float, connections: int, out) -> None:
+    """One client process: ``connections`` keep-alive connections on an event loop, each sending
+    its next request as soon as the answer to the last one arrived (raw HTTP/1.1: the load
+    generator must cost far less than the server it measures)."""
+    import asyncio
+
+    parts = urlsplit(url)
+    requests = [
+        b"POST /invocations HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        for body in bodies(500)
+    ]  # fmt: skip
+    counts, errors = [0], [0]
+
+    async def one(k: int, stop_at: float) -> None:
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        i = k
+        while time.perf_counter() < stop_at:
+            writer.write(requests[i % 500])
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            await reader.readexactly(length)
+            if head.startswith(b"HTTP/1.1 200"):
+                counts[0] += 1
+            else:
+                errors[0] += 1
+            i += connections
+        writer.close()
+
+    async def run() -> None:
+        stop_at = time.perf_counter() + seconds
+        await asyncio.gather(*(one(k, stop_at) for k in range(connections)))
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+    out.put((counts[0], errors[0]))
+
+
+def max_throughput(url: str, seconds: float, processes: int = 2, connections: int = 32) -> tuple[float, int]:
+    """(answered requests per second, errors) under closed-loop load from ``processes`` client
+    processes of ``connections`` connections each: the server's saturation throughput."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    workers = [ctx.Process(target=_closed_loop_worker, args=(url, seconds, connections, out))
+               for _ in range(processes)]  # fmt: skip
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=seconds + 120) for _ in workers]
+    for w in workers:
+        w.join(30)
+    return sum(r[0] for r in results) / seconds, sum(r[1] for r in results)
+
+
+def _hostile_worker(url: str, stop, sent) -> None:
+    """One client sending 1 MB texts back to back (one connection)."""
+    parts = urlsplit(url)
+    body = json.dumps({"inputs": [{"text": "where is my order " * 58_000}]}).encode()  # ~1 MB
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    while not stop.is_set():
+        try:
+            conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+            conn.getresponse().read()
+            with sent.get_lock():
+                sent.value += 1
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+
+
+@contextlib.contextmanager
+def hostile_client(url: str):
+    """A hostile client process for the duration of the block; yields a counter of its requests."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    stop, sent = ctx.Event(), ctx.Value("i", 0)
+    process = ctx.Process(target=_hostile_worker, args=(url, stop, sent))
+    process.start()
+    try:
+        time.sleep(1.0)
+        yield sent
+    finally:
+        stop.set()
+        process.join(30)
+
+
 def quantile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -255,19 +352,43 @@ def wait_http(url: str, path: str, timeout: float, process: subprocess.Popen | N
 
 
 @contextlib.contextmanager
-def ours(model_uri: str, version: str, workdir: Path):
-    from agentops_pipelines.resources.deployers import LocalProcessDeployer
-
-    deployer = LocalProcessDeployer(
-        state_dir=str(workdir / "serving"),
-        inference_log_dir=str(workdir / "inference_log"),
-        health_timeout_s=180,
-    )
-    deployment = deployer.deploy("bench", model_uri, version)
+def ours(model_uri: str, version: str, workdir: Path, *flags: str, name: str = "bench"):
+    """Our server as ``LocalProcessDeployer`` runs it (inference log on, 1% traced, a token
+    file), plus ``flags`` (e.g. ``--http h11``, ``--trace-sample-rate 1``)."""
+    folder = workdir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    token = folder / "admin-token"
+    token.write_text("bench-token")
+    token.chmod(0o600)
+    state = folder / "state.json"
+    command = [sys.executable, "-m", "agentops_pipelines.serving", "--model-uri", model_uri,
+               "--version", version, "--environment", "bench", "--state-file", str(state),
+               "--admin-token-file", str(token), "--trace-sample-rate", "0.01",
+               "--inference-log-dir", str(folder / "inference_log"), *flags]  # fmt: skip
+    log = (folder / "server.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
-        yield deployment.url, os.getpgid(deployment.pid)
+        deadline = time.monotonic() + 180
+        url = None
+        while url is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"our server did not start: see {folder / 'server.log'}")
+            with contextlib.suppress(OSError, ValueError):
+                payload = json.loads(state.read_text())
+                if payload.get("status") == "serving":
+                    url = payload["url"]
+            time.sleep(0.1)
+        yield url, process.pid
     finally:
-        deployer.stop("bench")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+        log.close()
 
 
 @contextlib.contextmanager
@@ -393,11 +514,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3, help="turns per rate and server (medians reported)")
     p.add_argument("--skip-mlflow", action="store_true", help="measure only our server")
+    p.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=FLAGS",
+        help="another configuration of our server measured in the same turns, e.g. "
+        "'h11=--http h11' or 'traced 100%%=--trace-sample-rate 1'",
+    )  # fmt: skip
+    p.add_argument("--throughput", type=float, default=0.0, metavar="SECONDS",
+                   help="also measure each of our servers' closed-loop maximum throughput")  # fmt: skip
+    p.add_argument("--hostile", action="store_true",
+                   help="also measure 100 req/s alone and beside a client sending 1 MB texts")  # fmt: skip
     p.add_argument("--write", action="store_true", help=f"write the table into {BENCHMARKS.name}")
     args = p.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    throughput: dict[str, list[tuple[float, int]]] = {}
+    hostile: list[tuple[Result, Result, int]] = []
     try:
         if args.model_uri:
             model_uri, tracking = (
@@ -412,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         if tracking:
             os.environ["MLFLOW_TRACKING_URI"] = tracking
         servers = [("agentops serving", ours(model_uri, version, workdir))]
+        for variant in args.variant:
+            name, _, flags = variant.partition("=")
+            servers.append((f"agentops serving ({name})",
+                            ours(model_uri, version, workdir, *flags.split(), name=f"v{len(servers)}")))  # fmt: skip
         if not args.skip_mlflow:
             servers.append(("mlflow models serve", mlflow_serve(model_uri, workdir)))
         alone = model_alone(model_uri)
@@ -434,11 +570,52 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"round {turn + 1}: {name} @ {rate:g}/s: p50 {r.p50_ms:.1f} ms, "
                               f"p99 {r.p99_ms:.1f} ms, errors {r.errors}", flush=True)  # fmt: skip
                         results.append(r)
+                if args.hostile:
+                    name, url, pgid = running[0]
+                    calm = measure(name, url, pgid, 100, args.duration, args.connections)
+                    with hostile_client(url) as sent:
+                        attacked = measure(name, url, pgid, 100, args.duration, args.connections)
+                        refused = sent.value
+                    hostile.append((calm, attacked, refused))
+                    print(f"round {turn + 1}: 100/s alone p99 {calm.p99_ms:.1f} ms, beside 1 MB texts "
+                          f"p99 {attacked.p99_ms:.1f} ms ({refused} hostile requests)", flush=True)  # fmt: skip
+                if args.throughput:
+                    for name, url, pgid in running:
+                        if name.startswith("agentops"):
+                            rps, errors = max_throughput(url, args.throughput)
+                            throughput.setdefault(name, []).append((rps, errors))
+                            print(f"round {turn + 1}: {name} max throughput {rps:.0f}/s "
+                                  f"({errors} errors)", flush=True)  # fmt: skip
+                            settle(pgid, 10)
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    report = table(summarize(results))
+    extra = ""
+    if throughput:
+        extra += "\n\n| server | max throughput, closed loop (req/s, median) | rounds | errors |\n|---|---:|---:|---:|\n"
+        extra += "\n".join(
+            f"| {name} | {statistics.median(r for r, _ in runs):.0f} "
+            f"({min(r for r, _ in runs):.0f}–{max(r for r, _ in runs):.0f}) | {len(runs)} | "
+            f"{sum(e for _, e in runs)} |"
+            for name, runs in throughput.items()
+        )
+    if hostile:
+        calm_p99 = statistics.median(c.p99_ms for c, _, _ in hostile)
+        attacked_p99 = statistics.median(a.p99_ms for _, a, _ in hostile)
+        extra += (
+            "\n\n| legitimate 100 req/s | p50 (ms) | p99 (ms, median) | p99 range (ms) | errors |\n"
+            "|---|---:|---:|---:|---:|\n"
+            f"| alone | {statistics.median(c.p50_ms for c, _, _ in hostile):.1f} | {calm_p99:.1f} | "
+            f"{min(c.p99_ms for c, _, _ in hostile):.1f}–{max(c.p99_ms for c, _, _ in hostile):.1f} | "
+            f"{sum(c.errors for c, _, _ in hostile)} |\n"
+            f"| beside a client sending 1 MB texts ({statistics.median(n for _, _, n in hostile):.0f} "
+            f"refused per round) | {statistics.median(a.p50_ms for _, a, _ in hostile):.1f} | "
+            f"{attacked_p99:.1f} | {min(a.p99_ms for _, a, _ in hostile):.1f}–"
+            f"{max(a.p99_ms for _, a, _ in hostile):.1f} | {sum(a.errors for _, a, _ in hostile)} |\n\n"
+            f"p99 beside the hostile client / alone: {attacked_p99 / calm_p99:.2f}×"
+        )
+    report = table(summarize(results)) + extra
     print()
     print(report)
     if args.write:
@@ -450,36 +627,26 @@ def main(argv: list[str] | None = None) -> int:
         write_section(
             f"""Open-loop load on loopback (fixed send schedule, latency from the scheduled send time, so
 queueing is not hidden), {args.duration:g} s per rate and server in each of {args.rounds} rounds (the
-servers take turns, so other load on the machine hits both alike), one row per request, over
+servers take turns, so other load on the machine hits all alike), one row per request, over
 {args.connections} keep-alive connections; the real support-desk model (TF-IDF + customer
-features → linear SVM, wrapped in `AgentModel`), served by both as the same pyfunc. Our server as
-deployed by `LocalProcessDeployer` (inference log on, 1% of requests traced in MLflow,
-micro-batching, features looked up in Feast's online store; its tracing process counts in its
-CPU); `mlflow models serve --env-manager local` with its defaults (one uvicorn worker). p50, p99,
+features → linear SVM, wrapped in `AgentModel`), served by all as the same pyfunc. Our server is
+started as `LocalProcessDeployer` starts it: uvicorn + httptools, inference log on (flushed every
+second), 1% of requests traced in MLflow (by the trace exporter process, which counts in its CPU),
+micro-batching on the event loop, features looked up in Feast's online store. Variants add flags
+to it. `mlflow models serve --env-manager local` with its defaults (one uvicorn worker). p50, p99,
 achieved rate and CPU are medians over the rounds; the p99 range is the lowest and highest round.
 Errors: non-200 answers and requests unanswered after 30 s. Server CPU: every process of the
-server's process group. Measured on a {os.cpu_count()}-core machine ({platform.processor() or platform.machine()},
-Python {platform.python_version()}); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.
+server's process group. Maximum throughput: closed loop, 2 client processes × 32 keep-alive
+connections (raw HTTP/1.1 on an event loop), one row per request. Hostile client: one process
+sending ~1 MB texts back to back on one connection while 100 req/s of legitimate traffic is
+measured. Measured on a {os.cpu_count()}-core machine ({platform.processor() or platform.machine()},
+Python {platform.python_version()}); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after
+(other work shared the machine when this is above ~1).
 
 {report}
 
 The model's own `predict` on one row, in the benchmark process with no server around it: p50
-{alone[0]:.2f} ms, p99 {alone[1]:.2f} ms. Two changes brought it and the p99 here down:
-
-- The router is scored by `agent/linear_scorer.py`, compiled from the fitted scikit-learn pipeline
-  on first use and checked against it on probe rows (tests/test_linear_scorer.py: equal to 1e-9):
-  `Pipeline.decision_function` spent ~4 ms per call on validation, column selection and joblib
-  around ~0.1 ms of arithmetic. `AgentModel` passes requests as column lists, not DataFrames.
-  Before: 6.5–8.5 ms per call, p99 63–87 ms at 200/s, and `mlflow models serve` could not keep up
-  (p99 37 s, 575 timeouts). It serves the same pyfunc, so it now keeps up too.
-- The inference log converts what it buffered in slices of 16 requests instead of once a second:
-  converting a second of traffic held the GIL for ~15 ms, and every request waiting then showed it
-  (p99 17–21 ms at 200/s before this change, with the faster model already in).
-
-What remains of our p99 is Python's: one GIL for the HTTP threads, the predict thread and the
-inference log, and the scheduler of a 2-core machine shared with the load generator and the
-tracing process. `mlflow models serve` runs each predict in a thread pool behind an event loop:
-its p50 is close to ours, its tail is not.
+{alone[0]:.2f} ms, p99 {alone[1]:.2f} ms.
 
 Command: `{command.strip()}`
 """

@@ -37,6 +37,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -52,9 +53,11 @@ from typing import Any
 
 import dagster as dg
 
+from agentops_pipelines.vocabulary import EnvVar
+
 logger = logging.getLogger(__name__)
 
-ADMIN_TOKEN_ENV = "AGENTOPS_SERVING_ADMIN_TOKEN"  # read by agentops_pipelines.serving.app
+ADMIN_TOKEN_ENV = EnvVar.SERVING_ADMIN_TOKEN.value  # read by the serving process (serving/server.py)
 _ENVIRONMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SERVER_MODULE = "agentops_pipelines.serving"
 _SUPERVISOR_MODULE = "agentops_pipelines.serving.supervisor"
@@ -288,7 +291,9 @@ class LocalProcessDeployer(Deployer):
     ports: dict[str, int] = {}  # "<agent>/<environment>" or "<environment>" (this agent) -> port
     health_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
-    admin_token: str | None = None  # if set, the server requires it on /admin/*
+    # The servers' admin token. Unset: each started server gets its own, in
+    # <state_dir>/<agent>/<environment>.admin-token (mode 0600), which this deployer reads for its calls.
+    admin_token: str | None = None
     inference_log_dir: str = ""  # root of the inference logs; empty: no log
     trace_sample_rate: float = 0.01  # share of successful requests traced in MLflow
     max_restarts: int = 5  # more restarts than this within restart_window_s is a crash loop
@@ -346,6 +351,31 @@ class LocalProcessDeployer(Deployer):
             raise DeploymentError(f"{environment}: several agents serve here ({', '.join(sorted(found))}): "
                                   "name one (agent=...)")
         return self.files(environment, found.pop()) if found else None
+
+    @staticmethod
+    def _token_file(files: ServingFiles) -> Path:
+        return files.state.with_name(f"{files.environment}.admin-token")
+
+    def _token(self, environment: str, state: dict[str, Any]) -> str | None:
+        """The admin token of the server whose ``state`` this is: the configured one, else the
+        file of its (agent, environment)."""
+        if self.admin_token:
+            return self.admin_token
+        files = self.files(environment, self._agent_of(str(state.get("model_uri", ""))))
+        try:
+            return self._token_file(files).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _new_token_file(self, files: ServingFiles) -> Path:
+        """A fresh per-deployment token, readable by this user only."""
+        path = self._token_file(files)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        return path
 
     @staticmethod
     def _read_state(state_file: Path) -> dict[str, Any] | None:
@@ -548,7 +578,7 @@ class LocalProcessDeployer(Deployer):
             status, body = _http_json(
                 method, f"{state['url']}{path}", payload,
                 timeout=self.health_timeout_s if timeout is None else timeout,
-                token=self.admin_token,
+                token=self._token(environment, state),
             )  # fmt: skip
         except OSError as e:
             raise DeploymentError(f"{environment}: {what} failed: {e}") from e
@@ -630,9 +660,12 @@ class LocalProcessDeployer(Deployer):
         ]  # fmt: skip
         if log_dir := self.inference_log_path(environment, model_uri):
             command += ["--inference-log-dir", str(log_dir)]
-        env = serving_environment(os.environ)
-        if self.admin_token:
+        env = serving_environment(os.environ)  # never the parent's token: only a configured one
+        env.pop(ADMIN_TOKEN_ENV, None)
+        if self.admin_token:  # configured (compose): it wins
             env[ADMIN_TOKEN_ENV] = self.admin_token
+        else:  # a fresh token per deployment, in a file only this user reads
+            command += ["--admin-token-file", str(self._new_token_file(files))]
         return self._supervise(files, command, env, model_uri, version, port)
 
     def _supervisor_command(self, files: ServingFiles, command: list[str]) -> list[str]:

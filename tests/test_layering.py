@@ -1,4 +1,5 @@
-"""Layers point one way: what a serving process loads never imports the code location."""
+"""Layers point one way: what a serving process loads (its server, its supervisor, the served
+model and its online lookup) never imports the code location or Dagster."""
 
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 from agentops_pipelines.agent.model import AgentModel
 from agentops_pipelines.features.online import OnlineLookup, config_from_environ
+import agentops_pipelines.serving.server  # the serving process's main
+import agentops_pipelines.serving.supervisor
 
 model = AgentModel("a", None, ["orders_30d"], {}, None, "{{tool}}", "prompts:/none/1")
 model.load_context(None)  # where a served model looks its online store up

@@ -1,6 +1,8 @@
 """Promotion: staging, then the production canary with bake-time health checks, on real serving."""
 
 import json
+import threading
+import urllib.error
 import urllib.request
 
 import cloudpickle
@@ -100,3 +102,47 @@ def test_a_frozen_version_is_not_promoted(defs, instance, versions):
     assert not result.success
     assert defs.resources["deployer"].status("prod").version == v1
     assert defs.resources["deployer"].status("staging") is None
+
+
+def _garbage(url: str, stop) -> None:
+    """A hostile client: bad input for every customer (4xx), as fast as it can."""
+    bodies = [b'{"inputs": [{"text": NaN, "customer_id": "C1"}]}', b"{",
+              b'{"dataframe_split": {"columns": ["text", "text"], "data": [["a", "b"]]}}']
+    i = 0
+    while not stop.is_set():
+        request = urllib.request.Request(f"{url}/invocations", data=bodies[i % len(bodies)],
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=5).read()
+        except urllib.error.HTTPError as e:
+            assert e.code == 400
+        i += 1
+
+
+@pytest.mark.slow
+def test_client_errors_cannot_fail_a_canary(defs, instance, versions):
+    client, v1, v2, _ = versions
+    prod = defs.resources["deployer"].status("prod")
+    traffic, stop = Traffic(prod.url, rate=30.0), threading.Event()
+    hostile = threading.Thread(target=_garbage, args=(prod.url, stop))
+    hostile.start()
+    try:
+        result = promote(defs, instance, v2)
+    finally:
+        stop.set()
+        hostile.join(10)
+        traffic.stop()
+    assert result.success
+    assert defs.resources["deployer"].status("prod").version == v2
+
+
+@pytest.mark.slow
+def test_a_canary_without_traffic_is_not_promoted(defs, instance, versions):
+    client, v1, v2, _ = versions
+    result = promote(defs, instance, v2, max_bake_seconds=6.0)  # min_requests: 20 by default
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert "fewer than the 20 needed to judge it" in error.message + str(error.cause)
+    after = defs.resources["deployer"].status("prod")
+    assert after.version == v1 and after.canary_version is None
+    assert str(client.get_registered_model(AGENT).aliases["champion"]) == v1

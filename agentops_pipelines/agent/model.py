@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import mlflow
@@ -37,6 +38,8 @@ class AgentModel(mlflow.pyfunc.PythonModel):
     features are looked up in the online store (Feast) when the serving process provides one,
     otherwise filled with neutral values.
     """
+
+    text_max_chars: int | None = None  # the longest training text (serving derives its text limit)
 
     def __init__(self, agent_name: str, router: Router, feature_columns: Sequence[str],
                  tool_descriptions: dict[str, str], escalation_tool: str | None,
@@ -160,6 +163,21 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         columns = self._columns(_as_frame(model_input))
         out = self._output(columns, *self._route(columns))
         return out, pd.DataFrame({c: columns[c] for c in self.feature_columns}, columns=list(self.feature_columns))
+
+    def predict_with_steps(self, model_input) -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[str, str, int, int]]]:
+        """:meth:`predict_with_features` and the wall-clock times (``time.time_ns``) of its steps,
+        ``(name, span type, start, end)``: the serving process traces the served request with
+        them instead of running it again."""
+        t0 = time.time_ns()
+        columns = self._columns(_as_frame(model_input))
+        t1 = time.time_ns()
+        tools, confidence = self._route(columns)
+        t2 = time.time_ns()
+        out = self._output(columns, tools, confidence)
+        t3 = time.time_ns()
+        features = pd.DataFrame({c: columns[c] for c in self.feature_columns}, columns=list(self.feature_columns))
+        return out, features, [("feature_lookup", "RETRIEVER", t0, t1), ("route", "LLM", t1, t2),
+                               ("tool", "TOOL", t2, t3)]
 
     def predict_traced(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """The same as :meth:`predict`, one MLflow trace per request with a span per step."""

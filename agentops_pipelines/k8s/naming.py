@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
+from agentops_pipelines.vocabulary import EnvVar
+
 # --------------------------------------------------------------------------------------------
 # Names, labels, annotations
 
@@ -24,7 +26,7 @@ Role = Literal["stable", "canary"]
 DEFAULT_IMAGE = "agentops-pipelines:0.1.0"
 DEFAULT_MLFLOW_URI = "http://mlflow.agentops-platform.svc.cluster.local:5000"
 SERVING_MODULE = "agentops_pipelines.serving"
-ADMIN_TOKEN_ENV = "AGENTOPS_SERVING_ADMIN_TOKEN"  # read by agentops_pipelines.serving.app
+ADMIN_TOKEN_ENV = EnvVar.SERVING_ADMIN_TOKEN.value  # read by the serving process (serving/server.py)
 ADMIN_TOKEN_KEY = "token"  # the key in the admin token Secret
 LIVENESS_PATH = "/livez"  # the process is up
 READINESS_PATH = "/readyz"  # a model is loaded and the server is not draining (else 503)

@@ -1,6 +1,6 @@
 """``python -m agentops_pipelines.serving --model-uri URI --version V --environment ENV ...``"""
 
-from agentops_pipelines.serving.app import main
+from agentops_pipelines.serving.server import main
 
-if __name__ == "__main__":  # the tracing process (multiprocessing "spawn") imports this module too
+if __name__ == "__main__":
     raise SystemExit(main())

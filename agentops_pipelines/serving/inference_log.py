@@ -13,8 +13,10 @@ request), ``timestamp`` (UTC, when the request arrived), ``environment``, ``mode
 reaching a model (4xx) have no rows: they are counted in the metrics.
 
 The request thread only appends references to a buffer; a background thread converts them to
-Arrow every second and writes a file every ``flush_seconds`` (default 60) or ``flush_rows`` rows,
-and at ``close()`` (the server calls it on SIGTERM after draining in-flight requests). A file appears atomically (written
+Arrow every quarter second and writes a file every ``flush_seconds`` (default 1: a crash loses at
+most about a second) or ``flush_rows`` rows, and at ``close()`` (the server calls it on SIGTERM
+after draining in-flight requests). A row Arrow cannot take (a lone surrogate in a text) is cleaned
+(made valid UTF-8) or dropped on its own and counted (``cleaned``, ``dropped``), never its batch. A file appears atomically (written
 to a hidden temporary name, then renamed), so a reader never sees half a file.
 """
 
@@ -89,7 +91,7 @@ class InferenceLogWriter:
         self,
         folder: str | os.PathLike,
         environment: str,
-        flush_seconds: float = 60.0,
+        flush_seconds: float = 1.0,
         flush_rows: int = 50_000,
         convert_seconds: float = 0.25,
         convert_rows: int = 16,
@@ -212,17 +214,36 @@ class InferenceLogWriter:
             day = datetime.fromtimestamp(e.received, UTC).date().isoformat()
             by_date.setdefault(day, []).append(e)
         for day, group in by_date.items():
-            n = sum(e.rows for e in group)
             try:
-                table = to_table(group, self.environment)
-            except Exception:
-                logger.exception("could not convert %d inference-log rows", n)
-                self._on_rows("dropped", n)
+                tables = [to_table(group, self.environment)]
+            except Exception:  # one bad row must not cost the others theirs: entry by entry
+                tables = self._convert_one_by_one(group)
+            tables = [t for t in tables if t is not None]
+            if not tables:
                 continue
-            self._tables.setdefault(day, []).append(table)
-            self._table_rows += n
+            self._tables.setdefault(day, []).extend(tables)
+            self._table_rows += sum(t.num_rows for t in tables)
             if self._oldest is None:
                 self._oldest = time.monotonic()
+
+    def _convert_one_by_one(self, group: list[LogEntry]) -> list[Any]:
+        """Each entry alone; one that still fails is cleaned (strings made valid UTF-8) and
+        counted ``cleaned``, or dropped alone and counted ``dropped``."""
+        tables = []
+        for entry in group:
+            try:
+                tables.append(to_table([entry], self.environment))
+                continue
+            except Exception:
+                pass
+            try:
+                tables.append(to_table([_cleaned(entry)], self.environment))
+                self._on_rows("cleaned", entry.rows)
+                logger.warning("inference log: request %s cleaned (invalid text)", entry.request_id)
+            except Exception:
+                logger.exception("inference log: request %s dropped", entry.request_id)
+                self._on_rows("dropped", entry.rows)
+        return tables
 
     def _write_tables(self) -> list[Path]:
         """One file per date from the converted tables (caller holds _io_lock)."""
@@ -256,6 +277,28 @@ class InferenceLogWriter:
         os.replace(tmp, path)
         self.files_written += 1
         return path
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate -> "?"
+    return value
+
+
+def _cleaned_frame(frame: Any) -> Any:
+    if not isinstance(frame, pd.DataFrame):
+        return frame
+    out = frame.copy()
+    for c in out.columns:
+        if out[c].dtype == object:
+            out[c] = [_clean(v) for v in out[c].tolist()]
+    return out
+
+
+def _cleaned(e: LogEntry) -> LogEntry:
+    return LogEntry(e.received, _clean(e.request_id), e.role, e.version, e.status, e.error_code,
+                    e.latency_ms, _cleaned_frame(e.requests), _cleaned_frame(e.predictions),
+                    _cleaned_frame(e.features))  # fmt: skip
 
 
 def _values(frame: Any, n: int) -> tuple[tuple[str, ...], Any]:

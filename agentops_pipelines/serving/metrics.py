@@ -14,6 +14,10 @@ Series (labels ``agent``, ``environment``, ``version`` on each, plus the ones li
 - ``agentops_canary_share``: the share of requests sent to the canary (0 without one).
 - ``agentops_traces_total{reason, result}`` and ``agentops_inference_log_rows_total{result}``:
   the health of tracing and of the inference log (dropped work shows here).
+- ``agentops_rejections_total{reason}``: connections refused by the HTTP layer before a request
+  reached the app (``connections``: over the connection cap, answered 503 with ``Retry-After``;
+  ``header_timeout``, ``body_timeout``: 408; ``header_too_large``: 431). Requests refused for
+  overload by the app are ``agentops_errors_total{error_code="OVERLOADED"}``.
 
 A request that fails before a model is chosen (unparseable body, oversized, wrong content type) is
 counted against the stable version; before any model is loaded, against version ``none``.
@@ -128,6 +132,13 @@ class ServingMetrics:
             ["environment", "result"],
             registry=r,
         )
+        self.rejections = Counter(
+            "agentops_rejections",
+            "Connections refused by the HTTP layer (reason: connections, header_timeout, "
+            "body_timeout, header_too_large).",
+            ["environment", "reason"],
+            registry=r,
+        )
         if process_metrics:
             ProcessCollector(registry=r)
         self._series: dict[tuple[str, str], _ModelSeries] = {}
@@ -191,6 +202,9 @@ class ServingMetrics:
 
     def trace(self, reason: str, result: str) -> None:
         self.traces.labels(self.environment, reason, result).inc()
+
+    def reject(self, reason: str) -> None:
+        self.rejections.labels(self.environment, reason).inc()
 
     def log_rows(self, result: str, n: int) -> None:
         self.inference_log_rows.labels(self.environment, result).inc(n)

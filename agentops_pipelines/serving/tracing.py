@@ -1,40 +1,51 @@
-"""MLflow traces of served requests: every failed request and a sample of the others.
+"""MLflow traces of served requests, as they were served: every failed request and a sample.
 
-The request thread never traces: it decides (``Tracer.sample()``, one ``random()`` call) and hands
-the request's frame over (``Tracer.submit``, never blocking; a full queue drops the job and counts
-it). The tracer re-runs the request through the model's ``predict_traced`` (``AgentModel``: spans
-``feature_lookup``, ``route``, ``tool:<name>``) inside a root span ``invocations`` tagged with
-the environment, version, role and request id, or wraps a plain ``predict`` in one span when the
-model has no traced path. A request that fails again records the exception on its spans (status
-ERROR).
+Nothing is re-run. The request path only takes timestamps (``time.time_ns()``: start, parsed,
+routed, predicted, answered) and the model reports the wall-clock times of its own steps
+(``predict_with_steps``: feature lookup, routing, tool call; shared by the requests of one
+micro-batch). ``Tracer.submit`` hands that record, with the first rows of the request and of its
+predictions as plain values, to an exporter (never blocking: a full queue drops the job and counts
+it), which builds the trace after the fact with those times::
 
-Where the re-run happens (measured on the support-desk model, 200 requests/s, 1% sampled):
+    invocations (CHAIN; tags: environment, version, role, request id, status)
+    ├── parse (PARSER)                  body -> rows
+    ├── routing (CHAIN)                 stable or canary, which version
+    ├── <agent> (AGENT)                 waiting for the batch + the model
+    │   ├── feature_lookup (RETRIEVER)  the features the model used
+    │   ├── route (LLM)                 tool and confidence
+    │   └── tool:<name> (TOOL)          the tool call's arguments -> the answer
+    └── answer (PARSER)                 predictions -> the JSON response
 
-- ``mode="process"`` (the server's default): in a child process that loads the model versions it
-  is asked about (by URI, once each). A traced call costs ~25 ms of Python against ~8 ms for a
-  plain predict; in the serving process, even on its own thread, that GIL time showed in every
-  request's latency (p99 140 -> 200 ms, p50 +5 to 10 ms, in turns on a busy 2-core machine).
-  Out of the process it costs the serving process only pickling the frame (~0.1 ms, on the
-  queue's feeder thread). The price is a second copy of the model in memory.
-- ``mode="thread"``: a thread of the serving process (no second model; for tests and small pods).
+The trace's ``client_request_id`` and its tag ``agentops.request_id`` are the ``X-Request-Id``, so
+a request can be searched for (``tags.`agentops.request_id` = '...'``). Each trace is exported
+synchronously as it ends (MLflow's async export off), so a failed export is seen and counted as
+``failed``, never as ``logged``. At most ``max_per_second`` traces are made (an error storm must
+not become a tracing storm); the rest are dropped and counted. Traces go to ``experiment`` when it
+exists, else to the experiment of the run that logged the model.
 
-At most ``max_per_second`` traces are made (an error storm must not become a tracing storm); the
-rest are dropped and counted. Traces go to ``experiment`` when it exists, else to the experiment
-of the run that logged the model (next to its training traces), else to MLflow's active one. The
-trace's ``client_request_id`` is the request id (``X-Request-Id``), so a request can be found.
+Where the export runs (``mode``):
+
+- ``"process"`` (the server's default): a small child process that imports mlflow but no model
+  and never predicts. MLflow's export to its SQL store costs ~60-100 ms of CPU per trace (a
+  transaction per span, measured here): on a thread of the serving process that GIL time showed
+  in every request (p50 3.3 -> 8.0 ms at 200 requests/s with 1% traced). The child exits when the
+  serving process is gone (it checks its parent every second), so it is never orphaned.
+- ``"thread"``: a thread of the calling process (tests, tools).
+
+Imports nothing from the rest of the serving package.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -43,14 +54,16 @@ logger = logging.getLogger("agentops_pipelines.serving.tracing")
 
 MAX_OUTPUT_ROWS = 20
 MODES = ("process", "thread")
+_EXPORT_LOGGERS = ("mlflow.tracing.export.mlflow_v3", "mlflow.tracing.export", "mlflow.tracing")
 
 
 @dataclass(frozen=True)
 class TraceJob:
+    """One request to trace, as plain values (it crosses to the exporter process)."""
+
     model_uri: str
     version: str
     agent: str
-    frame: pd.DataFrame
     request_id: str
     role: str
     status: int
@@ -59,25 +72,38 @@ class TraceJob:
     reason: str  # "sampled" or "error"
     run_id: str | None = None
     model_id: str | None = None
-    model: Any = None  # the LoadedModel, in thread mode only (never pickled)
+    rows: int = 0
+    inputs: list = field(default_factory=list)  # the first rows of the request, as dicts
+    outputs: list = field(default_factory=list)  # the first rows of the predictions
+    features: list = field(default_factory=list)  # the first rows of the features used
+    marks: dict[str, int] = field(default_factory=dict)  # start, parsed, routed, predicted, end
+    steps: list = field(default_factory=list)  # (name, span type, start ns, end ns)
 
     @classmethod
     def of(cls, model: Any, frame: pd.DataFrame, request_id: str, role: str, status: int,
-           error: str | None, latency_ms: float, reason: str) -> TraceJob:  # fmt: skip
+           error: str | None, latency_ms: float, reason: str, *, predictions: Any = None,
+           features: Any = None, marks: dict | None = None, steps: list | None = None) -> TraceJob:  # fmt: skip
         return cls(
             model_uri=model.model_uri, version=str(model.version), agent=str(model.agent),
-            frame=frame, request_id=request_id, role=role, status=status, error=error,
-            latency_ms=latency_ms, reason=reason, run_id=getattr(model, "run_id", None),
-            model_id=getattr(model, "model_id", None), model=model,
+            request_id=request_id, role=role, status=status, error=error, latency_ms=latency_ms,
+            reason=reason, run_id=getattr(model, "run_id", None),
+            model_id=getattr(model, "model_id", None), rows=len(frame), inputs=_records(frame),
+            outputs=_records(predictions), features=_records(features), marks=dict(marks or {}),
+            steps=[tuple(step) for step in steps or []],
         )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Preload:
-    """Ask the tracing process to load a version now (at deploy time, not at its first trace)."""
+class _ExportFailures(logging.Handler):
+    """Counts the warnings MLflow's exporter logs on the tracer thread (it never raises)."""
 
-    model_uri: str
-    version: str
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread: int | None = None
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.count += 1
 
 
 class Tracer:
@@ -95,12 +121,12 @@ class Tracer:
             raise ValueError(f"trace sample rate must be in [0, 1], got {sample_rate}")
         if mode not in MODES:
             raise ValueError(f"tracing mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
         self.environment = environment
         self.sample_rate = sample_rate
         self.max_queue = max_queue
         self.max_per_second = max_per_second
         self.experiment = experiment or None
-        self.mode = mode
         self._on_result = on_result or (lambda reason, result: None)
         self._random = random.random
         self._queue: Any = None
@@ -108,16 +134,29 @@ class Tracer:
         self._process: Any = None
         self._results: Any = None
         self._results_thread: threading.Thread | None = None
+        self._interval = 1.0 / max_per_second if max_per_second > 0 else 0.0
+        self._next_at = 0.0
+        self._experiments: dict[str, str | None] = {}
 
     def sample(self) -> bool:
         return self.sample_rate > 0.0 and self._random() < self.sample_rate
 
-    def submit(self, job: TraceJob) -> bool:
-        """Queue ``job`` for tracing; False (and counted as dropped) when the queue is full."""
+    def admit(self, reason: str) -> bool:
+        """Whether a trace may be made now (under the rate cap); a refused one is counted as
+        dropped. Called before the job is built, so a dropped trace costs the request nothing."""
         if self._queue is None:
             return False
-        if self.mode == "process":
-            job = replace(job, model=None)
+        now = time.monotonic()
+        if now < self._next_at:
+            self._on_result(reason, "dropped")
+            return False
+        self._next_at = now + self._interval
+        return True
+
+    def submit(self, job: TraceJob, admitted: bool = False) -> bool:
+        """Queue ``job``; False (counted as dropped) when over the rate cap or the queue is full."""
+        if self._queue is None or not (admitted or self.admit(job.reason)):
+            return False
         try:
             self._queue.put_nowait(job)
             return True
@@ -125,50 +164,36 @@ class Tracer:
             self._on_result(job.reason, "dropped")
             return False
 
-    def prepare(self, model: Any) -> None:
-        """A version is being served: the tracing process loads it now, so that the first trace
-        neither waits for the load nor spends its CPU while requests are being served."""
-        if self.mode != "process" or self._queue is None:
-            return
-        try:
-            self._queue.put_nowait(Preload(model.model_uri, str(model.version)))
-        except (queue.Full, ValueError, OSError):
-            pass
-
     def start(self) -> Tracer:
         if self.mode == "thread":
             self._queue = queue.Queue(maxsize=self.max_queue)
-            runner = _Runner(self.environment, self.experiment, self.max_per_second)
-            self._thread = threading.Thread(
-                target=runner.serve, args=(self._queue, self._on_result, None), name="tracer",
-                daemon=True,
-            )  # fmt: skip
+            self._thread = threading.Thread(target=self._serve, args=(self._queue, self._on_result),
+                                            name="tracer", daemon=True)  # fmt: skip
             self._thread.start()
             return self
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
         self._queue = ctx.Queue(maxsize=self.max_queue)
         self._results = ctx.Queue()
         self._process = ctx.Process(
-            target=_child_main,
-            args=(self._queue, self._results, self.environment, self.experiment,
-                  self.max_per_second, logging.getLogger().getEffectiveLevel()),
-            name="agentops-tracer", daemon=True,
+            target=_exporter_main,
+            args=(self._queue, self._results, self.environment, self.experiment, os.getpid(),
+                  logging.getLogger().getEffectiveLevel()),
+            name="agentops-trace-exporter", daemon=True,
         )  # fmt: skip
         self._process.start()
-        self._results_thread = threading.Thread(
-            target=self._read_results, name="tracer-results", daemon=True
-        )
+        self._results_thread = threading.Thread(target=self._read_results, name="tracer-results",
+                                                daemon=True)  # fmt: skip
         self._results_thread.start()
         return self
 
     def close(self, timeout: float = 5.0) -> None:
-        """Trace what is queued for up to ``timeout`` seconds, then stop."""
-        if self._queue is None:
+        """Export what is queued for up to ``timeout`` seconds, then stop."""
+        worker = self._thread or self._process
+        if self._queue is None or worker is None:
             return
         deadline = time.monotonic() + timeout
-        worker = self._thread or self._process
         try:
-            self._queue.put(None, timeout=max(0.1, deadline - time.monotonic()))
+            self._queue.put(None, timeout=max(0.1, timeout))
         except (queue.Full, ValueError, OSError):
             pass
         worker.join(max(0.0, deadline - time.monotonic()))
@@ -198,94 +223,11 @@ class Tracer:
                 return
             self._on_result(*item)
 
+    # -- the exporter (a thread here, or the child process)
 
-def _child_main(jobs, results, environment, experiment, max_per_second, log_level) -> None:
-    """The tracing process: loads models by URI and traces the jobs it receives."""
-    import os
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
-    # This process exists to trace: export each trace as it ends, so that stopping never waits on
-    # (or loses) a background export queue.
-    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(name)s [tracer]: %(message)s"
-    )
-    runner = _Runner(environment, experiment, max_per_second)
-    try:
-        runner.serve(jobs, lambda reason, result: results.put((reason, result)), _ModelCache())
-    finally:
-        results.put(None)
-        results.close()
-        results.join_thread()
-
-
-class _ModelCache:
-    """The few model versions being traced (stable, canary, the one before), loaded by URI."""
-
-    def __init__(self, size: int = 3):
-        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._size = size
-
-    def get(self, job: TraceJob | Preload) -> Any:
-        key = (job.model_uri, job.version)
-        if key in self._models:
-            self._models.move_to_end(key)
-            return self._models[key]
-        from agentops_pipelines.serving.app import load_pyfunc, warm_up
-
-        model = load_pyfunc(job.model_uri, job.version)
-        warm_up(model)  # its lazy imports (e.g. Feast, ~5 s) now, not in the first trace
-        self._models[key] = model
-        while len(self._models) > self._size:
-            self._models.popitem(last=False)
-        return model
-
-
-class _Runner:
-    """Traces jobs one at a time (on the tracer thread, or in the tracer process)."""
-
-    def __init__(self, environment: str, experiment: str | None, max_per_second: float):
-        self.environment = environment
-        self.experiment = experiment
-        self.interval = 1.0 / max_per_second if max_per_second > 0 else 0.0
-        self._experiments: dict[str, str | None] = {}  # run id or name -> experiment id
-        self._active_experiment: str | None = None
-
-    def serve(self, jobs, report: Callable[[str, str], None], models: _ModelCache | None) -> None:
-        self._warm_up()
-        next_at = 0.0
-        while True:
-            try:
-                job = jobs.get()
-            except (EOFError, OSError):  # the serving process is gone
-                return
-            if job is None:
-                break
-            if isinstance(job, Preload):
-                try:
-                    models.get(job)
-                except Exception:
-                    logger.warning("could not load %s (version %s) for tracing", job.model_uri,
-                                   job.version, exc_info=True)  # fmt: skip
-                continue
-            now = time.monotonic()
-            if now < next_at:  # over the rate cap: drop rather than fall behind
-                report(job.reason, "dropped")
-                continue
-            next_at = now + self.interval
-            try:
-                model = job.model if job.model is not None else models.get(job)
-                self.trace(job, model)
-                report(job.reason, "logged")
-            except Exception:
-                logger.exception("tracing request %s failed", job.request_id)
-                report(job.reason, "failed")
-        self._flush()
-
-    @staticmethod
-    def _warm_up() -> None:
-        """Import the tracing stack before the first job, not while it is waited for."""
+    def _serve(self, jobs: Any, report: Callable[[str, str], None], parent: int = 0) -> None:
+        failures = _ExportFailures()
+        failures.thread = threading.get_ident()
         try:
             import mlflow
             import mlflow.tracing.fluent  # noqa: F401
@@ -293,12 +235,43 @@ class _Runner:
             mlflow.get_tracking_uri()
         except Exception:
             logger.warning("tracing is unavailable", exc_info=True)
+        for name in _EXPORT_LOGGERS:
+            logging.getLogger(name).addHandler(failures)
+        try:
+            while True:
+                try:
+                    job = jobs.get(timeout=1.0)
+                except queue.Empty:
+                    if parent and os.getppid() != parent:  # the serving process is gone
+                        return
+                    continue
+                except (EOFError, OSError):
+                    return
+                if job is None:
+                    break
+                before = failures.count
+                try:
+                    ok = self.trace(job)
+                except Exception:
+                    logger.exception("tracing request %s failed", job.request_id)
+                    ok = False
+                report(job.reason, "logged" if ok and failures.count == before else "failed")
+        finally:
+            for name in _EXPORT_LOGGERS:
+                logging.getLogger(name).removeHandler(failures)
 
-    def trace(self, job: TraceJob, model: Any) -> None:
-        """Re-run ``job`` through ``model`` with tracing on."""
+    def trace(self, job: TraceJob) -> bool:
+        """Build and export the trace of ``job``; False if MLflow made no trace."""
         import mlflow
+        from mlflow.entities import SpanStatus, SpanStatusCode
+        from mlflow.entities.span import NoOpSpan
 
-        self._use_experiment(job.run_id or getattr(model, "run_id", None))
+        marks = job.marks
+        start = marks.get("start") or time.time_ns() - int(job.latency_ms * 1e6)
+        end = marks.get("end") or start + int(job.latency_ms * 1e6)
+        parsed = marks.get("parsed", start)
+        routed = marks.get("routed", parsed)
+        predicted = marks.get("predicted", end)
         tags = {
             "agentops.environment": self.environment,
             "agentops.model_version": job.version,
@@ -309,44 +282,76 @@ class _Runner:
             "agentops.trace_reason": job.reason,
             "agentops.status": str(job.status),
         }
-        with mlflow.start_span(name="invocations", span_type="CHAIN") as root:
-            root.set_inputs({"request_id": job.request_id, "rows": len(job.frame),
-                             "columns": [str(c) for c in job.frame.columns]})  # fmt: skip
-            root.set_attributes({"environment": self.environment, "model_version": job.version,
-                                 "role": job.role, "status": job.status,
-                                 "served_latency_ms": round(job.latency_ms, 3)})  # fmt: skip
-            if job.error:
-                root.set_attribute("served_error", job.error)
-            update: dict[str, Any] = {"tags": tags, "client_request_id": job.request_id}
-            if job.model_id:
-                update["model_id"] = job.model_id
-            mlflow.update_current_trace(**update)
-            try:
-                out = self._predict(model, job)
-            except Exception as e:  # the model fails again: the spans show where
-                root.record_exception(e)
-                return
-            root.set_outputs(_preview(out))
+        inputs = job.inputs
+        root = mlflow.start_span_no_context(
+            "invocations", span_type="CHAIN", inputs={"request_id": job.request_id, "rows": inputs},
+            attributes={"environment": self.environment, "model_version": job.version,
+                        "role": job.role, "status": job.status,
+                        "served_latency_ms": round(job.latency_ms, 3)},
+            tags=tags, experiment_id=self._experiment_id(job.run_id), start_time_ns=start,
+        )  # fmt: skip
+        if isinstance(root, NoOpSpan):
+            return False
+        self._identify(root, job)
+
+        def child(name, span_type, t0, t1, parent=root, inputs=None, outputs=None, attrs=None):
+            span = mlflow.start_span_no_context(
+                name, span_type=span_type, parent_span=parent, inputs=inputs,
+                attributes=attrs or {}, start_time_ns=t0,
+            )  # fmt: skip
+            span.end(outputs=outputs, end_time_ns=max(t0, t1))
+            return span
+
+        child("parse", "PARSER", start, parsed, outputs={"rows": job.rows})
+        child("routing", "CHAIN", parsed, routed, outputs={"role": job.role, "version": job.version})
+        agent = mlflow.start_span_no_context(
+            job.agent, span_type="AGENT", parent_span=root, inputs=inputs, start_time_ns=routed
+        )
+        tools = _column(job.outputs, "tool")
+        for name, span_type, t0, t1 in job.steps:
+            if name == "feature_lookup":
+                child(name, span_type, t0, t1, agent, {"customer_id": _column(job.inputs, "customer_id")},
+                      job.features)  # fmt: skip
+            elif name == "route":
+                child(name, span_type, t0, t1, agent, {"text": _column(job.inputs, "text")},
+                      {"tool": tools, "confidence": _column(job.outputs, "confidence")})  # fmt: skip
+            elif name == "tool":
+                label = f"tool:{tools[0]}" if tools else "tool"
+                child(label, span_type, t0, t1, agent, {"tool_call": _column(job.outputs, "tool_call")},
+                      {"answer": _column(job.outputs, "answer")})  # fmt: skip
+            elif name != job.agent:
+                child(name, span_type, t0, t1, agent)
+        if job.status >= 500:
+            agent.set_status(SpanStatus(SpanStatusCode.ERROR, job.error or ""))
+        agent.end(outputs=job.outputs, end_time_ns=max(routed, predicted))
+        child("answer", "PARSER", predicted, end, outputs=job.outputs)
+        if job.status >= 500:
+            root.set_status(SpanStatus(SpanStatusCode.ERROR, job.error or ""))
+            root.set_attribute("served_error", job.error or "")
+        root.end(outputs=job.outputs if job.status < 500 else {"error": job.error},
+                 end_time_ns=end)  # fmt: skip
+        return True
 
     @staticmethod
-    def _predict(model: Any, job: TraceJob) -> Any:
-        traced = getattr(model, "predict_traced", None)
-        if traced is not None:
-            return traced(job.frame)
+    def _identify(root: Any, job: TraceJob) -> None:
+        """The request id as the trace's client request id, and the logged model's id."""
+        try:
+            from mlflow.tracing.constant import TraceMetadataKey
+            from mlflow.tracing.trace_manager import InMemoryTraceManager
+
+            with InMemoryTraceManager.get_instance().get_trace(root.trace_id) as trace:
+                if trace is not None:
+                    trace.info.client_request_id = job.request_id
+                    if job.model_id:
+                        trace.info.trace_metadata[TraceMetadataKey.MODEL_ID] = job.model_id
+        except Exception:
+            logger.debug("could not set the client request id", exc_info=True)
+
+    def _experiment_id(self, run_id: str | None) -> str | None:
+        """The experiment for the traces. Never creates one (it would keep its artifacts under
+        the server's working directory)."""
         import mlflow
 
-        with mlflow.start_span(name=job.agent, span_type="AGENT") as span:
-            span.set_inputs(job.frame.head(MAX_OUTPUT_ROWS).to_dict("records"))
-            out = model.predict(job.frame)
-            span.set_outputs(_preview(out))
-        return out
-
-    def _use_experiment(self, run_id: str | None) -> None:
-        """Point MLflow at the experiment for the traces. Never creates an experiment (one created
-        here would keep its artifacts under the server's working directory)."""
-        import mlflow
-
-        target = None
         if self.experiment:
             if self.experiment not in self._experiments:
                 found = mlflow.get_experiment_by_name(self.experiment)
@@ -354,41 +359,66 @@ class _Runner:
                     logger.warning("no MLflow experiment %r: tracing to the model's experiment",
                                    self.experiment)  # fmt: skip
                 self._experiments[self.experiment] = found.experiment_id if found else None
-            target = self._experiments[self.experiment]
-        if target is None and run_id:
+            if self._experiments[self.experiment] is not None:
+                return self._experiments[self.experiment]
+        if run_id:
             if run_id not in self._experiments:
                 try:
                     self._experiments[run_id] = (
                         mlflow.MlflowClient().get_run(run_id).info.experiment_id
                     )
                 except Exception as e:
-                    logger.warning(
-                        "no experiment for run %s (%s): tracing to the active one", run_id, e
-                    )
+                    logger.warning("no experiment for run %s (%s): tracing to the active one",
+                                   run_id, e)  # fmt: skip
                     self._experiments[run_id] = None
-            target = self._experiments[run_id]
-        if target is not None and target != self._active_experiment:
-            mlflow.set_experiment(experiment_id=target)
-            self._active_experiment = target
-
-    @staticmethod
-    def _flush() -> None:
-        try:
-            import sys
-
-            if "mlflow" in sys.modules:
-                import mlflow
-
-                mlflow.flush_trace_async_logging(terminate=False)
-        except Exception:
-            logger.debug("flushing traces failed", exc_info=True)
+            return self._experiments[run_id]
+        return None
 
 
-def _preview(out: Any) -> Any:
-    if isinstance(out, pd.DataFrame):
-        return out.head(MAX_OUTPUT_ROWS).to_dict("records")
-    if isinstance(out, pd.Series):
-        return out.head(MAX_OUTPUT_ROWS).tolist()
-    if hasattr(out, "tolist"):
-        return out[:MAX_OUTPUT_ROWS].tolist()
-    return out if isinstance(out, list | dict | str | int | float | bool) else str(out)
+def _exporter_main(jobs, results, environment, experiment, parent, log_level) -> None:
+    """The exporter process: builds and exports the traces it receives; never loads a model."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # export as each trace ends
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        os.nice(10)  # traces can wait: requests cannot (2 cores: the exporter must not take one)
+    except OSError:
+        pass
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s [trace exporter]: %(message)s"
+    )
+    tracer = Tracer(environment, experiment=experiment)
+    try:
+        tracer._serve(jobs, lambda reason, result: results.put((reason, result)), parent)
+    finally:
+        results.put(None)
+        results.close()
+        results.join_thread()
+
+
+def _records(frame: Any) -> list:
+    if isinstance(frame, pd.DataFrame):
+        return [{str(k): _plain(v) for k, v in row.items()}
+                for row in frame.head(MAX_OUTPUT_ROWS).to_dict("records")]  # fmt: skip
+    if isinstance(frame, pd.Series):
+        return [_plain(v) for v in frame.head(MAX_OUTPUT_ROWS).tolist()]
+    if isinstance(frame, list):
+        return [_plain(v) for v in frame[:MAX_OUTPUT_ROWS]]
+    if hasattr(frame, "tolist"):
+        return frame[:MAX_OUTPUT_ROWS].tolist()
+    return []
+
+
+def _column(records: list, name: str) -> list:
+    return [r.get(name) for r in records if isinstance(r, dict)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -59,9 +59,13 @@ class OutcomeRing:
             self._items.append(item)
 
     def stats(self, window_s: float, versions: dict[str, str | None]) -> dict[str, Any]:
-        """Per role in ``versions`` ({role: current version or None}): requests, errors (5xx),
-        client_errors (4xx), error_rate, p50_ms and p99_ms over the last ``window_s`` seconds,
-        counting only requests served by the role's current version."""
+        """Per role in ``versions`` ({role: current version or None}) over the last ``window_s``
+        seconds, counting only requests served by the role's current version: requests (all),
+        client_errors (4xx), served (the others: answered, or failed by the server), errors
+        (5xx), error_rate (errors / served), p50_ms and p99_ms (of the served requests).
+
+        Client errors say nothing about a version's health (any client can send garbage, and it
+        is refused before the model): they are neither in the error rate nor in the latencies."""
         now = self._clock()
         since = now - window_s
         with self._lock:
@@ -75,11 +79,12 @@ class OutcomeRing:
                 break
             if role not in versions or versions[role] != version:
                 continue
+            if 400 <= status < 500:
+                client[role] += 1
+                continue
             latencies[role].append(latency)
             if status >= 500:
                 errors[role] += 1
-            elif status >= 400:
-                client[role] += 1
         out: dict[str, Any] = {}
         for role, version in versions.items():
             if version is None:
@@ -89,7 +94,8 @@ class OutcomeRing:
             n = len(values)
             out[role] = {
                 "version": version,
-                "requests": n,
+                "requests": n + client[role],
+                "served": n,
                 "errors": errors[role],
                 "client_errors": client[role],
                 "error_rate": round(errors[role] / n, 6) if n else 0.0,
