@@ -266,7 +266,7 @@ def status() -> int:
     restarts), when it was deployed and who approved it (from the verified audit log), then the
     newest registered versions with their approval state."""
     from agentops_pipelines.agents import AGENTS
-    from agentops_pipelines.governance.eligibility import served
+    from agentops_pipelines.governance.eligibility import serving_now
     from agentops_pipelines.vocabulary import ENVIRONMENTS
 
     resources = _resources()
@@ -277,7 +277,7 @@ def status() -> int:
         print(f"WARNING: {log.summary()}", file=sys.stderr)
     for agent in AGENTS:
         print(f"{agent.name}")
-        now = {row["environment"]: row for row in served(log.entries, agent.name) if row["until"] == "now"}
+        now = serving_now(log.entries, agent.name)
         for env in ENVIRONMENTS:
             line = _serving_line(deployer, env, agent.name)
             row = now.get(env)
@@ -422,10 +422,9 @@ def _serving_in_guarded(audit, agent: str, version: str) -> str | None:
         entries = audit.entries(agent)
     except Exception:  # noqa: BLE001 - no access to the log from here: the sensor decides
         return None
-    from agentops_pipelines.governance.eligibility import served
+    from agentops_pipelines.governance.eligibility import guarded_environment_serving
 
-    now_serving = {row["environment"]: row["version"] for row in served(entries, agent) if row["until"] == "now"}
-    return next((env for env in ("prod", "staging") if now_serving.get(env) == str(version)), None)
+    return guarded_environment_serving(entries, agent, version)
 
 
 def _wait_for_outcome(audit, policy, agent: str, version: str, digest: str, timeout: float) -> int:

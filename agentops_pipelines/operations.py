@@ -50,7 +50,6 @@ class RolloutConfig(dg.Config):
 class PromotionConfig(RolloutConfig):
     version: str = Field(description="the registered version to promote")
     target: str = Field(default="prod", description="how far: 'staging', or 'prod' (staging first)")
-    reviewer: str = Field(default="", description="unused; kept so older run configs still load")
 
 
 class RollbackConfig(dg.Config):
@@ -87,7 +86,6 @@ def build_promotion_job(agent) -> dg.JobDefinition:
     @dg.op(name=f"{agent.name}_promote", tags={"kind": "mlflow"})
     def promote(context: dg.OpExecutionContext, config: PromotionConfig, mlflow_store: MlflowResource,
                 deployer: Deployer, audit: AuditLog, governance: GovernanceResource) -> None:
-        from agentops_pipelines.governance.digests import model_artifacts_sha256
         from agentops_pipelines.rollout import rollout
 
         if config.target not in GUARDED_ENVIRONMENTS:
@@ -95,12 +93,9 @@ def build_promotion_job(agent) -> dg.JobDefinition:
         client = mlflow_store.configure()
         mv = client.get_model_version(agent.name, config.version)  # raises if it does not exist
         version, actor = str(mv.version), f"promotion_job:{context.run_id[:8]}"
-        policy = governance.policy(agent.name)
-        log = audit.verify()
-        digest = model_artifacts_sha256(client, agent.name, version) if log.ok else None
         targets = [Environment.STAGING.value] + ([Environment.PROD.value] if config.target == "prod" else [])
-        verdicts = {env: elig.eligibility(log, policy, agent.name, version, env, artifacts_sha256=digest)
-                    for env in targets}
+        verdicts = approvals.check_deployable(client, audit.store, governance.policy(agent.name), agent.name,
+                                              version, targets)
         for env, verdict in verdicts.items():
             if not verdict.allowed:
                 approvals.show(client, agent.name, version, **{VersionTag.REFUSAL: verdict.reason})
@@ -112,7 +107,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
         record_deployment(context, agent.name, "staging", version, staging.url)
         approvers = list(verdicts["staging"].approvers)
         audit.record("deploy", agent.name, actor=actor, version=version, environment="staging",
-                     reason=verdicts["staging"].reason, details={"approvers": approvers, "artifacts_sha256": digest})
+                     reason=verdicts["staging"].reason, details={"approvers": approvers})
         if config.target == "staging":
             approvals.show(client, agent.name, version, **{VersionTag.STATUS: "approved for staging",
                                                            VersionTag.REFUSAL: ""})
@@ -135,7 +130,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
         audit.record("promote", agent.name, actor=actor, version=version, environment="prod",
                      reason=f"{verdicts['prod'].reason}; {prod.reason}",
                      details={"previous_version": prod.previous_version, "checks": prod.checks,
-                              "approvers": list(verdicts["prod"].approvers), "artifacts_sha256": digest})
+                              "approvers": list(verdicts["prod"].approvers)})
 
     @dg.job(name=f"{agent.name}_promotion_job",
             tags={RunTag.ENVIRONMENT: "prod", RunTag.AGENT: agent.name},

@@ -8,7 +8,6 @@ from pydantic import Field
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.evaluation import latest_metadata
 from agentops_pipelines.governance import approvals
-from agentops_pipelines.governance import eligibility as elig
 from agentops_pipelines.operations import RolloutConfig, refuse, rollout_lock
 from agentops_pipelines.partitions import environments
 from agentops_pipelines.resources.audit import AuditLog
@@ -42,8 +41,6 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
                    deployer: Deployer, audit: AuditLog, governance: GovernanceResource) -> dg.MaterializeResult:
         import mlflow
 
-        from agentops_pipelines.governance.digests import model_artifacts_sha256
-
         environment = context.partition_key
         actor = f"deployment:{context.run.run_id[:8]}"
         client = mlflow_store.configure()
@@ -60,10 +57,8 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
         model_uri = f"models:/{agent.name}/{mv.version}"
         verdict = None
         if environment in GUARDED_ENVIRONMENTS:  # the same checks as the promotion job, whoever launched this
-            log = audit.verify()
-            digest = model_artifacts_sha256(client, agent.name, str(mv.version)) if log.ok else None
-            verdict = elig.eligibility(log, governance.policy(agent.name), agent.name, str(mv.version),
-                                       environment, artifacts_sha256=digest)
+            verdict = approvals.check_deployable(client, audit.store, governance.policy(agent.name), agent.name,
+                                                 str(mv.version), [environment])[environment]
             if not verdict.allowed:
                 raise refuse(audit, agent.name, str(mv.version), environment, actor, verdict.reason)
         policy = None

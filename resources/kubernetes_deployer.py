@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import logging
 import os
 import re
@@ -148,26 +149,10 @@ class KubernetesDeployer(Deployer):
 
     def spec_for(self, environment: str) -> ServingSpec:
         minimum = self.replicas.get(environment, 2)
-        return ServingSpec(
-            image=self.image,
-            image_pull_policy=self.image_pull_policy,
-            port=self.port,
-            service_port=self.service_port,
-            replicas=minimum,
-            max_replicas=max(minimum, self.max_replicas.get(environment, 2 * minimum)),
-            autoscaling=self.autoscaling,
-            target_cpu_utilization=self.target_cpu_utilization,
-            cpu_request=self.cpu_request,
-            cpu_limit=self.cpu_limit,
-            memory_request=self.memory_request,
-            memory_limit=self.memory_limit,
-            mlflow_tracking_uri=self.mlflow_tracking_uri,
-            mlflow_secret=self.mlflow_secret,
-            admin_token_secret=self.admin_token_secret,
-            startup_timeout_s=self.startup_timeout_s,
-            inference_log_claim=self.inference_log_claim,
-            inference_log_mount=self.inference_log_mount,
-        )
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ServingSpec)
+                  if f.name not in ("replicas", "max_replicas", "run_as_user")}  # same name, same meaning
+        return ServingSpec(**shared, replicas=minimum,
+                           max_replicas=max(minimum, self.max_replicas.get(environment, 2 * minimum)))
 
     def namespace_of(self, environment: str) -> str:
         return namespace_for(environment, self.namespace, self.namespace_prefix)

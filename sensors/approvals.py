@@ -26,7 +26,6 @@ from agentops_pipelines.resources.governance import GovernanceResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import (
     DECISION_TAG_PREFIX,
-    GUARDED_ENVIRONMENTS,
     RunTag,
     VersionTag,
 )
@@ -80,11 +79,9 @@ def build_approval_sensor(agent, promotion_job: dg.JobDefinition) -> dg.SensorDe
             return dg.SkipReason(log.summary())
         actor = "approval_sensor"
         requests, notes, refused = [], [], {}
-        serving = {row["environment"]: row["version"] for row in elig.served(log.entries, agent.name)
-                   if row["until"] == "now"}
         for mv, _fp in pending:
             version = str(mv.version)
-            serving_in = next((env for env in GUARDED_ENVIRONMENTS if serving.get(env) == version), None)
+            serving_in = elig.guarded_environment_serving(log.entries, agent.name, version)
             handled_notes, refused[version] = approvals.collect_decisions(
                 client, audit.store, policy, agent.name, version, mv.tags or {}, actor, serving_in)
             notes += handled_notes

@@ -142,3 +142,27 @@ def latest_check(instance, asset: str, check: str) -> dict:
     assert records and records[0].event is not None, f"{asset}:{check} never ran"
     evaluation = records[0].event.dagster_event.event_specific_data
     return {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def fresh_postgres_database(prefix: str):
+    """A new, empty database on the machine's Postgres (127.0.0.1:5432, trust auth) for one test,
+    dropped afterwards: a generator for a pytest fixture; skips when Postgres is not reachable."""
+    import uuid
+
+    import pytest
+    import sqlalchemy as sa
+
+    admin_url = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc.__class__.__name__}")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()

@@ -11,7 +11,7 @@ and records the valid ones there (with the envelope, so the proof outlives the t
 from __future__ import annotations
 
 from agentops_pipelines.governance import eligibility as elig
-from agentops_pipelines.governance.audit_log import AuditStore, AuditTampered
+from agentops_pipelines.governance.audit_log import AuditStore
 from agentops_pipelines.governance.digests import evaluation_report_sha256, model_artifacts_sha256
 from agentops_pipelines.governance.policy import ApprovalPolicy
 from agentops_pipelines.governance.signing import (
@@ -121,20 +121,13 @@ def collect_decisions(client, audit: AuditStore, policy: ApprovalPolicy, agent: 
 
 
 def check_deployable(client, audit: AuditStore, policy: ApprovalPolicy, agent: str, version: str,
-                     environment: str, *, check_artifacts: bool = True) -> elig.Verdict:
-    """May ``version`` serve in ``environment`` now? Verifies the whole audit log and, with
-    ``check_artifacts``, the model's artifacts against the registered digest."""
+                     environments: list[str]) -> dict[str, elig.Verdict]:
+    """May ``version`` serve in each of ``environments`` now? Verifies the whole audit log once
+    and hashes the model's artifacts once (against their registered digest) for all of them."""
     log = audit.verify()
-    digest = model_artifacts_sha256(client, agent, str(version)) if check_artifacts and log.ok else None
-    return elig.eligibility(log, policy, agent, str(version), environment, artifacts_sha256=digest)
-
-
-def trusted_entries(audit: AuditStore) -> list:
-    """The verified log's entries, or AuditTampered naming every problem."""
-    log = audit.verify()
-    if not log.ok:
-        raise AuditTampered("; ".join(log.problems))
-    return log.entries
+    digest = model_artifacts_sha256(client, agent, str(version)) if log.ok else None
+    return {env: elig.eligibility(log, policy, agent, str(version), env, artifacts_sha256=digest)
+            for env in environments}
 
 
 def show(client, agent: str, version: str, **tags: str) -> None:

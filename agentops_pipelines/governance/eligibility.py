@@ -198,3 +198,14 @@ def served(entries: Iterable[AuditEntry], agent: str) -> list[dict]:
         nxt = next((r for r in rows[i + 1:] if r["environment"] == row["environment"]), None)
         row["until"] = nxt["since"] if nxt else "now"
     return rows
+
+
+def serving_now(entries: Iterable[AuditEntry], agent: str) -> dict[str, dict]:
+    """Per environment, the :func:`served` row of what serves there now."""
+    return {row["environment"]: row for row in served(entries, agent) if row["until"] == "now"}
+
+
+def guarded_environment_serving(entries: Iterable[AuditEntry], agent: str, version: str) -> str | None:
+    """The guarded environment (prod first) where ``version`` serves now, or None."""
+    now = serving_now(entries, agent)
+    return next((env for env in ("prod", "staging") if now.get(env, {}).get("version") == str(version)), None)

@@ -144,14 +144,7 @@ class Batcher:
             if not self._pending:
                 return False
             batch = self._take()
-        try:
-            self._predict_group(batch)
-        except BaseException as e:  # a bug here must not strand the waiting requests
-            logger.exception("batch failed")
-            for item in batch:
-                if not item.finished:
-                    item.error = e
-                    item.finish()
+        self._predict_batch(batch)
         with self._cond:
             return bool(self._pending)
 
@@ -176,14 +169,18 @@ class Batcher:
                     self._closed = True
                     return
                 batch = self._take()
-            try:
-                self._predict_group(batch)
-            except BaseException as e:  # a bug here must not strand the waiting requests
-                logger.exception("batch failed")
-                for item in batch:
-                    if not item.finished:
-                        item.error = e
-                        item.finish()
+            self._predict_batch(batch)
+
+    def _predict_batch(self, batch: list[_Item]) -> None:
+        """Predict ``batch``; a failure finishes every waiting request with the error."""
+        try:
+            self._predict_group(batch)
+        except BaseException as e:  # a bug here must not strand the waiting requests
+            logger.exception("batch failed")
+            for item in batch:
+                if not item.finished:
+                    item.error = e
+                    item.finish()
 
     def _take(self) -> list[_Item]:
         """The oldest request and the queued requests with its columns, up to ``max_rows`` rows

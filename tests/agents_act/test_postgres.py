@@ -2,7 +2,6 @@
 and concurrent retries of one refund from several processes."""
 
 import multiprocessing as mp
-import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -10,26 +9,14 @@ import sqlalchemy as sa
 from agentops_pipelines.agent import system_of_record as db
 from agentops_pipelines.agent.actions import Actions
 from agentops_pipelines.agent.system_of_record import SystemOfRecord
+from tests.helpers import fresh_postgres_database
 
 pytestmark = pytest.mark.e2e
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture
 def pg_url():
-    try:
-        admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc.__class__.__name__}")
-    name = f"agentops_sor_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    yield from fresh_postgres_database("agentops_sor")
 
 
 def _first_use(url, barrier):

@@ -2,31 +2,17 @@
 concurrent writers serialized (an advisory lock), first use free of schema races."""
 
 import multiprocessing
-import uuid
 
 import pytest
 import sqlalchemy as sa
 
 from agentops_pipelines.governance.audit_log import TABLE, AuditStore
-
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from tests.helpers import fresh_postgres_database
 
 
 @pytest.fixture
 def pg_url():
-    try:
-        admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc.__class__.__name__}")
-    name = f"agentops_audit_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    yield from fresh_postgres_database("agentops_audit")
 
 
 def store(pg_url, folder) -> AuditStore:

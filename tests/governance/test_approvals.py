@@ -6,18 +6,9 @@ approver promoted the version; the eligibility check trusted `evaluation_gate`, 
 `rolled_back` tags; `AGENTOPS_APPROVERS` in one process's environment decided who approves.
 """
 
-import pytest
 
 from agentops_pipelines.vocabulary import DECISION_TAG_PREFIX, VersionTag
 from tests.helpers import AGENT, evaluate, promoted, register_versions
-
-
-@pytest.fixture
-def setup(defs, reviewers):
-    store = defs.resources["mlflow_store"]
-    client = store.configure()
-    audit = defs.resources["audit"].store
-    return client, audit, store.tracking_uri
 
 
 def actions(audit, version):

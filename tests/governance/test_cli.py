@@ -17,14 +17,6 @@ def cli(*args, timeout=120):
                           text=True, timeout=timeout, env=dict(os.environ))
 
 
-@pytest.fixture
-def setup(defs, reviewers):
-    store = defs.resources["mlflow_store"]
-    client = store.configure()
-    audit = defs.resources["audit"].store
-    return client, audit, store.tracking_uri
-
-
 def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(home, tmp_path):
     out = tmp_path / "k" / "dana.pem"
     assert main(["keygen", "--reviewer", "dana", "--out", str(out)]) == 0
