@@ -23,8 +23,9 @@ GATE_DESCRIPTIONS = {
     "no_nulls": "No required column has a null.",
     "known_labels": "Every label is one of the agent's known tools.",
     "timestamps_in_partition": "Every timestamp falls inside the partition's day (UTC).",
-    "text_length": "Every request text is within the configured length bounds.",
-    "duplicates": "Request ids are unique; repeated (customer, text) pairs stay under the configured share.",
+    "text_length": "Every request text is within the length bounds (configured, or from the validated data).",
+    "duplicates": "Request ids are unique; repeated (customer, text) pairs -- or repeated texts, in data "
+                  "without customers -- stay under the configured share.",
 }
 
 
@@ -36,17 +37,19 @@ def dataset_gate_specs(agent: Agent) -> list[dg.AssetCheckSpec]:
             for name, desc in GATE_DESCRIPTIONS.items()]
 
 
-def judge_staged(agent: Agent, lake, partition: str, run_id: str, df, meta: Mapping
+def judge_staged(agent: Agent, lake, partition: str, run_id: str, df, meta: Mapping, source=None
                  ) -> tuple[dict[str, "GateOutcome"], str | None]:
     """Run the gates on a staged version; commit it if they all pass, else record the rejection.
 
-    Returns the outcomes and the path of the ``.rejected.json`` (None when committed).
+    ``source`` (a :class:`~agentops_pipelines.data.sources.SourceInfo`) lets the problems name the
+    file, the user's columns and line numbers. Returns the outcomes and the path of the
+    ``.rejected.json`` (None when committed).
     """
     from agentops_pipelines.gates import GateLimits, run_gates
 
     table = f"{agent.name}/dataset"
     outcomes = run_gates(df, meta.get("known_labels") or list(agent.tools), date.fromisoformat(partition),
-                         GateLimits(**meta.get("limits", {})))
+                         GateLimits(**meta.get("limits", {})), source=source)
     if all(o.passed for o in outcomes.values()):
         lake.commit(table, partition, run_id)
         return outcomes, None

@@ -176,8 +176,9 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             "holdout_rows": len(holdout),
             "champion_version": str(champ_mv.version) if champ is not None else "none",
         }
-        metadata.setdefault("escalation_precision", 0.0)
-        metadata.setdefault("escalation_recall", 0.0)
+        if agent.escalation_tool:  # no escalation tool, no escalation metrics (issue 11)
+            metadata.setdefault("escalation_precision", 0.0)
+            metadata.setdefault("escalation_recall", 0.0)
         if champ is not None:
             metadata |= {f"champion_{m}": r["champion"] for m, r in versus.items()}
             metadata |= {f"delta_{m}": r["delta"] for m, r in versus.items()}

@@ -1,4 +1,9 @@
-"""Features: the customer feature tables in Feast, and the point-in-time training set."""
+"""Features: the customer feature tables in Feast, and the point-in-time training set.
+
+Only where they mean something: an agent that declares no customer features
+(``feature_columns == ()``), or a day whose requests name no customers (a plain file), gets no
+simulated customer profile and no feature join; its training set is the validated requests.
+"""
 
 import hashlib
 from datetime import date, datetime, timedelta
@@ -32,6 +37,20 @@ def activity_features(requests, escalation_tool: str | None, day: date):
     return out
 
 
+def no_features_reason(agent: Agent, dataset_meta: dict) -> str:
+    """Why a day gets no customer features ("" when it does)."""
+    if not agent.feature_columns:
+        return f"agent {agent.name} declares no customer features"
+    if dataset_meta.get("has_customers") is False:
+        return "the day's requests name no customers (the file has no customer-id column)"
+    return ""
+
+
+def neutral_feature(column: str) -> object:
+    """The value of a feature nobody knows (as the served model fills it)."""
+    return "unknown" if column == "plan_tier" else 0
+
+
 def split_of(request_id: str, holdout_share: float) -> str:
     """Stable split by request id: the same request is held out in every run."""
     h = int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:4], "little") / 2**32
@@ -60,6 +79,10 @@ def build_feature_assets(agent: Agent, dataset: dg.AssetsDefinition) -> list[dg.
             raise dg.Failure(f"{dataset_table}/{context.partition_key} has no validated version: "
                              "its gates failed or it was never materialized")
         meta = lake.meta(dataset_table, context.partition_key, run_id)
+        skip = no_features_reason(agent, meta)
+        if skip:
+            context.log.info("no customer features for %s/%s: %s", agent.name, context.partition_key, skip)
+            return dg.MaterializeResult(metadata={"customers": 0, "skipped": skip})
         profile = customer_snapshot(day, seed=int(meta.get("seed", 7)), drift=float(meta.get("drift", 0.0)))
         window = [d for d in lake.partitions(dataset_table)
                   if day - timedelta(days=29) <= date.fromisoformat(d) <= day]
@@ -94,10 +117,15 @@ def build_feature_assets(agent: Agent, dataset: dg.AssetsDefinition) -> list[dg.
         if not days:
             raise dg.Failure(f"no validated partition of {dataset_table}: materialize the dataset "
                              "and let its gates pass first")
+        from agentops_pipelines.gates import has_customers
+
         requests = pd.concat([lake.read(dataset_table, d) for d in days], ignore_index=True)
-        entity = requests.rename(columns={"timestamp": "event_timestamp"})
-        entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
-        joined = feast.historical_features(entity).rename(columns={"event_timestamp": "timestamp"})
+        if agent.feature_columns and has_customers(requests):
+            entity = requests.rename(columns={"timestamp": "event_timestamp"})
+            entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+            joined = feast.historical_features(entity).rename(columns={"event_timestamp": "timestamp"})
+        else:  # nothing to join: the neutral value for any feature a Python agent still reads
+            joined = requests.assign(**{c: neutral_feature(c) for c in agent.feature_columns})
         joined["split"] = [split_of(r, config.holdout_share) for r in joined["request_id"].astype(str)]
         path = lake.write(f"{agent.name}/training_set", joined, context.run.run_id)
         counts = joined["split"].value_counts()

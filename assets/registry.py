@@ -49,8 +49,9 @@ def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.As
             "evaluation_gate": "passed",
             "eval_accuracy": f"{report['accuracy']:.4f}",
             "eval_macro_f1": f"{report['macro_f1']:.4f}",
-            "eval_escalation_recall": f"{report['escalation_recall']:.4f}",
             "eval_latency_p99_ms": f"{report['latency_p99_ms']:.2f}",
+            **({"eval_escalation_recall": f"{report['escalation_recall']:.4f}"}
+               if "escalation_recall" in report else {}),  # only where an escalation tool exists
             "dataset_partitions": run.data.tags.get("agentops.partitions", ""),
             "training_set_version": run.data.tags.get("agentops.training_set_version", ""),
             "git_commit": run.data.tags.get("agentops.git_commit") or git_commit(),

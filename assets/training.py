@@ -81,6 +81,7 @@ def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.
             model = AgentModel(agent.name, router, agent.feature_columns, dict(agent.tool_descriptions),
                                agent.escalation_tool, agent.prompt_template, prompt_uri)
             model.text_max_chars = int(fit["text"].astype(str).str.len().max())  # serving's text limit
+            model.answer_templates = dict(agent.answer_templates)  # per-tool answers (issue 11)
             predicted = model.predict(None, val)
             metrics = classification_metrics(val["tool"], predicted["tool"], agent.escalation_tool)
             mlflow.log_params({k: v for k, v in params.items()})

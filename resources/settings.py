@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
+from agentops_pipelines.vocabulary import EnvVar
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"
 PRODUCTION_DAGSTER_YAML = PROJECT_ROOT / "deploy" / "dagster-production.yaml"
@@ -36,6 +38,7 @@ CHECK_TIMEOUT_S = 3
 DEPLOYERS = ("local", "kubernetes")  # AGENTOPS_DEPLOYER
 CREATE_DATABASES = ".venv/bin/python deploy/scripts/create_databases.py"
 DEFAULT_APPROVERS_FILE = PROJECT_ROOT / "approvers.yaml"
+DEFAULT_AGENTS_DIR = PROJECT_ROOT / "agents"  # one YAML file per agent (agent/config.py)
 
 
 def agentops_home() -> Path:
@@ -104,6 +107,7 @@ class Settings:
     # processes get a port chosen at their first deploy and kept in the state folder
     serving_ports: Mapping[str, int] = field(default_factory=dict)
     serving_admin_token: bool = False  # AGENTOPS_SERVING_ADMIN_TOKEN is set (the value stays there)
+    agents_dir: Path = DEFAULT_AGENTS_DIR  # AGENTOPS_AGENTS_DIR: the agents declared by configuration
 
     @property
     def dagster_home(self) -> Path:
@@ -253,6 +257,7 @@ def load_settings(strict: bool = True) -> Settings:
         serving_host=serving_host,
         serving_ports=serving_ports,
         serving_admin_token=admin_token,
+        agents_dir=Path(env.get(EnvVar.AGENTS_DIR) or DEFAULT_AGENTS_DIR).resolve(),
     )
     if strict and mode == "production" and problems:
         raise SettingsError("\n".join(problems))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -39,6 +40,15 @@ DEFAULT_PROMPT = (
     "I have started `{{tool}}` for you with {{arguments}}. "
     "If anything else comes up, reply here and we will pick it up."
 )
+
+
+@dataclass(frozen=True)
+class GoldenTestSet:
+    """A fixed test file every version is judged on (the contract of issue 11)."""
+
+    path: str
+    text_column: str = "text"
+    label_column: str = "tool"
 
 
 @runtime_checkable
@@ -63,6 +73,21 @@ class Agent(ABC):
     drift_threshold: float = 0.5
     #: The answer template, registered in MLflow's prompt registry ({{var}} placeholders).
     prompt_template: str = DEFAULT_PROMPT
+    #: Per-tool answer templates ({{var}} placeholders); a tool without one uses prompt_template.
+    answer_templates: Mapping[str, str] = {}
+    #: Defaults for the dataset step's config (DatasetConfig field -> value): source, path,
+    #: text_column, label_column, labels_file, min/max_text_length, max_duplicate_share, ...
+    dataset_defaults: Mapping[str, object] = {}
+    #: The tool answered when the router abstains; None -> escalation_tool; both None -> no abstention.
+    fallback_tool: str | None = None
+    #: Abstain below the confidence at which answered requests reach this precision (validation).
+    abstain_target_precision: float | None = None
+    #: The label meaning "out of scope" in the data (e.g. CLINC150's ``oos``).
+    out_of_scope_label: str | None = None
+    #: A fixed test set every version is evaluated on, beside the held-out share.
+    golden_test_set: GoldenTestSet | None = None
+    #: Defaults for the evaluation gate's minimums (EvaluationConfig field -> value).
+    gate_minimums: Mapping[str, float] = {}
 
     @abstractmethod
     def train(self, training_set: pd.DataFrame, params: Mapping[str, object]) -> Router:

@@ -40,6 +40,7 @@ class AgentModel(mlflow.pyfunc.PythonModel):
     """
 
     text_max_chars: int | None = None  # the longest training text (serving derives its text limit)
+    answer_templates: dict[str, str] = {}  # tool -> template; set from Agent.answer_templates at training
 
     def __init__(self, agent_name: str, router: Router, feature_columns: Sequence[str],
                  tool_descriptions: dict[str, str], escalation_tool: str | None,
@@ -120,14 +121,19 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         return routed["tool"].astype(str).tolist(), routed["confidence"].astype(float).tolist()
 
     def _respond(self, customer_id: object, tool: str, features: dict) -> tuple[str, str]:
+        """The tool call and the answer: the tool's own template if the agent has one (older
+        pickles have no ``answer_templates``), else the agent's; a request from nobody (a plain
+        file's agent) is answered without a customer argument."""
         call = fill_call(tool, str(customer_id), features)
+        shown = {k: v for k, v in call.items() if k != "customer_id" or v not in ("", "anonymous", "None", "nan")}
+        template = getattr(self, "answer_templates", {}).get(tool, self.prompt_template)
         answer = render(
-            self.prompt_template,
+            template,
             agent=self.agent_name,
             tool=tool,
             tool_description=self.tool_descriptions.get(tool, f"Your request is about {tool.replace('_', ' ')}."),
-            arguments=", ".join(f"{k}={v}" for k, v in call.items()),
-            customer_id=call["customer_id"],
+            arguments=", ".join(f"{k}={v}" for k, v in shown.items()),
+            customer_id=shown.get("customer_id", ""),
         )
         return json.dumps({"tool": tool, "arguments": call}, default=str), answer
 
