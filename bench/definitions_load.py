@@ -3,35 +3,84 @@
     .venv/bin/python bench/definitions_load.py [--repeat 7]
 
 Each sample is a fresh interpreter importing ``agentops_pipelines.definitions``; the bare
-interpreter start is measured the same way and shown beside it.
+interpreter start and ``import dagster`` are measured the same way, interleaved with it (so load
+from other work on the machine hits all alike). Two code locations are loaded: the default (the
+support desk alone, as shipped) and three agents declared (the support desk, BANKING77 and the
+150-intent example, from a temporary ``AGENTOPS_AGENTS_DIR`` whose data files are tiny stand-ins:
+the load reads no data, it only checks that the files exist). Wall time and CPU time (user + system
+of the child) are reported, and each median's ratio to ``import dagster``.
 """
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LOAD = "import agentops_pipelines.definitions as d; d.defs.resolve_all_asset_keys()"
 
 
-def sample(code: str) -> float:
+def sample(code: str, env: dict | None = None) -> tuple[float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True)
-    return time.perf_counter() - t0
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def three_agents(folder: Path) -> Path:
+    """support_agent, banking77 and clinc150_oos, enabled, reading tiny files in ``folder``."""
+    agents = folder / "agents"
+    agents.mkdir()
+    (folder / "train.csv").write_text("text,category\nhello,a\n")
+    (folder / "labels.txt").write_text("a\noos\n")
+    (agents / "support_agent.yaml").write_text((ROOT / "agents" / "support_agent.yaml").read_text())
+    for name in ("banking77", "clinc150_oos"):
+        text = (ROOT / "agents" / f"{name}.yaml").read_text().replace("enabled: false", "enabled: true")
+        for old in ("../shared/datasets/banking77/train.csv", "../shared/datasets/clinc150/train.csv",
+                    "../shared/datasets/clinc150/test.csv"):
+            text = text.replace(old, str(folder / "train.csv"))
+        for old in ("../shared/datasets/banking77/categories.json", "../shared/datasets/clinc150/labels.txt"):
+            text = text.replace(old, str(folder / "labels.txt"))
+        (agents / f"{name}.yaml").write_text(text)
+    return agents
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    bare = [sample("pass") for _ in range(args.repeat)]
-    dagster_only = [sample("import dagster") for _ in range(args.repeat)]
-    defs = [sample("import agentops_pipelines.definitions as d; d.defs.resolve_all_asset_keys()") for _ in range(args.repeat)]
+    with tempfile.TemporaryDirectory() as tmp:
+        env3 = {**os.environ, "AGENTOPS_AGENTS_DIR": str(three_agents(Path(tmp))), "AGENTOPS_HOME": tmp}
+        check = "import agentops_pipelines.agents as a; n = len(a.AGENTS); assert n == 3, n"
+        subprocess.run([sys.executable, "-c", check], check=True, env=env3)
+        cases = {"python -c pass": ("pass", None), "import dagster": ("import dagster", None),
+                 "load definitions (1 agent, default)": (LOAD, None),
+                 "load definitions (3 agents declared)": (LOAD, env3)}
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        for i in range(args.repeat):
+            names = list(cases)
+            names = names[i % len(names):] + names[:i % len(names)]  # rotate the order each round
+            for name in names:
+                results[name].append(sample(*cases[name]))
     heavy = sample("import sys, agentops_pipelines.definitions; "
                    "bad = [m for m in ('pandas', 'numpy', 'mlflow', 'feast', 'evidently', 'great_expectations', 'sklearn') if m in sys.modules]; "
-                   "sys.exit(1 if bad else 0)")
-    print("| what | median (s) | min (s) | max (s) |\n|---|---|---|---|")
-    for name, xs in (("python -c pass", bare), ("import dagster", dagster_only), ("load definitions", defs)):
-        print(f"| {name} | {statistics.median(xs):.2f} | {min(xs):.2f} | {max(xs):.2f} |")
+                   "sys.exit(1 if bad else 0)")[0]
+    base_wall = statistics.median(w for w, _ in results["import dagster"])
+    base_cpu = statistics.median(c for _, c in results["import dagster"])
+    print("| what | wall median (s) | min | max | CPU median (s) | wall / import dagster | CPU / import dagster |")
+    print("|---|---|---|---|---|---|---|")
+    for name, xs in results.items():
+        walls, cpus = [w for w, _ in xs], [c for _, c in xs]
+        print(f"| {name} | {statistics.median(walls):.2f} | {min(walls):.2f} | {max(walls):.2f} | "
+              f"{statistics.median(cpus):.2f} | {statistics.median(walls) / base_wall:.2f} | "
+              f"{statistics.median(cpus) / base_cpu:.2f} |")
     print(f"\nheavy libraries kept out of the load: yes ({heavy:.2f} s check)")
 
 
