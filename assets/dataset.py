@@ -10,6 +10,7 @@ from typing import Literal
 
 import dagster as dg
 from pydantic import Field, create_model
+from pydantic.fields import FieldInfo
 
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.checks import dataset_gate_specs, gate_results, judge_staged
@@ -47,8 +48,8 @@ def config_class(agent: Agent) -> type[DatasetConfig]:
         if key not in DatasetConfig.model_fields:
             raise ValueError(f"agent {agent.name}: dataset default {key!r} is not a field of the dataset "
                              f"step ({', '.join(DatasetConfig.model_fields)})")
-        info = DatasetConfig.model_fields[key]
-        fields[key] = (info.annotation, Field(default=value, description=info.description))
+        info = DatasetConfig.model_fields[key]  # its bounds (ge=, le=) kept, its default replaced
+        fields[key] = (info.annotation, FieldInfo.merge_field_infos(info, default=value))
     name = "".join(part.title() for part in agent.name.split("_")) + "DatasetConfig"
     return create_model(name, __base__=DatasetConfig, **fields)
 

@@ -163,6 +163,9 @@ class AgentConfig(_Strict):
 
     @model_validator(mode="after")
     def _tools_in_label_set(self):
+        if self.python is not None and "recipe" in self.model_fields_set:
+            raise ValueError(f"recipe: a Python agent's recipe is its code ({self.python}); "
+                             "set its parameters in the training step's config instead")
         if self.labels:
             for field, tool in (("fallback_tool", self.fallback_tool), ("escalation_tool", self.escalation_tool),
                                 ("out_of_scope_label", self.out_of_scope_label)):

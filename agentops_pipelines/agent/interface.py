@@ -88,6 +88,8 @@ class Agent(ABC):
     golden_test_set: GoldenTestSet | None = None
     #: Defaults for the evaluation gate's minimums (EvaluationConfig field -> value).
     gate_minimums: Mapping[str, float] = {}
+    #: The YAML file that declared or configured the agent ("" for a Python agent without one).
+    config_file: str = ""
 
     @abstractmethod
     def train(self, training_set: pd.DataFrame, params: Mapping[str, object]) -> Router:

@@ -3,6 +3,7 @@
 import warnings
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from agentops_pipelines.agent.config import AgentConfigError, ConfiguredAgent, load_file
@@ -66,6 +67,7 @@ def test_the_default_code_location_runs_the_support_desk_configured_by_its_file(
      "(top level)", "features need customers"),
     ("name: a\nrecipe: {name: gpt}\n", "recipe.name", "text_router"),
     ("name: a\nmin_accuracy: 0.9\n", "min_accuracy", "Extra inputs"),
+    ("name: a\npython: support_desk\nrecipe: {params: {C: 2}}\n", "(top level)", "recipe is its code"),
 ])
 def test_an_invalid_file_names_the_file_and_the_field(tmp_path, text, field, says):
     path = write(tmp_path, "a", text)
@@ -162,6 +164,8 @@ def test_the_dataset_step_offers_the_agents_defaults(tmp_path, data):
     assert (config.source, config.label_column, config.min_text_length, config.customer_id_column) == \
         ("file", "category", 1, "")
     assert cls(min_text_length=4).min_text_length == 4  # a run may still override
+    with pytest.raises(pydantic.ValidationError, match="min_text_length"):
+        cls(min_text_length=-1)  # within the same bounds
     assert DatasetConfig().min_text_length == 3  # the shared class keeps its defaults
 
 
