@@ -17,7 +17,13 @@ import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from agentops_pipelines.agent.config import AgentConfigError, ConfiguredAgent, apply, data_available, load_file
+from agentops_pipelines.agent.config import (
+    AgentConfigError,
+    ConfiguredAgent,
+    apply,
+    data_available,
+    load_file,
+)
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.agent.support_desk import SupportDeskAgent
 
