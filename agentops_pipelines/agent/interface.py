@@ -13,7 +13,11 @@ registration, serving). An agent supplies two things:
 
 The pipeline wraps the router in :class:`agentops_pipelines.agent.model.AgentModel`, an MLflow
 pyfunc model that fills the tool call from the customer's online features, answers from the
-versioned prompt, and traces each step. Register a new agent in ``agentops_pipelines.agents``::
+versioned prompt (or the tool's own template, ``answer_templates``), and traces each step.
+
+Most agents need no Python: a YAML file in ``agents/`` declares one (agent/config.py). For custom
+logic, subclass ``Agent``, add it to ``PYTHON_AGENTS`` in ``agentops_pipelines.agents`` and name
+it from a file with ``python: <key>``::
 
     class MyAgent(Agent):
         name = "my_agent"
@@ -22,7 +26,7 @@ versioned prompt, and traces each step. Register a new agent in ``agentops_pipel
             ...
             return my_router
 
-    AGENTS = [SupportDeskAgent(), MyAgent()]
+    PYTHON_AGENTS = {"support_desk": SupportDeskAgent, "my_agent": MyAgent}
 """
 
 from __future__ import annotations
