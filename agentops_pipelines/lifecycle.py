@@ -89,7 +89,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
         metadata = asset_event.asset_materialization.metadata
         version = str(metadata["version"].value)
         try:
-            serving = deployer.status("dev")
+            serving = deployer.status("dev", agent=agent.name)
         except Exception as exc:  # noqa: BLE001 - an unreachable deployer: the deploy run says why
             context.log.warning("could not read dev's status (%s); deploying version %s", exc, version)
             serving = None

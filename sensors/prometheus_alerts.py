@@ -43,7 +43,7 @@ def build_prometheus_alert_sensor(agent, rollback_job: dg.JobDefinition) -> dg.S
             key = f"rollback-{fingerprint(labels)}-{alert.get('activeAt', '')}"
             if key in seen:
                 continue
-            current = deployer.status(env)
+            current = deployer.status(env, agent=agent.name)  # this agent's process, never another's
             if current is None or (version and current.version != version):
                 notes.append(f"{labels.get('alertname')} for version {version} in {env} is stale "
                              f"(serving: {current.version if current else 'nothing'})")
