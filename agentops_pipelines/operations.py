@@ -22,6 +22,7 @@ from agentops_pipelines.vocabulary import (
     Environment,
     RunTag,
     VersionTag,
+    rollout_tags,
 )
 
 
@@ -134,7 +135,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
                               "approvers": list(verdicts["prod"].approvers)})
 
     @dg.job(name=f"{agent.name}_promotion_job",
-            tags={RunTag.ENVIRONMENT: "prod", RunTag.AGENT: agent.name},
+            tags=rollout_tags(agent.name, "prod"),
             description="Staging, then the production canary rollout with bake-time health checks; "
                         "only for versions with enough valid signed approvals (approvers.yaml). The "
                         "champion alias moves only when the canary stays healthy.")

@@ -81,3 +81,20 @@ def test_agents_whose_names_would_meet_are_refused():
 def test_drift_thresholds_are_per_agent(defs):
     descriptions = {s.name: s.description for s in defs.sensors if s.name.endswith("_drift_sensor")}
     assert "0.5" in descriptions[f"{A}_drift_sensor"] and "0.8" in descriptions[f"{B}_drift_sensor"]
+
+
+def test_the_run_queue_serializes_rollouts_per_agent_and_environment(defs):
+    """A rollout of one agent never waits in the queue behind another agent's (dagster.yaml limits
+    one run per value of agentops/rollout, which is <agent>/<environment>)."""
+    import yaml
+
+    from agentops_pipelines.resources.settings import PROJECT_ROOT
+    from agentops_pipelines.vocabulary import RunTag
+
+    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["run_coordinator"]["config"]
+    assert config["tag_concurrency_limits"] == [
+        {"key": RunTag.ROLLOUT, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+    tags = {agent: defs.resolve_job_def(f"{agent}_deploy_job").partitioned_config.get_tags_for_partition_key("prod")
+            for agent in (A, B)}
+    assert tags[A][RunTag.ROLLOUT] == f"{A}/prod" and tags[B][RunTag.ROLLOUT] == f"{B}/prod"
+    assert defs.resolve_job_def(f"{B}_promotion_job").tags[RunTag.ROLLOUT] == f"{B}/prod"
