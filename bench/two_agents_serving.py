@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,18 +42,27 @@ def drive(url: str, rate: float, duration: float, connections: int) -> dict:
     from serving_latency import open_loop, quantile
 
     latency, status, wall = open_loop(url, rate, duration, connections)
-    ok = [ms for ms, st in zip(latency, status) if st == 200 and ms is not None]
+    ok = [ms for ms, st in zip(latency, status, strict=True) if st == 200 and ms is not None]
     return {"sent": len(latency), "errors": len(latency) - len(ok), "p50_ms": quantile(ok, 0.5),
             "p99_ms": quantile(ok, 0.99), "max_ms": max(ok, default=float("nan")),
             "achieved_rps": len(latency) / wall if wall else 0.0}
 
 
-def load(urls: list[str], rate: float, duration: float, connections: int) -> list[dict]:
-    """Drive every URL at once, each from its own process; their results, in order."""
+def load(urls: list[str], rate: float, duration: float, connections: int,
+         pgids: list[int] | None = None) -> list[dict]:
+    """Drive every URL at once, each from its own process; their results, in order, with the
+    CPU time its server (process group ``pgids[i]``) spent per request."""
+    from serving_latency import process_cpu_seconds
+
+    cpu0 = [process_cpu_seconds(g) for g in pgids or []]
     procs = [subprocess.Popen([sys.executable, __file__, "--drive", url, "--rate", str(rate),
                                "--duration", str(duration), "--connections", str(connections)],
                               stdout=subprocess.PIPE, text=True) for url in urls]
-    return [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
+    results = [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
+    for i, g in enumerate(pgids or []):
+        used = (process_cpu_seconds(g) or 0.0) - (cpu0[i] or 0.0)
+        results[i]["cpu_ms_per_request"] = 1000.0 * used / max(1, results[i]["sent"])
+    return results
 
 
 def prepare(home: Path) -> tuple[str, str]:
@@ -93,6 +101,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "p99_ms": statistics.median(r["p99_ms"] for r in rs),
                     "p99_low": min(r["p99_ms"] for r in rs), "p99_high": max(r["p99_ms"] for r in rs),
                     "errors": sum(r["errors"] for r in rs),
+                    "cpu_ms": statistics.median(r["cpu_ms_per_request"] for r in rs),
                     "achieved_rps": statistics.median(r["achieved_rps"] for r in rs)})
     return out
 
@@ -106,17 +115,18 @@ def report(summary: list[dict], args, load_before: float, load_after: float, com
              f"client process, one client process per agent. Measured on {os.cpu_count()} cores "
              f"({platform.machine()}, Python {platform.python_version()}); load average "
              f"{load_before:.1f} before, {load_after:.1f} after.", "",
-             "| agent | case | rounds × requests | p50 (ms) | p99 (ms, median) | p99 range (ms) | errors | achieved (req/s) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| agent | case | rounds × requests | p50 (ms) | p99 (ms, median) | p99 range (ms) | errors | achieved (req/s) | server CPU per request (ms) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         lines.append(f"| {s['agent']} | {s['case']} | {s['rounds']} × {s['sent'] // s['rounds']} | "
                      f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['p99_low']:.1f}–{s['p99_high']:.1f} | "
-                     f"{s['errors']} | {s['achieved_rps']:.1f} |")
+                     f"{s['errors']} | {s['achieved_rps']:.1f} | {s['cpu_ms']:.2f} |")
     lines.append("")
     for agent in AGENTS:
         alone = next(s for s in summary if s["agent"] == agent and s["case"] == "alone")
         both = next(s for s in summary if s["agent"] == agent and s["case"] == "side by side")
-        lines.append(f"- {agent}: p99 side by side / alone = {both['p99_ms'] / alone['p99_ms']:.2f}×")
+        lines.append(f"- {agent}: p99 side by side / alone = {both['p99_ms'] / alone['p99_ms']:.2f}×; "
+                     f"server CPU per request side by side / alone = {both['cpu_ms'] / alone['cpu_ms']:.2f}×")
     lines += ["", f"Command: `{command}`", ""]
     return "\n".join(lines)
 
@@ -155,8 +165,10 @@ def main() -> int:
 
     deployer = LocalProcessDeployer(state_dir=str(home / "bench-serving"),
                                     inference_log_dir=str(home / "bench-inference-log"), health_timeout_s=300)
-    urls = {agent: deployer.deploy("prod", f"models:/{agent}/{version if agent == AGENTS[0] else 1}",
-                                   version if agent == AGENTS[0] else "1").url for agent in AGENTS}
+    deployed = {agent: deployer.deploy("prod", f"models:/{agent}/{version if agent == AGENTS[0] else 1}",
+                                       version if agent == AGENTS[0] else "1") for agent in AGENTS}
+    urls = {agent: d.url for agent, d in deployed.items()}
+    pgids = {agent: os.getpgid(d.pid) for agent, d in deployed.items()}  # supervisor and server
     load_before = os.getloadavg()[0]
     rows: list[dict] = []
     try:
@@ -164,10 +176,10 @@ def main() -> int:
         for r in range(args.rounds):
             order = list(AGENTS) if r % 2 == 0 else list(reversed(AGENTS))
             for agent in order:
-                (result,) = load([urls[agent]], args.rate, args.duration, args.connections)
+                (result,) = load([urls[agent]], args.rate, args.duration, args.connections, [pgids[agent]])
                 rows.append({"agent": agent, "case": "alone", **result})
             for agent, result in zip(AGENTS, load([urls[a] for a in AGENTS], args.rate, args.duration,
-                                                  args.connections)):
+                                                  args.connections, [pgids[a] for a in AGENTS]), strict=True):
                 rows.append({"agent": agent, "case": "side by side", **result})
             print(f"round {r + 1}: " + ", ".join(f"{x['agent']} {x['case']} p99 {x['p99_ms']:.1f} ms"
                                                  for x in rows[-4:]), flush=True)
@@ -183,5 +195,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    time.tzset()
     sys.exit(main())

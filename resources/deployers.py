@@ -82,7 +82,7 @@ class Deployment:
     canary_version: str | None = None
     canary_share: float = 0.0
     canary_model_uri: str | None = None
-    agent: str = ""  # local deployer: the agent whose process this is
+    agent: str = ""  # the agent whose serving process (local) or pods (Kubernetes) this is
     restarts: int = 0  # local deployer: restarts of the serving process by its supervisor
 
 

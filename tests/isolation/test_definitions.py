@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from agentops_pipelines.definitions import AgentsError, build_definitions, build_deployer, check_agents
+from agentops_pipelines.definitions import (
+    AgentsError,
+    build_definitions,
+    build_deployer,
+    check_agents,
+)
 from agentops_pipelines.resources.settings import load_settings
 from tests.isolation.conftest import A, B, BillingAgent, agents
 
