@@ -13,12 +13,12 @@ from tests.helpers import register_versions
 from tests.isolation.conftest import A, B
 
 
-def evaluate(defs, instance, agent: str, name: str):
+def evaluate(defs, instance, agent: str, name: str, **resources):
+    """(run requests, skip message) of one tick of ``agent``'s sensor ``name``, as the daemon runs it."""
     sensor = next(s for s in defs.sensors if s.name == f"{agent}_{name}")
-    result = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
-    if isinstance(result, dg.SkipReason):
-        return [], result.skip_message
-    return list(result.run_requests or []), result.skip_reason.skip_message if result.skip_reason else None
+    ctx = dg.build_sensor_context(instance=instance, definitions=defs, resources={**defs.resources, **resources})
+    data = sensor.evaluate_tick(ctx)
+    return list(data.run_requests or []), data.skip_message
 
 
 def test_one_agents_approver_cannot_approve_the_other(defs, instance, approvers, capsys):

@@ -41,13 +41,11 @@ def admin_stats(url: str, token: str) -> int:
 
 
 def evaluate(defs, instance, agent: str, name: str, **resources):
-    """(run requests, skip message) of ``agent``'s sensor ``name``."""
+    """(run requests, skip message) of one tick of ``agent``'s sensor ``name``, as the daemon runs it."""
     sensor = next(s for s in defs.sensors if s.name == f"{agent}_{name}")
-    ctx = dg.build_sensor_context(instance=instance, resources={**defs.resources, **resources})
-    result = sensor(ctx)
-    if isinstance(result, dg.SkipReason):
-        return [], result.skip_message
-    return list(result.run_requests or []), result.skip_reason.skip_message if result.skip_reason else None
+    ctx = dg.build_sensor_context(instance=instance, definitions=defs, resources={**defs.resources, **resources})
+    data = sensor.evaluate_tick(ctx)
+    return list(data.run_requests or []), data.skip_message
 
 
 class AlertsAPI:
@@ -103,6 +101,15 @@ def test_two_agents_side_by_side_each_lifecycle_touches_only_its_own(defs, insta
     assert deployer.inference_log_path("prod", f"models:/{A}/1") != deployer.inference_log_path("prod", f"models:/{B}/1")
     with pytest.raises(DeploymentError, match="several agents serve here"):
         deployer.status("prod")  # a call that does not name its agent gets none
+
+    # -- a new registration of B goes to dev even though A serves the same version number there
+    deployer.deploy("dev", f"models:/{A}/1", "1")
+    for agent in (A, B):
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key=dg.AssetKey([agent, "registered_version"]), metadata={"version": "1"}))
+    assert "already serves in dev" in evaluate(defs, instance, A, "dev_deploy_sensor")[1]
+    (dev_b,) = evaluate(defs, instance, B, "dev_deploy_sensor")[0]
+    assert dev_b.tags["agentops/rollout"] == f"{B}/dev"
 
     def b_unchanged():
         now = deployer.status("prod", agent=B)
