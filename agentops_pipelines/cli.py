@@ -8,6 +8,10 @@
     agentops keygen    make a reviewer's signing key
     agentops approve   sign and submit an approval (reject: a rejection); --wait follows it
     agentops audit     the audit log, verified; --served: who approved what served where and when
+
+Commands that act on one agent take ``--agent``; it may be left out only when the code location
+has exactly one agent (``agent_names``), so a command never picks an agent for you among several.
+``status`` and ``audit`` without ``--agent`` show every agent.
 """
 
 from __future__ import annotations
@@ -43,6 +47,31 @@ def prepare_home() -> None:
         shutil.copyfile(source, target)
 
 
+class AgentChoiceError(ValueError):
+    """The command line names no agent (or an unknown one) where one must be chosen."""
+
+
+def agent_names() -> list[str]:
+    from agentops_pipelines import agents
+
+    return [a.name for a in agents.AGENTS]
+
+
+def choose_agent(given: str | None, *, default: str | None = None) -> str:
+    """``given`` if it is an agent of the code location; without it, the only agent (or
+    ``default`` when the command has a documented one and it exists); else AgentChoiceError."""
+    names = agent_names()
+    if given:
+        if given not in names:
+            raise AgentChoiceError(f"unknown agent {given!r}; agents: {', '.join(names)}")
+        return given
+    if len(names) == 1:
+        return names[0]
+    if default in names:
+        return default
+    raise AgentChoiceError(f"this code location has {len(names)} agents ({', '.join(names)}): name one with --agent")
+
+
 def check_services(only_in_production: bool = False) -> int:
     """``agentops check``: one line per configured service; 1 if any has a problem."""
     from agentops_pipelines.resources.settings import SettingsError, check
@@ -70,7 +99,12 @@ def _invoke(url: str, text: str, customer_id: str) -> dict:
         return json.loads(resp.read())
 
 
-def demo(days: int) -> int:
+def demo(days: int, agent_name: str | None = None) -> int:
+    try:  # the built-in support desk generates its own data: the demo's agent among several
+        agent_name = choose_agent(agent_name, default="support_agent")
+    except AgentChoiceError as exc:
+        print(f"agentops demo: {exc}", file=sys.stderr)
+        return 2
     if check_services(only_in_production=True):
         return 1
     prepare_home()
@@ -79,7 +113,7 @@ def demo(days: int) -> int:
     from agentops_pipelines.agents import AGENTS
     from agentops_pipelines.definitions import defs
 
-    agent = AGENTS[0]
+    agent = next(a for a in AGENTS if a.name == agent_name)
     instance = dg.DagsterInstance.get()
     settings = load_settings()
     started = time.perf_counter()
@@ -233,13 +267,12 @@ def _port(value: str) -> int:
     return port
 
 
-def backfill(agent_name: str, first: str, last: str) -> int:
+def backfill(agent_name: str | None, first: str, last: str) -> int:
     """``agentops backfill``: the agent's ingest job for each day of a range, one run per day."""
-    from agentops_pipelines.agents import AGENTS
-
-    names = [a.name for a in AGENTS]
-    if agent_name not in names:
-        print(f"agentops backfill: unknown agent {agent_name!r}; agents: {', '.join(names)}", file=sys.stderr)
+    try:
+        agent_name = choose_agent(agent_name)
+    except AgentChoiceError as exc:
+        print(f"agentops backfill: {exc}", file=sys.stderr)
         return 2
     if first > last:
         print(f"agentops backfill: --from {first} is after --to {last}", file=sys.stderr)
@@ -261,13 +294,18 @@ def backfill(agent_name: str, first: str, last: str) -> int:
     return 0
 
 
-def status() -> int:
-    """``agentops status``: per agent and environment, what serves (version, canary share,
-    restarts), when it was deployed and who approved it (from the verified audit log), then the
-    newest registered versions with their approval state."""
-    from agentops_pipelines.agents import AGENTS
+def status(agent_name: str | None = None) -> int:
+    """``agentops status``: per agent (``--agent``: that one) and environment, what serves
+    (version, canary share, restarts), when it was deployed and who approved it (from the
+    verified audit log), then the newest registered versions with their approval state."""
     from agentops_pipelines.governance.eligibility import serving_now
     from agentops_pipelines.vocabulary import ENVIRONMENTS
+
+    try:
+        names = [choose_agent(agent_name)] if agent_name else agent_names()
+    except AgentChoiceError as exc:
+        print(f"agentops status: {exc}", file=sys.stderr)
+        return 2
 
     resources = _resources()
     client = resources["mlflow_store"].configure()
@@ -275,33 +313,33 @@ def status() -> int:
     log = resources["audit"].store.verify()
     if not log.ok:
         print(f"WARNING: {log.summary()}", file=sys.stderr)
-    for agent in AGENTS:
-        print(f"{agent.name}")
-        now = serving_now(log.entries, agent.name)
+    for name in names:
+        print(f"{name}")
+        now = serving_now(log.entries, name)
         for env in ENVIRONMENTS:
-            line = _serving_line(deployer, env, agent.name)
+            line = _serving_line(deployer, env, name)
             row = now.get(env)
             if row and line != "not deployed":
                 line += f"; {row['how']} {row['since'][:19]} by {row['by']}, approved by {row['approved_by'] or '-'}"
             print(f"  {env:<8} {line}")
         try:
-            model = client.get_registered_model(agent.name)
+            model = client.get_registered_model(name)
         except Exception:  # noqa: BLE001 - nothing registered yet
             print("  no registered versions")
             continue
         print(f"  aliases: {dict(model.aliases)}")
-        for mv in client.search_model_versions(f"name='{agent.name}'", order_by=["version_number DESC"], max_results=10):
+        for mv in client.search_model_versions(f"name='{name}'", order_by=["version_number DESC"], max_results=10):
             print(f"  v{mv.version}: {mv.tags.get('approval_status', '-')}"
                   + (f" ({mv.tags['approval_refusal_reason']})" if mv.tags.get("approval_refusal_reason") else "")
                   + f"; accuracy {mv.tags.get('eval_accuracy', '-')}; run {mv.run_id}")
     return 0
 
 
-def _serving_line(deployer, environment: str, agent: str | None = None) -> str:
-    """What serves ``environment``, with the local supervisor's restarts or why it gave up."""
+def _serving_line(deployer, environment: str, agent: str) -> str:
+    """What ``agent`` serves in ``environment``, with the local supervisor's restarts or why it gave up."""
     supervision = getattr(deployer, "supervision", None)  # local processes only
     if supervision is None:
-        d, record = deployer.status(environment), None
+        d, record = deployer.status(environment, agent=agent), None
     else:
         d, record = deployer.status(environment, agent=agent), supervision(environment, agent=agent)
     restarts = f", restarts {record['restarts']}" if record and record.get("alive") else ""
@@ -318,9 +356,10 @@ def _serving_line(deployer, environment: str, agent: str | None = None) -> str:
 
 def _resources(settings=None) -> dict:
     """The code location's resources for the settings read now (this process's environment)."""
+    from agentops_pipelines import agents
     from agentops_pipelines.definitions import build_resources
 
-    return build_resources(settings or load_settings())
+    return build_resources(settings or load_settings(), agents.AGENTS)
 
 
 def _key_path(reviewer: str, given: str | None) -> Path:
@@ -485,17 +524,23 @@ def create_audit_key() -> int:
 
 
 def audit_log(agent: str | None, limit: int, as_json: bool, served_only: bool) -> int:
-    """``agentops audit``: the audit log, oldest first, and whether it verifies."""
+    """``agentops audit``: the audit log (``agent``: its entries only), oldest first, and
+    whether it verifies (always the whole chain)."""
+    if agent:
+        try:
+            agent = choose_agent(agent)
+        except AgentChoiceError as exc:
+            print(f"agentops audit: {exc}", file=sys.stderr)
+            return 2
     store = _resources()["audit"].store
     result = store.verify()
     entries = [e for e in result.entries if agent is None or e.agent == agent] if result.entries else \
         store.entries(agent, limit=limit)
     entries = entries[-limit:]
     if served_only:
-        from agentops_pipelines.agents import AGENTS
         from agentops_pipelines.governance.eligibility import served
 
-        for name in [agent] if agent else [a.name for a in AGENTS]:
+        for name in [agent] if agent else agent_names():
             print(f"{name}:")
             for row in served(result.entries, name):
                 print(f"  {row['environment']:<8} v{row['version']:<4} {row['since'][:19]} .. "
@@ -519,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help=help_, description=help_)
     p.add_argument("--days", type=_days_back, default=3, metavar="N",
                    help="days of requests to ingest, ending yesterday (default 3)")
+    p.add_argument("--agent", help="whose lifecycle (default: support_agent, or the only agent)")
     help_ = "Dagster UI with the daemon (sensors, schedules) and the MLflow UI, until Ctrl-C"
     p = sub.add_parser("dev", help=help_, description=help_)
     p.add_argument("--port", type=_port, default=3000, help="the Dagster UI's port (default 3000)")
@@ -531,16 +577,20 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"first day, YYYY-MM-DD ({first} .. {last})")
     p.add_argument("--to", dest="last", type=_day, required=True, metavar="DAY",
                    help="last day, YYYY-MM-DD, included")
-    p.add_argument("--agent", default="support_agent", help="whose dataset (default support_agent)")
-    sub.add_parser("status", help="registered versions and deployments")
+    p.add_argument("--agent", help="whose dataset (required when there are several agents)")
+    p = sub.add_parser("status", help="registered versions and deployments")
+    p.add_argument("--agent", help="only this agent (default: every agent)")
     sub.add_parser("check", help="connect to every configured service (Postgres, Redis, MLflow, Feast)")
     p = sub.add_parser("keygen", help="make a reviewer's signing key (Ed25519); prints the public key")
     p.add_argument("--reviewer", required=True, help="your name as approvers.yaml will list it")
     p.add_argument("--out", help="where to write the private key (default ~/.config/agentops/keys/<reviewer>.pem)")
     for name, decision in (("approve", "approved"), ("reject", "rejected")):
         p = sub.add_parser(name, help=f"sign and submit your decision to {name} a registered version")
-        p.add_argument("agent", help="the agent (its registered model name), e.g. support_agent")
+        p.add_argument("agent", nargs="?", metavar="AGENT",
+                       help="the agent (its registered model name), e.g. support_agent; or --agent")
         p.add_argument("version", help="the registered version number")
+        p.add_argument("--agent", dest="agent_option", metavar="AGENT",
+                       help="the agent (required when there are several and AGENT is not given)")
         p.add_argument("--reviewer", required=True, help="you, as approvers.yaml lists you")
         p.add_argument("--key", help="your private key (default ~/.config/agentops/keys/<reviewer>.pem)")
         p.add_argument("--comment", default="", help="why (kept in the signed statement and the audit log)")
@@ -550,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="print the signed tag to paste in the MLflow UI instead of submitting it")
         p.set_defaults(decision=decision)
     p = sub.add_parser("audit", help="print the audit log and verify it (exit 1 if it does not verify)")
-    p.add_argument("agent", nargs="?", help="only this agent's entries")
+    p.add_argument("agent", nargs="?", metavar="AGENT", help="only this agent's entries (or --agent)")
+    p.add_argument("--agent", dest="agent_option", metavar="AGENT", help="only this agent's entries")
     p.add_argument("--limit", type=int, default=200, help="the newest N entries")
     p.add_argument("--json", action="store_true", help="entries as JSON")
     p.add_argument("--served", action="store_true",
@@ -569,10 +620,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "backfill":
         return backfill(args.agent, args.first, args.last)
     if args.command == "demo":
-        return demo(args.days)
+        return demo(args.days, args.agent)
     if args.command == "keygen":
         return keygen(args.reviewer, args.out)
+    if args.command in ("approve", "reject", "audit"):
+        if args.agent and args.agent_option and args.agent != args.agent_option:
+            print(f"agentops {args.command}: AGENT {args.agent!r} and --agent {args.agent_option!r} differ",
+                  file=sys.stderr)
+            return 2
+        args.agent = args.agent or args.agent_option
     if args.command in ("approve", "reject"):
+        try:
+            args.agent = choose_agent(args.agent)
+        except AgentChoiceError as exc:
+            print(f"agentops {args.command}: {exc}; nothing was recorded", file=sys.stderr)
+            return 2
         return review(args.agent, args.version, args.decision, args.reviewer, args.comment, args.key,
                       args.wait, args.timeout, args.print_only)
     if args.command == "audit" and args.create_key:
@@ -583,7 +645,7 @@ def _run(args: argparse.Namespace) -> int:
         return dev(args.port, args.mlflow_port)
     if args.command == "check":
         return check_services()
-    return status()
+    return status(args.agent)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from agentops_pipelines.sensors.prometheus_alerts import (
     build_prometheus_alert_sensor,
     build_promotion_failure_sensor,
 )
-from agentops_pipelines.vocabulary import RunTag
+from agentops_pipelines.vocabulary import RunTag, rollout_tags
 
 
 @dataclass
@@ -76,7 +76,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
     # sensor), so dagster.yaml's one-run-per-environment limit queues the others.
     deploy_config = dg.PartitionedConfig(
         partitions_def=environments, run_config_for_partition_key_fn=lambda _key: {},
-        tags_for_partition_key_fn=lambda key: {RunTag.ENVIRONMENT: key, RunTag.AGENT: agent.name})
+        tags_for_partition_key_fn=lambda key: rollout_tags(agent.name, key))
     deploy = dg.define_asset_job(
         f"{agent.name}_deploy_job", selection=dg.AssetSelection.assets(deployment), config=deploy_config,
         description="Deploy a version to one environment (staging and prod: approved versions only).",
@@ -89,7 +89,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
         metadata = asset_event.asset_materialization.metadata
         version = str(metadata["version"].value)
         try:
-            serving = deployer.status("dev")
+            serving = deployer.status("dev", agent=agent.name)
         except Exception as exc:  # noqa: BLE001 - an unreachable deployer: the deploy run says why
             context.log.warning("could not read dev's status (%s); deploying version %s", exc, version)
             serving = None
@@ -99,7 +99,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
         return dg.RunRequest(
             run_key=f"dev-{version}-{asset_event.run_id}", partition_key="dev",
             run_config={"ops": {f"{agent.name}__deployment": {"config": {"version": version}}}},
-            tags={"agentops/environment": "dev", "agentops/version": version},
+            tags={**rollout_tags(agent.name, "dev"), RunTag.VERSION: version},
         )
 
     daily_ingest = dg.build_schedule_from_partitioned_job(

@@ -22,6 +22,7 @@ from agentops_pipelines.vocabulary import (
     Environment,
     RunTag,
     VersionTag,
+    rollout_tags,
 )
 
 
@@ -103,7 +104,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
         model_uri = f"models:/{agent.name}/{version}"
 
         with rollout_lock(audit, agent.name, "staging", actor, context.log.info):
-            staging = rollout(deployer, "staging", model_uri, version, None, context.log.info)
+            staging = rollout(deployer, "staging", model_uri, version, None, context.log.info, agent=agent.name)
         record_deployment(context, agent.name, "staging", version, staging.url)
         approvers = list(verdicts["staging"].approvers)
         audit.record("deploy", agent.name, actor=actor, version=version, environment="staging",
@@ -114,7 +115,8 @@ def build_promotion_job(agent) -> dg.JobDefinition:
             return
 
         with rollout_lock(audit, agent.name, "prod", actor, context.log.info):
-            prod = rollout(deployer, "prod", model_uri, version, config.policy(), context.log.info)
+            prod = rollout(deployer, "prod", model_uri, version, config.policy(), context.log.info,
+                           agent=agent.name)
         if not prod.succeeded:
             approvals.show(client, agent.name, version, **{VersionTag.ROLLED_BACK: f"canary failed: {prod.reason}"})
             audit.record("promotion_failed", agent.name, actor=actor, version=version, environment="prod",
@@ -133,7 +135,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
                               "approvers": list(verdicts["prod"].approvers)})
 
     @dg.job(name=f"{agent.name}_promotion_job",
-            tags={RunTag.ENVIRONMENT: "prod", RunTag.AGENT: agent.name},
+            tags=rollout_tags(agent.name, "prod"),
             description="Staging, then the production canary rollout with bake-time health checks; "
                         "only for versions with enough valid signed approvals (approvers.yaml). The "
                         "champion alias moves only when the canary stays healthy.")
@@ -154,7 +156,7 @@ def build_rollback_job(agent) -> dg.JobDefinition:
         if env not in (Environment.STAGING, Environment.PROD):
             raise dg.Failure(f"rollback is for {', '.join(GUARDED_ENVIRONMENTS)}, not {env!r}")
         with rollout_lock(audit, agent.name, env, f"rollback_job:{context.run_id[:8]}", context.log.info):
-            current = deployer.status(env)
+            current = deployer.status(env, agent=agent.name)
             bad = config.bad_version or (current.version if current else "")
             if not bad:
                 raise dg.Failure(f"nothing serves in {env} and no bad_version was given: nothing to roll back")

@@ -3,6 +3,10 @@
 Pure policy (``health_problem``, ``enough_traffic``) plus one loop (``rollout``) over a deployer;
 no Dagster here, so the same code serves the deployment asset, the promotion job and tests.
 
+A rollout acts on one agent: the one ``model_uri`` names (``models:/<agent>/<version>``), or
+``agent`` when given. Every deployer call names that agent, so a rollout of one agent never reads,
+bakes, aborts or promotes another agent's serving process in the same environment.
+
 The canary's health is decided on what the server did, never on what clients sent: server errors
 (5xx) over the requests it served, and its p99 latency. Client errors (4xx: bad input, refused
 before the model) count for nothing, so no client can fail a canary by sending garbage. And a
@@ -13,9 +17,18 @@ then aborted with that reason. It is never promoted for lack of evidence.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+_REGISTERED = re.compile(r"^models:/([^/@]+)")
+
+
+def agent_of(model_uri: str) -> str | None:
+    """The registered model (the agent) ``model_uri`` names: ``models:/<agent>/...``; else None."""
+    match = _REGISTERED.match(model_uri)
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)
@@ -89,9 +102,14 @@ def health_problem(canary: dict | None, policy: RolloutPolicy) -> str | None:
 
 
 def rollout(deployer, environment: str, model_uri: str, version: str, policy: RolloutPolicy | None,
-            log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> RolloutResult:
+            log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
+            agent: str | None = None) -> RolloutResult:
     """Deploy ``version``: straight to full without a policy or a running stable version, else canary first."""
-    current = deployer.status(environment)
+    named = agent_of(model_uri)
+    if agent and named and named != agent:
+        raise ValueError(f"{model_uri} is a version of {named!r}, not of {agent!r}")
+    agent = agent or named
+    current = deployer.status(environment, agent=agent)
     previous = current.version if current else None
     if policy is None or current is None or policy.canary_share >= 1.0 or previous == str(version):
         deployed = deployer.deploy(environment, model_uri, str(version))
@@ -110,25 +128,25 @@ def rollout(deployer, environment: str, model_uri: str, version: str, policy: Ro
             if waited >= deadline:
                 problem = (f"canary served {served} requests in {waited:.0f} s, fewer than the "
                            f"{policy.min_requests} needed to judge it: not promoted")
-                deployer.abort_canary(environment)
+                deployer.abort_canary(environment, agent=agent)
                 log(f"{environment}: canary {version} aborted, {previous} keeps serving: {problem}")
                 return RolloutResult(environment, str(version), previous, "rolled_back", problem, deployed.url, checks)
         limit = policy.bake_seconds if waited < policy.bake_seconds else deadline
         step = max(min(policy.check_interval_seconds, limit - waited), 0.001)
         sleep(step)
         waited += step
-        stats = deployer.stats(environment, max(waited, 1.0))  # the whole bake so far
+        stats = deployer.stats(environment, max(waited, 1.0), agent=agent)  # the whole bake so far
         checks.append({"after_s": round(waited, 1), **{k: v for k, v in stats.items() if isinstance(v, dict)}})
         canary = stats.get("canary")
         served, enough = served_requests(canary), enough_traffic(canary, policy)
         problem = health_problem(canary, policy)
         if problem:
-            deployer.abort_canary(environment)
+            deployer.abort_canary(environment, agent=agent)
             log(f"{environment}: canary {version} aborted, {previous} keeps serving: {problem}")
             return RolloutResult(environment, str(version), previous, "rolled_back", problem, deployed.url, checks)
         if waited >= policy.bake_seconds and not enough:
             log(f"{environment}: canary {version} served {served} of {policy.min_requests} requests: baking on")
-    deployed = deployer.promote_canary(environment)
+    deployed = deployer.promote_canary(environment, agent=agent)
     log(f"{environment}: version {version} healthy for {waited:.0f} s over {served} requests, now serving all traffic")
     return RolloutResult(environment, str(version), previous, "full",
                          f"canary healthy for {waited:.0f} s over {served} requests", deployed.url, checks)

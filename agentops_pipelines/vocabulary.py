@@ -71,13 +71,20 @@ DECISION_TAG_PREFIX = "agentops.decision."
 
 
 class RunTag(StrEnum):
-    """Dagster run tags. ``ENVIRONMENT`` carries the one-rollout-per-environment limit in
-    dagster.yaml (``tag_concurrency_limits``)."""
+    """Dagster run tags. ``ROLLOUT`` (``<agent>/<environment>``, see :func:`rollout_tags`) carries
+    the one-rollout-per-(agent, environment) limit in dagster.yaml (``tag_concurrency_limits``):
+    one agent's long canary bake never queues another agent's rollback."""
 
     AGENT = "agentops/agent"
     ENVIRONMENT = "agentops/environment"
+    ROLLOUT = "agentops/rollout"
     VERSION = "agentops/version"
     REVIEWER = "agentops/reviewer"
+
+
+def rollout_tags(agent: str, environment: str) -> dict[str, str]:
+    """The run tags of a run that deploys ``agent`` to ``environment``."""
+    return {RunTag.AGENT: agent, RunTag.ENVIRONMENT: environment, RunTag.ROLLOUT: f"{agent}/{environment}"}
 
 
 class EnvVar(StrEnum):

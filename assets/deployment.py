@@ -65,7 +65,8 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
         if environment == "prod":  # canary → bake time with health checks → full
             policy = config.policy()
         with rollout_lock(audit, agent.name, environment, actor, context.log.info):
-            result = rollout(deployer, environment, model_uri, str(mv.version), policy, context.log.info)
+            result = rollout(deployer, environment, model_uri, str(mv.version), policy, context.log.info,
+                             agent=agent.name)
         if not result.succeeded:
             approvals.show(client, agent.name, mv.version, **{VersionTag.ROLLED_BACK: f"canary failed: {result.reason}"})
             audit.record("promotion_failed", agent.name, actor=actor, version=mv.version, environment=environment,
@@ -73,7 +74,7 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
             raise dg.Failure(f"version {mv.version} was rolled back in {environment}: {result.reason}; "
                              f"version {result.previous_version} keeps serving",
                              metadata={"checks": dg.MetadataValue.json(result.checks)})
-        deployed = deployer.status(environment)
+        deployed = deployer.status(environment, agent=agent.name)
         client.set_model_version_tag(agent.name, mv.version, f"deployed_{environment}",
                                      datetime.now(UTC).isoformat(timespec="seconds"))
         approvers = list(verdict.approvers) if verdict else []

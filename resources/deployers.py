@@ -18,8 +18,9 @@ OS's ephemeral range) and kept, so restarts and redeploys never move the URL; an
 ``ports`` (``"<agent>/<environment>"``, or ``"<environment>"`` for the deployer's own ``agent``)
 wins. A deploy to a healthy running server hot-swaps the model through ``POST /admin/load`` (same
 process, same port); otherwise a new process starts. Canary operations need a running server
-(deploy a stable version first). Calls that name only an environment act on ``agent`` (or on the
-one agent serving there). A server started by an older version of this deployer
+(deploy a stable version first). Calls that name only an environment act on the one agent
+serving there, and refuse when several do (the pipeline always names the agent; the resource's
+``agent`` field is for a deployer of one agent, e.g. in a test). A server started by an older version of this deployer
 (``<state_dir>/<environment>.json``) is still reported and stopped, and the next deploy replaces
 it by a supervised one on the same port.
 
@@ -81,12 +82,19 @@ class Deployment:
     canary_version: str | None = None
     canary_share: float = 0.0
     canary_model_uri: str | None = None
-    agent: str = ""  # local deployer: the agent whose process this is
+    agent: str = ""  # the agent whose serving process (local) or pods (Kubernetes) this is
     restarts: int = 0  # local deployer: restarts of the serving process by its supervisor
 
 
 class Deployer(dg.ConfigurableResource):
-    """Where model versions run. Implementations: local processes, Kubernetes."""
+    """Where model versions run. Implementations: local processes, Kubernetes.
+
+    One resource serves every agent of the code location. ``deploy`` and ``deploy_canary`` take
+    the agent from ``model_uri`` (``models:/<agent>/<version>``); every other call names it with
+    ``agent=``. The pipeline always does (the lifecycle that calls knows its agent); ``agent=None``
+    is for a person or a test with one agent, and resolves only when exactly one agent serves in
+    that environment: a deployer never picks an agent for a caller that has several.
+    """
 
     @abstractmethod
     def deploy(self, environment: str, model_uri: str, version: str) -> Deployment:
@@ -100,25 +108,25 @@ class Deployer(dg.ConfigurableResource):
         next to the stable version; again with the same version, only the share changes."""
 
     @abstractmethod
-    def promote_canary(self, environment: str) -> Deployment:
+    def promote_canary(self, environment: str, agent: str | None = None) -> Deployment:
         """The canary becomes the stable version and takes all requests."""
 
     @abstractmethod
-    def abort_canary(self, environment: str) -> Deployment:
+    def abort_canary(self, environment: str, agent: str | None = None) -> Deployment:
         """Drop the canary: the stable version takes all requests (a no-op without a canary)."""
 
     @abstractmethod
-    def stats(self, environment: str, window_s: float = 60.0) -> dict[str, Any]:
+    def stats(self, environment: str, window_s: float = 60.0, agent: str | None = None) -> dict[str, Any]:
         """Per role (``stable``, ``canary``: None when absent) over the last ``window_s`` seconds:
         version, requests, errors (5xx), client_errors (4xx), error_rate, p50_ms, p99_ms."""
 
     @abstractmethod
-    def status(self, environment: str) -> Deployment | None:
-        """What ``environment`` serves now, or None if nothing healthy is serving."""
+    def status(self, environment: str, agent: str | None = None) -> Deployment | None:
+        """What ``agent`` serves in ``environment`` now, or None if nothing healthy is serving."""
 
     @abstractmethod
-    def stop(self, environment: str) -> None:
-        """Stop serving ``environment``; a no-op if nothing runs."""
+    def stop(self, environment: str, agent: str | None = None) -> None:
+        """Stop serving ``agent`` in ``environment``; a no-op if nothing runs."""
 
 
 def _http_json(
@@ -286,9 +294,12 @@ class LocalProcessDeployer(Deployer):
     """One supervised local serving process per agent and environment, on a stable port."""
 
     state_dir: str
-    agent: str = ""  # the agent of calls that name only an environment (status, stop, canary, ...)
+    # The agent of calls that name none, for a deployer of one agent (a test, a script). The code
+    # location leaves it empty: one resource serves all agents, each call names its agent.
+    agent: str = ""
     host: str = "127.0.0.1"
-    ports: dict[str, int] = {}  # "<agent>/<environment>" or "<environment>" (this agent) -> port
+    # "<agent>/<environment>" -> port; "<environment>" only with ``agent`` set (that agent's port)
+    ports: dict[str, int] = {}
     health_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
     # The servers' admin token. Unset: each started server gets its own, in
@@ -414,7 +425,9 @@ class LocalProcessDeployer(Deployer):
 
     def _explicit_port(self, files: ServingFiles) -> int | None:
         port = self.ports.get(f"{files.agent}/{files.environment}")
-        if port is None and (not self.agent or files.agent == _agent_folder(self.agent)):
+        # A port named by environment alone belongs to this deployer's own agent, never to any
+        # agent: two agents given the same port would take each other's traffic.
+        if port is None and self.agent and files.agent == _agent_folder(self.agent):
             port = self.ports.get(files.environment)
         return port or None
 

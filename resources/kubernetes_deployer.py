@@ -59,6 +59,7 @@ from pydantic import PrivateAttr
 from agentops_pipelines.k8s.naming import (
     _API_VERSION,
     ADMIN_TOKEN_KEY,
+    ADMIN_TOKEN_SECRET,
     ANNOTATION_CANARY_SHARE,
     DEFAULT_IMAGE,
     DEFAULT_MLFLOW_URI,
@@ -67,6 +68,7 @@ from agentops_pipelines.k8s.naming import (
     MANAGED_KINDS,
     ROLES,
     Role,
+    admin_token_secret_name,
     label_selector,
     namespace_for,
     object_name,
@@ -106,22 +108,28 @@ class KubernetesDeployer(Deployer):
     """Serve an agent's versions on Kubernetes, one namespace per environment by default.
 
     String fields accept ``dg.EnvVar(...)``. Rendering and planning are pure functions of this
-    module; this class reads the live objects, applies plans and waits. One resource serves one
-    agent (``agent``, the registered model's name); the ``Deployment`` it returns has the
-    Service's in-cluster URL and ``pid=0`` (pods, not a local process). The cluster is reached
+    module; this class reads the live objects, applies plans and waits. One resource serves every
+    agent: ``deploy`` and ``deploy_canary`` take the agent from ``models:/<agent>/...``, the other
+    calls name it (``agent=``); each agent's objects have their own names, labels, selectors and
+    admin token Secret, so no plan for one agent can apply to or delete another's. The
+    ``Deployment`` it returns has the Service's in-cluster URL and ``pid=0`` (pods, not a local process). The cluster is reached
     in-cluster (the run pod's service account, see deploy/k8s/rbac.yaml) or through
     ``kubeconfig`` / ``kube_context``; ``in_cluster=None`` picks in-cluster when
     ``KUBERNETES_SERVICE_HOST`` is set.
     """
 
-    agent: str = "support_agent"
+    # The agent of calls that name none, for a deployer of one agent (a test, the committed
+    # bootstrap manifests). The code location leaves it empty: every call names its agent.
+    agent: str = ""
     namespace: str | None = None  # one namespace for all environments, else namespace_prefix+env
     namespace_prefix: str = "agentops-"
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI
     mlflow_secret: str = "agentops-mlflow"
-    admin_token_secret: str = "agentops-serving-admin"  # required: rendering fails when empty
+    # The Secret holding each agent's admin token; ``{agent}`` becomes the agent's DNS name, so
+    # each (agent, namespace = environment) has its own token. Required: rendering fails when empty.
+    admin_token_secret: str = ADMIN_TOKEN_SECRET
     port: int = 8080
     service_port: int = 80
     replicas: dict[str, int] = {"dev": 1, "staging": 2, "prod": 3}
@@ -147,6 +155,16 @@ class KubernetesDeployer(Deployer):
 
     # -- pure helpers
 
+    def _agent(self, agent: str | None) -> str:
+        """The agent a call acts on: the one it names, else this resource's own (if any)."""
+        name = agent or self.agent
+        if not name:
+            raise DeploymentError("name the agent (agent=...): this deployer serves every agent "
+                                  "of the code location")
+        if agent and self.agent and agent != self.agent:
+            raise DeploymentError(f"this deployer serves {self.agent!r} only, not {agent!r}")
+        return name
+
     def spec_for(self, environment: str) -> ServingSpec:
         minimum = self.replicas.get(environment, 2)
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ServingSpec)
@@ -154,11 +172,16 @@ class KubernetesDeployer(Deployer):
         return ServingSpec(**shared, replicas=minimum,
                            max_replicas=max(minimum, self.max_replicas.get(environment, 2 * minimum)))
 
+    def admin_secret_of(self, agent: str | None = None) -> str:
+        """The name of ``agent``'s admin token Secret (in each serving namespace)."""
+        return admin_token_secret_name(self.admin_token_secret, self._agent(agent))
+
     def namespace_of(self, environment: str) -> str:
         return namespace_for(environment, self.namespace, self.namespace_prefix)
 
-    def url(self, environment: str) -> str:
-        host = f"{object_name(self.agent, environment)}.{self.namespace_of(environment)}.svc.{self.cluster_domain}"
+    def url(self, environment: str, agent: str | None = None) -> str:
+        name = object_name(self._agent(agent), environment)
+        host = f"{name}.{self.namespace_of(environment)}.svc.{self.cluster_domain}"
         return f"http://{host}" + ("" if self.service_port == 80 else f":{self.service_port}")
 
     def target(
@@ -168,38 +191,52 @@ class KubernetesDeployer(Deployer):
         canary: Release | None = None,
         canary_replicas: int = 1,
         canary_share: float | None = None,
+        agent: str | None = None,
     ) -> list[dict[str, Any]]:
+        agent = self._agent(agent or self._agent_of_uri(stable.model_uri))
         return render_environment(
-            self.agent, environment, stable, canary, spec=self.spec_for(environment),
+            agent, environment, stable, canary, spec=self.spec_for(environment),
             namespace=self.namespace_of(environment), canary_replicas=canary_replicas,
             canary_share=canary_share,
         )
 
-    def _check_model_uri(self, model_uri: str) -> None:
+    @staticmethod
+    def _agent_of_uri(model_uri: str) -> str | None:
+        """The registered model's name in ``models:/<name>/...`` (None for other URIs)."""
         if model_uri.startswith("models:/"):
-            name = re.split(r"[/@]", model_uri.removeprefix("models:/"), maxsplit=1)[0]
-            if name != self.agent:
-                raise DeploymentError(
-                    f"{model_uri} is a version of {name!r}, but this deployer serves {self.agent!r}"
-                )
+            return re.split(r"[/@]", model_uri.removeprefix("models:/"), maxsplit=1)[0]
+        return None
+
+    def _check_model_uri(self, model_uri: str) -> str:
+        """The agent ``model_uri`` is a version of; DeploymentError if this resource serves
+        another one, or if the URI names no registered model and no agent is configured."""
+        name = self._agent_of_uri(model_uri)
+        if name and self.agent and name != self.agent:
+            raise DeploymentError(
+                f"{model_uri} is a version of {name!r}, but this deployer serves {self.agent!r}"
+            )
+        return self._agent(name)
 
     # -- the Deployer interface
 
-    def status(self, environment: str) -> Deployment | None:
+    def status(self, environment: str, agent: str | None = None) -> Deployment | None:
         """The stable version (and the canary, if any) when a stable pod is available."""
-        return self._status(environment, {role: self._get(self._deployment_key(environment, role))
-                                          for role in ROLES})
+        agent = self._agent(agent)
+        return self._status(environment, agent, {role: self._get(self._deployment_key(environment, role, agent))
+                                                 for role in ROLES})
 
     def deploy(self, environment: str, model_uri: str, version: str) -> Deployment:
         """Roll the stable Deployment to ``version`` (ending any canary) and wait until it is
         available; if it does not become available, re-apply what was there before."""
-        self._check_model_uri(model_uri)
-        current = self._live(environment)
-        self._rollout(environment, current, self.target(environment, Release(str(version), model_uri)))
-        return self._require_status(environment)
+        agent = self._check_model_uri(model_uri)
+        current = self._live(environment, agent)
+        self._rollout(environment, agent, current,
+                      self.target(environment, Release(str(version), model_uri), agent=agent))
+        return self._require_status(environment, agent)
 
-    def stop(self, environment: str) -> None:
-        self._execute(environment, plan_rollout(self._live(environment), []))
+    def stop(self, environment: str, agent: str | None = None) -> None:
+        agent = self._agent(agent)
+        self._execute(environment, plan_rollout(self._live(environment, agent), []))
 
     def deploy_canary(
         self, environment: str, model_uri: str, version: str, share: float
@@ -208,9 +245,9 @@ class KubernetesDeployer(Deployer):
         (0 < share < 1) of the requests: the Service splits by ready pods (module docstring).
         Again with the same version, only the canary's replica count changes. A canary that
         does not become ready is removed (or the previous canary restored)."""
-        self._check_model_uri(model_uri)
-        current = self._live(environment)
-        stable_obj = current.get(self._deployment_key(environment, "stable"))
+        agent = self._check_model_uri(model_uri)
+        current = self._live(environment, agent)
+        stable_obj = current.get(self._deployment_key(environment, "stable", agent))
         stable = release_of(stable_obj)
         if stable_obj is None or stable is None:
             raise DeploymentError(f"{environment}: no stable version to run a canary next to; "
@@ -218,43 +255,47 @@ class KubernetesDeployer(Deployer):
         stable_count = (stable_obj.get("spec") or {}).get("replicas") or self.replicas.get(environment, 1)
         count = canary_replicas(share, stable_count)
         canary = Release(str(version), model_uri)
-        self._rollout(environment, current, self.target(environment, stable, canary, count, share))
-        logger.info("%s: canary %s on %d pod(s) next to %d stable (about %.0f%% of requests)",
-                    environment, version, count, stable_count, 100 * replica_share(count, stable_count))
-        return self._require_status(environment)
+        self._rollout(environment, agent, current,
+                      self.target(environment, stable, canary, count, share, agent=agent))
+        logger.info("%s: %s canary %s on %d pod(s) next to %d stable (about %.0f%% of requests)",
+                    environment, agent, version, count, stable_count, 100 * replica_share(count, stable_count))
+        return self._require_status(environment, agent)
 
-    def promote_canary(self, environment: str) -> Deployment:
+    def promote_canary(self, environment: str, agent: str | None = None) -> Deployment:
         """Roll the stable Deployment to the canary's version, then remove the canary."""
-        current = self._live(environment)
-        canary = release_of(current.get(self._deployment_key(environment, "canary")))
+        agent = self._agent(agent)
+        current = self._live(environment, agent)
+        canary = release_of(current.get(self._deployment_key(environment, "canary", agent)))
         if canary is None:
-            raise DeploymentError(f"{environment}: no canary to promote")
-        self._rollout(environment, current, self.target(environment, canary))
-        return self._require_status(environment)
+            raise DeploymentError(f"{environment}: no canary of {agent} to promote")
+        self._rollout(environment, agent, current, self.target(environment, canary, agent=agent))
+        return self._require_status(environment, agent)
 
-    def abort_canary(self, environment: str) -> Deployment:
+    def abort_canary(self, environment: str, agent: str | None = None) -> Deployment:
         """Remove the canary; the stable version keeps serving. A no-op without a canary."""
-        current = self._live(environment)
-        stable = release_of(current.get(self._deployment_key(environment, "stable")))
+        agent = self._agent(agent)
+        current = self._live(environment, agent)
+        stable = release_of(current.get(self._deployment_key(environment, "stable", agent)))
         if stable is None:  # remove a stray canary, then say that nothing serves
-            key = self._deployment_key(environment, "canary")
+            key = self._deployment_key(environment, "canary", agent)
             self._execute(environment, [Action("delete", *key)] if key in current else [])
-            raise DeploymentError(f"{environment}: nothing is serving; deploy a stable version first")
-        self._execute(environment, plan_rollout(current, self.target(environment, stable)))
-        return self._require_status(environment)
+            raise DeploymentError(f"{environment}: nothing is serving ({agent}); deploy a stable version first")
+        self._execute(environment, plan_rollout(current, self.target(environment, stable, agent=agent)))
+        return self._require_status(environment, agent)
 
-    def stats(self, environment: str, window_s: float = 60.0) -> dict[str, Any]:
+    def stats(self, environment: str, window_s: float = 60.0, agent: str | None = None) -> dict[str, Any]:
         """Per role (``stable``, ``canary``: None when absent): version, model_uri, replicas,
         ready_replicas and, from Prometheus (``prometheus_url``), requests, errors (5xx),
         client_errors (4xx), error_rate, p50_ms, p99_ms and escalations over the last
         ``window_s`` seconds. Without Prometheus those are None and ``note`` says why: the
         pods' own ``/admin/stats`` sees one pod each, not the environment."""
-        result: dict[str, Any] = {"environment": environment, "agent": self.agent,
+        agent = self._agent(agent)
+        result: dict[str, Any] = {"environment": environment, "agent": agent,
                                   "window_s": window_s, "covered_s": window_s, "source": "kubernetes"}
         roles: dict[str, dict[str, Any]] = {}
         annotations: dict[str, str] = {}
         for role in ROLES:
-            obj = self._get(self._deployment_key(environment, role))
+            obj = self._get(self._deployment_key(environment, role, agent))
             release = release_of(obj)
             if obj is None or release is None:
                 result[role] = None
@@ -277,7 +318,7 @@ class KubernetesDeployer(Deployer):
             return result
         try:
             answers = {name: self._prometheus(query)
-                       for name, query in stats_queries(self.agent, environment, window_s).items()}
+                       for name, query in stats_queries(agent, environment, window_s).items()}
         except (OSError, ValueError) as e:
             result["note"] = f"Prometheus at {self.prometheus_url} did not answer: {e}"
             return result
@@ -288,10 +329,11 @@ class KubernetesDeployer(Deployer):
 
     # -- execution
 
-    def _deployment_key(self, environment: str, role: Role) -> ObjectKey:
-        return ("Deployment", self.namespace_of(environment), object_name(self.agent, environment, role))
+    def _deployment_key(self, environment: str, role: Role, agent: str) -> ObjectKey:
+        return ("Deployment", self.namespace_of(environment), object_name(agent, environment, role))
 
-    def _status(self, environment: str, live: Mapping[str, Mapping[str, Any] | None]) -> Deployment | None:
+    def _status(self, environment: str, agent: str,
+                live: Mapping[str, Mapping[str, Any] | None]) -> Deployment | None:
         stable_obj, canary_obj = live.get("stable"), live.get("canary")
         stable, canary = release_of(stable_obj), release_of(canary_obj)
         ready = {role: ((obj or {}).get("status") or {}).get("availableReplicas") or 0
@@ -303,17 +345,18 @@ class KubernetesDeployer(Deployer):
             if condition.get("type") == "Progressing" and condition.get("reason") == "NewReplicaSetAvailable":
                 started = condition.get("lastUpdateTime") or started
         return Deployment(
-            environment=environment, url=self.url(environment), model_uri=stable.model_uri,
+            environment=environment, url=self.url(environment, agent), model_uri=stable.model_uri,
             version=stable.version, pid=0, started_at=str(started),
             canary_version=canary.version if canary else None,
             canary_model_uri=canary.model_uri if canary else None,
             canary_share=replica_share(ready.get("canary", 0), ready["stable"]) if canary else 0.0,
+            agent=agent,
         )
 
-    def _require_status(self, environment: str) -> Deployment:
-        deployment = self.status(environment)
+    def _require_status(self, environment: str, agent: str) -> Deployment:
+        deployment = self.status(environment, agent)
         if deployment is None:
-            raise DeploymentError(f"{environment}: rolled out, but no stable pod is available")
+            raise DeploymentError(f"{environment}: {agent} rolled out, but no stable pod is available")
         return deployment
 
     def _client(self) -> Any:
@@ -353,10 +396,11 @@ class KubernetesDeployer(Deployer):
             raise DeploymentError(f"could not read {kind} {namespace}/{name}: {e}") from e
         return obj.to_dict()
 
-    def _live(self, environment: str) -> dict[ObjectKey, dict[str, Any]]:
-        """This agent's objects in ``environment`` (by label), keyed like ``plan_rollout`` wants."""
+    def _live(self, environment: str, agent: str) -> dict[ObjectKey, dict[str, Any]]:
+        """``agent``'s objects in ``environment`` (by label), keyed like ``plan_rollout`` wants:
+        a plan over them can never apply to or delete another agent's objects."""
         namespace = self.namespace_of(environment)
-        selector = label_selector({MANAGED_BY: FIELD_MANAGER, **selector_labels(self.agent, environment)})
+        selector = label_selector({MANAGED_BY: FIELD_MANAGER, **selector_labels(agent, environment)})
         live: dict[ObjectKey, dict[str, Any]] = {}
         try:
             for api_version, kind in MANAGED_KINDS:
@@ -371,24 +415,25 @@ class KubernetesDeployer(Deployer):
             raise DeploymentError(f"{environment}: could not read the cluster: {e}") from e
         return live
 
-    def _previous_target(self, environment: str, current: Mapping[ObjectKey, Mapping]) -> list[dict] | None:
+    def _previous_target(self, environment: str, agent: str,
+                         current: Mapping[ObjectKey, Mapping]) -> list[dict] | None:
         """The manifests of what ``current`` serves (stable and canary), to roll back to."""
-        stable = release_of(current.get(self._deployment_key(environment, "stable")))
+        stable = release_of(current.get(self._deployment_key(environment, "stable", agent)))
         if stable is None:
             return None
-        canary_obj = current.get(self._deployment_key(environment, "canary")) or {}
+        canary_obj = current.get(self._deployment_key(environment, "canary", agent)) or {}
         share = ((canary_obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_CANARY_SHARE)
         return self.target(environment, stable, release_of(canary_obj),
                            (canary_obj.get("spec") or {}).get("replicas") or 1,
-                           float(share) if share else None)
+                           float(share) if share else None, agent=agent)
 
-    def _check_admin_secret(self, environment: str) -> None:
+    def _check_admin_secret(self, environment: str, agent: str) -> None:
         """DeploymentError unless the admin token Secret exists with a non-empty token: pods
         without one would serve an unauthenticated /admin/* (or, with a server that refuses to
         start without a token, never become ready)."""
         from kubernetes.dynamic.exceptions import NotFoundError
 
-        namespace, name = self.namespace_of(environment), self.admin_token_secret
+        namespace, name = self.namespace_of(environment), self.admin_secret_of(agent)
         where = f"Secret {namespace}/{name}"
         try:
             secret = self._client().get(self._api("v1", "Secret"), name=name, namespace=namespace).to_dict()
@@ -415,11 +460,11 @@ class KubernetesDeployer(Deployer):
                 "pods' /admin/* needs a token; refusing to deploy (deploy/k8s/README.md)"
             )
 
-    def _rollout(self, environment: str, current: dict[ObjectKey, dict], target: list[dict]) -> None:
+    def _rollout(self, environment: str, agent: str, current: dict[ObjectKey, dict], target: list[dict]) -> None:
         """Apply ``target``; if a Deployment does not become ready, re-apply the previous state.
-        Nothing is applied unless the admin token Secret has a token."""
-        self._check_admin_secret(environment)
-        previous = self._previous_target(environment, current)
+        Nothing is applied unless the agent's admin token Secret has a token."""
+        self._check_admin_secret(environment, agent)
+        previous = self._previous_target(environment, agent, current)
         try:
             self._execute(environment, plan_rollout(current, target))
         except DeploymentError as e:
@@ -428,7 +473,7 @@ class KubernetesDeployer(Deployer):
             version = release_of(next(m for m in previous if m["kind"] == "Deployment"))
             logger.warning("%s: %s; rolling back to version %s", environment, e, version.version)
             try:
-                self._execute(environment, plan_rollout(self._live(environment), previous))
+                self._execute(environment, plan_rollout(self._live(environment, agent), previous))
             except DeploymentError as again:
                 raise DeploymentError(f"{e}; the rollback failed too: {again}") from e
             raise DeploymentError(f"{e}; rolled back: version {version.version} serves") from e
@@ -504,25 +549,39 @@ _HEADER = (
 )
 
 
-def committed_manifests(deployer: KubernetesDeployer | None = None) -> dict[str, str]:
-    """{relative path: YAML}: each environment's stable bundle serving the ``champion`` alias
-    (the bootstrap before the pipeline deploys a pinned version), and the RBAC."""
+def committed_manifests(deployer: KubernetesDeployer | None = None,
+                        agents: Sequence[str] | None = None) -> dict[str, str]:
+    """{relative path: YAML}: per environment, each agent's stable bundle serving its
+    ``champion`` alias (the bootstrap before the pipeline deploys a pinned version), and the
+    RBAC (which reads each agent's admin token Secret). ``agents``: the code location's."""
     deployer = deployer or KubernetesDeployer()
+    if agents is None:
+        agents = [deployer.agent] if deployer.agent else _code_location_agents()
     files = {}
     for environment in COMMITTED_ENVIRONMENTS:
-        release = Release("champion", f"models:/{deployer.agent}@champion")
+        manifests = []
+        for agent in agents:
+            release = Release("champion", f"models:/{agent}@champion")
+            manifests += deployer.target(environment, release, agent=agent)
+        secrets = ", ".join(deployer.admin_secret_of(a) for a in agents)
         files[f"serving/{environment}.yaml"] = to_yaml(
-            deployer.target(environment, release),
-            f"{_HEADER}\n{deployer.agent} in {environment}: apply deploy/k8s/rbac.yaml and the "
-            "secrets first (deploy/k8s/README.md).",
+            manifests,
+            f"{_HEADER}\n{', '.join(agents)} in {environment}: apply deploy/k8s/rbac.yaml and the "
+            f"secrets ({secrets}) first (deploy/k8s/README.md).",
         )
     files["rbac.yaml"] = to_yaml(
         render_rbac(COMMITTED_ENVIRONMENTS, namespace=deployer.namespace,
                     namespace_prefix=deployer.namespace_prefix,
-                    admin_token_secret=deployer.admin_token_secret),
+                    admin_token_secret=deployer.admin_token_secret, agents=agents),
         f"{_HEADER}\nNamespaces and the rights the Dagster run pods need to deploy (apply once).",
     )
     return files
+
+
+def _code_location_agents() -> list[str]:
+    from agentops_pipelines.agents import AGENTS
+
+    return [a.name for a in AGENTS]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from agentops_pipelines.vocabulary import (
     DECISION_TAG_PREFIX,
     RunTag,
     VersionTag,
+    rollout_tags,
 )
 
 
@@ -94,7 +95,7 @@ def build_approval_sensor(agent, promotion_job: dg.JobDefinition) -> dg.SensorDe
                 requests.append(dg.RunRequest(
                     run_key=f"promote-{version}-{target}-{'+'.join(verdict.approvers) or 'staging'}",
                     run_config=dg.RunConfig(ops={f"{agent.name}_promote": PromotionConfig(version=version, target=target)}),
-                    tags={RunTag.ENVIRONMENT: target, RunTag.VERSION: version, RunTag.AGENT: agent.name,
+                    tags={**rollout_tags(agent.name, target), RunTag.VERSION: version,
                           RunTag.REVIEWER: ",".join(verdict.approvers)}))
                 approvals.show(client, agent.name, version, **{VersionTag.STATUS: f"approved for {target}",
                                                                VersionTag.REVIEWER: ", ".join(verdict.approvers),

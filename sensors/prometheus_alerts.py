@@ -13,7 +13,7 @@ import dagster as dg
 from agentops_pipelines.operations import RollbackConfig
 from agentops_pipelines.resources.deployers import Deployer
 from agentops_pipelines.resources.prometheus import PrometheusResource, PrometheusUnreachable
-from agentops_pipelines.vocabulary import RunTag
+from agentops_pipelines.vocabulary import RunTag, rollout_tags
 
 MAX_REMEMBERED = 500
 
@@ -43,7 +43,7 @@ def build_prometheus_alert_sensor(agent, rollback_job: dg.JobDefinition) -> dg.S
             key = f"rollback-{fingerprint(labels)}-{alert.get('activeAt', '')}"
             if key in seen:
                 continue
-            current = deployer.status(env)
+            current = deployer.status(env, agent=agent.name)  # this agent's process, never another's
             if current is None or (version and current.version != version):
                 notes.append(f"{labels.get('alertname')} for version {version} in {env} is stale "
                              f"(serving: {current.version if current else 'nothing'})")
@@ -55,8 +55,8 @@ def build_prometheus_alert_sensor(agent, rollback_job: dg.JobDefinition) -> dg.S
                 run_key=key,
                 run_config=dg.RunConfig(ops={f"{agent.name}_rollback": RollbackConfig(
                     environment=env, reason=reason, bad_version=current.version, actor="prometheus_alert_sensor")}),
-                tags={RunTag.ENVIRONMENT: env, "agentops/alert": labels.get("alertname", ""),
-                      RunTag.VERSION: current.version, RunTag.AGENT: agent.name}))
+                tags={**rollout_tags(agent.name, env), "agentops/alert": labels.get("alertname", ""),
+                      RunTag.VERSION: current.version}))
             seen.append(key)
         cursor = json.dumps(seen[-MAX_REMEMBERED:])
         if not requests:
@@ -79,6 +79,6 @@ def build_promotion_failure_sensor(agent, promotion_job: dg.JobDefinition, rollb
             run_config=dg.RunConfig(ops={f"{agent.name}_rollback": RollbackConfig(
                 environment="prod", reason=f"promotion run {run.run_id[:8]} failed: {message}",
                 bad_version=run.tags.get(RunTag.VERSION, ""), actor="promotion_failure_sensor")}),
-            tags={RunTag.ENVIRONMENT: "prod", RunTag.AGENT: agent.name})
+            tags=rollout_tags(agent.name, "prod"))
 
     return promotion_failure_sensor

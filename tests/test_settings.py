@@ -134,7 +134,7 @@ def test_prepare_home_installs_the_production_yaml_which_validates(env, tmp_path
     # `agentops check` connects where Dagster will.
     assert pg_url_from_config(processed.value) == load_settings().dagster_postgres.url()
     limits = config["run_coordinator"]["config"]["tag_concurrency_limits"]
-    assert limits == [{"key": "agentops/environment", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+    assert limits == [{"key": "agentops/rollout", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
     assert config["telemetry"] == {"enabled": False}
 
 
@@ -164,14 +164,14 @@ def test_the_deployer_is_chosen_by_a_setting(env):
     k8s = build_resources(load_settings())["deployer"]
     assert isinstance(k8s, KubernetesDeployer)
     assert (k8s.agent, k8s.namespace, k8s.mlflow_tracking_uri, k8s.prometheus_url) == (
-        "support_agent", None, DEFAULT_MLFLOW_URI, None)
+        "", None, DEFAULT_MLFLOW_URI, None)  # no agent of its own: each call names one
     env(AGENTOPS_SERVING_IMAGE="registry.example.com/agentops:1.2", AGENTOPS_K8S_NAMESPACE="agents",
         AGENTOPS_SERVING_MLFLOW_URI="http://mlflow.ml:5000", AGENTOPS_PROMETHEUS_URL="http://prom:9090",
         AGENTOPS_K8S_INFERENCE_LOG_CLAIM="inference-log")
     k8s = build_resources(load_settings())["deployer"]
     assert (k8s.image, k8s.namespace, k8s.mlflow_tracking_uri, k8s.prometheus_url, k8s.inference_log_claim) == (
         "registry.example.com/agentops:1.2", "agents", "http://mlflow.ml:5000", "http://prom:9090", "inference-log")
-    assert k8s.url("prod") == "http://support-agent-prod.agents.svc.cluster.local"
+    assert k8s.url("prod", "support_agent") == "http://support-agent-prod.agents.svc.cluster.local"
     env(AGENTOPS_DEPLOYER="nomad")
     with pytest.raises(SettingsError, match="AGENTOPS_DEPLOYER must be one of local, kubernetes, not 'nomad'"):
         load_settings()
@@ -184,7 +184,7 @@ def test_serving_host_ports_and_admin_token(env):
     assert (local.host, local.ports, local.admin_token) == ("127.0.0.1", {}, None)
     env(AGENTOPS_SERVING_PORTS="dev=8081, prod=8083", AGENTOPS_SERVING_ADMIN_TOKEN="t0ken")
     deployer = build_deployer(load_settings())
-    assert deployer.ports == {"dev": 8081, "prod": 8083}
+    assert deployer.ports == {"support_agent/dev": 8081, "support_agent/prod": 8083}  # the one agent's
     assert isinstance(deployer.admin_token, dg.EnvVar)  # the UI shows the name, not the token
     with dg.build_resources({"deployer": deployer}) as resources:
         assert resources.deployer.admin_token == "t0ken"

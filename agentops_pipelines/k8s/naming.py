@@ -28,6 +28,9 @@ DEFAULT_MLFLOW_URI = "http://mlflow.agentops-platform.svc.cluster.local:5000"
 SERVING_MODULE = "agentops_pipelines.serving"
 ADMIN_TOKEN_ENV = EnvVar.SERVING_ADMIN_TOKEN.value  # read by the serving process (serving/server.py)
 ADMIN_TOKEN_KEY = "token"  # the key in the admin token Secret
+# The admin token Secret of each agent, in each serving namespace: "{agent}" becomes the agent's
+# DNS name (support-agent-serving-admin), so no agent's pods or deployer read another's token.
+ADMIN_TOKEN_SECRET = "{agent}-serving-admin"
 LIVENESS_PATH = "/livez"  # the process is up
 READINESS_PATH = "/readyz"  # a model is loaded and the server is not draining (else 503)
 
@@ -64,6 +67,15 @@ def object_name(agent: str, environment: str, role: Role = "stable") -> str:
     name = f"{dns_name(agent)}-{dns_name(environment)}" + ("-canary" if role == "canary" else "")
     if len(name) > 63:
         raise ValueError(f"{name!r} is longer than 63 characters")
+    return name
+
+
+def admin_token_secret_name(template: str, agent: str) -> str:
+    """``template`` with ``{agent}`` replaced by the agent's DNS name; a name without the
+    placeholder is one Secret shared by every agent in the namespace (a deliberate choice)."""
+    name = template.replace("{agent}", dns_name(agent))
+    if name.strip() and (len(name) > 253 or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name)):
+        raise ValueError(f"admin token Secret name {name!r} (from {template!r}) is not a valid Secret name")
     return name
 
 

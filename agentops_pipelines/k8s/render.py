@@ -13,6 +13,7 @@ from typing import Any
 from agentops_pipelines.k8s.naming import (
     ADMIN_TOKEN_ENV,
     ADMIN_TOKEN_KEY,
+    ADMIN_TOKEN_SECRET,
     ANNOTATION_CANARY_SHARE,
     ANNOTATION_HASH,
     ANNOTATION_MODEL_URI,
@@ -27,6 +28,7 @@ from agentops_pipelines.k8s.naming import (
     ROLES,
     SERVING_MODULE,
     Role,
+    admin_token_secret_name,
     label_value,
     namespace_for,
     object_name,
@@ -56,7 +58,8 @@ class ServingSpec:
     mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI
     mlflow_secret: str = "agentops-mlflow"  # envFrom (optional): MLFLOW_TRACKING_USERNAME, ...
     # The Secret (key "token", non-empty) holding the bearer token of the pods' /admin/*; required.
-    admin_token_secret: str = "agentops-serving-admin"  # required: rendering fails when empty
+    # "{agent}" in it becomes the agent's DNS name: one token per (agent, namespace).
+    admin_token_secret: str = ADMIN_TOKEN_SECRET  # required: rendering fails when empty
     startup_timeout_s: int = 300  # time a pod may take to load its model
     run_as_user: int = 10001  # the image's non-root user (deploy/Dockerfile)
     # The inference log (requests and predictions, for drift): a ReadWriteMany
@@ -138,7 +141,8 @@ def _container(
         # required: a pod does not start without the Secret (the deployer checks the key is not
         # empty before a rollout, and the server refuses to start without a token)
         {"name": ADMIN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {
-            "name": spec.admin_token_secret, "key": ADMIN_TOKEN_KEY, "optional": False}}},
+            "name": admin_token_secret_name(spec.admin_token_secret, agent), "key": ADMIN_TOKEN_KEY,
+            "optional": False}}},
     ]
     container: dict[str, Any] = {
         "name": "serving",
@@ -390,11 +394,16 @@ def render_rbac(
     namespace_prefix: str = "agentops-",
     dagster_namespace: str = "dagster",
     dagster_service_account: str = "dagster",
-    admin_token_secret: str = "agentops-serving-admin",
+    admin_token_secret: str = ADMIN_TOKEN_SECRET,
+    agents: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """What an administrator applies once: the namespaces and a Role per namespace that lets
     the Dagster run pods (the chart's service account) manage the serving objects, and read
-    the admin token Secret (only that one) to check it is not empty before a rollout."""
+    each agent's admin token Secret (only those) to check it is not empty before a rollout.
+    Re-render and apply it when an agent is added."""
+    secrets = sorted({admin_token_secret_name(admin_token_secret, a) for a in agents})
+    if not secrets:
+        raise ValueError("render_rbac needs the agents whose admin token Secrets the deployer reads")
     namespaces = sorted({namespace_for(e, namespace, namespace_prefix) for e in environments})
     labels = {"app.kubernetes.io/part-of": "agentops"}
     rules = [
@@ -407,7 +416,7 @@ def render_rbac(
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
          "verbs": ["get", "list", "create", "patch", "update", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},  # failure reasons
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [admin_token_secret],
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": secrets,
          "verbs": ["get"]},
     ]
     manifests: list[dict[str, Any]] = []

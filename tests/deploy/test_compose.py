@@ -116,4 +116,4 @@ def test_compose_environment_passes_production_settings(compose, monkeypatch):
     (serving,) = [job for job in scrape if job["job_name"] == "agentops-serving"]
     targets = {t for c in serving["static_configs"] for t in c["targets"]}
     assert targets == {f"dagster-code:{port}" for port in deployer.ports.values()}
-    assert set(deployer.ports) == set(ENVIRONMENTS)
+    assert set(deployer.ports) == {f"support_agent/{env}" for env in ENVIRONMENTS}  # one port per (agent, env)

@@ -136,4 +136,4 @@ def test_helm_values_say_what_the_project_needs(helm_values):
     limits = coordinator["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
     local = yaml.safe_load((ROOT / "dagster.yaml").read_text())["run_coordinator"]["config"]
     assert limits == local["tag_concurrency_limits"]
-    assert limits == [{"key": RunTag.ENVIRONMENT, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+    assert limits == [{"key": RunTag.ROLLOUT, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]

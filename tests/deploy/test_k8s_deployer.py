@@ -29,14 +29,14 @@ from agentops_pipelines.resources.kubernetes_deployer import KubernetesDeployer
 from .common import AGENT, ENVIRONMENTS, V1, V2, V3, prometheus_answers
 from .fake_kube_api import TRUE, FakeKubeAPI
 
-SECRET = ("Secret", "agentops-prod", "agentops-serving-admin")
+SECRET = ("Secret", "agentops-prod", "support-agent-serving-admin")
 CANARY = "support-agent-prod-canary"
 
 
 def admin_secret(namespace: str, token: str) -> dict:
-    """What `kubectl create secret generic agentops-serving-admin --from-literal=token=...` makes."""
+    """What `kubectl create secret generic support-agent-serving-admin --from-literal=token=...` makes."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": "agentops-serving-admin", "namespace": namespace},
+            "metadata": {"name": "support-agent-serving-admin", "namespace": namespace},
             "data": {"token": base64.b64encode(token.encode()).decode()}}
 
 
@@ -65,6 +65,7 @@ def cluster():
 def connect(tmp_path):
     def connect(api: FakeKubeAPI, **fields) -> KubernetesDeployer:
         kubeconfig = api.kubeconfig(tmp_path / f"kubeconfig-{api.url.rsplit(':', 1)[1]}")
+        fields.setdefault("agent", AGENT)  # a deployer of one agent; tests/isolation has several
         return KubernetesDeployer(kubeconfig=str(kubeconfig), in_cluster=False, rollout_timeout_s=5,
                                   poll_interval_s=0.01, **fields)
     return connect
@@ -82,8 +83,8 @@ def test_the_deployer_is_a_configurable_resource(monkeypatch):
     resource = resource.process_config_and_initialize()
     assert resource.spec_for("prod").image == "registry.example.com/agentops:1.2.3"
     assert resource.namespace_of("dev") == resource.namespace_of("prod") == "agents"
-    assert KubernetesDeployer().url("prod") == "http://support-agent-prod.agentops-prod.svc.cluster.local"
-    assert KubernetesDeployer(service_port=8080).url("dev").endswith(".agentops-dev.svc.cluster.local:8080")
+    assert KubernetesDeployer().url("prod", AGENT) == "http://support-agent-prod.agentops-prod.svc.cluster.local"
+    assert KubernetesDeployer(service_port=8080).url("dev", AGENT).endswith(".agentops-dev.svc.cluster.local:8080")
 
 
 def test_deploy_update_and_status(deployer, cluster):
@@ -103,7 +104,7 @@ def test_deploy_update_and_status(deployer, cluster):
 
 
 @pytest.mark.parametrize(("token", "message"), [
-    (None, "Secret agentops-prod/agentops-serving-admin does not exist"),
+    (None, "Secret agentops-prod/support-agent-serving-admin does not exist"),
     ("", "has no non-empty key 'token'"),
     (" \n", "has no non-empty key 'token'"),
 ])

@@ -73,7 +73,7 @@ def test_rendered_manifests_are_valid(environment, role):
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_TRACKING_URI"]["value"] == deployer.mlflow_tracking_uri
     assert env["AGENTOPS_SERVING_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-        "name": deployer.admin_token_secret, "key": "token", "optional": False}  # a pod needs it to start
+        "name": "support-agent-serving-admin", "key": "token", "optional": False}  # the agent's own; a pod needs it
     if role == "canary":
         assert deployment["spec"]["replicas"] == 2
         assert deployment["metadata"]["annotations"]["agentops/canary-share"] == "0.25"
@@ -159,11 +159,11 @@ def test_rendering_refuses_an_empty_admin_secret(secret):
     with pytest.raises(ValueError, match=message):
         KubernetesDeployer(admin_token_secret=secret).target("prod", V1)
     with pytest.raises(ValueError, match=message):
-        committed_manifests(KubernetesDeployer(admin_token_secret=secret))
+        committed_manifests(KubernetesDeployer(admin_token_secret=secret), agents=[AGENT])
 
 
 def test_rbac_grants_what_the_executor_does(helm_values):
-    manifests = render_rbac(ENVIRONMENTS)
+    manifests = render_rbac(ENVIRONMENTS, agents=[AGENT])
     for m in manifests:
         validate_k8s(m)
     roles = [m for m in manifests if m["kind"] == "Role"]
@@ -177,7 +177,7 @@ def test_rbac_grants_what_the_executor_does(helm_values):
             assert (group, resource, verb) in granted, (group, resource, verb)
     (secrets,) = [rule for rule in roles[0]["rules"] if rule["resources"] == ["secrets"]]
     assert secrets == {"apiGroups": [""], "resources": ["secrets"],  # the pods' admin Secret, read only
-                       "resourceNames": [KubernetesDeployer().admin_token_secret], "verbs": ["get"]}
+                       "resourceNames": [KubernetesDeployer().admin_secret_of(AGENT)], "verbs": ["get"]}
     binding = next(m for m in manifests if m["kind"] == "RoleBinding")
     # bound to the account the chart's pods (and so the run pods that deploy) run as
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": helm_values["serviceAccount"]["name"],

@@ -291,21 +291,21 @@ class _Recorded:
         self.calls: list[str] = []
         self.now = Deployment("prod", "http://x", "models:/a/1", "1", 1, "t")
 
-    def status(self, environment):
+    def status(self, environment, agent=None):
         return self.now
 
     def deploy_canary(self, *args):
         self.calls.append("canary")
         return self.now
 
-    def stats(self, environment, window_s):
+    def stats(self, environment, window_s, agent=None):
         return {"canary": self.canary_stats}
 
-    def abort_canary(self, environment):
+    def abort_canary(self, environment, agent=None):
         self.calls.append("abort")
         return self.now
 
-    def promote_canary(self, environment):
+    def promote_canary(self, environment, agent=None):
         self.calls.append("promote")
         return self.now
 
@@ -320,7 +320,7 @@ def test_a_canary_without_traffic_bakes_to_its_deadline_and_is_not_promoted():
     assert "served 0 requests in 30 s, fewer than the 20 needed" in result.reason
     assert sum(slept) == 30  # baked on past bake_seconds, up to the deadline
     late = _Recorded(_stats(0))
-    late.stats = lambda e, w: {"canary": _stats(25 if w > 12 else 3)}  # traffic comes late
+    late.stats = lambda e, w, agent=None: {"canary": _stats(25 if w > 12 else 3)}  # traffic comes late
     assert rollout(late, "prod", "models:/a/2", "2", policy, log=lambda m: None,
                    sleep=lambda s: None).succeeded  # fmt: skip
     assert late.calls == ["canary", "promote"]
