@@ -293,7 +293,72 @@ def status() -> int:
         for mv in client.search_model_versions(f"name='{agent.name}'", order_by=["version_number DESC"], max_results=10):
             print(f"  v{mv.version}: {mv.tags.get('approval_status', '-')}"
                   + (f" ({mv.tags['approval_refusal_reason']})" if mv.tags.get("approval_refusal_reason") else "")
-                  + f"; accuracy {mv.tags.get('eval_accuracy', '-')}; run {mv.run_id}")
+                  + f"; accuracy {mv.tags.get('eval_accuracy', '-')}; run {mv.run_id}" + _shadow_note(mv.tags))
+    return 0
+
+
+def _shadow_note(tags: dict) -> str:
+    """The shadow comparison a version's reviewers should see (serving/shadow.py), if any."""
+    from agentops_pipelines.vocabulary import ShadowTag
+
+    if ShadowTag.VERDICT not in tags:
+        return ""
+    return (f"; shadow vs v{tags.get(ShadowTag.PRIMARY, '?')}: {tags[ShadowTag.VERDICT]} over "
+            f"{tags.get(ShadowTag.REQUESTS, '?')} requests (pass {tags.get(ShadowTag.CHALLENGER_PASS)} vs "
+            f"{tags.get(ShadowTag.PRIMARY_PASS)}, McNemar p={tags.get(ShadowTag.MCNEMAR_P)})")
+
+
+def trace(request_id: str, full: bool = False) -> int:
+    """Find the traces tagged ``agentops.request_id = <request_id>`` in every experiment and print
+    their spans as a tree: type, latency, status, and each step's inputs and outputs."""
+    import json
+    import re
+
+    import mlflow
+
+    from agentops_pipelines.resources.settings import load_settings
+
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", request_id):
+        print(f"agentops trace: {request_id!r} is not a request id (letters, digits, . _ : -; at most 100)",
+              file=sys.stderr)
+        return 2
+    mlflow.set_tracking_uri(load_settings().mlflow_tracking_uri)
+    experiments = [e.experiment_id for e in mlflow.MlflowClient().search_experiments(max_results=1000)]
+    traces = []
+    for i in range(0, len(experiments), 100):
+        traces += mlflow.search_traces(locations=experiments[i:i + 100], return_type="list",
+                                       filter_string=f"tags.`agentops.request_id` = '{request_id}'")
+    if not traces:
+        print(f"no trace of request {request_id} (only failed, flagged and sampled requests are traced; "
+              "traces export within seconds)", file=sys.stderr)
+        return 1
+    width = None if full else 110
+    for t in traces:
+        info = t.info
+        tags = info.tags
+        print(f"trace {info.trace_id}  experiment {info.experiment_id}  {tags.get('agentops.environment', '')} "
+              f"v{tags.get('agentops.model_version', '?')} {tags.get('agentops.role', '')} "
+              f"status {tags.get('agentops.status', '?')} ({tags.get('agentops.trace_reason', '')})")
+        spans = t.data.spans
+        children: dict = {}
+        for span in spans:
+            children.setdefault(span.parent_id, []).append(span)
+
+        def show(span, depth: int, children=children) -> None:
+            ms = (span.end_time_ns - span.start_time_ns) / 1e6 if span.end_time_ns else 0.0
+            status = str(span.status.status_code).split(".")[-1]
+            error = f"  ERROR: {span.status.description}" if status == "ERROR" and span.status.description else ""
+            print(f"{'  ' * depth}- {span.name} [{span.span_type}] {ms:.2f} ms{error}")
+            if depth >= 2 or span.span_type in ("TOOL", "GUARDRAIL"):
+                for label, value in (("in", span.inputs), ("out", span.outputs)):
+                    if value:
+                        text = json.dumps(value, default=str)
+                        print(f"{'  ' * depth}    {label}: {text if width is None else text[:width]}")
+            for c in sorted(children.get(span.span_id, []), key=lambda s: s.start_time_ns):
+                show(c, depth + 1, children)
+
+        for root in children.get(None, []):
+            show(root, 0)
     return 0
 
 
@@ -533,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="last day, YYYY-MM-DD, included")
     p.add_argument("--agent", default="support_agent", help="whose dataset (default support_agent)")
     sub.add_parser("status", help="registered versions and deployments")
+    p = sub.add_parser("trace", help="print the steps of a served request's trace (by its X-Request-Id)")
+    p.add_argument("request_id", help="the request's X-Request-Id (response header)")
+    p.add_argument("--full", action="store_true", help="print each step's inputs and outputs in full")
     sub.add_parser("check", help="connect to every configured service (Postgres, Redis, MLflow, Feast)")
     p = sub.add_parser("keygen", help="make a reviewer's signing key (Ed25519); prints the public key")
     p.add_argument("--reviewer", required=True, help="your name as approvers.yaml will list it")
@@ -583,6 +651,8 @@ def _run(args: argparse.Namespace) -> int:
         return dev(args.port, args.mlflow_port)
     if args.command == "check":
         return check_services()
+    if args.command == "trace":
+        return trace(args.request_id, args.full)
     return status()
 
 

@@ -335,8 +335,35 @@ SCORERS: dict[str, Callable[..., Score]] = {f.__name__: f for f in (
     tool_choice, argument_correctness, steps_taken, policy_compliance, outcome_match, answer_check)}
 
 
+# -- live scorers: need no expectations, so they score live traffic and shadow pairs ------------
+FAILED_TOOL_OUTCOMES = ("invalid_arguments", "unknown_tool", "error")
+
+
+def tool_success(outputs: Mapping, expectations: Mapping | None = None) -> Score:
+    """Every tool call got a valid call through: no invalid arguments, unknown tool or error."""
+    bad = [f"{c['tool']}: {c.get('outcome')} ({c.get('error') or ''})".rstrip(" ()")
+           for c in outputs.get("tool_calls") or [] if c.get("outcome") in FAILED_TOOL_OUTCOMES]
+    return Score(not bad, "; ".join(bad) or "every tool call went through")
+
+
+def completed(outputs: Mapping, expectations: Mapping | None = None) -> Score:
+    """The request ended with an outcome and an answer, and no step failed unexpectedly."""
+    failed = [s["name"] for s in outputs.get("steps") or [] if s.get("error") and s.get("kind") != "tool"]
+    ok = outputs.get("outcome") != "error" and bool(str(outputs.get("answer") or "").strip()) and not failed
+    return Score(ok, f"outcome {outputs.get('outcome')}" + (f", failed steps {failed}" if failed else ""))
+
+
+LIVE_SCORERS: dict[str, Callable[..., Score]] = {f.__name__: f for f in (policy_compliance, tool_success, completed)}
+ALL_SCORERS = {**SCORERS, **LIVE_SCORERS}
+
+
+def live_scores(outputs: Mapping) -> dict[str, bool]:
+    """Pass/fail of each live scorer on one trajectory (online evaluation, shadow)."""
+    return {name: bool(fn(outputs, {}).value) for name, fn in LIVE_SCORERS.items()}
+
+
 def score(outputs: Mapping, expectations: Mapping, scorers: Iterable[str] | None = None) -> dict[str, Score]:
-    return {name: SCORERS[name](outputs, expectations) for name in (scorers or SCORERS)}
+    return {name: ALL_SCORERS[name](outputs, expectations) for name in (scorers or SCORERS)}
 
 
 def mlflow_scorers(names: Iterable[str] | None = None) -> list:
@@ -352,7 +379,7 @@ def mlflow_scorers(names: Iterable[str] | None = None) -> list:
 
         return scorer(run, name=name)
 
-    return [wrap(n, SCORERS[n]) for n in (names or SCORERS)]
+    return [wrap(n, ALL_SCORERS[n]) for n in (names or SCORERS)]
 
 
 def mlflow_records(cases: Sequence[GoldenCase], trajectories: Sequence[Trajectory | Mapping]) -> list[dict]:
@@ -424,6 +451,37 @@ def evaluate_trajectories(cases: Sequence[GoldenCase], run: Callable[[GoldenCase
                               "p99_ms": _quantile([s["latency_ms"] for s in ss], 0.99),
                               "errors": sum(1 for s in ss if s.get("error"))} for name, ss in steps.items()])
     return TrajectoryEvaluation(table, per_scorer, per_tool, per_step, {"run": t1 - t0, "score": t2 - t1})
+
+
+def step_tables(trajectories: Iterable[Trajectory | Mapping]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The evaluation report's per-step tables from any trajectories (golden or live):
+
+    - latency: step, count, p50_ms, p99_ms, max_ms, errors, error_rate;
+    - failures: step, tool, error (the first 120 characters), count, most frequent first.
+
+    One call for the evaluation asset (``latency, failures = step_tables(...)``)."""
+    import pandas as pd
+
+    steps: dict[str, list] = {}
+    failures: dict[tuple, int] = {}
+    for t in trajectories:
+        for s in _as_dict(t).get("steps") or []:
+            steps.setdefault(s["name"], []).append(s)
+            if s.get("error"):
+                tool = (s.get("inputs") or {}).get("tool") or ""
+                key = (s["name"], tool, str(s["error"])[:120])
+                failures[key] = failures.get(key, 0) + 1
+    latency = pd.DataFrame([{
+        "step": name, "count": len(ss),
+        "p50_ms": round(_quantile([s["latency_ms"] for s in ss], 0.5), 3),
+        "p99_ms": round(_quantile([s["latency_ms"] for s in ss], 0.99), 3),
+        "max_ms": round(max(s["latency_ms"] for s in ss), 3),
+        "errors": sum(1 for s in ss if s.get("error")),
+        "error_rate": round(sum(1 for s in ss if s.get("error")) / len(ss), 4),
+    } for name, ss in steps.items()], columns=["step", "count", "p50_ms", "p99_ms", "max_ms", "errors", "error_rate"])
+    failed = pd.DataFrame([{"step": k[0], "tool": k[1], "error": k[2], "count": n} for k, n in failures.items()],
+                          columns=["step", "tool", "error", "count"])
+    return latency, failed.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -273,7 +273,8 @@ class Executor:
              lambda: {"outcome": outcome, "facts": last.data, "replayed": last.replayed})
         answer = step("answer", "answer", {"tool": traj.tool, "outcome": outcome},
                       lambda: {"answer": answer_for(traj.tool, result, handover)})
-        return self._finish(traj, t0, outcome, answer.outputs.get("answer", ""))
+        text_out = answer.outputs.get("answer") or f"Done: {traj.tool.replace('_', ' ')}."
+        return self._finish(traj, t0, outcome, text_out)
 
     @staticmethod
     def _finish(traj: Trajectory, t0: float, outcome: str, answer: str) -> Trajectory:
