@@ -228,6 +228,7 @@ def load_settings(strict: bool = True) -> Settings:
     serving_host = env.get("AGENTOPS_SERVING_HOST") or "127.0.0.1"
     serving_ports = _serving_ports(env.get("AGENTOPS_SERVING_PORTS", ""), problems)
     admin_token = bool(env.get("AGENTOPS_SERVING_ADMIN_TOKEN"))
+    refund_limit = _refund_limit(env.get(EnvVar.REFUND_LIMIT, ""), problems)
     if mode == "production":
         problems += _production_problems(env, tracking)
         if serving_host not in ("127.0.0.1", "localhost", "::1") and not admin_token:
@@ -275,7 +276,7 @@ def load_settings(strict: bool = True) -> Settings:
         serving_ports=serving_ports,
         serving_admin_token=admin_token,
         sor_url=env.get(EnvVar.SOR_URL) or f"sqlite:///{home / 'system_of_record.db'}",
-        refund_limit=_refund_limit(env.get(EnvVar.REFUND_LIMIT, ""), problems),
+        refund_limit=refund_limit,
     )
     if strict and mode == "production" and problems:
         raise SettingsError("\n".join(problems))
