@@ -394,8 +394,9 @@ class TrajectoryEvaluation:
     cases: pd.DataFrame  # one row per case: expectations, what happened, one column per scorer
     per_scorer: pd.DataFrame  # scorer, mean, passed, failed
     per_tool: pd.DataFrame  # expected tool x scorer means
-    per_step: pd.DataFrame  # step, count, p50/p99 latency (ms), errors
+    per_step: pd.DataFrame  # step, count, p50/p99/max latency (ms), errors, error_rate
     seconds: dict = field(default_factory=dict)  # run, score
+    step_failures: pd.DataFrame | None = None  # step, tool, error, count (step_tables)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -409,8 +410,17 @@ class TrajectoryEvaluation:
         client = MlflowClient()
         for name, value in self.metrics.items():
             client.log_metric(run_id, f"{prefix}/{name}", value)
-        for name in ("cases", "per_scorer", "per_tool", "per_step"):
-            client.log_table(run_id, getattr(self, name), artifact_file=f"{prefix}/{name}.json")
+        for name in ("cases", "per_scorer", "per_tool", "per_step", "step_failures"):
+            if getattr(self, name) is not None:
+                client.log_table(run_id, getattr(self, name), artifact_file=f"{prefix}/{name}.json")
+
+    def step_markdown(self) -> str:
+        """The report's per-step latency and failure tables, as markdown (Dagster metadata)."""
+        failures = self.step_failures
+        text = "**Per step**\n\n" + self.per_step.to_markdown(index=False, floatfmt=".3f")
+        if failures is not None and len(failures):
+            text += "\n\n**Step failures**\n\n" + failures.head(20).to_markdown(index=False)
+        return text
 
 
 def runner(executor: Executor) -> Callable[[GoldenCase], Trajectory]:
@@ -431,7 +441,7 @@ def evaluate_trajectories(cases: Sequence[GoldenCase], run: Callable[[GoldenCase
     t0 = time.perf_counter()
     trajectories = [_as_dict(run(c)) for c in cases]
     t1 = time.perf_counter()
-    rows, steps = [], {}
+    rows = []
     for case, out in zip(cases, trajectories, strict=True):
         scores = score(out, case.expected, names)
         rows.append({"case_id": case.case_id, "category": case.category, "expected_tool": case.expected["tool"],
@@ -439,18 +449,15 @@ def evaluate_trajectories(cases: Sequence[GoldenCase], run: Callable[[GoldenCase
                      "outcome": out.get("outcome"), "latency_ms": out.get("latency_ms"),
                      **{n: float(s.value) for n, s in scores.items()},
                      "failed": ", ".join(n for n, s in scores.items() if float(s.value) < 1.0)})
-        for s in out.get("steps") or []:
-            steps.setdefault(s["name"], []).append(s)
     t2 = time.perf_counter()
     table = pd.DataFrame(rows)
     per_scorer = pd.DataFrame([{"scorer": n, "mean": float(table[n].mean()), "passed": int((table[n] >= 1.0).sum()),
                                 "failed": int((table[n] < 1.0).sum())} for n in names])
     per_tool = table.groupby("expected_tool")[names].mean().reset_index()
     per_tool.insert(1, "cases", table.groupby("expected_tool").size().values)
-    per_step = pd.DataFrame([{"step": name, "count": len(ss), "p50_ms": _quantile([s["latency_ms"] for s in ss], 0.5),
-                              "p99_ms": _quantile([s["latency_ms"] for s in ss], 0.99),
-                              "errors": sum(1 for s in ss if s.get("error"))} for name, ss in steps.items()])
-    return TrajectoryEvaluation(table, per_scorer, per_tool, per_step, {"run": t1 - t0, "score": t2 - t1})
+    per_step, step_failures = step_tables(trajectories)
+    return TrajectoryEvaluation(table, per_scorer, per_tool, per_step, {"run": t1 - t0, "score": t2 - t1},
+                                step_failures)
 
 
 def step_tables(trajectories: Iterable[Trajectory | Mapping]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -98,6 +98,12 @@ def test_step_tables_and_trace_steps(sor):
     assert row["count"] == 40 and row["errors"] > 0 and 0 < row["error_rate"] <= 1 and row["p99_ms"] >= row["p50_ms"]
     assert failures["count"].is_monotonic_decreasing and (failures["tool"] == "update_shipping_address").all()
     assert len(tool_of) == 40
+    from agentops_pipelines.agent.scorers import evaluate_trajectories
+
+    ev = evaluate_trajectories(cases[:10], runner(Executor(Actions(sor, dry_run=True),
+                                                           lambda text, f: ("update_shipping_address", 0.5))))
+    report = ev.step_markdown()  # what the evaluation report shows
+    assert "**Per step**" in report and "**Step failures**" in report and "call_tool" in report
     steps = trace_steps(trajectories[0].to_dict())
     assert [s[0] for s in steps][:4] == ["fetch_context", "decide", "extract_arguments",
                                          "call_tool:update_shipping_address"]
