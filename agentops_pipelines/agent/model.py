@@ -214,25 +214,26 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         n = len(frame)
         ids = columns.get(REQUEST_ID_COLUMN) or [uuid.uuid4().hex] * n
         customers = columns.get("customer_id") or [""] * n
-        rows = {c: [] for c in (*ACT_COLUMNS, TRAJECTORY_COLUMN)}
+        rows = []
         for i in range(n):
             rid = str(ids[i]) if i == 0 or ids[i] != ids[0] else f"{ids[0]}.{i}"
             features = {c: _plain(columns[c][i]) for c in self.feature_columns}
             t = executor.run(rid, str(columns["text"][i]), str(customers[i] or ""), features=features)
+            trajectory = t.to_dict()
             calls = [{"tool": c["tool"], "arguments": c["arguments"], "outcome": c["outcome"]}
-                     for c in t.tool_calls]
-            rows["tool"].append(t.tool or "")
-            rows["confidence"].append(float(t.confidence or 0.0))
-            rows["escalated"].append(t.outcome == "handed_over" or t.tool == self.escalation_tool)
-            rows["tool_call"].append(json.dumps(calls, default=str))
-            rows["answer"].append(t.answer)
-            rows["prompt_version"].append(self.prompt_uri)
-            rows["outcome"].append(t.outcome)
-            rows[TRAJECTORY_COLUMN].append(t.to_dict())
-        out = pd.DataFrame(rows)
-        out["confidence"] = out["confidence"].astype(float)
-        features = pd.DataFrame({c: columns[c] for c in self.feature_columns}, columns=list(self.feature_columns))
-        return out, features, []
+                     for c in trajectory["tool_calls"]]
+            rows.append((t.tool or "", float(t.confidence or 0.0),
+                         t.outcome == "handed_over" or t.tool == self.escalation_tool,
+                         json.dumps(calls, default=str), t.answer, self.prompt_uri, t.outcome, trajectory))
+        # One object block each: ~20x cheaper than a frame from a dict of lists (pandas checks
+        # and converts column by column), which cost more than the request's SQL.
+        out = pd.DataFrame(np.array(rows, dtype=object).reshape(n, len(ACT_COLUMNS) + 1),
+                           columns=[*ACT_COLUMNS, TRAJECTORY_COLUMN])
+        names = list(self.feature_columns)
+        values = np.empty((n, len(names)), dtype=object)
+        for j, c in enumerate(names):
+            values[:, j] = columns[c]
+        return out, pd.DataFrame(values, columns=names), []
 
     def predict_traced(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """The same as :meth:`predict`, one MLflow trace per request with a span per step."""
