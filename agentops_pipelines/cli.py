@@ -63,11 +63,31 @@ def check_services(only_in_production: bool = False) -> int:
     return 1 if failed else 0
 
 
-def _invoke(url: str, text: str, customer_id: str) -> dict:
+def _invoke(url: str, text: str, customer_id: str, request_id: str | None = None) -> dict:
     body = json.dumps({"dataframe_records": [{"text": text, "customer_id": customer_id}]}).encode()
-    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"X-Request-Id": request_id} if request_id else {})}
+    req = urllib.request.Request(f"{url}/invocations", data=body, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def _seed_system_of_record(settings) -> str:
+    """Create and seed the support desk's system of record (the tools' database; once) and
+    return a demo request about a real order of customer C00042."""
+    import sqlalchemy as sa
+
+    from agentops_pipelines.agent import system_of_record as db
+
+    sor = db.SystemOfRecord(settings.sor_url).ensure()
+    try:
+        with sor.read() as conn:
+            order = conn.execute(sa.select(db.orders.c.order_id).where(db.orders.c.customer_id == "C00042")
+                                 .order_by(db.orders.c.order_id).limit(1)).scalar()
+        where = "SQLite under the state folder" if sor.is_sqlite else "AGENTOPS_SOR_URL"
+        print(f"   system of record ({where}): {sor.count('customers')} customers, {sor.count('orders')} orders")
+    finally:
+        sor.dispose()
+    return f"where is my order #{order}, it has not arrived" if order else "where is my order?"
 
 
 def demo(days: int) -> int:
@@ -105,12 +125,13 @@ def demo(days: int) -> int:
     run(f"{agent.name}_training_job")
     registered = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "registered_version"]))
     version = str(registered.asset_materialization.metadata["version"].value)
+    sample_text = _seed_system_of_record(settings)
     print(f"3. deployment of version {version} to dev")
     run(f"{agent.name}_deploy_job", partition_key="dev",
         run_config={"ops": {f"{agent.name}__deployment": {"config": {"version": version}}}})
     deployed = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "deployment"]))
     url = deployed.asset_materialization.metadata["url"].value
-    answer = _invoke(url, "where is my order #123456, it has not arrived", "C00042")
+    answer = _invoke(url, sample_text, "C00042", "demo-request-1")
     report = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "evaluation_report"]))
     accuracy = report.asset_materialization.metadata["accuracy"].value
     print(f"""
@@ -119,6 +140,7 @@ Done in {time.perf_counter() - started:.0f} s.
   held-out accuracy  : {accuracy:.3f}
   dev URL            : {url}  (POST /invocations, GET /health)
   sample answer      : {answer['predictions'][0]['tool']} -> {answer['predictions'][0]['answer'][:90]}...
+  its steps          : agentops trace demo-request-1   (traced requests: failed, flagged, 1% sampled)
 Where to look:
   make dev           Dagster UI http://127.0.0.1:3000 (asset graph, runs, checks) and MLflow UI {settings.mlflow_ui_url}
   curl -s {url}/invocations -H 'Content-Type: application/json' \\

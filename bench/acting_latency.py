@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds per configuration (off and on alternate)")
     p.add_argument("--write", action="store_true", help=f"write the results into {BENCHMARKS.name}")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out
 
     import mlflow
 
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 reqs.append((f"r{k}-{i}", json.dumps({"dataframe_records": [{"text": c.text, "customer_id": c.customer_id}]}).encode()))
             cpu0, t0 = cpu_seconds(pgid), time.perf_counter()
             latency, status, outcome = open_loop(url, reqs, args.rate)
-            cpu = (cpu_seconds(pgid) - cpu0) / (time.perf_counter() - t0)
+            wall = time.perf_counter() - t0
+            cpu = (cpu_seconds(pgid) - cpu0) / wall
             summary = admin(url, {"action": "unload", "record": False})["shadow"] if shadow else None
             done = [v for v in latency if v is not None]
             outcomes: dict = {}
@@ -206,13 +208,15 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes[o] = outcomes.get(o, 0) + 1
             row = {"round": k, "shadow": shadow, "sent": len(reqs), "ok": sum(1 for s in status if s == 200),
                    "p50_ms": quantile(done, 0.5), "p99_ms": quantile(done, 0.99), "max_ms": max(done),
-                   "server_cpu": cpu, "outcomes": outcomes,
+                   "server_cpu": cpu, "cpu_ms_per_request": cpu * wall / len(reqs) * 1000,
+                   "achieved_rps": sum(1 for s in status if s == 200) / wall, "outcomes": outcomes,
                    "shadowed": summary["requests"] if summary else 0}
             rows.append(row)
             print(json.dumps(row), flush=True)
     off = [r for r in rows if not r["shadow"]]
     on = [r for r in rows if r["shadow"]]
-    med = {name: {k: statistics.median(r[k] for r in group) for k in ("p50_ms", "p99_ms", "server_cpu")}
+    med = {name: {k: statistics.median(r[k] for r in group)
+                  for k in ("p50_ms", "p99_ms", "server_cpu", "cpu_ms_per_request")}
            for name, group in (("off", off), ("on", on))}
     load = os.getloadavg()
     lines = [
@@ -226,16 +230,20 @@ def main(argv: list[str] | None = None) -> int:
         "SQLite (reads, and writes with their idempotency row) → observe → answer; a golden case's "
         "text, a new `X-Request-Id` each. Served as deployed (inference log, 1% traces, online "
         "evaluation of 10%).", "",
-        "| round | shadow | sent | ok | p50 ms | p99 ms | max ms | server CPU (cores) | shadowed |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['round']} | {'on' if r['shadow'] else 'off'} | {r['sent']} | {r['ok']} | {r['p50_ms']:.2f} | "
-          f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['server_cpu']:.2f} | {r['shadowed']} |" for r in rows],
+        "| round | shadow | sent | ok | achieved req/s | p50 ms | p99 ms | max ms | server CPU (cores) | "
+        "CPU ms/request | shadowed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {r['round']} | {'on' if r['shadow'] else 'off'} | {r['sent']} | {r['ok']} | {r['achieved_rps']:.0f} | "
+          f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['server_cpu']:.2f} | "
+          f"{r['cpu_ms_per_request']:.2f} | {r['shadowed']} |" for r in rows],
         "",
         f"Medians: shadow off p50 {med['off']['p50_ms']:.2f} ms, p99 {med['off']['p99_ms']:.2f} ms, "
         f"{med['off']['server_cpu']:.2f} cores; shadow on p50 {med['on']['p50_ms']:.2f} ms, p99 "
         f"{med['on']['p99_ms']:.2f} ms, {med['on']['server_cpu']:.2f} cores. Shadow adds "
         f"{med['on']['p99_ms'] - med['off']['p99_ms']:+.2f} ms to the primary's p99 "
-        f"(ratio {med['on']['p99_ms'] / med['off']['p99_ms']:.2f}).", "",
+        f"(ratio {med['on']['p99_ms'] / med['off']['p99_ms']:.2f}). Server-side CPU per request (the "
+        f"serving process and its helpers, the evaluation worker included): off "
+        f"{med['off']['cpu_ms_per_request']:.2f} ms, on {med['on']['cpu_ms_per_request']:.2f} ms.", "",
     ]
     text = "\n".join(lines)
     print(text)

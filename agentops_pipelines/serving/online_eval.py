@@ -21,6 +21,7 @@ in deploy/prometheus/rules.yml). No thread of the serving process waits on the w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -91,13 +92,19 @@ class EvalWorker:
         """Flush the flagged requests, stop the worker."""
         if self._process is None:
             return
+        import signal
+
+        # SIGTERM makes the worker skip the requests still queued (a shadow backlog can be
+        # seconds long); it still flushes the flagged requests and records nothing new.
+        with contextlib.suppress(OSError):
+            os.kill(self._process.pid, signal.SIGTERM)
         try:
             self.command({"kind": "stop"}, timeout=timeout)
         except (TimeoutError, RuntimeError) as e:
             logger.warning("the evaluation worker did not stop cleanly: %s", e)
         self._process.join(timeout)
         if self._process.is_alive():
-            self._process.terminate()
+            self._process.kill()
             self._process.join(2)
         self._process = None
         for s in (self._jobs, self._results):
@@ -226,10 +233,13 @@ class _Worker:
         self.comparison = None
         self._dataset = None
 
+    draining = False  # set by SIGTERM: queued requests are skipped, commands still run
+
     def handle(self, job: dict) -> bool:
         kind = job.get("kind", "request")
         if kind == "request":
-            self.request(job)
+            if not self.draining:
+                self.request(job)
         elif kind == "shadow_load":
             self.shadow_load(job)
         elif kind == "shadow_unload":
@@ -376,7 +386,6 @@ def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, exper
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         os.nice(10)  # scores can wait: requests cannot
@@ -385,13 +394,22 @@ def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, exper
     logging.basicConfig(level=log_level,
                         format="%(asctime)s %(levelname)s %(name)s [eval worker]: %(message)s")
     worker = _Worker(results, agent, environment, sor_url, refund_limit, experiment)
+
+    def drain(*_):
+        worker.draining = True
+
+    # SIGTERM (the serving process stopping, or the whole process group on Kubernetes): skip what
+    # is queued, then stop at the serving process's "stop" or after a second without jobs.
+    signal.signal(signal.SIGTERM, drain)
     jobs.settimeout(1.0)
     running = True
     while running:
         try:
             data = jobs.recv(MAX_DATAGRAM)
         except TimeoutError:
-            if os.getppid() != parent:  # the serving process is gone
+            if os.getppid() != parent or worker.draining:  # the serving process is gone or stopping
+                if worker.draining:
+                    worker.flush()
                 break
             worker.tick()
             continue
