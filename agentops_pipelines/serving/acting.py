@@ -130,6 +130,8 @@ def split_trajectories(predictions: Any) -> tuple[Any, list[dict]]:
     if columns is None or TRAJECTORY_COLUMN not in columns:
         return predictions, []
     trajectories = predictions[TRAJECTORY_COLUMN].tolist()
+    if columns[-1] == TRAJECTORY_COLUMN:  # AgentModel puts it last: a slice is ~3x cheaper than drop
+        return predictions.iloc[:, :-1], trajectories
     return predictions.drop(columns=[TRAJECTORY_COLUMN]), trajectories
 
 

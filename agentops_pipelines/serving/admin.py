@@ -8,8 +8,8 @@ token refuses every admin call (the server refuses to start without one).
   ``models:/<agent>@<alias>`` for the registered model the process started with; anything else
   (a path, ``runs:/``, ``file:``, another agent) is refused before anything is loaded.
 - ``POST /admin/promote``, ``POST /admin/abort``, ``GET /admin/stats?window=60``.
-- ``POST /admin/shadow`` ``{"action": "load", "model_uri", "version"}`` runs a version of the same
-  agent in shadow (``shadow.py``); ``{"action": "status"}``, ``{"action": "record"}`` (the
+- ``POST /admin/shadow`` ``{"action": "load", "model_uri", "version", "share": 1.0}`` runs a
+  version of the same agent in shadow (``shadow.py``) on ``share`` of the stable version's requests; ``{"action": "status"}``, ``{"action": "record"}`` (the
   comparison as tags of the challenger's version) and ``{"action": "unload", "record": true}``.
 """
 
@@ -229,7 +229,10 @@ def handle_admin_shadow(
             uri, version = payload.get("model_uri"), payload.get("version")
             if not isinstance(uri, str) or not isinstance(version, str | int) or isinstance(version, bool):
                 raise RequestError(400, "BAD_REQUEST", 'expected {"action": "load", "model_uri": str, "version": str}')
-            snap = state.shadow_load(allowed_model_uri(uri, state.agent), str(version))
+            share = payload.get("share", 1.0)
+            if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share <= 1.0:
+                raise RequestError(400, "BAD_REQUEST", f"'share' must be in (0, 1], got {share!r}")
+            snap = state.shadow_load(allowed_model_uri(uri, state.agent), str(version), float(share))
             logger.info("shadow: %s version %s runs beside the stable version", uri, version)
         elif action == "unload":
             record = payload.get("record", True)

@@ -144,8 +144,6 @@ def finish_invocation(
         predictions, features = result[0], result[1]
         steps = result[2] if len(result) > 2 else []
         predictions, trajectories = split_trajectories(predictions)
-        if trajectories:
-            steps = trace_steps(trajectories[0])
         try:
             out = predictions_json(predictions)
         except Exception as e:
@@ -163,6 +161,8 @@ def finish_invocation(
     reason, sampled = None, p.sampled
     if trajectories and state.tracer is not None and not sampled and any(flagged(t) for t in trajectories):
         reason, sampled = "flagged", True
+    if trajectories and sampled:  # the steps of the first row become the trace's spans
+        steps = trace_steps(trajectories[0])
     state.record(
         served, role, 200, p.started, received=p.received, request_id=p.request_id,
         frame=p.frame, predictions=predictions, features=features, sampled=sampled,
@@ -176,7 +176,8 @@ def finish_invocation(
 def _evaluate(state: ServingState, served: Served, role: str, trajectories: list[dict]) -> None:
     """Hand the request to the evaluation worker (online_eval.py) when it is sampled for online
     evaluation or a challenger runs in shadow beside the stable version. Never waits."""
-    shadow = role == STABLE and state.shadow_version is not None
+    shadow = role == STABLE and state.shadow_version is not None and (
+        state.shadow_share >= 1.0 or _random_bits(32) < state.shadow_share * 4294967296.0)
     score = state.evaluator.sample()
     if not (shadow or score):
         return

@@ -191,6 +191,7 @@ class ServingState:
         self.acting = acting
         self.evaluator = evaluator
         self.shadow_version: str | None = None  # the challenger running in shadow, if any
+        self.shadow_share = 1.0  # the share of the stable version's requests it also answers
 
     # -- reading
 
@@ -277,8 +278,9 @@ class ServingState:
 
     # -- shadow (online_eval.py runs the challenger; shadow.py compares)
 
-    def shadow_load(self, model_uri: str, version: str) -> dict:
-        """Run ``model_uri`` (a version of this agent) in shadow beside the stable version."""
+    def shadow_load(self, model_uri: str, version: str, share: float = 1.0) -> dict:
+        """Run ``model_uri`` (a version of this agent) in shadow beside the stable version, on
+        ``share`` of its requests (its CPU, in the worker, is proportional)."""
         if self.evaluator is None or self.acting is None or not self.acting.settings.enabled:
             raise RequestError(409, "NO_SHADOW", "this process does not act (no system of record): "
                                                  "there is nothing to shadow")
@@ -291,7 +293,7 @@ class ServingState:
                                        "primary_version": stable.model.version})
         if snap.get("shadow_error"):
             raise RequestError(422, "SHADOW_LOAD_FAILED", f"could not run {model_uri} in shadow: {snap['shadow_error']}")
-        self.shadow_version = str(version)
+        self.shadow_version, self.shadow_share = str(version), share
         return snap
 
     def shadow_unload(self, record: bool = True) -> dict:
