@@ -92,11 +92,31 @@ def check_services(only_in_production: bool = False) -> int:
     return 1 if failed else 0
 
 
-def _invoke(url: str, text: str, customer_id: str) -> dict:
+def _invoke(url: str, text: str, customer_id: str, request_id: str | None = None) -> dict:
     body = json.dumps({"dataframe_records": [{"text": text, "customer_id": customer_id}]}).encode()
-    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"X-Request-Id": request_id} if request_id else {})}
+    req = urllib.request.Request(f"{url}/invocations", data=body, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def _seed_system_of_record(settings) -> str:
+    """Create and seed the support desk's system of record (the tools' database; once) and
+    return a demo request about a real order of customer C00042."""
+    import sqlalchemy as sa
+
+    from agentops_pipelines.agent import system_of_record as db
+
+    sor = db.SystemOfRecord(settings.sor_url).ensure()
+    try:
+        with sor.read() as conn:
+            order = conn.execute(sa.select(db.orders.c.order_id).where(db.orders.c.customer_id == "C00042")
+                                 .order_by(db.orders.c.order_id).limit(1)).scalar()
+        where = "SQLite under the state folder" if sor.is_sqlite else "AGENTOPS_SOR_URL"
+        print(f"   system of record ({where}): {sor.count('customers')} customers, {sor.count('orders')} orders")
+    finally:
+        sor.dispose()
+    return f"where is my order #{order}, it has not arrived" if order else "where is my order?"
 
 
 def demo(days: int, agent_name: str | None = None) -> int:
@@ -139,12 +159,13 @@ def demo(days: int, agent_name: str | None = None) -> int:
     run(f"{agent.name}_training_job")
     registered = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "registered_version"]))
     version = str(registered.asset_materialization.metadata["version"].value)
+    sample_text = _seed_system_of_record(settings)
     print(f"3. deployment of version {version} to dev")
     run(f"{agent.name}_deploy_job", partition_key="dev",
         run_config={"ops": {f"{agent.name}__deployment": {"config": {"version": version}}}})
     deployed = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "deployment"]))
     url = deployed.asset_materialization.metadata["url"].value
-    answer = _invoke(url, "where is my order #123456, it has not arrived", "C00042")
+    answer = _invoke(url, sample_text, "C00042", "demo-request-1")
     report = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "evaluation_report"]))
     accuracy = report.asset_materialization.metadata["accuracy"].value
     print(f"""
@@ -153,6 +174,7 @@ Done in {time.perf_counter() - started:.0f} s.
   held-out accuracy  : {accuracy:.3f}
   dev URL            : {url}  (POST /invocations, GET /health)
   sample answer      : {answer['predictions'][0]['tool']} -> {answer['predictions'][0]['answer'][:90]}...
+  its steps          : agentops trace demo-request-1   (traced requests: failed, flagged, 1% sampled)
 Where to look:
   make dev           Dagster UI http://127.0.0.1:3000 (asset graph, runs, checks) and MLflow UI {settings.mlflow_ui_url}
   curl -s {url}/invocations -H 'Content-Type: application/json' \\
@@ -331,7 +353,72 @@ def status(agent_name: str | None = None) -> int:
         for mv in client.search_model_versions(f"name='{name}'", order_by=["version_number DESC"], max_results=10):
             print(f"  v{mv.version}: {mv.tags.get('approval_status', '-')}"
                   + (f" ({mv.tags['approval_refusal_reason']})" if mv.tags.get("approval_refusal_reason") else "")
-                  + f"; accuracy {mv.tags.get('eval_accuracy', '-')}; run {mv.run_id}")
+                  + f"; accuracy {mv.tags.get('eval_accuracy', '-')}; run {mv.run_id}" + _shadow_note(mv.tags))
+    return 0
+
+
+def _shadow_note(tags: dict) -> str:
+    """The shadow comparison a version's reviewers should see (serving/shadow.py), if any."""
+    from agentops_pipelines.vocabulary import ShadowTag
+
+    if ShadowTag.VERDICT not in tags:
+        return ""
+    return (f"; shadow vs v{tags.get(ShadowTag.PRIMARY, '?')}: {tags[ShadowTag.VERDICT]} over "
+            f"{tags.get(ShadowTag.REQUESTS, '?')} requests (pass {tags.get(ShadowTag.CHALLENGER_PASS)} vs "
+            f"{tags.get(ShadowTag.PRIMARY_PASS)}, McNemar p={tags.get(ShadowTag.MCNEMAR_P)})")
+
+
+def trace(request_id: str, full: bool = False) -> int:
+    """Find the traces tagged ``agentops.request_id = <request_id>`` in every experiment and print
+    their spans as a tree: type, latency, status, and each step's inputs and outputs."""
+    import json
+    import re
+
+    import mlflow
+
+    from agentops_pipelines.resources.settings import load_settings
+
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", request_id):
+        print(f"agentops trace: {request_id!r} is not a request id (letters, digits, . _ : -; at most 100)",
+              file=sys.stderr)
+        return 2
+    mlflow.set_tracking_uri(load_settings().mlflow_tracking_uri)
+    experiments = [e.experiment_id for e in mlflow.MlflowClient().search_experiments(max_results=1000)]
+    traces = []
+    for i in range(0, len(experiments), 100):
+        traces += mlflow.search_traces(locations=experiments[i:i + 100], return_type="list",
+                                       filter_string=f"tags.`agentops.request_id` = '{request_id}'")
+    if not traces:
+        print(f"no trace of request {request_id} (only failed, flagged and sampled requests are traced; "
+              "traces export within seconds)", file=sys.stderr)
+        return 1
+    width = None if full else 110
+    for t in traces:
+        info = t.info
+        tags = info.tags
+        print(f"trace {info.trace_id}  experiment {info.experiment_id}  {tags.get('agentops.environment', '')} "
+              f"v{tags.get('agentops.model_version', '?')} {tags.get('agentops.role', '')} "
+              f"status {tags.get('agentops.status', '?')} ({tags.get('agentops.trace_reason', '')})")
+        spans = t.data.spans
+        children: dict = {}
+        for span in spans:
+            children.setdefault(span.parent_id, []).append(span)
+
+        def show(span, depth: int, children=children) -> None:
+            ms = (span.end_time_ns - span.start_time_ns) / 1e6 if span.end_time_ns else 0.0
+            status = str(span.status.status_code).split(".")[-1]
+            error = f"  ERROR: {span.status.description}" if status == "ERROR" and span.status.description else ""
+            print(f"{'  ' * depth}- {span.name} [{span.span_type}] {ms:.2f} ms{error}")
+            if depth >= 2 or span.span_type in ("TOOL", "GUARDRAIL"):
+                for label, value in (("in", span.inputs), ("out", span.outputs)):
+                    if value:
+                        text = json.dumps(value, default=str)
+                        print(f"{'  ' * depth}    {label}: {text if width is None else text[:width]}")
+            for c in sorted(children.get(span.span_id, []), key=lambda s: s.start_time_ns):
+                show(c, depth + 1, children)
+
+        for root in children.get(None, []):
+            show(root, 0)
     return 0
 
 
@@ -580,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agent", help="whose dataset (required when there are several agents)")
     p = sub.add_parser("status", help="registered versions and deployments")
     p.add_argument("--agent", help="only this agent (default: every agent)")
+    p = sub.add_parser("trace", help="print the steps of a served request's trace (by its X-Request-Id)")
+    p.add_argument("request_id", help="the request's X-Request-Id (response header)")
+    p.add_argument("--full", action="store_true", help="print each step's inputs and outputs in full")
     sub.add_parser("check", help="connect to every configured service (Postgres, Redis, MLflow, Feast)")
     p = sub.add_parser("keygen", help="make a reviewer's signing key (Ed25519); prints the public key")
     p.add_argument("--reviewer", required=True, help="your name as approvers.yaml will list it")
@@ -645,6 +735,8 @@ def _run(args: argparse.Namespace) -> int:
         return dev(args.port, args.mlflow_port)
     if args.command == "check":
         return check_services()
+    if args.command == "trace":
+        return trace(args.request_id, args.full)
     return status(args.agent)
 
 

@@ -100,3 +100,29 @@ class EnvVar(StrEnum):
     SIGNING_KEY_DIR = "AGENTOPS_SIGNING_KEY_DIR"
     SERVING_ADMIN_TOKEN = "AGENTOPS_SERVING_ADMIN_TOKEN"
     SERVING_ROLE = "AGENTOPS_SERVING_ROLE"
+    # Agents that act (agent/actions.py): the system of record's database URL (a secret in
+    # production; default a SQLite file under AGENTOPS_HOME), "off" to serve without running
+    # tools, the refund limit above which a person decides, and the share of live requests the
+    # serving process scores with the code scorers (online evaluation).
+    SOR_URL = "AGENTOPS_SOR_URL"
+    REFUND_LIMIT = "AGENTOPS_REFUND_LIMIT"
+    ONLINE_EVAL_SAMPLE_RATE = "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE"
+
+
+class ShadowTag(StrEnum):
+    """Model-version tags the shadow comparison leaves on the challenger version, for its
+    reviewers (``agentops status`` shows them): evidence before any canary."""
+
+    PRIMARY = "agentops.shadow.primary_version"
+    REQUESTS = "agentops.shadow.requests"
+    PRIMARY_PASS = "agentops.shadow.primary_pass_rate"
+    CHALLENGER_PASS = "agentops.shadow.challenger_pass_rate"
+    AGREEMENT = "agentops.shadow.tool_agreement"
+    MCNEMAR_P = "agentops.shadow.mcnemar_p"
+    VERDICT = "agentops.shadow.verdict"  # better | worse | no_difference | too_few
+    RECORDED_AT = "agentops.shadow.recorded_at"
+
+
+SHADOW_TAG_PREFIX = "agentops.shadow."
+DEFAULT_REFUND_LIMIT = 100.0
+DEFAULT_ONLINE_EVAL_SAMPLE_RATE = 0.1

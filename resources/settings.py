@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-from agentops_pipelines.vocabulary import EnvVar
+from agentops_pipelines.vocabulary import DEFAULT_REFUND_LIMIT, EnvVar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"
@@ -107,7 +107,11 @@ class Settings:
     # processes get a port chosen at their first deploy and kept in the state folder
     serving_ports: Mapping[str, int] = field(default_factory=dict)
     serving_admin_token: bool = False  # AGENTOPS_SERVING_ADMIN_TOKEN is set (the value stays there)
-    agents_dir: Path = DEFAULT_AGENTS_DIR  # AGENTOPS_AGENTS_DIR: the agents declared by configuration
+    # The support desk's system of record (agent/system_of_record.py): a SQLAlchemy URL (a
+    # secret in production: never logged, passed to serving processes through their allowlist),
+    # by default a SQLite file under the state folder; and the refund limit of its policy.
+    sor_url: str = ""
+    refund_limit: float = 100.0
 
     @property
     def dagster_home(self) -> Path:
@@ -179,6 +183,19 @@ def _serving_ports(value: str, problems: list[str]) -> dict[str, int]:
     return ports
 
 
+def _refund_limit(value: str, problems: list[str]) -> float:
+    if not value.strip():
+        return DEFAULT_REFUND_LIMIT
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = -1.0
+    if not 0 < limit < 1e9:
+        problems.append(f"{EnvVar.REFUND_LIMIT} must be a positive amount, not {value!r}")
+        return DEFAULT_REFUND_LIMIT
+    return limit
+
+
 def load_settings(strict: bool = True) -> Settings:
     """Settings for the current environment. Cheap: no I/O beyond reading variables.
 
@@ -212,6 +229,7 @@ def load_settings(strict: bool = True) -> Settings:
     serving_host = env.get("AGENTOPS_SERVING_HOST") or "127.0.0.1"
     serving_ports = _serving_ports(env.get("AGENTOPS_SERVING_PORTS", ""), problems)
     admin_token = bool(env.get("AGENTOPS_SERVING_ADMIN_TOKEN"))
+    refund_limit = _refund_limit(env.get(EnvVar.REFUND_LIMIT, ""), problems)
     if mode == "production":
         problems += _production_problems(env, tracking)
         if serving_host not in ("127.0.0.1", "localhost", "::1") and not admin_token:
@@ -224,6 +242,7 @@ def load_settings(strict: bool = True) -> Settings:
             ("feast_registry", "AGENTOPS_FEAST_REGISTRY", registry),
             ("feast_online_store", "AGENTOPS_FEAST_REDIS", online),
             ("audit_db_url", "AGENTOPS_AUDIT_DB_URL", env.get("AGENTOPS_AUDIT_DB_URL", "")),
+            ("sor_url", EnvVar.SOR_URL.value, env.get(EnvVar.SOR_URL, "")),
         )
         if env.get(variable) == value and _has_password(value)
     }
@@ -257,7 +276,8 @@ def load_settings(strict: bool = True) -> Settings:
         serving_host=serving_host,
         serving_ports=serving_ports,
         serving_admin_token=admin_token,
-        agents_dir=Path(env.get(EnvVar.AGENTS_DIR) or DEFAULT_AGENTS_DIR).resolve(),
+        sor_url=env.get(EnvVar.SOR_URL) or f"sqlite:///{home / 'system_of_record.db'}",
+        refund_limit=refund_limit,
     )
     if strict and mode == "production" and problems:
         raise SettingsError("\n".join(problems))

@@ -76,7 +76,8 @@ def test_full_chain_registers_and_serves(defs, instance, home, tmp_path):
     out = invoke(dep["url"], [{"text": "I forgot my password and can't log in", "customer_id": "C00010"}])
     pred = out["predictions"][0]
     assert pred["tool"] == "reset_password"
-    assert "customer_id=C00010" in pred["answer"]
+    # the served request acts (issue 12): the tool ran against the demo's system of record
+    assert pred["outcome"] == "resolved" and "c00010@example.com" in pred["answer"]
 
 
 @pytest.mark.slow

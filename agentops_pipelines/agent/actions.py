@@ -442,11 +442,18 @@ WRITE_TOOLS = frozenset(n for n, s in SPECS.items() if s.writes)
 
 
 class Actions:
-    """Runs the tools over one system of record under one policy. Thread-safe."""
+    """Runs the tools over one system of record under one policy. Thread-safe.
 
-    def __init__(self, sor: SystemOfRecord, policy: Policy | None = None):
+    ``dry_run=True`` (a shadow challenger) never writes: a write tool is planned in a read
+    transaction (the same checks, the same policy decision), and an allowed write answers
+    ``executed`` with ``dry_run: true`` and what it would have written; nothing is recorded, so
+    no request id is used up. Reads run as usual.
+    """
+
+    def __init__(self, sor: SystemOfRecord, policy: Policy | None = None, *, dry_run: bool = False):
         self.sor = sor
         self.policy = policy or Policy()
+        self.dry_run = dry_run
 
     def validate(self, tool: str, arguments: dict) -> BaseModel:
         """The validated arguments; raises ``KeyError`` (unknown tool) or ``ValidationError``."""
@@ -469,6 +476,8 @@ class Actions:
             except _Outcome as o:
                 return ToolResult(tool, o.outcome, o.data, o.error, arguments=shown)
 
+        if self.dry_run:
+            return self._dry_run(spec, args, shown, confirmed, extra)
         deferred: list[ToolResult] = []
 
         def write(conn) -> dict:
@@ -494,3 +503,37 @@ class Actions:
             return ToolResult(tool, "rejected", error=f"request_id: {exc}", arguments=shown)
         r = done.result
         return ToolResult(tool, r["outcome"], r.get("data") or {}, r.get("error"), done.replayed, shown)
+
+    def _dry_run(self, spec: ToolSpec, args: BaseModel, shown: dict, confirmed: bool, extra: dict) -> ToolResult:
+        """A write planned, never executed (see the class docstring)."""
+        tool = spec.name
+        try:
+            with self.sor.read() as conn:
+                plan = spec.fn(conn, args, confirmed, plan_only=True, **extra)
+                decision = self.policy.decide(tool, {**shown, **plan}, confirmed=confirmed)
+                if decision.action != "execute":
+                    outcome = "needs_handover" if decision.action == "handover" else "needs_confirmation"
+                    return ToolResult(tool, outcome, plan, decision.reason, arguments=shown)
+                data = {**_would_write(tool, conn, shown, plan, extra.get("request_id", "")),
+                        "confirmed": confirmed, "dry_run": True}
+        except _Outcome as o:
+            return ToolResult(tool, o.outcome, o.data, o.error, arguments=shown)
+        return ToolResult(tool, "executed", data, arguments=shown)
+
+
+def _would_write(tool: str, conn, shown: dict, plan: dict, request_id: str) -> dict:
+    """What a write's result would say (the fields its answer states), from its plan."""
+    data = {**shown, **plan}
+    order_id = plan.get("order_id")
+    if order_id and tool in ("cancel_order", "report_damaged_item"):
+        row = conn.execute(sa.select(db.orders).where(db.orders.c.order_id == order_id)).first()
+        data.update(amount=row.amount_cents / 100, product=row.product, status="cancelled")
+        if tool == "report_damaged_item":
+            data["replacement_id"] = f"R{order_id}"
+    elif tool == "request_refund":
+        data["refund_id"] = f"RF-{request_id}"
+    elif tool == ESCALATE:
+        data["ticket_id"] = f"TK-{request_id}"
+    elif tool == "manage_subscription" and shown.get("plan_tier"):
+        data["plan_tier"] = shown["plan_tier"]
+    return data

@@ -335,8 +335,35 @@ SCORERS: dict[str, Callable[..., Score]] = {f.__name__: f for f in (
     tool_choice, argument_correctness, steps_taken, policy_compliance, outcome_match, answer_check)}
 
 
+# -- live scorers: need no expectations, so they score live traffic and shadow pairs ------------
+FAILED_TOOL_OUTCOMES = ("invalid_arguments", "unknown_tool", "error")
+
+
+def tool_success(outputs: Mapping, expectations: Mapping | None = None) -> Score:
+    """Every tool call got a valid call through: no invalid arguments, unknown tool or error."""
+    bad = [f"{c['tool']}: {c.get('outcome')} ({c.get('error') or ''})".rstrip(" ()")
+           for c in outputs.get("tool_calls") or [] if c.get("outcome") in FAILED_TOOL_OUTCOMES]
+    return Score(not bad, "; ".join(bad) or "every tool call went through")
+
+
+def completed(outputs: Mapping, expectations: Mapping | None = None) -> Score:
+    """The request ended with an outcome and an answer, and no step failed unexpectedly."""
+    failed = [s["name"] for s in outputs.get("steps") or [] if s.get("error") and s.get("kind") != "tool"]
+    ok = outputs.get("outcome") != "error" and bool(str(outputs.get("answer") or "").strip()) and not failed
+    return Score(ok, f"outcome {outputs.get('outcome')}" + (f", failed steps {failed}" if failed else ""))
+
+
+LIVE_SCORERS: dict[str, Callable[..., Score]] = {f.__name__: f for f in (policy_compliance, tool_success, completed)}
+ALL_SCORERS = {**SCORERS, **LIVE_SCORERS}
+
+
+def live_scores(outputs: Mapping) -> dict[str, bool]:
+    """Pass/fail of each live scorer on one trajectory (online evaluation, shadow)."""
+    return {name: bool(fn(outputs, {}).value) for name, fn in LIVE_SCORERS.items()}
+
+
 def score(outputs: Mapping, expectations: Mapping, scorers: Iterable[str] | None = None) -> dict[str, Score]:
-    return {name: SCORERS[name](outputs, expectations) for name in (scorers or SCORERS)}
+    return {name: ALL_SCORERS[name](outputs, expectations) for name in (scorers or SCORERS)}
 
 
 def mlflow_scorers(names: Iterable[str] | None = None) -> list:
@@ -352,7 +379,7 @@ def mlflow_scorers(names: Iterable[str] | None = None) -> list:
 
         return scorer(run, name=name)
 
-    return [wrap(n, SCORERS[n]) for n in (names or SCORERS)]
+    return [wrap(n, ALL_SCORERS[n]) for n in (names or SCORERS)]
 
 
 def mlflow_records(cases: Sequence[GoldenCase], trajectories: Sequence[Trajectory | Mapping]) -> list[dict]:
@@ -367,8 +394,9 @@ class TrajectoryEvaluation:
     cases: pd.DataFrame  # one row per case: expectations, what happened, one column per scorer
     per_scorer: pd.DataFrame  # scorer, mean, passed, failed
     per_tool: pd.DataFrame  # expected tool x scorer means
-    per_step: pd.DataFrame  # step, count, p50/p99 latency (ms), errors
+    per_step: pd.DataFrame  # step, count, p50/p99/max latency (ms), errors, error_rate
     seconds: dict = field(default_factory=dict)  # run, score
+    step_failures: pd.DataFrame | None = None  # step, tool, error, count (step_tables)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -382,8 +410,17 @@ class TrajectoryEvaluation:
         client = MlflowClient()
         for name, value in self.metrics.items():
             client.log_metric(run_id, f"{prefix}/{name}", value)
-        for name in ("cases", "per_scorer", "per_tool", "per_step"):
-            client.log_table(run_id, getattr(self, name), artifact_file=f"{prefix}/{name}.json")
+        for name in ("cases", "per_scorer", "per_tool", "per_step", "step_failures"):
+            if getattr(self, name) is not None:
+                client.log_table(run_id, getattr(self, name), artifact_file=f"{prefix}/{name}.json")
+
+    def step_markdown(self) -> str:
+        """The report's per-step latency and failure tables, as markdown (Dagster metadata)."""
+        failures = self.step_failures
+        text = "**Per step**\n\n" + self.per_step.to_markdown(index=False, floatfmt=".3f")
+        if failures is not None and len(failures):
+            text += "\n\n**Step failures**\n\n" + failures.head(20).to_markdown(index=False)
+        return text
 
 
 def runner(executor: Executor) -> Callable[[GoldenCase], Trajectory]:
@@ -404,7 +441,7 @@ def evaluate_trajectories(cases: Sequence[GoldenCase], run: Callable[[GoldenCase
     t0 = time.perf_counter()
     trajectories = [_as_dict(run(c)) for c in cases]
     t1 = time.perf_counter()
-    rows, steps = [], {}
+    rows = []
     for case, out in zip(cases, trajectories, strict=True):
         scores = score(out, case.expected, names)
         rows.append({"case_id": case.case_id, "category": case.category, "expected_tool": case.expected["tool"],
@@ -412,18 +449,46 @@ def evaluate_trajectories(cases: Sequence[GoldenCase], run: Callable[[GoldenCase
                      "outcome": out.get("outcome"), "latency_ms": out.get("latency_ms"),
                      **{n: float(s.value) for n, s in scores.items()},
                      "failed": ", ".join(n for n, s in scores.items() if float(s.value) < 1.0)})
-        for s in out.get("steps") or []:
-            steps.setdefault(s["name"], []).append(s)
     t2 = time.perf_counter()
     table = pd.DataFrame(rows)
     per_scorer = pd.DataFrame([{"scorer": n, "mean": float(table[n].mean()), "passed": int((table[n] >= 1.0).sum()),
                                 "failed": int((table[n] < 1.0).sum())} for n in names])
     per_tool = table.groupby("expected_tool")[names].mean().reset_index()
     per_tool.insert(1, "cases", table.groupby("expected_tool").size().values)
-    per_step = pd.DataFrame([{"step": name, "count": len(ss), "p50_ms": _quantile([s["latency_ms"] for s in ss], 0.5),
-                              "p99_ms": _quantile([s["latency_ms"] for s in ss], 0.99),
-                              "errors": sum(1 for s in ss if s.get("error"))} for name, ss in steps.items()])
-    return TrajectoryEvaluation(table, per_scorer, per_tool, per_step, {"run": t1 - t0, "score": t2 - t1})
+    per_step, step_failures = step_tables(trajectories)
+    return TrajectoryEvaluation(table, per_scorer, per_tool, per_step, {"run": t1 - t0, "score": t2 - t1},
+                                step_failures)
+
+
+def step_tables(trajectories: Iterable[Trajectory | Mapping]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The evaluation report's per-step tables from any trajectories (golden or live):
+
+    - latency: step, count, p50_ms, p99_ms, max_ms, errors, error_rate;
+    - failures: step, tool, error (the first 120 characters), count, most frequent first.
+
+    One call for the evaluation asset (``latency, failures = step_tables(...)``)."""
+    import pandas as pd
+
+    steps: dict[str, list] = {}
+    failures: dict[tuple, int] = {}
+    for t in trajectories:
+        for s in _as_dict(t).get("steps") or []:
+            steps.setdefault(s["name"], []).append(s)
+            if s.get("error"):
+                tool = (s.get("inputs") or {}).get("tool") or ""
+                key = (s["name"], tool, str(s["error"])[:120])
+                failures[key] = failures.get(key, 0) + 1
+    latency = pd.DataFrame([{
+        "step": name, "count": len(ss),
+        "p50_ms": round(_quantile([s["latency_ms"] for s in ss], 0.5), 3),
+        "p99_ms": round(_quantile([s["latency_ms"] for s in ss], 0.99), 3),
+        "max_ms": round(max(s["latency_ms"] for s in ss), 3),
+        "errors": sum(1 for s in ss if s.get("error")),
+        "error_rate": round(sum(1 for s in ss if s.get("error")) / len(ss), 4),
+    } for name, ss in steps.items()], columns=["step", "count", "p50_ms", "p99_ms", "max_ms", "errors", "error_rate"])
+    failed = pd.DataFrame([{"step": k[0], "tool": k[1], "error": k[2], "count": n} for k, n in failures.items()],
+                          columns=["step", "tool", "error", "count"])
+    return latency, failed.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def _quantile(values: list[float], q: float) -> float:

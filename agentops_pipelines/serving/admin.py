@@ -8,6 +8,9 @@ token refuses every admin call (the server refuses to start without one).
   ``models:/<agent>@<alias>`` for the registered model the process started with; anything else
   (a path, ``runs:/``, ``file:``, another agent) is refused before anything is loaded.
 - ``POST /admin/promote``, ``POST /admin/abort``, ``GET /admin/stats?window=60``.
+- ``POST /admin/shadow`` ``{"action": "load", "model_uri", "version", "share": 1.0}`` runs a
+  version of the same agent in shadow (``shadow.py``) on ``share`` of the stable version's requests; ``{"action": "status"}``, ``{"action": "record"}`` (the
+  comparison as tags of the challenger's version) and ``{"action": "unload", "record": true}``.
 """
 
 from __future__ import annotations
@@ -209,8 +212,52 @@ def handle_admin_stats(
 
 
 
+SHADOW_ACTIONS = ("load", "status", "record", "unload")
+
+
+def handle_admin_shadow(
+    state: ServingState, body: bytes, content_type: str | None, authorization: str | None = None
+) -> Response:
+    """The shadow challenger (``online_eval.py`` runs it, ``shadow.py`` compares)."""
+    try:
+        check_admin(state, authorization)
+        payload = _admin_json(body, content_type)
+        action = payload.get("action")
+        if action not in SHADOW_ACTIONS:
+            raise RequestError(400, "BAD_REQUEST", f"'action' must be one of {list(SHADOW_ACTIONS)}")
+        if action == "load":
+            uri, version = payload.get("model_uri"), payload.get("version")
+            if not isinstance(uri, str) or not isinstance(version, str | int) or isinstance(version, bool):
+                raise RequestError(400, "BAD_REQUEST", 'expected {"action": "load", "model_uri": str, "version": str}')
+            share = payload.get("share", 1.0)
+            if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share <= 1.0:
+                raise RequestError(400, "BAD_REQUEST", f"'share' must be in (0, 1], got {share!r}")
+            snap = state.shadow_load(allowed_model_uri(uri, state.agent), str(version), float(share))
+            logger.info("shadow: %s version %s runs beside the stable version", uri, version)
+        elif action == "unload":
+            record = payload.get("record", True)
+            if not isinstance(record, bool):
+                raise RequestError(400, "BAD_REQUEST", "'record' must be true or false")
+            snap = state.shadow_unload(record=record)
+        elif action == "record":
+            if state.shadow_version is None:
+                raise RequestError(409, "NO_SHADOW", "no challenger is running in shadow")
+            snap = state.evaluator.command({"kind": "shadow_record"})
+        else:
+            snap = state.evaluator.poll() if state.evaluator is not None else {}
+    except RequestError as e:
+        return error_response(e.status, e.error_code, e.message, e.headers)
+    except (TimeoutError, RuntimeError) as e:
+        return error_response(503, "EVAL_WORKER_UNAVAILABLE", str(e))
+    failures = {f"{v}/{name}": n for (v, name), n in (snap.get("failures") or {}).items()}
+    return json_response(200, {"shadow_version": state.shadow_version, "failures": failures,
+                               **{k: snap.get(k) for k in ("shadow", "shadow_error", "evidence", "scored",
+                                                          "flagged", "dataset", "dataset_rows", "dataset_errors")}})
+
+
 ADMIN_POST = {
     "/admin/load": handle_admin_load,
     "/admin/promote": handle_admin_promote,
     "/admin/abort": handle_admin_abort,
+    "/admin/shadow": handle_admin_shadow,
 }

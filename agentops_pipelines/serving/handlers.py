@@ -24,6 +24,12 @@ from typing import Any
 
 import pandas as pd
 
+from agentops_pipelines.serving.acting import (
+    REQUEST_ID_COLUMN,
+    flagged,
+    split_trajectories,
+    trace_steps,
+)
 from agentops_pipelines.serving.batching import Overloaded
 from agentops_pipelines.serving.protocol import (
     JSON_CT,
@@ -39,7 +45,9 @@ from agentops_pipelines.serving.protocol import (
 from agentops_pipelines.serving.state import Served, ServingState, health_payload
 from agentops_pipelines.serving.traffic import CANARY, STABLE, goes_to_canary
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Bounded (the id is a key of the system of record's writes: ``<id>.<row>`` must fit its 128
+# characters) and plain (it lands in logs, tags and SQL parameters).
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 RETRY_AFTER = (("Retry-After", "1"),)
 
 
@@ -105,6 +113,8 @@ def begin_invocation(
         ):
             served, role = routing.canary, CANARY
         frame = prepare_frame(frame, served.model, state.limits)
+        if served.model.acts:  # the idempotency key of the request's writes (acting.py)
+            frame = frame.assign(**{REQUEST_ID_COLUMN: request_id})
         marks["routed"] = time.time_ns()
     except RequestError as e:
         state.record(
@@ -129,9 +139,11 @@ def finish_invocation(
         e = RequestError(503, "OVERLOADED", f"the server is overloaded: {error}; retry later")
         state.record(served, role, 503, p.started, request_id=p.request_id, error_code=e.error_code)
         return Response(503, error_body(e), JSON_CT, (*headers, *RETRY_AFTER))
+    trajectories: list[dict] = []
     if error is None:
         predictions, features = result[0], result[1]
         steps = result[2] if len(result) > 2 else []
+        predictions, trajectories = split_trajectories(predictions)
         try:
             out = predictions_json(predictions)
         except Exception as e:
@@ -146,12 +158,38 @@ def finish_invocation(
         )  # fmt: skip
         return Response(500, error_body(e), JSON_CT, headers)
     p.marks["end"] = time.time_ns()
+    reason, sampled = None, p.sampled
+    if trajectories and state.tracer is not None and not sampled and any(flagged(t) for t in trajectories):
+        reason, sampled = "flagged", True
+    if trajectories and sampled:  # the steps of the first row become the trace's spans
+        steps = trace_steps(trajectories[0])
     state.record(
         served, role, 200, p.started, received=p.received, request_id=p.request_id,
-        frame=p.frame, predictions=predictions, features=features, sampled=p.sampled,
-        marks=p.marks, steps=steps,
+        frame=p.frame, predictions=predictions, features=features, sampled=sampled,
+        marks=p.marks, steps=steps, reason=reason,
     )  # fmt: skip
+    if trajectories and state.evaluator is not None:
+        _evaluate(state, served, role, trajectories)
     return Response(200, out, JSON_CT, headers)
+
+
+def _evaluate(state: ServingState, served: Served, role: str, trajectories: list[dict]) -> None:
+    """Hand the request to the evaluation worker (online_eval.py) when it is sampled for online
+    evaluation or a challenger runs in shadow beside the stable version. Never waits."""
+    shadow = role == STABLE and state.shadow_version is not None and (
+        state.shadow_share >= 1.0 or _random_bits(32) < state.shadow_share * 4294967296.0)
+    score = state.evaluator.sample()
+    if not (shadow or score):
+        return
+    for t in trajectories:
+        state.evaluator.submit({"request_id": t["request_id"], "version": served.model.version,
+                                "trajectory": t, "features": _features_of(t), "score": score,
+                                "shadow": shadow})
+
+
+def _features_of(trajectory: dict) -> dict:
+    steps = trajectory.get("steps") or []
+    return dict((steps[0].get("outputs") or {}).get("features") or {}) if steps else {}
 
 
 def handle_invocations(
@@ -201,5 +239,7 @@ def handle_readyz(state: ServingState) -> Response:
 
 
 def handle_metrics(state: ServingState) -> Response:
+    if state.evaluator is not None:
+        state.evaluator.poll()  # the online-evaluation counters catch up with the worker
     body, content_type = state.metrics.render()
     return Response(200, body, content_type)

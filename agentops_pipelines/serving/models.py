@@ -54,6 +54,10 @@ class LoadedModel:
     model_id: str | None = None  # MLflow 3 logged-model id (traces link to it)
     predict_with_steps: Callable[[pd.DataFrame], tuple[Any, Any, list[Step]]] | None = None
     text_max_chars: int | None = None  # the longest training text, when the model says
+    # The unwrapped PythonModel (None for other flavours); ``acting.py`` makes one that can act
+    # serve through its executor, and then ``acts`` is True (the request id becomes a column).
+    python_model: Any = field(default=None, compare=False, repr=False)
+    acts: bool = False
 
     def default_max_text_chars(self) -> int:
         """Four times the longest training text (at least 1,000), else a constant."""
@@ -176,6 +180,7 @@ def load_pyfunc(model_uri: str, version: str) -> LoadedModel:
         model_id=getattr(pyfunc.metadata, "model_id", None),
         predict_with_steps=with_steps if callable(with_steps) else None,
         text_max_chars=text_max if isinstance(text_max, int) and text_max > 0 else None,
+        python_model=python_model,
     )
 
 

@@ -152,7 +152,7 @@ class ServingApp:
                 return error_response(413, "REQUEST_TOO_LARGE", "the body is too large"), True
             handler = ADMIN_POST[path]
             args = (state, body, _header(scope, b"content-type"), _header(scope, b"authorization"))
-            if path == "/admin/load":  # loading takes seconds: off the event loop
+            if path in ("/admin/load", "/admin/shadow"):  # loading takes seconds: off the event loop
                 return await asyncio.get_running_loop().run_in_executor(None, handler, *args), False
             return handler(*args), False
         if method in ("GET", "HEAD"):
@@ -551,13 +551,14 @@ def main(argv: list[str] | None = None) -> int:
             max_per_second=args.trace_max_per_second,
             experiment=args.trace_experiment or None, on_result=metrics.trace, mode="process",
         ).start()  # fmt: skip
+    acting, evaluator = _acting(args.environment, registered_name(args.model_uri))
     state = ServingState(
         args.environment, admin_token=admin_token, agent=registered_name(args.model_uri),
         max_rows=args.max_rows, max_text_chars=args.max_text_chars or None,
         max_request_chars=args.max_request_chars, max_concurrent=args.max_concurrent_requests,
         batch_max_rows=args.batch_max_rows, metrics=metrics, inference_log=inference_log,
         tracer=tracer, freeze_gc=True, pod_role=args.pod_role,
-        inline_batching=not args.predict_thread,
+        inline_batching=not args.predict_thread, acting=acting, evaluator=evaluator,
     )  # fmt: skip
     sock = bind(args.host, args.port)
     port = sock.getsockname()[1]
@@ -628,6 +629,20 @@ def main(argv: list[str] | None = None) -> int:
             remove_state_file(state_file, pid)
         logger.info("stopped (exit code %d)", exit_code[0])
     return exit_code[0]
+
+
+def _acting(environment: str, agent: str | None):
+    """Agents that act (serving/acting.py) and their evaluation worker (online_eval.py), from
+    this process's environment (read here, once)."""
+    from agentops_pipelines.serving.acting import Acting, ActSettings
+    from agentops_pipelines.serving.online_eval import EvalWorker
+
+    settings = ActSettings.from_environ(os.environ)
+    if not settings.enabled:
+        return None, None
+    evaluator = EvalWorker(agent or "agent", environment, settings.sor_url, settings.refund_limit,
+                           settings.online_eval_sample_rate)  # started by the first model that acts
+    return Acting(settings), evaluator
 
 
 def _now() -> str:

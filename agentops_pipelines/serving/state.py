@@ -28,10 +28,12 @@ from typing import Any
 
 import pandas as pd
 
+from agentops_pipelines.serving.acting import Acting
 from agentops_pipelines.serving.batching import Batcher
 from agentops_pipelines.serving.inference_log import InferenceLogWriter, LogEntry
 from agentops_pipelines.serving.metrics import DEFAULT_AGENT, NO_VERSION, ServingMetrics
 from agentops_pipelines.serving.models import LoadedModel, freeze_heap, load_pyfunc, same, warm_up
+from agentops_pipelines.serving.online_eval import EvalWorker
 from agentops_pipelines.serving.protocol import (
     DEFAULT_MAX_REQUEST_CHARS,
     DEFAULT_MAX_ROWS,
@@ -151,6 +153,8 @@ class ServingState:
         freeze_gc: bool = False,
         pod_role: str = STABLE,
         inline_batching: bool = False,
+        acting: Acting | None = None,
+        evaluator: EvalWorker | None = None,
     ):
         if pod_role not in ROLES:
             raise ValueError(f"pod_role must be one of {list(ROLES)}, got {pod_role!r}")
@@ -183,6 +187,11 @@ class ServingState:
         self._in_flight_lock = threading.Lock()
         self._error_log_at = 0.0
         self._limits = Limits(max_rows, max_text_chars or 4096, max_request_chars)
+        # Agents that act (acting.py) and their online evaluation and shadow (online_eval.py)
+        self.acting = acting
+        self.evaluator = evaluator
+        self.shadow_version: str | None = None  # the challenger running in shadow, if any
+        self.shadow_share = 1.0  # the share of the stable version's requests it also answers
 
     # -- reading
 
@@ -245,7 +254,7 @@ class ServingState:
                 if not force and routing.canary and same(routing.canary.model, model_uri, version):
                     self._change(lambda r: replace(r, canary_share=share) if r.canary else r)
                     return routing.canary.model, False
-                model = self._loader(model_uri, version)
+                model = self._attach(self._loader(model_uri, version))
                 self.swap(model, CANARY, canary_share=share)
                 return model, True
             current = routing.stable
@@ -253,9 +262,45 @@ class ServingState:
                 if routing.canary and not keep_canary:
                     self._change(lambda r: replace(r, canary=None, canary_share=0.0))
                 return current.model, False
-            model = self._loader(model_uri, version)
+            model = self._attach(self._loader(model_uri, version))
             self.swap(model, STABLE, keep_canary=keep_canary)
             return model, True
+
+    def _attach(self, model: LoadedModel) -> LoadedModel:
+        """The model acting (acting.py) when it can; the evaluation worker starts with the first."""
+        if self.acting is None:
+            return model
+        model = self.acting.attach(model)
+        if model.acts and self.evaluator is not None and not self.evaluator.started:
+            self.evaluator.start()
+            self.evaluator.bind_metrics(self.metrics.registry)
+        return model
+
+    # -- shadow (online_eval.py runs the challenger; shadow.py compares)
+
+    def shadow_load(self, model_uri: str, version: str, share: float = 1.0) -> dict:
+        """Run ``model_uri`` (a version of this agent) in shadow beside the stable version, on
+        ``share`` of its requests (its CPU, in the worker, is proportional)."""
+        if self.evaluator is None or self.acting is None or not self.acting.settings.enabled:
+            raise RequestError(409, "NO_SHADOW", "this process does not act (no system of record): "
+                                                 "there is nothing to shadow")
+        stable = self._routing.stable
+        if stable is None or not stable.model.acts:
+            raise RequestError(409, "NO_SHADOW", "the stable version does not act: load one that does first")
+        if same(stable.model, model_uri, version):
+            raise RequestError(409, "CONFLICT", f"version {version} is the stable version")
+        snap = self.evaluator.command({"kind": "shadow_load", "model_uri": model_uri, "version": str(version),
+                                       "primary_version": stable.model.version})
+        if snap.get("shadow_error"):
+            raise RequestError(422, "SHADOW_LOAD_FAILED", f"could not run {model_uri} in shadow: {snap['shadow_error']}")
+        self.shadow_version, self.shadow_share = str(version), share
+        return snap
+
+    def shadow_unload(self, record: bool = True) -> dict:
+        if self.evaluator is None or self.shadow_version is None:
+            raise RequestError(409, "NO_SHADOW", "no challenger is running in shadow")
+        self.shadow_version = None
+        return self.evaluator.command({"kind": "shadow_unload", "record": record})
 
     def swap(
         self,
@@ -329,6 +374,10 @@ class ServingState:
     def close(self) -> None:
         for _, served in self._routing.served():
             served.retire()
+        if self.evaluator is not None:
+            self.evaluator.close()
+        if self.acting is not None:
+            self.acting.close()
 
     # -- requests in flight (for a clean stop)
 
@@ -385,6 +434,7 @@ class ServingState:
         sampled: bool = False,
         marks: dict[str, int] | None = None,
         steps: list | None = None,
+        reason: str | None = None,
     ) -> None:
         """Metrics, the stats ring, the inference log and tracing for one finished request.
         Never raises: reporting must not fail a request."""
@@ -411,7 +461,7 @@ class ServingState:
                     LogEntry(received, request_id, self.reported(role), model.version, status, error_code,
                              latency_s * 1000.0, frame, predictions, features)
                 )  # fmt: skip
-            reason = "error" if status >= 500 else "sampled"
+            reason = "error" if status >= 500 else reason or "sampled"
             if self.tracer is not None and (sampled or status >= 500) and self.tracer.admit(reason):
                 self.tracer.submit(
                     TraceJob.of(model, frame, request_id, self.reported(role), status, error,

@@ -308,8 +308,10 @@ class Tracer:
             job.agent, span_type="AGENT", parent_span=root, inputs=inputs, start_time_ns=routed
         )
         tools = _column(job.outputs, "tool")
-        for name, span_type, t0, t1 in job.steps:
-            if name == "feature_lookup":
+        for name, span_type, t0, t1, *details in job.steps:
+            if details:  # an acting agent's step (serving/acting.py): inputs, outputs, error
+                _step_span(agent, name, span_type, t0, t1, details[0])
+            elif name == "feature_lookup":
                 child(name, span_type, t0, t1, agent, {"customer_id": _column(job.inputs, "customer_id")},
                       job.features)  # fmt: skip
             elif name == "route":
@@ -373,6 +375,20 @@ class Tracer:
                     self._experiments[run_id] = None
             return self._experiments[run_id]
         return None
+
+
+def _step_span(agent, name, span_type, t0, t1, details: dict) -> None:
+    """A step of an acting agent (serving/acting.py): its inputs, outputs and error as recorded."""
+    import mlflow
+    from mlflow.entities import SpanStatus, SpanStatusCode
+
+    span = mlflow.start_span_no_context(
+        name, span_type=span_type, parent_span=agent, inputs=details.get("inputs"),
+        attributes={"latency_ms": round((t1 - t0) / 1e6, 3)}, start_time_ns=t0,
+    )  # fmt: skip
+    error = details.get("error")
+    status = SpanStatus(SpanStatusCode.ERROR, str(error)) if error else SpanStatus(SpanStatusCode.OK)
+    span.end(outputs=details.get("outputs"), status=status, end_time_ns=max(t0, t1))
 
 
 def _exporter_main(jobs, results, environment, experiment, parent, log_level) -> None:

@@ -30,7 +30,11 @@ V3 = Release("3", f"models:/{AGENT}/3")
 def _serving_metric_names() -> set[str]:
     """Every series name the serving process exports (its own registry, not a copy of it)."""
     suffixes = {"counter": ("_total",), "histogram": ("", "_bucket", "_sum", "_count"), "gauge": ("",)}
-    families = ServingMetrics("test", process_metrics=False).registry.collect()
+    from agentops_pipelines.serving.online_eval import EvalWorker
+
+    registry = ServingMetrics("test", process_metrics=False).registry
+    EvalWorker("agent", "test", "", 100.0).bind_metrics(registry)  # online evaluation, once a model acts
+    families = registry.collect()
     return {f.name + suffix for f in families for suffix in suffixes[f.type]}
 
 

@@ -1,0 +1,423 @@
+"""Online evaluation and shadow traffic, off the request path: one worker process per server.
+
+The serving process hands a finished request to the worker as one datagram on a Unix socket
+(``EvalWorker.submit``: the request's trajectory, its rows and features, about 20-40 us of pickling
+and one non-blocking ``send``); when the socket's buffer is full the job is dropped and counted,
+never waited for. The worker (a child process, ``nice``d, importing mlflow but no served model)
+
+- scores a sample of requests (``sample_rate``) with the live code scorers
+  (``agent.scorers.LIVE_SCORERS``: they need no expectations) and counts failures per scorer;
+- collects the flagged requests (any scorer failed) into an MLflow evaluation dataset
+  (``mlflow.genai.datasets``, named ``<agent>-flagged``), in batches, for the next evaluation;
+- runs the shadow challenger, when one is loaded (``shadow.py``), on every request, scores both
+  trajectories with the same scorers and keeps the paired comparison.
+
+The worker sends back cumulative snapshots (a datagram each, at most every 0.2 s); the serving
+process reads the latest when ``/metrics`` is scraped or the admin asks (``poll``), and turns the
+growth of the counts into Prometheus counters: ``agentops_online_scored_total`` and
+``agentops_online_scorer_failures_total{agent, environment, version, scorer}`` (alert rule ``AgentOnlineScorerFailures``
+in deploy/prometheus/rules.yml). No thread of the serving process waits on the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import socket
+import threading
+import time
+from typing import Any
+
+logger = logging.getLogger("agentops_pipelines.serving.online_eval")
+
+SNAPSHOT_EVERY_S = 0.2
+FLUSH_EVERY_S = 5.0
+FLUSH_ROWS = 50
+MAX_DATAGRAM = 1 << 20
+
+
+def dataset_name(agent: str) -> str:
+    return f"{agent}-flagged"
+
+
+class EvalWorker:
+    """The serving process's side: submit jobs, send commands, read the worker's snapshots."""
+
+    def __init__(self, agent: str, environment: str, sor_url: str, refund_limit: float,
+                 sample_rate: float = 0.1, experiment: str | None = None):
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"the online evaluation sample rate must be in [0, 1], got {sample_rate}")
+        self.agent, self.environment = agent, environment
+        self.sor_url, self.refund_limit = sor_url, refund_limit
+        self.sample_rate = sample_rate
+        self.experiment = experiment
+        self.dropped = 0
+        self.snapshot: dict[str, Any] = {}
+        self._process = None
+        self._jobs: socket.socket | None = None
+        self._results: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._counted: dict[str, float] = {}
+        self._counters = None
+        import random
+
+        self._random = random.random
+
+    # -- lifecycle
+
+    def start(self) -> EvalWorker:
+        import multiprocessing
+
+        jobs_parent, jobs_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        results_parent, results_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s in (jobs_parent, results_child):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        jobs_parent.setblocking(False)
+        results_parent.setblocking(False)
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        self._process = ctx.Process(
+            target=_worker_main, name="agentops-eval-worker", daemon=True,
+            args=(jobs_child, results_child, self.agent, self.environment, self.sor_url,
+                  self.refund_limit, self.experiment, os.getpid(), logging.getLogger().getEffectiveLevel()),
+        )  # fmt: skip
+        self._process.start()
+        jobs_child.close()
+        results_child.close()
+        self._jobs, self._results = jobs_parent, results_parent
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush the flagged requests, stop the worker."""
+        if self._process is None:
+            return
+        import signal
+
+        # SIGTERM makes the worker skip the requests still queued (a shadow backlog can be
+        # seconds long); it still flushes the flagged requests and records nothing new.
+        with contextlib.suppress(OSError):
+            os.kill(self._process.pid, signal.SIGTERM)
+        try:
+            self.command({"kind": "stop"}, timeout=timeout)
+        except (TimeoutError, RuntimeError) as e:
+            logger.warning("the evaluation worker did not stop cleanly: %s", e)
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(2)
+        self._process = None
+        for s in (self._jobs, self._results):
+            if s is not None:
+                s.close()
+
+    @property
+    def started(self) -> bool:
+        return self._jobs is not None
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    # -- the request path
+
+    def sample(self) -> bool:
+        return self.sample_rate > 0.0 and self._random() < self.sample_rate
+
+    def submit(self, job: dict) -> bool:
+        """Queue ``job`` without waiting; False (counted in ``dropped``) when the buffer is full."""
+        if self._jobs is None:
+            return False
+        try:
+            self._jobs.send(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
+            return True
+        except (BlockingIOError, OSError):
+            self.dropped += 1
+            return False
+
+    # -- commands and snapshots
+
+    def command(self, message: dict, timeout: float = 120.0) -> dict:
+        """Send a command (load or unload the shadow, record its evidence, stop) and wait for the
+        snapshot that answers it (``message["id"]``)."""
+        if self._jobs is None:
+            raise RuntimeError("the evaluation worker is not running (no served version acts)")
+        message = {**message, "id": f"{time.monotonic_ns()}"}
+        data = pickle.dumps(message)
+        deadline = time.monotonic() + timeout
+        while True:  # a command is never dropped: retry while the buffer is full
+            try:
+                self._jobs.send(data)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the evaluation worker does not take commands") from None
+                time.sleep(0.01)
+        while time.monotonic() < deadline:
+            snap = self.poll()
+            if snap.get("answered") == message["id"]:
+                return snap
+            if not self.alive:
+                raise RuntimeError("the evaluation worker stopped")
+            time.sleep(0.02)
+        raise TimeoutError(f"the evaluation worker did not answer {message['kind']} in {timeout:.0f}s")
+
+    def poll(self) -> dict:
+        """Read the snapshots that arrived; keep (and return) the latest. Never blocks."""
+        with self._lock:
+            while self._results is not None:
+                try:
+                    data = self._results.recv(MAX_DATAGRAM)
+                except (BlockingIOError, OSError):
+                    break
+                self.snapshot = pickle.loads(data)
+            self._count(self.snapshot)
+            return self.snapshot
+
+    def bind_metrics(self, registry) -> None:
+        """Prometheus counters in the serving process's registry, fed by :meth:`poll`."""
+        from prometheus_client import Counter
+
+        labels = ["agent", "environment", "version"]
+        self._counters = (
+            Counter("agentops_online_scored", "Live requests scored by the code scorers (online "
+                    "evaluation)", labels, registry=registry),
+            Counter("agentops_online_scorer_failures", "Live requests a code scorer failed",
+                    [*labels, "scorer"], registry=registry),
+            Counter("agentops_online_eval_dropped", "Requests not handed to the evaluation worker "
+                    "(its buffer was full)", ["agent", "environment"], registry=registry),
+        )
+        self._counters[2].labels(self.agent, self.environment)
+
+    def _count(self, snap: dict) -> None:
+        """Add what the worker counted since the last snapshot to the counters."""
+        if self._counters is None:
+            return
+        from agentops_pipelines.agent.scorers import LIVE_SCORERS
+
+        scored, failures, dropped = self._counters
+        for version, value in (snap.get("scored") or {}).items():
+            key = ("scored", version)
+            if key not in self._counted:  # a new version: every series exported at 0 first
+                for name in LIVE_SCORERS:
+                    failures.labels(self.agent, self.environment, version, name)
+            if value > self._counted.get(key, 0):
+                scored.labels(self.agent, self.environment, version).inc(value - self._counted.get(key, 0))
+            self._counted[key] = max(value, self._counted.get(key, 0))
+        for (version, name), value in (snap.get("failures") or {}).items():
+            key = ("failed", version, name)
+            if value > self._counted.get(key, 0):
+                failures.labels(self.agent, self.environment, version, name).inc(value - self._counted.get(key, 0))
+                self._counted[key] = value
+        if self.dropped > self._counted.get(("dropped",), 0):
+            dropped.labels(self.agent, self.environment).inc(self.dropped - self._counted.get(("dropped",), 0))
+            self._counted[("dropped",)] = self.dropped
+
+
+# -- the worker process --------------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, results: socket.socket, agent: str, environment: str, sor_url: str,
+                 refund_limit: float, experiment: str | None):
+        self.results, self.agent, self.environment = results, agent, environment
+        self.sor_url, self.refund_limit, self.experiment = sor_url, refund_limit, experiment
+        self.state: dict[str, Any] = {"scored": {}, "failures": {}, "flagged": 0, "dataset_rows": 0,
+                                      "dataset_errors": 0, "dataset": dataset_name(agent),
+                                      "shadow": None, "shadow_error": None, "evidence": None,
+                                      "answered": None}
+        self.pending: list[dict] = []
+        self.flushed_at = time.monotonic()
+        self.sent_at = 0.0
+        self.challenger = None
+        self.comparison = None
+        self._dataset = None
+
+    draining = False  # set by SIGTERM: queued requests are skipped, commands still run
+
+    def handle(self, job: dict) -> bool:
+        kind = job.get("kind", "request")
+        if kind == "request":
+            if not self.draining:
+                self.request(job)
+        elif kind == "shadow_load":
+            self.shadow_load(job)
+        elif kind == "shadow_unload":
+            self.shadow_unload(record=job.get("record", True))
+        elif kind == "shadow_record":
+            self.record()
+        elif kind == "flush":
+            self.flush()
+        elif kind == "stop":
+            self.shadow_unload(record=False)
+            self.flush()
+        if "id" in job:
+            self.state["answered"] = job["id"]
+            self.send(force=True)
+        return kind != "stop"
+
+    def request(self, job: dict) -> None:
+        from agentops_pipelines.agent.scorers import live_scores
+
+        primary = job["trajectory"]
+        scores = None
+        if job.get("score"):
+            scores = live_scores(primary)
+            version = str(job.get("version", ""))
+            self.state["scored"][version] = self.state["scored"].get(version, 0) + 1
+            failed = [k for k, ok in scores.items() if not ok]
+            for name in failed:
+                key = (version, name)
+                self.state["failures"][key] = self.state["failures"].get(key, 0) + 1
+            if failed:
+                self.state["flagged"] += 1
+                self.pending.append({
+                    "inputs": {"request_id": job["request_id"], "customer_id": primary.get("customer_id"),
+                               "text": primary.get("text")},
+                    "expectations": {"failed_scorers": failed},
+                    "tags": {"agentops.request_id": job["request_id"], "agentops.model_version": job.get("version", ""),
+                             "agentops.environment": self.environment, "source": "online_evaluation"},
+                })
+        if self.challenger is not None and job.get("shadow"):
+            self.shadow(job, primary, scores)
+
+    def shadow(self, job: dict, primary: dict, scores: dict | None) -> None:
+        from agentops_pipelines.agent.scorers import live_scores
+
+        scores = scores or live_scores(primary)
+        try:
+            theirs = self.challenger.run(job["request_id"], primary.get("text") or "",
+                                         primary.get("customer_id") or "", job.get("features") or {})
+            challenger_pass = all(live_scores(theirs).values())
+            same_tool = theirs.get("tool") == primary.get("tool")
+        except Exception as e:  # noqa: BLE001 - a failing challenger is evidence, not a crash
+            logger.warning("shadow challenger failed on %s: %s: %s", job["request_id"], type(e).__name__, e)
+            self.comparison.challenger_errors += 1
+            challenger_pass, same_tool = False, False
+        self.comparison.add(all(scores.values()), challenger_pass, same_tool)
+        self.state["shadow"] = self.comparison.summary()
+
+    def shadow_load(self, job: dict) -> None:
+        from agentops_pipelines.serving.shadow import Challenger, Comparison
+
+        self.shadow_unload(record=False)
+        try:
+            self.challenger = Challenger(job["model_uri"], job["version"], self.sor_url, self.refund_limit)
+        except Exception as e:  # noqa: BLE001 - reported to the admin who asked
+            self.state["shadow_error"] = f"{type(e).__name__}: {e}"
+            return
+        self.comparison = Comparison(str(job.get("primary_version", "")), str(job["version"]))
+        self.state.update(shadow=self.comparison.summary(), shadow_error=None, evidence=None,
+                          shadow_model_uri=job["model_uri"])
+
+    def shadow_unload(self, record: bool) -> None:
+        if self.challenger is None:
+            return
+        if record:
+            self.record()
+        self.challenger.close()
+        self.challenger = None
+        self.state["shadow_model_uri"] = None
+
+    def record(self) -> None:
+        if self.comparison is None:
+            self.state["shadow_error"] = "no shadow comparison to record"
+            return
+        from agentops_pipelines.serving.shadow import record_evidence
+
+        try:
+            self.state["evidence"] = record_evidence(self.agent, self.comparison.summary())
+            self.state["shadow_error"] = None
+        except Exception as e:  # noqa: BLE001
+            self.state["shadow_error"] = f"recording the evidence failed: {type(e).__name__}: {e}"
+
+    def flush(self) -> None:
+        self.flushed_at = time.monotonic()
+        if not self.pending:
+            return
+        rows, self.pending = self.pending, []
+        try:
+            self.dataset().merge_records(rows)
+            self.state["dataset_rows"] += len(rows)
+        except Exception as e:  # noqa: BLE001 - counted; the scores were counted already
+            logger.warning("adding %d flagged requests to %s failed: %s: %s", len(rows),
+                           self.state["dataset"], type(e).__name__, e)
+            self.state["dataset_errors"] += len(rows)
+
+    def dataset(self):
+        """The agent's flagged-requests dataset, created on first use."""
+        if self._dataset is None:
+            from mlflow.genai.datasets import create_dataset, get_dataset
+
+            name = self.state["dataset"]
+            try:
+                self._dataset = get_dataset(name=name)
+            except Exception:  # noqa: BLE001 - MLflow raises when there is none yet
+                experiment = None
+                if self.experiment:
+                    import mlflow
+
+                    found = mlflow.get_experiment_by_name(self.experiment)
+                    experiment = [found.experiment_id] if found else None
+                self._dataset = create_dataset(name=name, experiment_id=experiment,
+                                               tags={"agentops.agent": self.agent, "source": "online_evaluation"})
+        return self._dataset
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.pending and (len(self.pending) >= FLUSH_ROWS or now - self.flushed_at >= FLUSH_EVERY_S):
+            self.flush()
+        if now - self.sent_at >= SNAPSHOT_EVERY_S:
+            self.send()
+
+    def send(self, force: bool = False) -> None:
+        self.sent_at = time.monotonic()
+        try:
+            self.results.send(pickle.dumps(self.state))
+        except BlockingIOError:
+            if force:
+                time.sleep(0.05)
+                self.send(force=False)
+        except OSError:
+            pass
+
+
+def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, experiment, parent, log_level) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        os.nice(10)  # scores can wait: requests cannot
+    except OSError:
+        pass
+    logging.basicConfig(level=log_level,
+                        format="%(asctime)s %(levelname)s %(name)s [eval worker]: %(message)s")
+    worker = _Worker(results, agent, environment, sor_url, refund_limit, experiment)
+
+    def drain(*_):
+        worker.draining = True
+
+    # SIGTERM (the serving process stopping, or the whole process group on Kubernetes): skip what
+    # is queued, then stop at the serving process's "stop" or after a second without jobs.
+    signal.signal(signal.SIGTERM, drain)
+    jobs.settimeout(1.0)
+    running = True
+    while running:
+        try:
+            data = jobs.recv(MAX_DATAGRAM)
+        except TimeoutError:
+            if os.getppid() != parent or worker.draining:  # the serving process is gone or stopping
+                if worker.draining:
+                    worker.flush()
+                break
+            worker.tick()
+            continue
+        except OSError:
+            break
+        try:
+            running = worker.handle(pickle.loads(data))
+        except Exception:
+            logger.exception("the evaluation worker failed on a job")
+        worker.tick()
+    worker.send(force=True)

@@ -1,0 +1,132 @@
+"""Shadow traffic: a challenger answers the serving version's live requests where nobody sees it.
+
+The challenger runs in the evaluation worker (``online_eval.py``), a child process, on a copy of
+each request (its text, customer and the features the primary used) with a *dry-run* executor
+(``Actions(dry_run=True)``): reads answer from the system of record, writes are planned and never
+run, so nothing it does reaches a client or the database. Both trajectories are scored by the same
+live scorers (``agent/scorers.py``: no expectations needed), and :class:`Comparison` keeps the
+paired pass/fail counts.
+
+Significance: McNemar's exact test on the discordant pairs (primary passed and challenger failed,
+``b``; the other way round, ``c``): under "no difference" each discordant pair is a fair coin, so
+the two-sided p-value is ``min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``. The verdict is
+``better``/``worse`` at p < 0.05, ``no_difference`` otherwise, ``too_few`` under
+``MIN_REQUESTS`` paired requests.
+
+Evidence: :func:`record_evidence` writes the comparison as ``agentops.shadow.*`` tags on the
+challenger's model version (``vocabulary.ShadowTag``), where ``agentops status`` and the approval
+flow's reviewers see it before any canary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from agentops_pipelines.vocabulary import ShadowTag
+
+MIN_REQUESTS = 30
+ALPHA = 0.05
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for ``b`` and ``c`` discordant pairs."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+@dataclass
+class Comparison:
+    """Paired results of the primary and the challenger on the same requests."""
+
+    primary_version: str = ""
+    challenger_version: str = ""
+    requests: int = 0
+    both_pass: int = 0
+    primary_only: int = 0  # b: primary passed, challenger failed
+    challenger_only: int = 0  # c
+    both_fail: int = 0
+    same_tool: int = 0
+    challenger_errors: int = 0  # the challenger raised (counted as a failure)
+
+    def add(self, primary_pass: bool, challenger_pass: bool, same_tool: bool) -> None:
+        self.requests += 1
+        self.same_tool += bool(same_tool)
+        if primary_pass and challenger_pass:
+            self.both_pass += 1
+        elif primary_pass:
+            self.primary_only += 1
+        elif challenger_pass:
+            self.challenger_only += 1
+        else:
+            self.both_fail += 1
+
+    def summary(self) -> dict:
+        n = self.requests
+        p = mcnemar_p(self.primary_only, self.challenger_only)
+        if n < MIN_REQUESTS:
+            verdict = "too_few"
+        elif p < ALPHA:
+            verdict = "better" if self.challenger_only > self.primary_only else "worse"
+        else:
+            verdict = "no_difference"
+        return {**asdict(self),
+                "primary_pass_rate": round((self.both_pass + self.primary_only) / n, 4) if n else None,
+                "challenger_pass_rate": round((self.both_pass + self.challenger_only) / n, 4) if n else None,
+                "tool_agreement": round(self.same_tool / n, 4) if n else None,
+                "mcnemar_p": round(p, 6), "verdict": verdict}
+
+
+def evidence_tags(summary: dict) -> dict[str, str]:
+    return {
+        ShadowTag.PRIMARY: str(summary["primary_version"]),
+        ShadowTag.REQUESTS: str(summary["requests"]),
+        ShadowTag.PRIMARY_PASS: str(summary["primary_pass_rate"]),
+        ShadowTag.CHALLENGER_PASS: str(summary["challenger_pass_rate"]),
+        ShadowTag.AGREEMENT: str(summary["tool_agreement"]),
+        ShadowTag.MCNEMAR_P: str(summary["mcnemar_p"]),
+        ShadowTag.VERDICT: summary["verdict"],
+        ShadowTag.RECORDED_AT: datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def record_evidence(agent: str, summary: dict) -> dict[str, str]:
+    """The comparison as tags of the challenger's model version (MLflow registry)."""
+    import mlflow
+
+    tags = evidence_tags(summary)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(agent, summary["challenger_version"], key, value)
+    return tags
+
+
+class Challenger:
+    """The challenger as the worker process runs it: loaded from the registry, acting dry-run."""
+
+    def __init__(self, model_uri: str, version: str, sor_url: str, refund_limit: float):
+        import mlflow.pyfunc
+
+        from agentops_pipelines.agent.actions import Actions, Policy
+        from agentops_pipelines.agent.system_of_record import SystemOfRecord
+
+        started = time.perf_counter()
+        python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+        if not callable(getattr(python_model, "can_act", None)) or not python_model.can_act():
+            raise ValueError(f"{model_uri} is not an agent that acts (its tools are not the support desk's)")
+        self.model_uri, self.version = model_uri, str(version)
+        self.sor = SystemOfRecord(sor_url)
+        self.executor = python_model.executor(Actions(self.sor, Policy(refund_limit), dry_run=True))
+        self.load_seconds = time.perf_counter() - started
+
+    def run(self, request_id: str, text: str, customer_id: str, features: dict) -> dict:
+        return self.executor.run(f"shadow-{request_id}", text, customer_id, features=features).to_dict()
+
+    def close(self) -> None:
+        self.sor.dispose()

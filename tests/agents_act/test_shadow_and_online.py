@@ -1,0 +1,155 @@
+"""Dry-run actions (the shadow challenger's), the live scorers, the shadow comparison's McNemar
+test, the per-step report tables and the serving settings of agents that act (issue 12)."""
+
+import pytest
+import sqlalchemy as sa
+
+from agentops_pipelines.agent import system_of_record as db
+from agentops_pipelines.agent.actions import Actions, Policy
+from agentops_pipelines.agent.scorers import golden_cases, live_scores, step_tables
+from agentops_pipelines.agent.trajectory import Executor
+from agentops_pipelines.serving.acting import ActSettings, flagged, trace_steps
+from agentops_pipelines.serving.shadow import Comparison, mcnemar_p
+
+
+def delivered(sor, above_cents=None):
+    q = sa.select(db.orders).where(db.orders.c.status == "delivered")
+    if above_cents is not None:
+        q = q.where(db.orders.c.amount_cents > above_cents)
+    with sor.read() as conn:
+        return conn.execute(q.order_by(db.orders.c.order_id).limit(1)).first()
+
+
+def writes(sor) -> list[int]:
+    return [sor.count(t) for t in ("refunds", "tickets", "tool_calls")]
+
+
+def test_dry_run_plans_writes_and_never_writes(sor):
+    dry = Actions(sor, Policy(refund_limit=1_000_000), dry_run=True)
+    row = delivered(sor)
+    before = writes(sor)
+    r = dry.call("request_refund", {"customer_id": row.customer_id, "order_id": row.order_id}, request_id="s-1")
+    assert r.outcome == "executed" and r.data["dry_run"] is True
+    assert r.data["refund_id"] == "RF-s-1" and r.data["refund_cents"] == row.amount_cents
+    again = dry.call("request_refund", {"customer_id": row.customer_id, "order_id": row.order_id}, request_id="s-1")
+    assert again.outcome == "executed" and not again.replayed  # nothing was recorded to replay
+    handed = dry.call(ESCALATE_CALL[0], {"customer_id": row.customer_id, "reason": "x"}, request_id="s-2")
+    assert handed.outcome == "executed" and handed.data["ticket_id"] == "TK-s-2"
+    assert writes(sor) == before
+
+
+ESCALATE_CALL = ("escalate_to_human",)
+
+
+def test_dry_run_keeps_the_policy_and_the_business_rules(sor):
+    big = delivered(sor, above_cents=10_000)
+    dry = Actions(sor, Policy(refund_limit=100), dry_run=True)
+    r = dry.call("request_refund", {"customer_id": big.customer_id, "order_id": big.order_id}, request_id="s-3")
+    assert r.outcome == "needs_handover"
+    bad = dry.call("request_refund", {"customer_id": big.customer_id, "order_id": "12"}, request_id="s-4")
+    assert bad.outcome == "invalid_arguments" and "order_id" in bad.error
+    t = Executor(dry, lambda text, f: ("request_refund", 0.9)).run(
+        "s-5", f"refund order #{big.order_id} please", big.customer_id)
+    assert t.outcome == "handed_over" and t.tools_called == ["request_refund", "escalate_to_human"]
+    assert sor.count("tickets") == 0 and sor.count("refunds", order_id=big.order_id) == 0
+
+
+def test_live_scorers_need_no_expectations(sor):
+    actions = Actions(sor)
+    ok = Executor(actions, lambda text, f: ("reset_password", 0.9)).run("l-1", "reset my password", "C00001")
+    bad = Executor(actions, lambda text, f: ("update_shipping_address", 0.9)).run("l-2", "I moved", "C00001")
+    assert live_scores(ok.to_dict()) == {"policy_compliance": True, "tool_success": True, "completed": True}
+    assert live_scores(bad.to_dict())["tool_success"] is False and flagged(bad.to_dict())
+    lax = ok.to_dict()
+    lax["tool_calls"] = [{"tool": "request_refund", "outcome": "executed", "arguments": {},
+                          "data": {"refund_cents": 50_000}}]
+    assert live_scores(lax)["policy_compliance"] is False
+
+
+def test_mcnemar_and_the_verdict():
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(5, 5) == 1.0
+    assert mcnemar_p(10, 0) == pytest.approx(2 / 1024)
+    assert mcnemar_p(12, 2) == pytest.approx(0.01293, abs=1e-4)  # the exact binomial, two-sided
+    worse = Comparison("1", "2")
+    for _ in range(40):
+        worse.add(True, True, True)
+    for _ in range(12):
+        worse.add(True, False, False)
+    for _ in range(2):
+        worse.add(False, True, False)
+    s = worse.summary()
+    assert (s["requests"], s["primary_only"], s["challenger_only"], s["verdict"]) == (54, 12, 2, "worse")
+    assert s["primary_pass_rate"] > s["challenger_pass_rate"]
+    few = Comparison("1", "2")
+    few.add(False, True, True)
+    assert few.summary()["verdict"] == "too_few"
+
+
+def test_step_tables_and_trace_steps(sor):
+    from agentops_pipelines.agent.scorers import runner
+
+    cases = golden_cases(sor, 40)
+    tool_of = {c.case_id: c.expected["tool"] for c in cases}
+    executor = Executor(Actions(sor), lambda text, f: ("update_shipping_address", 0.5))
+    trajectories = [runner(executor)(c) for c in cases]
+    latency, failures = step_tables(trajectories)
+    assert set(latency["step"]) >= {"fetch_context", "decide", "extract_arguments", "call_tool", "observe", "answer"}
+    row = latency.set_index("step").loc["call_tool"]
+    assert row["count"] == 40 and row["errors"] > 0 and 0 < row["error_rate"] <= 1 and row["p99_ms"] >= row["p50_ms"]
+    assert failures["count"].is_monotonic_decreasing and (failures["tool"] == "update_shipping_address").all()
+    assert len(tool_of) == 40
+    from agentops_pipelines.agent.scorers import evaluate_trajectories
+
+    ev = evaluate_trajectories(cases[:10], runner(Executor(Actions(sor, dry_run=True),
+                                                           lambda text, f: ("update_shipping_address", 0.5))))
+    report = ev.step_markdown()  # what the evaluation report shows
+    assert "**Per step**" in report and "**Step failures**" in report and "call_tool" in report
+    steps = trace_steps(trajectories[0].to_dict())
+    assert [s[0] for s in steps][:4] == ["fetch_context", "decide", "extract_arguments",
+                                         "call_tool:update_shipping_address"]
+    name, span_type, start, end, details = steps[3]
+    assert span_type == "TOOL" and end >= start > 0 and details["inputs"]["tool"] == "update_shipping_address"
+
+
+def test_act_settings_from_the_environment(tmp_path):
+    default = ActSettings.from_environ({"AGENTOPS_HOME": str(tmp_path)})
+    assert default.sor_url == f"sqlite:///{tmp_path.resolve() / 'system_of_record.db'}" and default.enabled
+    assert not ActSettings.from_environ({"AGENTOPS_SOR_URL": "off"}).enabled
+    custom = ActSettings.from_environ({"AGENTOPS_SOR_URL": "postgresql://u:secret@h/db",
+                                       "AGENTOPS_REFUND_LIMIT": "250", "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE": "0.5"})
+    assert (custom.refund_limit, custom.online_eval_sample_rate) == (250.0, 0.5)
+    for bad in ({"AGENTOPS_REFUND_LIMIT": "-1"}, {"AGENTOPS_ONLINE_EVAL_SAMPLE_RATE": "2"},
+                {"AGENTOPS_REFUND_LIMIT": "lots"}):
+        with pytest.raises(ValueError, match="AGENTOPS_"):
+            ActSettings.from_environ(bad)
+
+
+def test_code_location_settings_and_the_serving_allowlist(monkeypatch, tmp_path):
+    from agentops_pipelines.resources.deployers import serving_environment
+    from agentops_pipelines.resources.settings import load_settings
+
+    monkeypatch.setenv("AGENTOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("AGENTOPS_SOR_URL", raising=False)
+    monkeypatch.delenv("AGENTOPS_REFUND_LIMIT", raising=False)
+    s = load_settings()
+    assert s.sor_url.endswith("system_of_record.db") and s.refund_limit == 100.0
+    monkeypatch.setenv("AGENTOPS_SOR_URL", "postgresql://agent:pw@db/sor")
+    monkeypatch.setenv("AGENTOPS_REFUND_LIMIT", "nope")
+    s = load_settings(strict=False)
+    assert s.secret_env["sor_url"] == "AGENTOPS_SOR_URL"  # passed as a dagster.EnvVar, never shown
+    assert any("AGENTOPS_REFUND_LIMIT" in p for p in s.problems)
+    child = serving_environment({"AGENTOPS_SOR_URL": "x", "AGENTOPS_REFUND_LIMIT": "5",
+                                 "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE": "0.1", "AGENTOPS_AUDIT_DB_URL": "y"})
+    assert set(child) == {"AGENTOPS_SOR_URL", "AGENTOPS_REFUND_LIMIT", "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE"}
+
+
+def test_status_shows_the_shadow_evidence_to_reviewers():
+    from agentops_pipelines.cli import _shadow_note
+    from agentops_pipelines.serving.shadow import evidence_tags
+
+    few = Comparison("3", "4")
+    for _ in range(40):
+        few.add(True, True, True)
+    note = _shadow_note(evidence_tags(few.summary()))
+    assert note.startswith("; shadow vs v3: no_difference over 40 requests") and "McNemar p=1.0" in note
+    assert _shadow_note({"approval_status": "pending"}) == ""
