@@ -112,6 +112,7 @@ class Settings:
     # by default a SQLite file under the state folder; and the refund limit of its policy.
     sor_url: str = ""
     refund_limit: float = 100.0
+    agents_dir: Path = DEFAULT_AGENTS_DIR  # AGENTOPS_AGENTS_DIR: the agents declared by configuration
 
     @property
     def dagster_home(self) -> Path:
@@ -278,6 +279,7 @@ def load_settings(strict: bool = True) -> Settings:
         serving_admin_token=admin_token,
         sor_url=env.get(EnvVar.SOR_URL) or f"sqlite:///{home / 'system_of_record.db'}",
         refund_limit=refund_limit,
+        agents_dir=Path(env.get(EnvVar.AGENTS_DIR) or DEFAULT_AGENTS_DIR).resolve(),
     )
     if strict and mode == "production" and problems:
         raise SettingsError("\n".join(problems))
