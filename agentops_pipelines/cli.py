@@ -422,8 +422,9 @@ def trace(request_id: str, full: bool = False) -> int:
     return 0
 
 
-def _serving_line(deployer, environment: str, agent: str) -> str:
-    """What ``agent`` serves in ``environment``, with the local supervisor's restarts or why it gave up."""
+def _serving_line(deployer, environment: str, agent: str | None = None) -> str:
+    """What ``agent`` serves in ``environment`` (None: the one agent serving there), with the
+    local supervisor's restarts or why it gave up. ``status`` always names the agent."""
     supervision = getattr(deployer, "supervision", None)  # local processes only
     if supervision is None:
         d, record = deployer.status(environment, agent=agent), None
