@@ -295,6 +295,19 @@ class MiniLMEncoder:
         return [self.tokenizer.encode(str(t), self.max_seq_length) for t in texts]
 
     def encode(self, texts, batch_size: int | None = None) -> np.ndarray:
+        """Unit-length sentence embeddings, (n, hidden) float32.
+
+        Up to ``SINGLE_THREAD_UP_TO`` texts run with one BLAS thread: a serving request's
+        matrices are tiny, and OpenBLAS's threads then cost more than they save (one request on
+        this 2-core machine: 51 ms of CPU and a 950 ms p99 with two threads under load, 10 ms of
+        CPU with one; BENCHMARKS.md).
+        """
+        if len(texts) <= SINGLE_THREAD_UP_TO:
+            with _one_blas_thread():
+                return self._encode(texts, batch_size)
+        return self._encode(texts, batch_size)
+
+    def _encode(self, texts, batch_size: int | None = None) -> np.ndarray:
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
         if not texts:
@@ -312,6 +325,25 @@ class MiniLMEncoder:
                 mask[row, : len(tokens[i])] = 1
             out[idx] = self._forward(ids, mask)
         return out
+
+
+SINGLE_THREAD_UP_TO = 16
+_CONTROLLER = None
+
+
+def _one_blas_thread():
+    """A context limiting BLAS to one thread (threadpoolctl, a scikit-learn dependency; ~30 µs)."""
+    global _CONTROLLER
+    try:
+        if _CONTROLLER is None:
+            from threadpoolctl import ThreadpoolController
+
+            _CONTROLLER = ThreadpoolController()
+        return _CONTROLLER.limit(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - without threadpoolctl, BLAS keeps its threads
+        import contextlib
+
+        return contextlib.nullcontext()
 
 
 _ENCODERS: dict[str, MiniLMEncoder] = {}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -39,6 +40,17 @@ DEFAULT_PROMPT = (
     "I have started `{{tool}}` for you with {{arguments}}. "
     "If anything else comes up, reply here and we will pick it up."
 )
+
+
+@dataclass(frozen=True)
+class GoldenTestSet:
+    """A fixed test file (CSV, Parquet or JSONL; a relative path is from the project root): the
+    evaluation scores every candidate and the champion on the same cases, whatever data trained
+    them."""
+
+    path: str
+    text_column: str = "text"
+    label_column: str = "tool"
 
 
 @runtime_checkable
@@ -63,6 +75,16 @@ class Agent(ABC):
     drift_threshold: float = 0.5
     #: The answer template, registered in MLflow's prompt registry ({{var}} placeholders).
     prompt_template: str = DEFAULT_PROMPT
+    #: Answered when the router abstains. None: the escalation tool; both None: no abstention.
+    fallback_tool: str | None = None
+    #: Abstain below the confidence at which answered validation requests reach this precision.
+    abstain_target_precision: float | None = None
+    #: The label in the data meaning "none of our tools" (e.g. ``oos``): out-of-scope metrics.
+    out_of_scope_label: str | None = None
+    #: A fixed test set scored beside the held-out split (and used against the champion).
+    golden_test_set: GoldenTestSet | None = None
+    #: Defaults of the evaluation gate's minimums (``EvaluationConfig`` field names).
+    gate_minimums: Mapping[str, float] = {}
 
     @abstractmethod
     def train(self, training_set: pd.DataFrame, params: Mapping[str, object]) -> Router:
@@ -70,3 +92,16 @@ class Agent(ABC):
 
     def default_params(self) -> dict[str, object]:
         return {}
+
+    @property
+    def answer_when_unsure(self) -> str | None:
+        """The tool answered when the router abstains (``fallback_tool``, else the escalation
+        tool); None: the router never abstains."""
+        return self.fallback_tool or self.escalation_tool
+
+    def abstention(self) -> dict[str, object]:
+        """Keyword arguments of :func:`~agentops_pipelines.agent.recipes.train_text_router` that
+        come from the agent's declaration (fallback tool, target precision, out-of-scope label)."""
+        return {"fallback_tool": self.answer_when_unsure,
+                "target_precision": self.abstain_target_precision,
+                "out_of_scope_label": self.out_of_scope_label}
