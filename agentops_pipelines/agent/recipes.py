@@ -281,13 +281,16 @@ def make_pipeline(params: Mapping[str, object], numeric: Sequence[str], categori
 def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
                       feature_columns: Sequence[str] = (), *, fallback_tool: str | None = None,
                       target_precision: float | None = None,
-                      out_of_scope_label: str | None = None) -> TextRouter:
+                      out_of_scope_label: str | None = None,
+                      categorical: Sequence[str] | None = None) -> TextRouter:
     """The default recipe (module docstring): select, calibrate, choose the abstention threshold,
     refit on every row of ``training_set`` (columns ``text``, ``tool``, the feature columns).
 
     ``fallback_tool`` and ``target_precision`` both set: abstain below the threshold that reaches
     the target precision on the validation split. ``out_of_scope_label``: the label meaning "none
-    of our tools"; predicting it also answers the fallback tool.
+    of our tools"; predicting it also answers the fallback tool. ``categorical``: feature columns
+    to one-hot encode (default: those whose values are not numbers). A declared feature missing
+    from ``training_set`` is trained on its neutral value (0, or "unknown"), as serving fills it.
     """
     import numpy as np
 
@@ -298,10 +301,18 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
     if target_precision is not None and not 0.0 < float(target_precision) < 1.0:
         raise ValueError(f"abstain_target_precision must be in (0, 1), got {target_precision}")
     columns = tuple(feature_columns)
-    missing = [c for c in ("text", "tool", *columns) if c not in training_set]
+    missing = [c for c in ("text", "tool") if c not in training_set]
     if missing:
         raise ValueError(f"the training set lacks column(s) {missing}")
-    categorical = tuple(c for c in columns if not _numeric(training_set[c]))
+    declared = tuple(categorical or ())
+    categorical = tuple(c for c in columns if c in declared
+                        or (c in training_set and not _numeric(training_set[c])))
+    absent = [c for c in columns if c not in training_set]
+    if absent:
+        log.warning("training without feature(s) %s: their neutral value is used", absent)
+        training_set = training_set.assign(**{c: "unknown" if c in categorical else 0 for c in absent})
+    if categorical:  # one type per column, whatever the file held
+        training_set = training_set.assign(**{c: training_set[c].astype(str) for c in categorical})
     numeric = tuple(c for c in columns if c not in categorical)
     y = training_set["tool"].astype(str).to_numpy()
     if len(set(y)) < 2:
@@ -368,9 +379,26 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
             setattr(final, attr, getattr(selected, attr))
     final.classes = list(final.pipeline.classes_)
     final.validation = validation
+    _serving_caches(final.pipeline)
     log.info("text router: C=%s (tried %s), temperature %.3f, validation accuracy %.4f",
              C, tried, temperature, accuracy)
     return final
+
+
+def _serving_caches(pipeline) -> None:
+    """The embedding cache helped selection (the same texts, several fits); a served model starts
+    without the training texts and caches nothing."""
+    from sklearn.pipeline import FeatureUnion
+
+    features = pipeline.steps[0][1]
+    for _, transformer, _ in getattr(features, "transformers_", []):
+        parts = transformer.transformer_list if isinstance(transformer, FeatureUnion) else [("", transformer)]
+        for _, part in parts:
+            if hasattr(part, "cache_size"):
+                part.cache_size = 0
+                from agentops_pipelines.agent.embeddings import clear_cache
+
+                clear_cache()
 
 
 def _numeric(series: pd.Series) -> bool:

@@ -43,8 +43,5 @@ class SupportDeskAgent(Agent):
     def train(self, training_set: pd.DataFrame, params: Mapping[str, object]) -> TextRouter:
         params = dict(params)
         columns = tuple(self.feature_columns) if params.pop("use_features", 1) else ()
-        data = training_set.copy()
-        for col in CATEGORICAL_FEATURES:  # a category even where every value is missing
-            if col in columns and col in data:
-                data[col] = data[col].astype(str)
-        return train_text_router(data, params, columns, **self.abstention())
+        return train_text_router(training_set, params, columns, categorical=CATEGORICAL_FEATURES,
+                                 **self.abstention())

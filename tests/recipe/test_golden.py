@@ -4,7 +4,6 @@ its blocking gate (MLflow on SQLite, the lake on disk; BANKING77 intents as the 
 import dagster as dg
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 
 from agentops_pipelines.agent.interface import Agent, GoldenTestSet
@@ -39,12 +38,39 @@ def cases(banking77):
     return rest, golden.reset_index(drop=True)
 
 
-@pytest.fixture
-def stores(home):
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    home = tmp_path_factory.mktemp("golden_home")
     lake = LakeResource(root=str(home / "lake"))
     store = MlflowResource(tracking_uri=f"sqlite:///{home}/mlflow/mlflow.db",
                            artifact_root=str(home / "mlflow" / "artifacts"), ui_url="http://mlflow")
     return lake, store
+
+
+@pytest.fixture(scope="module")
+def golden_path(cases, tmp_path_factory):
+    """The team's fixed test file, in its own column names."""
+    path = tmp_path_factory.mktemp("golden") / "golden.csv"
+    cases[1].rename(columns={"text": "utterance", "tool": "intent"})[["utterance", "intent"]].to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(cases, stores):
+    """Champion (trained on a quarter of the rows, registered, alias champion) and candidate (all
+    rows): routers and MLflow runs, shared by the tests of this module."""
+    rows, _ = cases
+    lake, store = stores
+    agent = IntentAgent()
+    lake.write(f"{agent.name}/training_set", rows, run_id="v1")
+    train = rows[rows["split"] == "train"]
+    champion = agent.train(train.iloc[: len(train) // 4], {})
+    candidate = agent.train(train, {})
+    client = store.configure()
+    champion_run = log_router(store, agent, champion)
+    mv = mlflow.register_model(f"runs:/{champion_run}/agent", agent.name)
+    client.set_registered_model_alias(agent.name, Alias.CHAMPION, mv.version)
+    return champion, candidate, log_router(store, agent, candidate)
 
 
 def log_router(store: MlflowResource, agent: Agent, router) -> str:
@@ -75,28 +101,18 @@ def evaluate(agent: Agent, lake, store, instance, run_id: str, **config) -> tupl
     return check.passed, metadata, {k: v.value for k, v in check.metadata.items()}
 
 
-def golden_file(tmp_path, golden: pd.DataFrame) -> GoldenTestSet:
-    """The team's fixed test file, in its own column names."""
-    path = tmp_path / "golden.csv"
-    golden.rename(columns={"text": "utterance", "tool": "intent"})[["utterance", "intent"]].to_csv(path, index=False)
-    return GoldenTestSet(path=str(path), text_column="utterance", label_column="intent")
+def golden_file(path: str) -> GoldenTestSet:
+    return GoldenTestSet(path=path, text_column="utterance", label_column="intent")
 
 
-def test_golden_metrics_beside_held_out_and_the_champion_judged_on_golden(cases, stores, instance, tmp_path):
+def test_golden_metrics_beside_held_out_and_the_champion_judged_on_golden(cases, stores, trained, golden_path,
+                                                                          instance):
     rows, golden = cases
     lake, store = stores
-    agent = IntentAgent(golden_file(tmp_path, golden))
-    lake.write(f"{agent.name}/training_set", rows, run_id="v1")
-    train = rows[rows["split"] == "train"]
-    # The champion was trained on other (fewer) data: only the golden cases compare the two fairly.
-    champion = agent.train(train.iloc[: len(train) // 4], {})
-    candidate = agent.train(train, {})
-    client = store.configure()
-    champion_run = log_router(store, agent, champion)
-    mv = mlflow.register_model(f"runs:/{champion_run}/agent", agent.name)
-    client.set_registered_model_alias(agent.name, Alias.CHAMPION, mv.version)
+    champion, candidate, run_id = trained  # trained on different data: golden compares them fairly
+    agent = IntentAgent(golden_file(golden_path))
 
-    passed, md, check = evaluate(agent, lake, store, instance, log_router(store, agent, candidate))
+    passed, md, check = evaluate(agent, lake, store, instance, run_id)
 
     truth = golden["tool"].to_numpy()
     cand_right = np.asarray(candidate.predict(golden[["text"]])["tool"]) == truth
@@ -116,12 +132,11 @@ def test_golden_metrics_beside_held_out_and_the_champion_judged_on_golden(cases,
     assert not any("escalation" in k for k in check)
 
 
-def test_the_gate_takes_its_golden_minimum_from_the_agent_unless_the_run_sets_one(cases, stores, instance, tmp_path):
-    rows, golden = cases
+def test_the_gate_takes_its_golden_minimum_from_the_agent_unless_the_run_sets_one(stores, trained, golden_path,
+                                                                                 instance):
     lake, store = stores
-    agent = IntentAgent(golden_file(tmp_path, golden), gate_minimums={"min_golden_accuracy": 0.999})
-    lake.write(f"{agent.name}/training_set", rows, run_id="v1")
-    run_id = log_router(store, agent, agent.train(rows[rows["split"] == "train"], {}))
+    agent = IntentAgent(golden_file(golden_path), gate_minimums={"min_golden_accuracy": 0.999})
+    run_id = trained[2]
 
     passed, md, check = evaluate(agent, lake, store, instance, run_id)
     assert not passed and md["gate_passed"] is False
@@ -130,13 +145,11 @@ def test_the_gate_takes_its_golden_minimum_from_the_agent_unless_the_run_sets_on
     assert passed and md["gate_passed"] is True
 
 
-def test_a_golden_file_without_the_named_column_fails_naming_file_and_column(cases, stores, instance, tmp_path):
-    rows, golden = cases
+def test_a_golden_file_without_the_named_column_fails_naming_file_and_column(stores, trained, golden_path,
+                                                                             instance):
     lake, store = stores
-    bad = golden_file(tmp_path, golden)
-    agent = IntentAgent(GoldenTestSet(path=bad.path, text_column="question", label_column="intent"))
-    lake.write(f"{agent.name}/training_set", rows, run_id="v1")
-    run_id = log_router(store, agent, agent.train(rows[rows["split"] == "train"], {}))
+    agent = IntentAgent(GoldenTestSet(path=golden_path, text_column="question", label_column="intent"))
+    run_id = trained[2]
     with pytest.raises(dg.Failure, match=r"golden\.csv: no column\(s\) \['question'\]"):
         from agentops_pipelines.assets.evaluation import build_evaluation_asset
 
