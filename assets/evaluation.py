@@ -197,7 +197,8 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         judged = dict(cand) | ({f"golden_{k}": v for k, v in gold.items()} if gold else {})
         verdict = gate(judged, champ, test, gate_minimums_for(minimums, judged), config.alpha)
         versus = comparison(versus_cand, champ)
-        per_tool = per_tool_comparison(cand["per_tool"], champ["per_tool"] if champ and golden is None else None)
+        # Per tool, candidate beside champion on the cases they were compared on.
+        per_tool = per_tool_comparison(versus_cand["per_tool"], champ["per_tool"] if champ else None)
         sides = _side_by_side(cand, gold)
 
         summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in cand.items() if isinstance(v, float | int)}
@@ -214,7 +215,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                         "only_champion_correct": test["only_champion_correct"]}
         labels = list(cand["per_tool"]["tool"])
         figures = {  # title → PNG; file names below
-            "Per-tool F1": plots.per_tool_f1(cand["per_tool"], champ["per_tool"] if champ else None),
+            "Per-tool F1": plots.per_tool_f1(versus_cand["per_tool"], champ["per_tool"] if champ else None),
             "Confusion matrix": plots.confusion_matrix(holdout["tool"].astype(str), cand_pred.astype(str), labels),
             "Confidence calibration": plots.calibration_curve(cand_out["confidence"], right(cand_out, holdout)),
             "Latency": plots.latency_histogram(lat["samples"], lat["p50"], lat["p99"]),
