@@ -71,6 +71,7 @@ def route(router, test):
     return np.asarray(tools), np.asarray(confidence)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [0.95, 0.99])
 def test_abstaining_reaches_the_target_precision_on_held_out_requests(split, target):
     train, test = split
@@ -103,6 +104,7 @@ def test_abstaining_reaches_the_target_precision_on_held_out_requests(split, tar
     assert m["in_scope_accuracy"] <= plain_m["in_scope_accuracy"]
 
 
+@pytest.mark.slow
 def test_confidence_is_calibrated_not_one_over_n(split):
     """The old confidence was a softmax over raw margins: ~1/N for every request. Calibrated, the
     mean confidence of the answered requests tracks their accuracy."""

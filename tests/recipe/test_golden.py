@@ -105,6 +105,7 @@ def golden_file(path: str) -> GoldenTestSet:
     return GoldenTestSet(path=path, text_column="utterance", label_column="intent")
 
 
+@pytest.mark.slow
 def test_golden_metrics_beside_held_out_and_the_champion_judged_on_golden(cases, stores, trained, golden_path,
                                                                           instance):
     rows, golden = cases
@@ -132,6 +133,7 @@ def test_golden_metrics_beside_held_out_and_the_champion_judged_on_golden(cases,
     assert not any("escalation" in k for k in check)
 
 
+@pytest.mark.slow
 def test_the_gate_takes_its_golden_minimum_from_the_agent_unless_the_run_sets_one(stores, trained, golden_path,
                                                                                  instance):
     lake, store = stores
@@ -145,6 +147,7 @@ def test_the_gate_takes_its_golden_minimum_from_the_agent_unless_the_run_sets_on
     assert passed and md["gate_passed"] is True
 
 
+@pytest.mark.slow
 def test_a_golden_file_without_the_named_column_fails_naming_file_and_column(stores, trained, golden_path,
                                                                              instance):
     lake, store = stores
@@ -168,3 +171,17 @@ def test_unknown_gate_minimums_are_refused_by_name():
     assert resolve_minimums({"min_accuracy": None}, {"min_accuracy": 0.7}, "a")["min_accuracy"] == 0.7
     assert resolve_minimums({"min_accuracy": 0.6}, {"min_accuracy": 0.7}, "a")["min_accuracy"] == 0.6
     assert resolve_minimums({}, {}, "a")["min_accuracy"] == 0.8
+
+
+def test_a_golden_file_is_read_in_its_own_column_names_and_bad_rows_are_named_by_line(tmp_path):
+    from agentops_pipelines.data.sources import DataSourceError
+    from agentops_pipelines.evaluation import load_golden
+
+    path = tmp_path / "golden.csv"
+    path.write_text("utterance,intent,customer_id\nwhere is my card,card_arrival,c1\nhi,greeting,c2\n")
+    golden = load_golden(str(path), "utterance", "intent")
+    assert golden.to_dict("list") == {"text": ["where is my card", "hi"], "tool": ["card_arrival", "greeting"],
+                                      "customer_id": ["c1", "c2"]}
+    path.write_text("utterance,intent\nwhere is my card,card_arrival\nhi,\n,greeting\n")
+    with pytest.raises(DataSourceError, match=r"golden\.csv: empty 'utterance' or 'intent' on 2 row\(s\), first at line\(s\) \[3, 4\]"):
+        load_golden(str(path), "utterance", "intent")
