@@ -328,6 +328,8 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
         chosen = router_for(make_pipeline(p, numeric, categorical, grid[len(grid) // 2]))
         chosen.pipeline.fit(chosen._frame(training_set), y)
         chosen.classes = list(chosen.pipeline.classes_)
+        chosen.fallback_tool, chosen.out_of_scope_label = fallback_tool, out_of_scope_label
+        _serving_caches(chosen.pipeline)
         return chosen
 
     y_val = y[val]
@@ -356,13 +358,13 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
     selected.fallback_tool = fallback_tool
     validation: dict[str, object] = {"C_tried": tried, "C": C, "accuracy": round(accuracy, 4),
                                      "temperature": round(temperature, 4), "rows": int(val.sum())}
-    if target_precision is not None and fallback is not None:
+    if target_precision is not None and fallback is not None and len(y_val):
         best_index, confidence, out_of_scope = selected.best_in_scope(softmax(scores, temperature))
         # Right = the in-scope tool it would answer; an out-of-scope request is never answered right.
         correct = np.asarray(classes, dtype=object)[best_index] == y_val
         answerable = ~out_of_scope
-        threshold = abstention_threshold(confidence[answerable], correct[answerable],
-                                         float(target_precision))
+        threshold = (abstention_threshold(confidence[answerable], correct[answerable], float(target_precision))
+                     if answerable.any() else 1.0)  # validation: only out-of-scope requests
         selected.threshold = threshold
         answered = answerable & (confidence >= threshold)
         validation |= {"abstain_threshold": round(threshold, 4),
