@@ -11,6 +11,12 @@ registration, serving). An agent supplies two things:
    ``{column: list of values}``: serving predicts one request at a time, and building a DataFrame
    per request costs more than a linear router's arithmetic (the support desk's router does both).
 
+Most agents need no model code: :func:`agentops_pipelines.agent.recipes.train_text_router` is the
+default recipe (model selection on a validation split, calibrated confidence, abstention, refit
+on all rows); ``train`` can return ``train_text_router(training_set, params, self.feature_columns,
+**self.abstention())``. The ML fields below (fallback tool, target precision, out-of-scope label,
+golden test set, gate minimums) configure that recipe and the evaluation.
+
 The pipeline wraps the router in :class:`agentops_pipelines.agent.model.AgentModel`, an MLflow
 pyfunc model that fills the tool call from the customer's online features, answers from the
 versioned prompt, and traces each step. Register a new agent in ``agentops_pipelines.agents``::
