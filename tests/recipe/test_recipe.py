@@ -97,3 +97,20 @@ def test_default_recipe_accuracy_on_a_stable_banking77_split(banking77):
     accuracy = float((np.asarray(tools) == test["tool"].to_numpy()).mean())
     assert accuracy >= BANKING77_FLOOR, f"{accuracy:.4f} on {len(test)} held-out requests"
     assert router.scorer() is not None
+
+
+def test_a_router_pickled_before_the_recipe_still_loads_and_routes(requests):
+    """Registered versions hold ``support_desk.LinearRouter`` pickles with three attributes."""
+    import pickle
+
+    from agentops_pipelines.agent.support_desk import LinearRouter
+
+    fitted = train_text_router(requests, {"C": 0.5})
+    old = LinearRouter.__new__(LinearRouter)
+    old.__dict__.update(pipeline=fitted.pipeline, classes=fitted.classes, feature_columns=())
+    loaded = pickle.loads(pickle.dumps(old))
+    tools, confidence = loaded.predict_columns({"text": requests["text"].tolist()}, len(requests))
+    assert tools == list(fitted.pipeline.predict(requests[["text"]]))
+    margins = fitted.pipeline.decision_function(requests[["text"]])
+    assert np.allclose(confidence, np.exp(margins.max(1)) / np.exp(margins).sum(1))  # temperature 1, as then
+    assert loaded.threshold is None and loaded._default("plan_tier") == "unknown"
