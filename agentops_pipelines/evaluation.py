@@ -11,12 +11,27 @@ import numpy as np
 import pandas as pd
 
 
-def classification_metrics(y_true, y_pred, escalation_tool: str | None) -> dict:
-    """Tool-selection accuracy, macro-F1 over the true tools, escalation precision and recall."""
+def classification_metrics(y_true, y_pred, escalation_tool: str | None, *,
+                           out_of_scope_label: str | None = None, fallback_tool: str | None = None,
+                           confidence=None) -> dict:
+    """Tool-selection accuracy and macro-F1 over the true tools; escalation precision and recall
+    when the agent has an escalation tool and the data has requests for it; out-of-scope metrics
+    when the data has ``out_of_scope_label`` rows.
+
+    An out-of-scope request is answered right by the fallback tool (the router abstained), or by
+    the out-of-scope label itself when the agent has no fallback. ``in_scope_accuracy`` is the
+    accuracy on the other requests (abstaining on them is wrong); ``oos_recall`` / ``oos_precision``
+    treat "abstained" as the prediction "out of scope"; ``oos_auroc`` ranks requests by
+    ``1 - confidence`` (needs ``confidence``, the router's calibrated confidence).
+    """
     from sklearn.metrics import f1_score, precision_recall_fscore_support
 
     y_true = np.asarray(y_true, dtype=object)
     y_pred = np.asarray(y_pred, dtype=object)
+    is_oos = (y_true == out_of_scope_label) if out_of_scope_label is not None else np.zeros(len(y_true), bool)
+    abstain_answer = fallback_tool or out_of_scope_label
+    if is_oos.any():
+        y_true = np.where(is_oos, abstain_answer, y_true)
     labels = sorted(set(y_true))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_tool = pd.DataFrame({"tool": labels, "precision": p, "recall": r, "f1": f, "support": s})
@@ -26,12 +41,22 @@ def classification_metrics(y_true, y_pred, escalation_tool: str | None) -> dict:
         "n": int(len(y_true)),
         "per_tool": per_tool,
     }
-    if escalation_tool is not None:
+    if escalation_tool is not None and (y_true == escalation_tool).any():
         tp = int(((y_pred == escalation_tool) & (y_true == escalation_tool)).sum())
         predicted = int((y_pred == escalation_tool).sum())
-        actual = int((y_true == escalation_tool).sum())
         out["escalation_precision"] = tp / predicted if predicted else 0.0
-        out["escalation_recall"] = tp / actual if actual else 1.0
+        out["escalation_recall"] = tp / int((y_true == escalation_tool).sum())
+    if is_oos.any():
+        flagged = (y_pred == abstain_answer) | (y_pred == out_of_scope_label)
+        hits = int((flagged & is_oos).sum())
+        out["in_scope_accuracy"] = float((y_true == y_pred)[~is_oos].mean()) if (~is_oos).any() else 0.0
+        out["oos_recall"] = hits / int(is_oos.sum())
+        out["oos_precision"] = hits / int(flagged.sum()) if flagged.any() else 0.0
+        out["oos_n"] = int(is_oos.sum())
+        if confidence is not None and (~is_oos).any():
+            from sklearn.metrics import roc_auc_score
+
+            out["oos_auroc"] = float(roc_auc_score(is_oos, 1.0 - np.asarray(confidence, dtype=float)))
     return out
 
 
@@ -69,7 +94,61 @@ def latency_ms(predict, requests: pd.DataFrame, n: int = 200) -> dict:
     return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "samples": times}
 
 
-HEADLINE = ("accuracy", "macro_f1", "escalation_precision", "escalation_recall")
+HEADLINE = ("accuracy", "macro_f1", "escalation_precision", "escalation_recall", "in_scope_accuracy",
+            "oos_recall", "oos_precision", "oos_auroc")
+# Minimums of the evaluation gate: EvaluationConfig field -> the metric it bounds (golden_*: the
+# same metric on the golden test set). An agent's ``gate_minimums`` use the same field names.
+GATE_MINIMUMS = {"min_accuracy": "accuracy", "min_macro_f1": "macro_f1",
+                 "min_escalation_recall": "escalation_recall",
+                 "min_golden_accuracy": "golden_accuracy", "min_oos_recall": "oos_recall"}
+DEFAULT_MINIMUMS = {"min_accuracy": 0.80, "min_macro_f1": 0.0, "min_escalation_recall": 0.0,
+                    "min_golden_accuracy": 0.0, "min_oos_recall": 0.0}
+
+
+def resolve_minimums(configured: Mapping[str, float | None], agent_minimums: Mapping[str, float],
+                     agent_name: str = "the agent") -> dict[str, float]:
+    """Each gate minimum: the run's config if set, else the agent's ``gate_minimums``, else the
+    built-in default. An unknown name in the agent's minimums is an error naming it."""
+    unknown = sorted(set(agent_minimums) - set(DEFAULT_MINIMUMS))
+    if unknown:
+        raise ValueError(f"{agent_name}: unknown gate_minimums {unknown}; known: {sorted(DEFAULT_MINIMUMS)}")
+    out = {}
+    for name, default in DEFAULT_MINIMUMS.items():
+        value = configured.get(name)
+        out[name] = float(value if value is not None else agent_minimums.get(name, default))
+    return out
+
+
+def gate_minimums_for(minimums: Mapping[str, float], candidate: Mapping) -> dict[str, float]:
+    """``{metric: minimum}`` for the gate: a metric the evaluation could not compute (no
+    escalation requests, no golden set, no out-of-scope rows) is judged only if its minimum is
+    above zero, and then fails as missing."""
+    out = {}
+    for name, minimum in minimums.items():
+        metric = GATE_MINIMUMS[name]
+        if metric in candidate or minimum > 0:
+            out[metric] = minimum
+    return out
+
+
+def load_golden(path: str, text_column: str = "text", label_column: str = "tool") -> pd.DataFrame:
+    """A golden test set as ``text``, ``tool`` (plus its other columns); errors name the file."""
+    from agentops_pipelines.data.sources import DataSourceError, read_file, resolve_path
+
+    file = resolve_path(path)
+    df = read_file(file)
+    missing = [c for c in (text_column, label_column) if c not in df.columns]
+    if missing:
+        raise DataSourceError(f"golden test set {file}: no column(s) {missing}; columns: {list(df.columns)}")
+    nulls = df[[text_column, label_column]].isna().any(axis=1)
+    if nulls.any():
+        lines = (np.flatnonzero(nulls.to_numpy())[:5] + 2).tolist()  # 1-based, after the header
+        raise DataSourceError(f"golden test set {file}: empty {text_column!r} or {label_column!r} "
+                              f"on {int(nulls.sum())} row(s), first at line(s) {lines}")
+    other = df.drop(columns=[c for c in (text_column, label_column, "text", "tool") if c in df.columns])
+    return pd.concat([pd.DataFrame({"text": df[text_column].astype(str).to_numpy(),
+                                    "tool": df[label_column].astype(str).to_numpy()}),
+                      other.reset_index(drop=True)], axis=1)
 
 
 def comparison(candidate: Mapping, champion: Mapping | None, digits: int = 4) -> dict[str, dict]:

@@ -77,8 +77,10 @@ def gate_results(outcomes: Mapping[str, "GateOutcome"], rows: int, version: str,
 
 def build_evaluation_gate(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=evaluation, name="evaluation_gate", blocking=True,
-                    description="The candidate meets the configured minimums and is not significantly "
-                                "worse than the champion (McNemar). Registration waits on it.")
+                    description="The candidate meets the minimums (run config, else the agent's "
+                                "gate_minimums: held-out accuracy, golden accuracy, out-of-scope recall, ...) "
+                                "and is not significantly worse than the champion (McNemar, on the golden "
+                                "set when there is one). Registration waits on it.")
     def evaluation_gate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         from agentops_pipelines.assets.evaluation import latest_metadata
 
@@ -88,7 +90,8 @@ def build_evaluation_gate(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.A
         reasons = md.get("gate_reasons") or []
         numbers = {k: v for k, v in md.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)
-                   and k.split("_")[0] in ("accuracy", "macro", "escalation", "latency", "champion", "delta", "mcnemar")}
+                   and k.split("_")[0] in ("accuracy", "macro", "escalation", "latency", "champion", "delta",
+                                           "mcnemar", "golden", "oos", "in")}
         metadata = {"candidate_run_id": str(md.get("candidate_run_id")),
                     "champion_version": str(md.get("champion_version", "none")),
                     **numbers,

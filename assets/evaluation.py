@@ -1,4 +1,9 @@
-"""``evaluation_report``: the candidate against the champion on the same held-out cases."""
+"""``evaluation_report``: the candidate against the champion on the same cases.
+
+The cases are the training set's held-out split and, when the agent names one, its golden test set:
+both are reported side by side, and the champion comparison (deltas, McNemar) uses the golden set
+when there is one, so versions trained on different data are judged on the same requests.
+"""
 
 import json
 import tempfile
@@ -14,10 +19,15 @@ from agentops_pipelines.vocabulary import Alias
 
 
 class EvaluationConfig(dg.Config):
+    """Unset minimums come from the agent's ``gate_minimums``, else the built-in defaults
+    (``min_accuracy`` 0.80, the others 0)."""
+
     candidate_run_id: str = Field(default="", description="MLflow run to evaluate; default: the latest trained_agent")
-    min_accuracy: float = Field(default=0.80, ge=0.0, le=1.0)
-    min_macro_f1: float = Field(default=0.0, ge=0.0, le=1.0)
-    min_escalation_recall: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_accuracy: float | None = Field(default=None, ge=0.0, le=1.0, description="held-out accuracy (default 0.80)")
+    min_macro_f1: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_escalation_recall: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_golden_accuracy: float | None = Field(default=None, ge=0.0, le=1.0, description="accuracy on the golden test set")
+    min_oos_recall: float | None = Field(default=None, ge=0.0, le=1.0, description="share of out-of-scope requests abstained on")
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="McNemar significance level")
     latency_samples: int = Field(default=200, ge=1, le=10_000)
     evidently_report: bool = Field(default=True, description="also log Evidently's classification report")
@@ -63,6 +73,34 @@ def _evidently_html(holdout, predicted, path: Path) -> None:
                                          reference_data=None).save_html(str(path))
 
 
+def _side_by_side(holdout: dict, golden: dict | None) -> dict[str, dict]:
+    """``{metric: {"held-out", "golden"}}`` for the headline metrics either set has."""
+    from agentops_pipelines.evaluation import HEADLINE
+
+    return {m: {"held-out": round(holdout[m], 4) if m in holdout else None,
+                "golden": round(golden[m], 4) if golden and m in golden else None}
+            for m in HEADLINE if m in holdout or (golden and m in golden)}
+
+
+def _side_by_side_markdown(rows: dict) -> str:
+    def cell(v):
+        return "–" if v is None else f"{v:.4f}"
+
+    return "\n".join(["| metric | held-out | golden |", "|---|---:|---:|",
+                      *(f"| {m} | {cell(r['held-out'])} | {cell(r['golden'])} |" for m, r in rows.items())])
+
+
+def _comparison_html_sides(rows: dict) -> str:
+    import html
+
+    def cell(v):
+        return "–" if v is None else f"{v:.4f}"
+
+    body = "".join(f"<tr><th>{html.escape(m)}</th><td>{cell(r['held-out'])}</td><td>{cell(r['golden'])}</td></tr>"
+                   for m, r in rows.items())
+    return f"<table><tr><th>metric</th><th>held-out</th><th>golden</th></tr>{body}</table>"
+
+
 def _comparison_html(versus: dict) -> str:
     import html
 
@@ -78,60 +116,97 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
     @dg.asset(
         key_prefix=[agent.name], name="evaluation_report", group_name=agent.name,
         deps=[trained, training_set], kinds={"mlflow", "html"}, code_version="1",
-        description="Tool-selection accuracy, macro-F1, escalation precision/recall, per-tool table, "
-                    "latency and McNemar's test against the champion, with the champion's numbers and "
+        description="Tool-selection accuracy, macro-F1, escalation precision/recall (with an escalation "
+                    "tool), out-of-scope recall/precision/AUROC (with out-of-scope rows), per-tool table, "
+                    "latency, held-out and golden test set side by side, and McNemar's test against the "
+                    "champion (on the golden set when there is one), with the champion's numbers and "
                     "the deltas; plots (per-tool F1, confusion matrix, calibration, latency) in the "
                     "`plots` metadata and in MLflow beside the HTML report.",
     )
     def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig,
                           lake: LakeResource, mlflow_store: MlflowResource) -> dg.MaterializeResult:
         import mlflow
+        import numpy as np
 
         from agentops_pipelines import plots
+        from agentops_pipelines.data.sources import DataSourceError, resolve_path
         from agentops_pipelines.evaluation import (
+            HEADLINE,
             classification_metrics,
             comparison,
             comparison_markdown,
             gate,
+            gate_minimums_for,
             latency_ms,
+            load_golden,
             mcnemar,
             per_tool_comparison,
             render_html,
+            resolve_minimums,
         )
 
         client = mlflow_store.configure()
         run_id = config.candidate_run_id or latest_metadata(context, trained.key).get("mlflow_run_id")
         if not run_id:
             raise dg.Failure("no candidate: materialize trained_agent or set candidate_run_id")
+        try:
+            minimums = resolve_minimums(config.model_dump(), agent.gate_minimums, agent.name)
+        except ValueError as exc:
+            raise dg.Failure(str(exc)) from None
         data = lake.read(f"{agent.name}/training_set")
         holdout = data[data["split"] == "holdout"].reset_index(drop=True)
         if holdout.empty:
             raise dg.Failure("the training set has no held-out rows")
+        golden = None
+        if agent.golden_test_set is not None:
+            g = agent.golden_test_set
+            try:
+                golden = load_golden(g.path, g.text_column, g.label_column)
+            except DataSourceError as exc:
+                raise dg.Failure(f"{agent.name}: {exc}") from None
+
+        def score(model, cases):
+            out = model.predict(None, cases)
+            return out, classification_metrics(
+                cases["tool"], out["tool"], agent.escalation_tool, out_of_scope_label=agent.out_of_scope_label,
+                fallback_tool=agent.answer_when_unsure, confidence=out["confidence"])
+
+        def right(out, metrics_cases):
+            expected = metrics_cases["tool"].astype(str).to_numpy()
+            if agent.out_of_scope_label is not None and agent.answer_when_unsure is not None:
+                expected = np.where(expected == agent.out_of_scope_label, agent.answer_when_unsure, expected)
+            return out["tool"].astype(str).to_numpy() == expected
 
         candidate = mlflow.pyfunc.load_model(f"runs:/{run_id}/agent").unwrap_python_model()
-        cand_out = candidate.predict(None, holdout)
+        cand_out, cand = score(candidate, holdout)
         cand_pred = cand_out["tool"]
-        cand = classification_metrics(holdout["tool"], cand_pred, agent.escalation_tool)
+        gold = None
+        if golden is not None:
+            gold_out, gold = score(candidate, golden)
         lat = latency_ms(lambda row: candidate.predict(None, row), holdout, config.latency_samples)
 
+        # The champion is compared on the golden set when there is one, else on the held-out split.
+        versus_cases, versus_out, versus_cand = ((golden, gold_out, gold) if golden is not None
+                                                 else (holdout, cand_out, cand))
         champ_mv = champion_version(client, agent.name)
         champ, test = None, None
         if champ_mv is not None and champ_mv.run_id != run_id:
             champion = mlflow.pyfunc.load_model(f"models:/{agent.name}/{champ_mv.version}").unwrap_python_model()
-            champ_pred = champion.predict(None, holdout)["tool"]
-            champ = classification_metrics(holdout["tool"], champ_pred, agent.escalation_tool)
-            test = mcnemar(cand_pred.to_numpy() == holdout["tool"].to_numpy(),
-                           champ_pred.to_numpy() == holdout["tool"].to_numpy())
-        minimums = {"accuracy": config.min_accuracy, "macro_f1": config.min_macro_f1}
-        if agent.escalation_tool and (holdout["tool"] == agent.escalation_tool).any():
-            minimums["escalation_recall"] = config.min_escalation_recall
-        verdict = gate(cand, champ, test, minimums, config.alpha)
-        versus = comparison(cand, champ)
-        per_tool = per_tool_comparison(cand["per_tool"], champ["per_tool"] if champ else None)
+            champ_out, champ = score(champion, versus_cases)
+            test = mcnemar(right(versus_out, versus_cases), right(champ_out, versus_cases))
+        judged = dict(cand) | ({f"golden_{k}": v for k, v in gold.items()} if gold else {})
+        verdict = gate(judged, champ, test, gate_minimums_for(minimums, judged), config.alpha)
+        versus = comparison(versus_cand, champ)
+        # Per tool, candidate beside champion on the cases they were compared on.
+        per_tool = per_tool_comparison(versus_cand["per_tool"], champ["per_tool"] if champ else None)
+        sides = _side_by_side(cand, gold)
 
         summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in cand.items() if isinstance(v, float | int)}
+        if gold:
+            summary |= {f"golden_{k}": round(v, 4) if isinstance(v, float) else v
+                        for k, v in gold.items() if isinstance(v, float | int)}
         summary |= {"latency_p50_ms": round(lat["p50"], 2), "latency_p99_ms": round(lat["p99"], 2),
-                    "candidate_run_id": run_id}
+                    "candidate_run_id": run_id, "compared_on": "golden" if golden is not None else "held-out"}
         if champ is not None:
             summary |= {"champion_version": champ_mv.version,
                         **{f"champion_{m}": r["champion"] for m, r in versus.items()},
@@ -140,14 +215,15 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                         "only_champion_correct": test["only_champion_correct"]}
         labels = list(cand["per_tool"]["tool"])
         figures = {  # title → PNG; file names below
-            "Per-tool F1": plots.per_tool_f1(cand["per_tool"], champ["per_tool"] if champ else None),
+            "Per-tool F1": plots.per_tool_f1(versus_cand["per_tool"], champ["per_tool"] if champ else None),
             "Confusion matrix": plots.confusion_matrix(holdout["tool"].astype(str), cand_pred.astype(str), labels),
-            "Confidence calibration": plots.calibration_curve(cand_out["confidence"], cand_pred.to_numpy() == holdout["tool"].to_numpy()),
+            "Confidence calibration": plots.calibration_curve(cand_out["confidence"], right(cand_out, holdout)),
             "Latency": plots.latency_histogram(lat["samples"], lat["p50"], lat["p99"]),
         }
         files = dict(zip(figures, ("per_tool_f1.png", "confusion_matrix.png", "calibration.png", "latency.png"), strict=True))
         html = render_html(f"{agent.name}: evaluation of run {run_id}", summary, per_tool, verdict,
-                           extra_sections={"Candidate vs champion": _comparison_html(versus),
+                           extra_sections={"Held-out and golden": _comparison_html_sides(sides),
+                                           f"Candidate vs champion ({summary['compared_on']})": _comparison_html(versus),
                                            "Plots": plots.html_images(figures)})
         # Everything under evaluation/ is written here, before the asset finishes: the registry
         # records a digest of the whole folder and approvals bind to it.
@@ -161,24 +237,26 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             if config.evidently_report:
                 _evidently_html(holdout, cand_pred, folder / "classification_evidently.html")
             client.log_artifacts(run_id, str(folder), "evaluation")
-        for key in ("accuracy", "macro_f1", "escalation_precision", "escalation_recall"):
-            if key in cand:
-                client.log_metric(run_id, f"eval_{key}", cand[key])
+        logged = {k: v for k, v in summary.items() if k in HEADLINE or k.removeprefix("golden_") in HEADLINE}
+        for key, value in logged.items():
+            client.log_metric(run_id, f"eval_{key}", value)
         client.log_metric(run_id, "eval_latency_p99_ms", lat["p99"])
         client.set_tag(run_id, "agentops.evaluation_gate", "passed" if verdict.passed else "failed")
         experiment_id = client.get_run(run_id).info.experiment_id
         url = mlflow_store.run_url(experiment_id, run_id)
         metadata = {
             "candidate_run_id": run_id,
-            **{m: r["candidate"] for m, r in versus.items()},
+            **logged,
             "latency_p50_ms": round(lat["p50"], 2),
             "latency_p99_ms": round(lat["p99"], 2),
             "holdout_rows": len(holdout),
             "champion_version": str(champ_mv.version) if champ is not None else "none",
+            "compared_on": summary["compared_on"],
         }
-        if agent.escalation_tool:  # no escalation tool, no escalation metrics (issue 11)
-            metadata.setdefault("escalation_precision", 0.0)
-            metadata.setdefault("escalation_recall", 0.0)
+        if golden is not None:
+            metadata |= {"golden_rows": len(golden),
+                         "golden_test_set": dg.MetadataValue.path(str(resolve_path(agent.golden_test_set.path))),
+                         "heldout_vs_golden": dg.MetadataValue.md(_side_by_side_markdown(sides))}
         if champ is not None:
             metadata |= {f"champion_{m}": r["champion"] for m, r in versus.items()}
             metadata |= {f"delta_{m}": r["delta"] for m, r in versus.items()}

@@ -10,6 +10,8 @@ from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import Alias, VersionTag
 
 STATUS_TAG = VersionTag.STATUS
+# Evaluation metrics copied to the version's tags (``eval_<metric>``) when the report has them.
+EVAL_TAGS = ("accuracy", "macro_f1", "escalation_recall", "golden_accuracy", "in_scope_accuracy", "oos_recall")
 
 
 def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -47,11 +49,10 @@ def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.As
         tags = {
             STATUS_TAG: "pending",
             "evaluation_gate": "passed",
-            "eval_accuracy": f"{report['accuracy']:.4f}",
-            "eval_macro_f1": f"{report['macro_f1']:.4f}",
+            # The evaluation's headline metrics it computed (no escalation recall without an
+            # escalation tool, golden_* with a golden test set, oos_* with out-of-scope rows).
+            **{f"eval_{k}": f"{report[k]:.4f}" for k in EVAL_TAGS if isinstance(report.get(k), int | float)},
             "eval_latency_p99_ms": f"{report['latency_p99_ms']:.2f}",
-            **({"eval_escalation_recall": f"{report['escalation_recall']:.4f}"}
-               if "escalation_recall" in report else {}),  # only where an escalation tool exists
             "dataset_partitions": run.data.tags.get("agentops.partitions", ""),
             "training_set_version": run.data.tags.get("agentops.training_set_version", ""),
             "git_commit": run.data.tags.get("agentops.git_commit") or git_commit(),

@@ -14,8 +14,7 @@ ARTIFACT = "agent"  # the model's name inside the MLflow run
 
 class TrainingConfig(dg.Config):
     params: dict[str, float] = Field(default_factory=dict, description="overrides of the agent's default params (numbers; 0/1 for flags)")
-    validation_share: float = Field(default=0.1, gt=0.0, lt=0.5, description="share of training rows for validation metrics")
-    trace_samples: int = Field(default=20, ge=0, le=1000, description="validation requests traced in MLflow")
+    trace_samples: int = Field(default=20, ge=0, le=1000, description="training requests traced in MLflow")
 
 
 def ensure_prompt(agent: Agent) -> tuple[str, int]:
@@ -48,16 +47,16 @@ def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.
     @dg.asset(
         key_prefix=[agent.name], name="trained_agent", group_name=agent.name, deps=[training_set],
         kinds={"mlflow", "scikitlearn"}, code_version="1",
-        description="The agent's router trained on the training split, logged to MLflow with its "
-                    "parameters, validation metrics, dataset lineage, prompt version and traces.",
+        description="The agent's router trained on the whole training split (the default recipe "
+                    "selects and calibrates on a validation share of it, then refits on all), logged "
+                    "to MLflow with its parameters, validation metrics, dataset lineage, prompt "
+                    "version and traces.",
     )
     def trained_agent(context: dg.AssetExecutionContext, config: TrainingConfig,
                       lake: LakeResource, mlflow_store: MlflowResource) -> dg.MaterializeResult:
         import mlflow
 
         from agentops_pipelines.agent.model import AgentModel, signature
-        from agentops_pipelines.assets.features import split_of
-        from agentops_pipelines.evaluation import classification_metrics
 
         table = f"{agent.name}/training_set"
         data = lake.read(table)
@@ -65,8 +64,6 @@ def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.
         train = data[data["split"] == "train"].reset_index(drop=True)
         if train.empty or train["tool"].nunique() < 2:
             raise dg.Failure(f"{table} has {len(train)} training rows and {train['tool'].nunique()} label(s): too few to train")
-        is_val = train["request_id"].astype(str).map(lambda r: split_of("val:" + r, config.validation_share) == "holdout")
-        fit, val = train[~is_val].reset_index(drop=True), train[is_val].reset_index(drop=True)
         params = {**agent.default_params(), **config.params}
 
         client = mlflow_store.configure()
@@ -77,35 +74,43 @@ def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.
                 "agentops.training_set_version": data_version, "agentops.partitions": ",".join(partitions),
                 "agentops.git_commit": git_commit(), "agentops.prompt": prompt_uri}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{context.run.run_id[:8]}", tags=tags) as run:
-            router = agent.train(fit, params)
+            # The agent gets every training row: the default recipe holds its own validation
+            # split back for model selection, calibration and the abstention threshold, then
+            # refits on all of them (recipes.py). Held-out rows are for the evaluation only.
+            try:
+                router = agent.train(train, params)
+            except ValueError as exc:
+                raise dg.Failure(f"{agent.name}: training failed: {exc}") from None
             model = AgentModel(agent.name, router, agent.feature_columns, dict(agent.tool_descriptions),
                                agent.escalation_tool, agent.prompt_template, prompt_uri)
-            model.text_max_chars = int(fit["text"].astype(str).str.len().max())  # serving's text limit
+            model.text_max_chars = int(train["text"].astype(str).str.len().max())  # serving's text limit
+            validation = dict(getattr(router, "validation", {}) or {})
             model.answer_templates = dict(agent.answer_templates)  # per-tool answers (issue 11)
-            predicted = model.predict(None, val)
-            metrics = classification_metrics(val["tool"], predicted["tool"], agent.escalation_tool)
             mlflow.log_params({k: v for k, v in params.items()})
-            mlflow.log_params({"train_rows": len(fit), "validation_rows": len(val), "prompt_version": prompt_version})
-            mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            mlflow.log_params({"train_rows": len(train), "prompt_version": prompt_version})
+            mlflow.log_metrics({f"val_{k}": float(v) for k, v in validation.items()
+                                if isinstance(v, int | float) and not isinstance(v, bool)})
+            if validation:
+                mlflow.log_dict(validation, "validation.json")
             mlflow.log_input(mlflow.data.from_pandas(data, source=str(lake.path(table)), targets="tool",
                                                      name=f"{agent.name}-training_set"), context="training")
             if config.trace_samples:
-                model.predict_traced(val.head(config.trace_samples))
+                model.predict_traced(train.head(config.trace_samples))
             columns = ["text", "customer_id", *agent.feature_columns]
             info = mlflow.pyfunc.log_model(
                 name=ARTIFACT, python_model=model, signature=signature(agent.feature_columns),
-                input_example=val[columns].head(2), prompts=[prompt_uri],
+                input_example=train[[c for c in columns if c in train]].head(2), prompts=[prompt_uri],
                 pip_requirements=_requirements(),
             )
         url = mlflow_store.run_url(experiment_id, run.info.run_id)
-        context.log.info("trained %s: validation accuracy %.4f (%s)", agent.name, metrics["accuracy"], url)
+        context.log.info("trained %s on %d rows: validation %s (%s)", agent.name, len(train), validation, url)
         client.set_tag(run.info.run_id, "agentops.model_uri", info.model_uri)
         return dg.MaterializeResult(metadata={
             "mlflow_run_id": run.info.run_id,
             "model_uri": info.model_uri,
             "mlflow_run": dg.MetadataValue.url(url),
-            "val_accuracy": metrics["accuracy"],
-            "val_macro_f1": metrics["macro_f1"],
+            "train_rows": len(train),
+            **{f"val_{k}": v for k, v in validation.items() if isinstance(v, int | float) and not isinstance(v, bool)},
             "prompt": prompt_uri,
             "params": dg.MetadataValue.json(json.loads(json.dumps(params, default=str))),
             "training_set_version": data_version,

@@ -89,6 +89,15 @@ class RecipeConfig(_Strict):
     name: Literal["text_router"] = "text_router"
     params: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _known_params(self):
+        from agentops_pipelines.agent.recipes import DEFAULT_PARAMS  # light: no sklearn at import
+
+        unknown = sorted(set(self.params) - set(DEFAULT_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown recipe parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
+        return self
+
 
 class AnswerConfig(_Strict):
     """Answer templates ({{agent}}, {{tool}}, {{tool_description}}, {{arguments}}, {{customer_id}})."""
@@ -301,4 +310,4 @@ class ConfiguredAgent(Agent):
         from agentops_pipelines.agent.recipes import train_text_router
 
         return train_text_router(training_set, {**self.default_params(), **params},
-                                 feature_columns=tuple(self.feature_columns))
+                                 feature_columns=tuple(self.feature_columns), **self.abstention())

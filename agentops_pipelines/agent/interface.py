@@ -11,6 +11,12 @@ registration, serving). An agent supplies two things:
    ``{column: list of values}``: serving predicts one request at a time, and building a DataFrame
    per request costs more than a linear router's arithmetic (the support desk's router does both).
 
+Most agents need no model code: :func:`agentops_pipelines.agent.recipes.train_text_router` is the
+default recipe (model selection on a validation split, calibrated confidence, abstention, refit
+on all rows); ``train`` can return ``train_text_router(training_set, params, self.feature_columns,
+**self.abstention())``. The ML fields below (fallback tool, target precision, out-of-scope label,
+golden test set, gate minimums) configure that recipe and the evaluation.
+
 The pipeline wraps the router in :class:`agentops_pipelines.agent.model.AgentModel`, an MLflow
 pyfunc model that fills the tool call from the customer's online features, answers from the
 versioned prompt (or the tool's own template, ``answer_templates``), and traces each step.
@@ -48,7 +54,9 @@ DEFAULT_PROMPT = (
 
 @dataclass(frozen=True)
 class GoldenTestSet:
-    """A fixed test file every version is judged on (the contract of issue 11)."""
+    """A fixed test file (CSV, Parquet or JSONL; a relative path is from the project root): the
+    evaluation scores every candidate and the champion on the same cases, whatever data trained
+    them."""
 
     path: str
     text_column: str = "text"
@@ -77,23 +85,16 @@ class Agent(ABC):
     drift_threshold: float = 0.5
     #: The answer template, registered in MLflow's prompt registry ({{var}} placeholders).
     prompt_template: str = DEFAULT_PROMPT
-    #: Per-tool answer templates ({{var}} placeholders); a tool without one uses prompt_template.
-    answer_templates: Mapping[str, str] = {}
-    #: Defaults for the dataset step's config (DatasetConfig field -> value): source, path,
-    #: text_column, label_column, labels_file, min/max_text_length, max_duplicate_share, ...
-    dataset_defaults: Mapping[str, object] = {}
-    #: The tool answered when the router abstains; None -> escalation_tool; both None -> no abstention.
+    #: Answered when the router abstains. None: the escalation tool; both None: no abstention.
     fallback_tool: str | None = None
-    #: Abstain below the confidence at which answered requests reach this precision (validation).
+    #: Abstain below the confidence at which answered validation requests reach this precision.
     abstain_target_precision: float | None = None
-    #: The label meaning "out of scope" in the data (e.g. CLINC150's ``oos``).
+    #: The label in the data meaning "none of our tools" (e.g. ``oos``): out-of-scope metrics.
     out_of_scope_label: str | None = None
-    #: A fixed test set every version is evaluated on, beside the held-out share.
+    #: A fixed test set scored beside the held-out split (and used against the champion).
     golden_test_set: GoldenTestSet | None = None
-    #: Defaults for the evaluation gate's minimums (EvaluationConfig field -> value).
+    #: Defaults of the evaluation gate's minimums (``EvaluationConfig`` field names).
     gate_minimums: Mapping[str, float] = {}
-    #: The YAML file that declared or configured the agent ("" for a Python agent without one).
-    config_file: str = ""
 
     @abstractmethod
     def train(self, training_set: pd.DataFrame, params: Mapping[str, object]) -> Router:
@@ -101,3 +102,16 @@ class Agent(ABC):
 
     def default_params(self) -> dict[str, object]:
         return {}
+
+    @property
+    def answer_when_unsure(self) -> str | None:
+        """The tool answered when the router abstains (``fallback_tool``, else the escalation
+        tool); None: the router never abstains."""
+        return self.fallback_tool or self.escalation_tool
+
+    def abstention(self) -> dict[str, object]:
+        """Keyword arguments of :func:`~agentops_pipelines.agent.recipes.train_text_router` that
+        come from the agent's declaration (fallback tool, target precision, out-of-scope label)."""
+        return {"fallback_tool": self.answer_when_unsure,
+                "target_precision": self.abstain_target_precision,
+                "out_of_scope_label": self.out_of_scope_label}

@@ -1,0 +1,120 @@
+"""Abstention: a calibrated confidence, a threshold chosen on validation data for a target
+precision, and out-of-scope metrics. Real data: BANKING77 with some intents held out as
+out-of-scope (issue 11: top-class confidence was ~1/N and out-of-scope recall 0.15)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agentops_pipelines.agent.recipes import (
+    abstention_threshold,
+    fit_temperature,
+    softmax,
+    train_text_router,
+)
+from agentops_pipelines.evaluation import classification_metrics
+
+OOS, FALLBACK = "oos", "hand_over"
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_the_labels():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4000, 5))
+    labels = np.array([rng.choice(5, p=p) for p in softmax(scores, 0.5)])
+    assert fit_temperature(scores, labels) == pytest.approx(0.5, rel=0.1)
+
+
+def test_the_threshold_is_the_lowest_confidence_that_reaches_the_target_precision():
+    confidence = np.array([0.99, 0.9, 0.8, 0.7, 0.6, 0.5])
+    correct = np.array([True, True, True, False, True, False])
+    assert abstention_threshold(confidence, correct, 0.75) == 0.6  # 4 of the 5 answered are right
+    assert abstention_threshold(confidence, correct, 0.9) == 0.8
+    assert abstention_threshold(confidence, correct, 1.0) == 0.8
+    # never reached: the most precise threshold
+    assert abstention_threshold(np.array([0.9, 0.8]), np.array([False, True]), 0.99) == 0.8
+
+
+def test_out_of_scope_metrics_count_abstentions_as_out_of_scope_predictions():
+    truth = ["a", "a", "b", OOS, OOS, OOS]
+    predicted = ["a", FALLBACK, "b", FALLBACK, "a", FALLBACK]
+    confidence = [0.9, 0.2, 0.8, 0.1, 0.7, 0.3]
+    m = classification_metrics(truth, predicted, None, out_of_scope_label=OOS, fallback_tool=FALLBACK,
+                               confidence=confidence)
+    assert m["in_scope_accuracy"] == pytest.approx(2 / 3)
+    assert m["oos_recall"] == pytest.approx(2 / 3)
+    assert m["oos_precision"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(4 / 6)  # an out-of-scope request is right when handed over
+    assert m["oos_auroc"] == pytest.approx(7 / 9)  # 1 - confidence ranks 7 of 9 pairs right
+    assert "escalation_recall" not in m and "escalation_precision" not in m
+
+
+@pytest.fixture(scope="module")
+def split(banking77):
+    """30 intents; 5 more are out-of-scope: 3 seen in training as `oos`, 2 never seen (``kind``)."""
+    from sklearn.model_selection import train_test_split
+
+    intents = sorted(banking77["tool"].unique())
+    in_scope, seen_oos, unseen_oos = intents[:60:2], intents[1:6:2], intents[61:63]
+    df = banking77[banking77["tool"].isin(in_scope + seen_oos + unseen_oos)]
+    train, test = train_test_split(df, test_size=0.25, stratify=df["tool"], random_state=0)
+    train = train[~train["tool"].isin(unseen_oos)].copy()
+    train.loc[train["tool"].isin(seen_oos), "tool"] = OOS
+    test = test.copy()
+    test["kind"] = np.where(test["tool"].isin(seen_oos), "seen_oos",
+                            np.where(test["tool"].isin(unseen_oos), "unseen_oos", "in_scope"))
+    test.loc[test["kind"] != "in_scope", "tool"] = OOS
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def route(router, test):
+    tools, confidence = router.predict_columns({"text": test["text"].tolist()}, len(test))
+    return np.asarray(tools), np.asarray(confidence)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [0.95, 0.99])
+def test_abstaining_reaches_the_target_precision_on_held_out_requests(split, target):
+    train, test = split
+    router = train_text_router(train, {"C": 0.5}, fallback_tool=FALLBACK, target_precision=target,
+                               out_of_scope_label=OOS)
+    tools, confidence = route(router, test)
+    truth = test["tool"].to_numpy()
+    # Held-out requests of the kinds the validation split had (in scope, out of scope as in
+    # training): the answered ones are right at the target precision.
+    like_validation = test["kind"].isin(["in_scope", "seen_oos"]).to_numpy()
+    answered = like_validation & (tools != FALLBACK)
+    precision = (tools[answered] == truth[answered]).mean()
+    assert precision >= target - 0.015, f"answered {answered.mean():.2%} at precision {precision:.4f}"
+    assert router.validation["answered_precision"] >= target
+    assert 0.5 < answered.sum() / like_validation.sum() < 1.0
+
+    m = classification_metrics(truth, tools, None, out_of_scope_label=OOS, fallback_tool=FALLBACK,
+                               confidence=confidence)
+    assert {"in_scope_accuracy", "oos_recall", "oos_precision", "oos_auroc"} <= set(m)
+    seen = test["kind"].to_numpy() == "seen_oos"
+    assert (tools[seen] == FALLBACK).mean() >= 0.85
+    assert m["oos_auroc"] >= 0.75, m
+
+    # Without a target precision the same recipe hands over only what it classifies as `oos`.
+    plain = train_text_router(train, {"C": 0.5}, fallback_tool=FALLBACK,
+                              out_of_scope_label=OOS)
+    plain_m = classification_metrics(truth, route(plain, test)[0], None, out_of_scope_label=OOS,
+                                     fallback_tool=FALLBACK)
+    assert m["oos_recall"] >= plain_m["oos_recall"]
+    assert m["in_scope_accuracy"] <= plain_m["in_scope_accuracy"]
+
+
+@pytest.mark.slow
+def test_confidence_is_calibrated_not_one_over_n(split):
+    """The old confidence was a softmax over raw margins: ~1/N for every request. Calibrated, the
+    mean confidence of the answered requests tracks their accuracy."""
+    train, test = split
+    router = train_text_router(train, {"C": 0.5}, out_of_scope_label=OOS)
+    tools, confidence = route(router, test)
+    in_scope = test["tool"].to_numpy() != OOS
+    right = (np.asarray(tools) == test["tool"].to_numpy())[in_scope]
+    confidence = np.asarray(confidence)[in_scope]
+    assert confidence.mean() > 0.5
+    assert abs(confidence.mean() - right.mean()) < 0.08
+    frame = router.predict(pd.DataFrame({"text": test["text"].head(3)}))
+    assert list(frame.columns) == ["tool", "confidence"] and frame["confidence"].between(0, 1).all()
