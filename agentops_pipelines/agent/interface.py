@@ -95,6 +95,13 @@ class Agent(ABC):
     golden_test_set: GoldenTestSet | None = None
     #: Defaults of the evaluation gate's minimums (``EvaluationConfig`` field names).
     gate_minimums: Mapping[str, float] = {}
+    #: Per-tool answer templates ({{var}} placeholders); a tool without one uses prompt_template.
+    answer_templates: Mapping[str, str] = {}
+    #: Defaults for the dataset step's config (DatasetConfig field -> value): source, path,
+    #: text_column, label_column, labels_file, min/max_text_length, max_duplicate_share, ...
+    dataset_defaults: Mapping[str, object] = {}
+    #: The YAML file that declared or configured the agent ("" for a Python agent without one).
+    config_file: str = ""
 
     @abstractmethod
     def train(self, training_set: pd.DataFrame, params: Mapping[str, object]) -> Router:
