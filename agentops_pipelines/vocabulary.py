@@ -92,3 +92,9 @@ class EnvVar(StrEnum):
     SIGNING_KEY_DIR = "AGENTOPS_SIGNING_KEY_DIR"
     SERVING_ADMIN_TOKEN = "AGENTOPS_SERVING_ADMIN_TOKEN"
     SERVING_ROLE = "AGENTOPS_SERVING_ROLE"
+    # LLM agents (agent/llm): an OpenAI-compatible endpoint. The key is read by name where a call
+    # is made and never stored in settings, models, logs or MLflow.
+    LLM_BASE_URL = "AGENTOPS_LLM_BASE_URL"
+    LLM_MODEL = "AGENTOPS_LLM_MODEL"
+    LLM_API_KEY = "AGENTOPS_LLM_API_KEY"
+    LLM_RESPONSE_FORMAT = "AGENTOPS_LLM_RESPONSE_FORMAT"

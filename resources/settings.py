@@ -23,9 +23,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlparse
+from agentops_pipelines.vocabulary import EnvVar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"
@@ -104,6 +105,11 @@ class Settings:
     # processes get a port chosen at their first deploy and kept in the state folder
     serving_ports: Mapping[str, int] = field(default_factory=dict)
     serving_admin_token: bool = False  # AGENTOPS_SERVING_ADMIN_TOKEN is set (the value stays there)
+    # LLM agents (agent/llm): an OpenAI-compatible endpoint; empty: no LLM agent in the code
+    # location. The key stays in AGENTOPS_LLM_API_KEY, read by name where a call is made.
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_response_format: str = "json_schema"  # or "json_object" (llama-cpp-python's server)
 
     @property
     def dagster_home(self) -> Path:
@@ -253,7 +259,14 @@ def load_settings(strict: bool = True) -> Settings:
         serving_host=serving_host,
         serving_ports=serving_ports,
         serving_admin_token=admin_token,
+        llm_base_url=env.get(EnvVar.LLM_BASE_URL, "").rstrip("/"),
+        llm_model=env.get(EnvVar.LLM_MODEL, ""),
+        llm_response_format=env.get(EnvVar.LLM_RESPONSE_FORMAT) or "json_schema",
     )
+    if settings.llm_response_format not in ("json_schema", "json_object"):
+        problems.append(f"{EnvVar.LLM_RESPONSE_FORMAT} must be json_schema or json_object, "
+                        f"not {settings.llm_response_format!r}")
+        settings = replace(settings, problems=tuple(problems), llm_response_format="json_schema")
     if strict and mode == "production" and problems:
         raise SettingsError("\n".join(problems))
     return settings
