@@ -126,8 +126,7 @@ def lifecycle(cases: int, repeat: int, write: bool) -> int:
                 mlflow.pyfunc.log_model(name="agent", python_model=AgentModel(
                     agent.name, router, agent.feature_columns, {}, agent.escalation_tool, "{{tool}}", "prompts:/x/1"))
             runs.append(run.info.run_id)
-        client.create_registered_model(agent.name)
-        mv = client.create_model_version(agent.name, f"runs:/{runs[1]}/agent", runs[1])
+        mv = mlflow.register_model(f"runs:/{runs[1]}/agent", agent.name)
         client.set_registered_model_alias(agent.name, "champion", mv.version)
         trained = dg.AssetSpec([agent.name, "trained_agent"])
         asset = build_trajectory_asset(agent, trained)
@@ -157,11 +156,11 @@ HTML report to the candidate's run. Goal: ≥ 500 cases in under 60 s.
 |---:|---:|---:|---:|---:|
 | {len(seconds)} | {statistics.median(seconds):.1f} | {min(seconds):.1f} | {max(seconds):.1f} | {md.get('cases')} |
 
-Of the median, the candidate's own run and scoring took {md.get('seconds')} s (the rest: seeding, two
+In the last run the candidate's own run and scoring took {md.get('seconds')} s (the rest: seeding, two
 model loads, the champion's run, MLflow logging). Process CPU time for the whole benchmark
 (training the router included): {cpu:.0f} s. Gate on the trained router: {'passed' if md.get('gate_passed') else 'failed'};
 tool choice {md.get('trajectory_tool_choice')}, policy compliance {md.get('trajectory_policy_compliance')}.
-`mlflow.genai.evaluate` is not used for the gate: at the ~3 cases/s of the section below, 520 cases
+`mlflow.genai.evaluate` is not used for the gate: at the ~3 cases/s measured in "Agents that act" above, 520 cases
 would take minutes; the same scorer functions run in process and their tables are logged.
 """
     print(section)

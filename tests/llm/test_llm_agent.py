@@ -76,11 +76,16 @@ def test_the_llm_agent_goes_through_the_lifecycle_and_the_gates_refuse_it(
     day = "2026-11-01"
 
     # The trained router, registered and made champion: what the LLM agent is measured against.
-    assert run(defs, instance, "support_agent", "ingest", partition_key=day).success
+    assert run(defs, instance, "support_agent", "ingest", partition_key=day,
+               run_config={"ops": {"support_agent__dataset": {"config": {"rows_per_day": 300}}}}).success
     quick = {"evaluation_report": {"config": {"evidently_report": False, "latency_samples": 5}},
              "training_set": {"config": {"days": 1, "end_date": day}}}
+    baseline = {**quick, "trained_agent": {"config": {"trace_samples": 0}},
+                "trajectory_evaluation": {"config": {"cases": 19, "min_answer_check": 0.0, "min_tool_choice": 0.0,
+                                                     "min_argument_correctness": 0.0, "min_steps_taken": 0.0,
+                                                     "min_outcome_match": 0.0}}}
     assert run(defs, instance, "support_agent", "training",
-               run_config={"ops": {f"support_agent__{k}": v for k, v in quick.items()}}).success
+               run_config={"ops": {f"support_agent__{k}": v for k, v in baseline.items()}}).success
     client = mlflow.MlflowClient(f"sqlite:///{home}/mlflow/mlflow.db")
     champion = latest(instance, "support_agent", "registered_version")["version"]
     client.set_registered_model_alias("support_agent", "champion", champion)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +67,9 @@ class Endpoint:
     def complete(self, messages: list[dict], schema: dict, name: str = "answer") -> Completion:
         """One constrained completion; :class:`EndpointError` (naming the URL, never the key) if
         the call fails or the answer is not JSON."""
+        import urllib.error  # here, not at module level: the code location loads without http/ssl
+        import urllib.request
+
         body = {"model": self.model, "messages": messages, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, "response_format": self._format(name, schema)}
         headers = {"Content-Type": "application/json"}
