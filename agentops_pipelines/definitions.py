@@ -72,7 +72,9 @@ def build_deployer(settings: Settings):
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
-    from agentops_pipelines.agent.llm.agent import configured_llm_agents  # none unless AGENTOPS_LLM_BASE_URL
+    from agentops_pipelines.agent.llm.agent import (
+        configured_llm_agents,  # none unless AGENTOPS_LLM_BASE_URL
+    )
 
     agents = [*AGENTS, *configured_llm_agents(settings)]
     lifecycles = [build_lifecycle(agent, inference_log_root=str(settings.inference_log_dir)) for agent in agents]

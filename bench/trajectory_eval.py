@@ -121,7 +121,7 @@ def lifecycle(cases: int, repeat: int, write: bool) -> int:
         client = store.configure()
         router, _, _ = train_router()
         runs = []
-        for i in range(2):  # a candidate and a champion
+        for _ in range(2):  # a candidate and a champion
             with mlflow.start_run(experiment_id=store.experiment_id(agent.name)) as run:
                 mlflow.pyfunc.log_model(name="agent", python_model=AgentModel(
                     agent.name, router, agent.feature_columns, {}, agent.escalation_tool, "{{tool}}", "prompts:/x/1"))

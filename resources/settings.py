@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlparse
+
 from agentops_pipelines.vocabulary import EnvVar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

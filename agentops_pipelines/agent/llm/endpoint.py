@@ -18,7 +18,6 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from agentops_pipelines.vocabulary import EnvVar
 

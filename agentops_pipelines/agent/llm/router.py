@@ -19,7 +19,12 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agentops_pipelines.agent.llm.endpoint import Endpoint, EndpointError, active_span, traced_complete
+from agentops_pipelines.agent.llm.endpoint import (
+    Endpoint,
+    EndpointError,
+    active_span,
+    traced_complete,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
