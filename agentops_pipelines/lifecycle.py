@@ -1,7 +1,8 @@
 """One agent's lifecycle: its assets, gates, jobs and sensors, under its own key prefix.
 
 dataset → customer_features → training_set → trained_agent → evaluation_report →
-registered_version → deployment[dev|staging|prod]
+registered_version → deployment[dev|staging|prod]; trained_agent → trajectory_evaluation →
+registered_version (its blocking trajectory_gate also holds registration)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from agentops_pipelines.assets.evaluation import build_evaluation_asset
 from agentops_pipelines.assets.features import build_feature_assets
 from agentops_pipelines.assets.registry import build_registry_asset
 from agentops_pipelines.assets.training import build_training_asset
+from agentops_pipelines.assets.trajectory import build_trajectory_asset, build_trajectory_gate
 from agentops_pipelines.operations import build_promotion_job, build_rollback_job
 from agentops_pipelines.partitions import environments
 from agentops_pipelines.resources.deployers import Deployer
@@ -48,24 +50,25 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
     customer_features, training_set = build_feature_assets(agent, dataset)
     trained = build_training_asset(agent, training_set)
     evaluation = build_evaluation_asset(agent, trained, training_set)
-    registered = build_registry_asset(agent, evaluation)
+    trajectory = build_trajectory_asset(agent, trained)
+    registered = build_registry_asset(agent, evaluation, trajectory)
     deployment = build_deployment_asset(agent, registered)
     drift = build_drift_asset(agent, deployment, training_set, inference_log_root)
-    checks = [build_evaluation_gate(agent, evaluation)]  # the dataset's gates are its check_specs
+    checks = [build_evaluation_gate(agent, evaluation), build_trajectory_gate(agent, trajectory)]  # the dataset's gates are its check_specs
 
     ingest = dg.define_asset_job(
         f"{agent.name}_ingest_job", selection=dg.AssetSelection.assets(dataset, customer_features),
         description="One day of requests through the gates into the feature store.")
     training = dg.define_asset_job(
         f"{agent.name}_training_job",
-        selection=dg.AssetSelection.assets(training_set, trained, evaluation, registered),
+        selection=dg.AssetSelection.assets(training_set, trained, evaluation, trajectory, registered),
         description="Training set → trained agent → evaluation report → registered version.")
     retraining = dg.define_asset_job(
         f"{agent.name}_retraining_job",
-        selection=dg.AssetSelection.assets(training_set, trained, evaluation, registered),
+        selection=dg.AssetSelection.assets(training_set, trained, evaluation, trajectory, registered),
         description="The training job, launched by drift or the weekly schedule.")
     reevaluation = dg.define_asset_job(
-        f"{agent.name}_reevaluation_job", selection=dg.AssetSelection.assets(evaluation, registered),
+        f"{agent.name}_reevaluation_job", selection=dg.AssetSelection.assets(evaluation, trajectory, registered),
         description="Evaluate one MLflow run's model against the champion and register it if it passes.")
     drift_job = dg.define_asset_job(
         f"{agent.name}_drift_job", selection=dg.AssetSelection.assets(drift),
@@ -116,7 +119,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
 
     return Lifecycle(
         agent=agent,
-        assets=[dataset, customer_features, training_set, trained, evaluation, registered, deployment, drift],
+        assets=[dataset, customer_features, training_set, trained, evaluation, trajectory, registered, deployment, drift],
         checks=checks,
         jobs={"ingest": ingest, "training": training, "retraining": retraining, "reevaluation": reevaluation,
               "deploy": deploy, "promotion": promotion, "rollback": rollback, "drift": drift_job},

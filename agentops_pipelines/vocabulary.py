@@ -107,6 +107,12 @@ class EnvVar(StrEnum):
     SOR_URL = "AGENTOPS_SOR_URL"
     REFUND_LIMIT = "AGENTOPS_REFUND_LIMIT"
     ONLINE_EVAL_SAMPLE_RATE = "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE"
+    # LLM agents (agent/llm): an OpenAI-compatible endpoint. The key is read by name where a call
+    # is made and never stored in settings, models, logs or MLflow.
+    LLM_BASE_URL = "AGENTOPS_LLM_BASE_URL"
+    LLM_MODEL = "AGENTOPS_LLM_MODEL"
+    LLM_API_KEY = "AGENTOPS_LLM_API_KEY"
+    LLM_RESPONSE_FORMAT = "AGENTOPS_LLM_RESPONSE_FORMAT"
 
 
 class ShadowTag(StrEnum):

@@ -14,9 +14,10 @@ STATUS_TAG = VersionTag.STATUS
 EVAL_TAGS = ("accuracy", "macro_f1", "escalation_recall", "golden_accuracy", "in_scope_accuracy", "oos_recall")
 
 
-def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.AssetsDefinition:
+def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition, *gated: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """``gated``: more evaluations whose blocking checks registration waits on (trajectories)."""
     @dg.asset(
-        key_prefix=[agent.name], name="registered_version", group_name=agent.name, deps=[evaluation],
+        key_prefix=[agent.name], name="registered_version", group_name=agent.name, deps=[evaluation, *gated],
         kinds={"mlflow"}, code_version="1",
         description="The candidate registered in MLflow with alias `challenger` and tags for its "
                     "metrics, lineage and approval status (pending until a reviewer decides).",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
@@ -113,6 +113,11 @@ class Settings:
     sor_url: str = ""
     refund_limit: float = 100.0
     agents_dir: Path = DEFAULT_AGENTS_DIR  # AGENTOPS_AGENTS_DIR: the agents declared by configuration
+    # LLM agents (agent/llm): an OpenAI-compatible endpoint; empty: no LLM agent in the code
+    # location. The key stays in AGENTOPS_LLM_API_KEY, read by name where a call is made.
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_response_format: str = "json_schema"  # or "json_object" (llama-cpp-python's server)
 
     @property
     def dagster_home(self) -> Path:
@@ -280,7 +285,14 @@ def load_settings(strict: bool = True) -> Settings:
         sor_url=env.get(EnvVar.SOR_URL) or f"sqlite:///{home / 'system_of_record.db'}",
         refund_limit=refund_limit,
         agents_dir=Path(env.get(EnvVar.AGENTS_DIR) or DEFAULT_AGENTS_DIR).resolve(),
+        llm_base_url=env.get(EnvVar.LLM_BASE_URL, "").rstrip("/"),
+        llm_model=env.get(EnvVar.LLM_MODEL, ""),
+        llm_response_format=env.get(EnvVar.LLM_RESPONSE_FORMAT) or "json_schema",
     )
+    if settings.llm_response_format not in ("json_schema", "json_object"):
+        problems.append(f"{EnvVar.LLM_RESPONSE_FORMAT} must be json_schema or json_object, "
+                        f"not {settings.llm_response_format!r}")
+        settings = replace(settings, problems=tuple(problems), llm_response_format="json_schema")
     if strict and mode == "production" and problems:
         raise SettingsError("\n".join(problems))
     return settings

@@ -13,6 +13,7 @@ import json
 import dagster as dg
 
 from agentops_pipelines.assets.evaluation import EvaluationConfig
+from agentops_pipelines.assets.trajectory import TrajectoryConfig
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import RunTag
 
@@ -70,8 +71,9 @@ def build_mlflow_run_sensor(agent, job) -> dg.SensorDefinition:
                 continue
             requests.append(dg.RunRequest(
                 run_key=run.info.run_id,
-                run_config=dg.RunConfig(ops={f"{agent.name}__evaluation_report": EvaluationConfig(
-                    candidate_run_id=run.info.run_id)}),
+                run_config=dg.RunConfig(ops={
+                    f"{agent.name}__evaluation_report": EvaluationConfig(candidate_run_id=run.info.run_id),
+                    f"{agent.name}__trajectory_evaluation": TrajectoryConfig(candidate_run_id=run.info.run_id)}),
                 tags={RunTag.AGENT: agent.name, "agentops/mlflow_run_id": run.info.run_id},
             ))
         newest = max(cursor["end_time"], runs[-1].info.end_time)

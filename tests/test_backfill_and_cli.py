@@ -32,11 +32,12 @@ def test_definitions_hold_the_lifecycle():
     keys = {"/".join(k.path) for k in defs.resolve_all_asset_keys()}
     assert keys == {f"support_agent/{n}" for n in (
         "dataset", "customer_features", "training_set", "trained_agent", "evaluation_report",
-        "registered_version", "deployment", "drift_report")}
+        "trajectory_evaluation", "registered_version", "deployment", "drift_report")}
     graph = defs.resolve_asset_graph()
     upstream = {k.path[-1]: {p.path[-1] for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
     assert upstream["deployment"] == {"registered_version"}
-    assert upstream["registered_version"] == {"evaluation_report"}
+    assert upstream["registered_version"] == {"evaluation_report", "trajectory_evaluation"}
+    assert upstream["trajectory_evaluation"] == {"trained_agent"}
     assert "training_set" in upstream["trained_agent"]
     assert upstream["customer_features"] == {"dataset"}
     assert upstream["drift_report"] == {"deployment", "training_set"}

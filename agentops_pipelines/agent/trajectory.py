@@ -307,8 +307,8 @@ class Executor:
         return {k: _plain(v[0]) for k, v in dict(found).items() if len(v)}
 
     def _decide(self, text: str, features: Mapping[str, Any]) -> dict:
-        tool, confidence = self.router(text, features)
-        return {"tool": str(tool), "confidence": float(confidence)}
+        tool, confidence, *usage = self.router(text, features)  # an LLM router adds tokens, latency
+        return {"tool": str(tool), "confidence": float(confidence), **({"llm": usage[0]} if usage else {})}
 
 
 def _plain(value: Any) -> Any:
@@ -317,6 +317,8 @@ def _plain(value: Any) -> Any:
 
 def router_from_model(model: Any, feature_columns: tuple[str, ...] = ()) -> RouterFn:
     """A trained router (``predict_columns`` or ``predict``, see agent.interface) as a RouterFn."""
+    if callable(getattr(model, "decide", None)):  # (tool, confidence, usage): agent/llm/router.py
+        return model.decide
     fast = getattr(model, "predict_columns", None)
 
     def route(text: str, features: Mapping[str, Any]) -> tuple[str, float]:

@@ -1,0 +1,87 @@
+"""``make demo-llm``: the LLM agent's lifecycle on a local SmolLM2-135M, beside the trained router.
+
+Starts llama-cpp-python's OpenAI-compatible server on the packaged model, points the code
+location at it (``AGENTOPS_LLM_*``), trains and registers the support desk's router as the
+champion if there is none, then runs the LLM agent's training job (prompt versioned, evaluation,
+trajectories) and prints both gates' verdicts. A refusal is the expected outcome for a 135M model.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+
+def main() -> int:
+    from agentops_pipelines.agent.llm.local import MODEL_ALIAS, LocalServer, unavailable
+    from agentops_pipelines.vocabulary import EnvVar
+
+    if reason := unavailable():
+        print(f"demo-llm: {reason}", file=sys.stderr)
+        return 1
+    key = "sk-local-" + secrets.token_hex(8)
+    with LocalServer(api_key=key) as server:
+        os.environ.update({EnvVar.LLM_BASE_URL: server.base_url, EnvVar.LLM_MODEL: MODEL_ALIAS,
+                           EnvVar.LLM_RESPONSE_FORMAT: "json_object", EnvVar.LLM_API_KEY: key})
+        import dagster as dg
+        import mlflow
+
+        from agentops_pipelines.agent.llm.agent import SupportDeskLLMAgent
+        from agentops_pipelines.cli import prepare_home
+        from agentops_pipelines.definitions import build_definitions
+        from agentops_pipelines.resources.settings import load_settings
+
+        prepare_home()
+        settings = load_settings()
+        defs = build_definitions(settings)
+        instance = dg.DagsterInstance.get()
+        day = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+        def run(job: str, ops: dict | None = None, **kwargs):
+            t0 = time.perf_counter()
+            result = defs.resolve_job_def(job).execute_in_process(
+                instance=instance, raise_on_error=False, run_config={**quiet, "ops": ops or {}}, **kwargs)
+            print(f"  {job}: {'ok' if result.success else 'stopped by a gate or a failure'} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            return result
+
+        def meta(agent: str, name: str) -> dict:
+            event = instance.get_latest_materialization_event(dg.AssetKey([agent, name]))
+            return {k: v.value for k, v in event.asset_materialization.metadata.items()} if event else {}
+
+        llm = SupportDeskLLMAgent.name
+        baseline = SupportDeskLLMAgent.baseline_agent
+        client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+        print(f"demo-llm: {MODEL_ALIAS} at {server.base_url}; state folder {settings.home}")
+        one_day = {"training_set": {"config": {"days": 1, "end_date": day}},
+                   "evaluation_report": {"config": {"evidently_report": False, "latency_samples": 10}}}
+        try:
+            champion = client.get_model_version_by_alias(baseline, "champion").version
+        except mlflow.exceptions.MlflowException:
+            run(f"{baseline}_ingest_job", partition_key=day)
+            run(f"{baseline}_training_job", {f"{baseline}__{k}": v for k, v in one_day.items()})
+            champion = meta(baseline, "registered_version").get("version")
+            if champion is None:
+                print("the trained router was not registered; see `make dev`", file=sys.stderr)
+                return 1
+            client.set_registered_model_alias(baseline, "champion", champion)
+        print(f"  baseline: {baseline} version {champion} (champion)")
+        run(f"{llm}_ingest_job", {f"{llm}__dataset": {"config": {"rows_per_day": 100}}}, partition_key=day)
+        run(f"{llm}_training_job", {f"{llm}__{k}": v for k, v in {
+            **one_day, "trajectory_evaluation": {"config": {"cases": 38}}}.items()})
+        report, trajectory = meta(llm, "evaluation_report"), meta(llm, "trajectory_evaluation")
+        print(f"\nheld-out requests : accuracy {report.get('accuracy', 0):.3f}, gate "
+              f"{'passed' if report.get('gate_passed') else 'refused'}: {report.get('gate_reasons')}")
+        print(f"trajectories      : {trajectory.get('cases')} golden cases against {trajectory.get('champion_version')}, "
+              f"gate {'passed' if trajectory.get('gate_passed') else 'refused'}")
+        print(trajectory.get("per_scorer", ""))
+        print(f"report            : {trajectory.get('report')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

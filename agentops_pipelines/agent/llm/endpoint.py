@@ -1,0 +1,125 @@
+"""An OpenAI-compatible chat-completions client: constrained JSON out, usage and latency recorded.
+
+Plain ``urllib`` (no SDK): one POST to ``{base_url}/chat/completions``. Two spellings of
+"answer with JSON matching this schema" exist in the wild, chosen by ``response_format``:
+
+- ``json_schema``: OpenAI, vLLM, llama.cpp's ``llama-server``, most hosted endpoints
+  (``{"type": "json_schema", "json_schema": {"name", "schema", "strict": true}}``);
+- ``json_object``: llama-cpp-python's server (``{"type": "json_object", "schema": ...}``).
+
+The key is read from ``AGENTOPS_LLM_API_KEY`` by name when a call is made, in whichever process
+makes it: an :class:`Endpoint` (pickled inside a logged model) holds the variable's name, never
+its value, and its ``repr`` and errors never show the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from agentops_pipelines.vocabulary import EnvVar
+
+RESPONSE_FORMATS = ("json_schema", "json_object")
+
+
+class EndpointError(RuntimeError):
+    """The endpoint failed or answered something that is not the asked-for JSON."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    content: dict  # the parsed JSON answer
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    model: str
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "latency_ms": round(self.latency_ms, 2), "model": self.model}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str  # e.g. http://127.0.0.1:8081/v1 or https://api.openai.com/v1
+    model: str
+    response_format: str = "json_schema"
+    api_key_env: str = EnvVar.LLM_API_KEY.value  # the variable's *name* (a plain str: YAML-safe)
+    timeout_s: float = 120.0  # a local CPU model under load can take tens of seconds on a first call
+    max_tokens: int = 48
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"{EnvVar.LLM_BASE_URL}: an http(s) URL is needed, not {self.base_url!r}")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"{EnvVar.LLM_RESPONSE_FORMAT}: one of {RESPONSE_FORMATS}, not {self.response_format!r}")
+
+    def _format(self, name: str, schema: dict) -> dict:
+        if self.response_format == "json_object":
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+    def complete(self, messages: list[dict], schema: dict, name: str = "answer") -> Completion:
+        """One constrained completion; :class:`EndpointError` (naming the URL, never the key) if
+        the call fails or the answer is not JSON."""
+        import urllib.error  # here, not at module level: the code location loads without http/ssl
+        import urllib.request
+
+        body = {"model": self.model, "messages": messages, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "response_format": self._format(name, schema)}
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env, "")
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
+                                         headers=headers, method="POST")
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                payload = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode(errors="replace")
+            raise EndpointError(f"{self.base_url}/chat/completions answered {exc.code}: {detail}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise EndpointError(f"{self.base_url}/chat/completions unreachable: {exc}") from None
+        latency = (time.perf_counter() - started) * 1000
+        try:
+            text = payload["choices"][0]["message"]["content"]
+            content = json.loads(text)
+        except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
+            raise EndpointError(f"{self.base_url}: not the JSON asked for ({type(exc).__name__}): "
+                                f"{str(payload)[:200]}") from None
+        usage = payload.get("usage") or {}
+        return Completion(content, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                          latency, str(payload.get("model") or self.model))
+
+
+def active_span():
+    """The MLflow span active in this thread, if mlflow is in use here (no import cost otherwise)."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    return mlflow.get_current_active_span() if mlflow is not None else None
+
+
+def traced_complete(endpoint: Endpoint, messages: list[dict], schema: dict, name: str = "tool_call") -> Completion:
+    """:meth:`Endpoint.complete`, as a CHAT_MODEL span (messages in, answer out, token counts and
+    latency as attributes) when an MLflow trace is active in this thread; a plain call otherwise."""
+    if active_span() is None:
+        return endpoint.complete(messages, schema, name)
+    import mlflow
+
+    with mlflow.start_span(name="llm", span_type="CHAT_MODEL") as span:
+        span.set_inputs({"messages": messages, "model": endpoint.model})
+        try:
+            result = endpoint.complete(messages, schema, name)
+        except EndpointError as exc:
+            span.set_attribute("error", str(exc))
+            raise
+        span.set_outputs(result.content)
+        span.set_attributes({f"llm.{k}": v for k, v in result.usage().items()})
+        return result
