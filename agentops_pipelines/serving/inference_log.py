@@ -307,6 +307,13 @@ def _values(frame: Any, n: int) -> tuple[tuple[str, ...], Any]:
 
     if isinstance(frame, pd.DataFrame) and len(frame) == n:
         return tuple(str(c) for c in frame.columns), frame.to_numpy(dtype=object)
+    if isinstance(frame, list) and n and len(frame) == n and all(isinstance(r, dict) for r in frame):
+        keys = tuple(frame[0])  # row dicts (batching.plain_rows): the same keys in every row
+        values = np.empty((n, len(keys)), dtype=object)
+        for i, row in enumerate(frame):
+            for j, key in enumerate(keys):
+                values[i, j] = row.get(key)  # one by one: a value may itself be a list
+        return tuple(str(k) for k in keys), values
     return (), np.empty((n, 0), dtype=object)
 
 

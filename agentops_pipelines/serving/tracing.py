@@ -405,8 +405,9 @@ def _records(frame: Any) -> list:
                 for row in frame.head(MAX_OUTPUT_ROWS).to_dict("records")]  # fmt: skip
     if isinstance(frame, pd.Series):
         return [_plain(v) for v in frame.head(MAX_OUTPUT_ROWS).tolist()]
-    if isinstance(frame, list):
-        return [_plain(v) for v in frame[:MAX_OUTPUT_ROWS]]
+    if isinstance(frame, list):  # row dicts (batching.plain_rows) or values
+        return [{str(k): _plain(v) for k, v in r.items()} if isinstance(r, dict) else _plain(r)
+                for r in frame[:MAX_OUTPUT_ROWS]]  # fmt: skip
     if hasattr(frame, "tolist"):
         return frame[:MAX_OUTPUT_ROWS].tolist()
     return []
