@@ -20,6 +20,24 @@ inline). Nothing waits for the GIL, and no thread is started per request or conn
 variable ``AGENTOPS_SERVING_ADMIN_TOKEN``). On SIGTERM the process stops accepting connections,
 reports not-ready, lets in-flight requests finish (``--drain-seconds``), then flushes the
 inference log and the traces.
+
+What a client sees, decided (issue 10):
+
+- ``GET /metrics`` stays open on the serving port, unauthenticated: Prometheus scrapes it there
+  (``deploy/prometheus``, the pods' annotations), and it holds counts and latencies per agent,
+  version, tool and error code, never request content, ids or secrets. What it tells an outsider
+  (request rates, versions served) is what a client learns anyway. Where that is too much, keep
+  the port behind the load balancer's path rules (only ``/invocations`` public).
+- ``X-Model-Version`` is sent with every answer: support and clients need to say which version
+  answered, and hot-swap and canary tests read it. The role (stable or canary) is not sent
+  (``X-Model-Role`` is gone); a client who compares versions can tell which arm it hit, but canary
+  health counts only server errors and latency after ``min_requests``, under the text and compute
+  budgets, so knowing the arm gives no lever on the decision.
+
+CPU per request (bench/serving_latency.py, BENCHMARKS.md): the request path builds one pandas
+object per request (its one-row frame, as one object block), the batch is merged from NumPy reads
+and its results are read once into row dicts (``batching.py``), so the JSON answer, the metrics
+and the inference log never touch a DataFrame per request.
 """
 
 from __future__ import annotations
