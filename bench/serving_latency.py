@@ -365,7 +365,8 @@ def ours(model_uri: str, version: str, workdir: Path, *flags: str, name: str = "
     """Our server as ``LocalProcessDeployer`` runs it (inference log on, 1% traced, a token
     file), plus ``flags`` (e.g. ``--http h11``, ``--trace-sample-rate 1``). ``code``: a folder
     holding another copy of the ``agentops_pipelines`` package (e.g. ``git archive`` of an older
-    commit) that the server runs instead of this checkout's, for a before/after in one run."""
+    commit) that the server runs instead of the one in the working directory, for a before/after
+    in one run."""
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
     token = folder / "admin-token"
@@ -377,10 +378,9 @@ def ours(model_uri: str, version: str, workdir: Path, *flags: str, name: str = "
                "--admin-token-file", str(token), "--trace-sample-rate", "0.01",
                "--inference-log-dir", str(folder / "inference_log"), *flags]  # fmt: skip
     log = (folder / "server.log").open("wb")
-    env = dict(os.environ)
-    if code:  # first on sys.path: ahead of the editable install's finder
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (code, env.get("PYTHONPATH"))))
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+    # ``python -m`` puts the working directory first on sys.path, ahead of the editable install:
+    # the server runs from the folder whose package it should import.
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=code or None,
                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 180

@@ -12,12 +12,17 @@ request), ``timestamp`` (UTC, when the request arrived), ``environment``, ``mode
 (filled by the model from the online store, or sent in the request). Requests refused before
 reaching a model (4xx) have no rows: they are counted in the metrics.
 
-The request thread only appends references to a buffer; a background thread converts them to
-Arrow every quarter second and writes a file every ``flush_seconds`` (default 1: a crash loses at
-most about a second) or ``flush_rows`` rows, and at ``close()`` (the server calls it on SIGTERM
-after draining in-flight requests). A row Arrow cannot take (a lone surrogate in a text) is cleaned
-(made valid UTF-8) or dropped on its own and counted (``cleaned``, ``dropped``), never its batch. A file appears atomically (written
-to a hidden temporary name, then renamed), so a reader never sees half a file.
+The request thread only appends references to a buffer; a background thread takes them every
+quarter second (or 16 rows). With ``process=True`` (the serving process) it ships them as plain
+row dicts through a pipe to a child process that converts them to Arrow and writes: the
+conversion (C calls that hold the GIL for ms at a time) no longer competes with the event loop.
+The child writes a file every ``flush_seconds`` (default 1) or ``flush_rows`` rows, at
+``close()`` (the server calls it on SIGTERM after draining in-flight requests), and when the
+serving process dies (the pipe ends): a ``kill -9`` loses at most the quarter second not shipped
+yet. If the child dies, the thread converts and writes itself (``process=False`` does that from
+the start). A row Arrow cannot take (a lone surrogate in a text) is cleaned (made valid UTF-8) or
+dropped on its own and counted (``cleaned``, ``dropped``), never its batch. A file appears
+atomically (written to a hidden temporary name, then renamed), so a reader never sees half a file.
 
 **Compaction.** A process writes about one file a second: 86,400 small files a day per process,
 and reading a day for drift then costs one Parquet open per file. ``compact_day`` merges a day's
@@ -112,6 +117,7 @@ class InferenceLogWriter:
         max_buffered_rows: int = 500_000,
         on_rows: Callable[[str, int], None] | None = None,
         compact_every: float = 3600.0,
+        process: bool = False,
     ):
         self.folder = Path(folder)
         self.environment = environment
@@ -140,6 +146,12 @@ class InferenceLogWriter:
         self.compact_every = compact_every  # seconds; 0: never compact
         self._compactor: threading.Thread | None = None
         self._stop = threading.Event()
+        # process=True: a child process converts to Arrow, writes and compacts (``_writer_main``);
+        # this process only ships plain rows to it. Falls back to the thread if the child dies.
+        self.process = process
+        self._jobs: Any = None  # Connection to the child
+        self._child: Any = None
+        self._results_thread: threading.Thread | None = None
 
     def start(self) -> InferenceLogWriter:
         # Import now: loading Arrow's shared libraries holds the GIL for ~0.2 s, which would
@@ -147,13 +159,62 @@ class InferenceLogWriter:
         import pyarrow.parquet  # noqa: F401
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.process:
+            self._start_child()
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
-        if self.compact_every > 0:
+        if self.compact_every > 0 and self._child is None:
             self._compactor = threading.Thread(target=self._compact_loop,
                                                name="inference-log-compaction", daemon=True)  # fmt: skip
             self._compactor.start()
         return self
+
+    def _start_child(self) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        jobs_read, self._jobs = ctx.Pipe(duplex=False)
+        results, results_write = ctx.Pipe(duplex=False)
+        self._child = ctx.Process(
+            target=_writer_main, name="agentops-inference-log", daemon=True,
+            args=(jobs_read, results_write, str(self.folder), self.environment,
+                  self.flush_seconds, self.flush_rows, self._writer, self.compact_every,
+                  logging.getLogger().getEffectiveLevel()),
+        )  # fmt: skip
+        self._child.start()
+        jobs_read.close()
+        results_write.close()
+        self._results_thread = threading.Thread(target=self._read_results, args=(results,),
+                                                name="inference-log-results", daemon=True)  # fmt: skip
+        self._results_thread.start()
+
+    def _read_results(self, results: Any) -> None:
+        """The child's counts (written, cleaned, dropped rows; files) into this process's."""
+        while True:
+            try:
+                kind, n = results.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "file":
+                self.files_written += n
+            else:
+                self._on_rows(kind, n)
+
+    def _ship(self, entries: list[LogEntry], final: bool = False) -> bool:
+        """Send ``entries`` (as plain rows) to the child; False when it is gone (the caller
+        writes them itself)."""
+        try:
+            if entries:
+                self._jobs.send([_plain_entry(e) for e in entries])
+            if final:
+                self._jobs.send(None)
+            return True
+        except (OSError, ValueError):  # BrokenPipeError: the child died
+            if self._child is not None:
+                logger.error("the inference-log process is gone (exit code %s): writing here",
+                             self._child.exitcode)  # fmt: skip
+            self._child = None
+            return False
 
     def _compact_loop(self) -> None:
         while not self._stop.is_set():
@@ -200,7 +261,9 @@ class InferenceLogWriter:
             return self._write_tables()
 
     def close(self, timeout: float = 10.0) -> None:
-        """A last flush, then stop the thread; later appends are written synchronously."""
+        """A last flush, then stop the thread (and the child, which writes what it holds);
+        later appends are written synchronously."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         with self._cond:
             self._closing = True
@@ -211,6 +274,16 @@ class InferenceLogWriter:
                 logger.warning("inference log thread did not stop within %.0fs", timeout)
         with self._cond:
             self._closed = True
+        child = self._child
+        if child is not None:
+            self._ship(self._take(), final=True)
+            child.join(max(0.1, deadline - time.monotonic()))
+            if child.is_alive():
+                logger.warning("the inference-log process did not stop within %.0fs", timeout)
+                child.terminate()
+            if self._results_thread is not None:
+                self._results_thread.join(2.0)
+            self._child = None
         self.flush()
 
     # -- internals
@@ -231,6 +304,11 @@ class InferenceLogWriter:
                 ):
                     self._cond.wait(self.convert_seconds)
                 closing = self._closing
+            if self._child is not None:
+                if self._ship(self._take()):
+                    if closing:
+                        return  # close() sends the end to the child
+                    continue
             try:
                 with self._io_lock:
                     self._convert(self._take())
@@ -318,6 +396,71 @@ class InferenceLogWriter:
         return path
 
 
+def _plain_entry(e: LogEntry) -> LogEntry:
+    """``e`` with its frames as row dicts (batching.plain_rows): cheap to pickle, no pandas."""
+    from agentops_pipelines.serving.batching import plain_rows
+
+    return LogEntry(e.received, e.request_id, e.role, e.version, e.status, e.error_code,
+                    e.latency_ms, plain_rows(e.requests), plain_rows(e.predictions),
+                    plain_rows(e.features))  # fmt: skip
+
+
+def _writer_main(jobs, results, folder, environment, flush_seconds, flush_rows, name,
+                 compact_every, log_level) -> None:  # fmt: skip
+    """The inference-log process: converts what the serving process ships to Arrow, writes a
+    file every ``flush_seconds``, compacts past days every ``compact_every`` seconds. When the
+    serving process dies (the pipe ends) it writes what it holds and exits."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s [inference log]: %(message)s"
+    )
+
+    def report(kind: str, n: int) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            results.send((kind, n))
+
+    writer = InferenceLogWriter(folder, environment, flush_seconds=flush_seconds,
+                                flush_rows=flush_rows, on_rows=report, compact_every=0)  # fmt: skip
+    writer._writer = name  # files named after the serving process (host and pid)
+    writer.folder.mkdir(parents=True, exist_ok=True)
+    next_compaction = time.monotonic() if compact_every > 0 else float("inf")
+
+    def write() -> None:
+        files = writer.files_written
+        writer._write_tables()
+        report("file", writer.files_written - files)
+
+    while True:
+        now = time.monotonic()
+        due = writer._oldest + flush_seconds if writer._oldest is not None else now + 1.0
+        try:
+            ready = jobs.poll(max(0.0, min(due, next_compaction) - now))
+            batch = jobs.recv() if ready else []
+        except (EOFError, OSError):
+            batch = None  # the serving process is gone
+        if batch is None:
+            break
+        try:
+            writer._convert(batch)
+            now = time.monotonic()
+            if writer._table_rows >= flush_rows or (
+                writer._oldest is not None and now - writer._oldest >= flush_seconds
+            ):
+                write()
+            if now >= next_compaction:
+                next_compaction = now + compact_every
+                compact_inference_log(folder)
+        except Exception:  # never let the process die: the next round may succeed
+            logger.exception("inference log round failed")
+    try:
+        write()
+    finally:
+        results.close()
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate -> "?"
@@ -325,6 +468,9 @@ def _clean(value: Any) -> Any:
 
 
 def _cleaned_frame(frame: Any) -> Any:
+    if isinstance(frame, list):  # row dicts
+        return [{k: _clean(v) for k, v in r.items()} if isinstance(r, dict) else _clean(r)
+                for r in frame]  # fmt: skip
     if not isinstance(frame, pd.DataFrame):
         return frame
     out = frame.copy()

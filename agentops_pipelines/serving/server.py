@@ -19,7 +19,10 @@ inline). Nothing waits for the GIL, and no thread is started per request or conn
 ``main`` refuses to start without an admin token (``--admin-token-file``, else the environment
 variable ``AGENTOPS_SERVING_ADMIN_TOKEN``). On SIGTERM the process stops accepting connections,
 reports not-ready, lets in-flight requests finish (``--drain-seconds``), then flushes the
-inference log and the traces.
+inference log and the traces. The inference log is converted, written and compacted by a child
+process (``inference_log.py``) fed with plain rows: its Arrow conversion held the GIL for ms at a
+time beside the event loop. The child writes what it holds when this process dies, even by
+``kill -9``; it dies with it.
 
 What a client sees, decided (issue 10):
 
@@ -509,6 +512,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inference-log-flush-seconds", type=float, default=1.0)
     p.add_argument("--inference-log-flush-rows", type=int, default=50_000)
     p.add_argument(
+        "--inference-log-thread", action="store_true",
+        help="convert and write the inference log on a thread of this process instead of a "
+        "child process (its Arrow conversion then takes the event loop's GIL time)",
+    )  # fmt: skip
+    p.add_argument(
         "--drain-seconds", type=int, default=5,
         help="on SIGTERM, how long in-flight requests may take to finish",
     )  # fmt: skip
@@ -561,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             args.inference_log_dir, args.environment,
             flush_seconds=args.inference_log_flush_seconds,
             flush_rows=args.inference_log_flush_rows, on_rows=metrics.log_rows,
+            process=not args.inference_log_thread,
         ).start()  # fmt: skip
     tracer = None
     if not args.no_tracing:

@@ -100,3 +100,48 @@ def test_the_writer_compacts_past_days_on_start(tmp_path):
     writer.close()
     assert [f.name.startswith(COMPACTED_PREFIX) for f in part.glob("*.parquet")] == [True]
     assert len(read_inference_log(tmp_path, DAY, DAY)) == 4
+
+
+def test_a_writer_process_cleans_bad_rows_alone_and_counts_them(tmp_path):
+    counts: dict[str, int] = {}
+    writer = InferenceLogWriter(tmp_path, "prod", flush_seconds=3600, compact_every=0, process=True,
+                                on_rows=lambda kind, n: counts.__setitem__(kind, counts.get(kind, 0) + n)).start()  # fmt: skip
+    for i in range(6):
+        writer.append(_entry(i))
+    bad = _entry(6)
+    writer.append(LogEntry(bad.received, "r-6", "stable", "1", 200, None, 1.0,
+                           pd.DataFrame({"text": ["order \ud800"], "customer_id": ["C6"]}),
+                           bad.predictions, bad.features))  # fmt: skip
+    writer.close()
+    df = read_inference_log(tmp_path, DAY, DAY)
+    assert df["request_id"].tolist() == [f"r-{i}" for i in range(7)]
+    assert df["text"].tolist()[-1] == "order ?"
+    assert counts == {"written": 7, "cleaned": 1} and writer.files_written == 1
+
+
+_CRASH = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+from tests.serving.test_inference_log_compaction import _entry
+from agentops_pipelines.serving.inference_log import InferenceLogWriter
+writer = InferenceLogWriter({folder!r}, "prod", compact_every=0, process=True).start()
+for i in range(10):
+    writer.append(_entry(i))
+time.sleep(1.0)  # the rows are shipped within a quarter of a second
+os.kill(os.getpid(), signal.SIGKILL)  # a crash: no close(), no flush
+"""
+
+
+def test_when_the_serving_process_crashes_its_writer_process_writes_what_it_holds(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    script = _CRASH.format(root=root, folder=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, timeout=120)
+    assert proc.returncode == -9
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(f"date={DAY}/*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert read_inference_log(tmp_path, DAY, DAY)["request_id"].tolist() == [f"r-{i}" for i in range(10)]
