@@ -35,6 +35,7 @@ import os
 import platform
 import queue
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -660,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         python = Path(sys.executable)
         python = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python
-        command = f"{python} bench/serving_latency.py " + " ".join(
+        command = f"{python} bench/serving_latency.py " + shlex.join(
             a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write"
         )
         write_section(
