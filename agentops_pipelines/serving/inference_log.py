@@ -73,7 +73,8 @@ SCHEMA: dict[str, str] = {
 BASE_COLUMNS = tuple(SCHEMA)
 COMPACTED_PREFIX = "compacted-"
 REPLACES_KEY = b"agentops.replaces"  # Parquet footer metadata of a compacted file
-COMPACT_GRACE_SECONDS = 600.0  # a file younger than this may still have a neighbour coming
+COMPACT_GRACE_SECONDS = 600.0
+CHILD_START_SECONDS = 60.0  # close() waits this long for a writer process still starting  # a file younger than this may still have a neighbour coming
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class InferenceLogWriter:
         self._jobs: Any = None  # Connection to the child
         self._child: Any = None
         self._results_thread: threading.Thread | None = None
+        self._child_ready = threading.Event()  # the child has imported Arrow and waits for rows
 
     def start(self) -> InferenceLogWriter:
         # Import now: loading Arrow's shared libraries holds the GIL for ~0.2 s, which would
@@ -195,7 +197,9 @@ class InferenceLogWriter:
                 kind, n = results.recv()
             except (EOFError, OSError):
                 return
-            if kind == "file":
+            if kind == "ready":
+                self._child_ready.set()
+            elif kind == "file":
                 self.files_written += n
             else:
                 self._on_rows(kind, n)
@@ -263,7 +267,6 @@ class InferenceLogWriter:
     def close(self, timeout: float = 10.0) -> None:
         """A last flush, then stop the thread (and the child, which writes what it holds);
         later appends are written synchronously."""
-        deadline = time.monotonic() + timeout
         self._stop.set()
         with self._cond:
             self._closing = True
@@ -277,7 +280,12 @@ class InferenceLogWriter:
         child = self._child
         if child is not None:
             self._ship(self._take(), final=True)
-            child.join(max(0.1, deadline - time.monotonic()))
+            # A child still starting (imports take seconds on a loaded machine) holds rows
+            # already shipped: let it start before the flush's own deadline counts.
+            if not self._child_ready.wait(CHILD_START_SECONDS):
+                logger.warning("the inference-log process did not start within %.0fs",
+                               CHILD_START_SECONDS)  # fmt: skip
+            child.join(timeout)
             if child.is_alive():
                 logger.warning("the inference-log process did not stop within %.0fs", timeout)
                 child.terminate()
@@ -426,6 +434,7 @@ def _writer_main(jobs, results, folder, environment, flush_seconds, flush_rows, 
                                 flush_rows=flush_rows, on_rows=report, compact_every=0)  # fmt: skip
     writer._writer = name  # files named after the serving process (host and pid)
     writer.folder.mkdir(parents=True, exist_ok=True)
+    report("ready", 0)
     next_compaction = time.monotonic() if compact_every > 0 else float("inf")
 
     def write() -> None:
