@@ -35,6 +35,7 @@ import os
 import platform
 import queue
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -223,9 +224,13 @@ def _closed_loop_worker(url: str, seconds: float, connections: int, out) -> None
     out.put((counts[0], errors[0]))
 
 
-def max_throughput(url: str, seconds: float, processes: int = 2, connections: int = 32) -> tuple[float, int]:
-    """(answered requests per second, errors) under closed-loop load from ``processes`` client
-    processes of ``connections`` connections each: the server's saturation throughput."""
+def max_throughput(
+    url: str, seconds: float, pgid: int, processes: int = 2, connections: int = 32
+) -> tuple[float, int, float | None]:
+    """(answered requests per second, errors, server CPU ms per answered request) under
+    closed-loop load from ``processes`` client processes of ``connections`` connections each: the
+    server's saturation throughput. The CPU per request holds on a shared machine where the
+    requests per second do not (other work takes the cores, not the server's CPU time)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -234,10 +239,14 @@ def max_throughput(url: str, seconds: float, processes: int = 2, connections: in
                for _ in range(processes)]  # fmt: skip
     for w in workers:
         w.start()
+    cpu0 = process_cpu_seconds(pgid)
     results = [out.get(timeout=seconds + 120) for _ in workers]
+    cpu1 = process_cpu_seconds(pgid)
     for w in workers:
         w.join(30)
-    return sum(r[0] for r in results) / seconds, sum(r[1] for r in results)
+    answered = sum(r[0] for r in results)
+    cpu_ms = (cpu1 - cpu0) * 1000.0 / answered if cpu0 is not None and cpu1 is not None and answered else None
+    return answered / seconds, sum(r[1] for r in results), cpu_ms
 
 
 def _hostile_worker(url: str, stop, sent) -> None:
@@ -352,9 +361,13 @@ def wait_http(url: str, path: str, timeout: float, process: subprocess.Popen | N
 
 
 @contextlib.contextmanager
-def ours(model_uri: str, version: str, workdir: Path, *flags: str, name: str = "bench"):
+def ours(model_uri: str, version: str, workdir: Path, *flags: str, name: str = "bench",
+         code: str | None = None):
     """Our server as ``LocalProcessDeployer`` runs it (inference log on, 1% traced, a token
-    file), plus ``flags`` (e.g. ``--http h11``, ``--trace-sample-rate 1``)."""
+    file), plus ``flags`` (e.g. ``--http h11``, ``--trace-sample-rate 1``). ``code``: a folder
+    holding another copy of the ``agentops_pipelines`` package (e.g. ``git archive`` of an older
+    commit) that the server runs instead of the one in the working directory, for a before/after
+    in one run."""
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
     token = folder / "admin-token"
@@ -366,7 +379,9 @@ def ours(model_uri: str, version: str, workdir: Path, *flags: str, name: str = "
                "--admin-token-file", str(token), "--trace-sample-rate", "0.01",
                "--inference-log-dir", str(folder / "inference_log"), *flags]  # fmt: skip
     log = (folder / "server.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+    # ``python -m`` puts the working directory first on sys.path, ahead of the editable install:
+    # the server runs from the folder whose package it should import.
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=code or None,
                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 180
@@ -480,17 +495,23 @@ def summarize(results: list[Result]) -> list[Summary]:
 
 def table(rows: list[Summary]) -> str:
     lines = [
-        "| server | rate (req/s) | rounds × requests | p50 (ms) | p99 (ms) | p99 range (ms) | max (ms) | errors | achieved (req/s) | server CPU (cores) |",  # fmt: skip
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | rate (req/s) | rounds × requests | p50 (ms) | p99 (ms) | p99 range (ms) | max (ms) | errors | achieved (req/s) | server CPU (cores) | CPU per request (ms) |",  # fmt: skip
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         cpu = f"{r.server_cpu:.2f}" if r.server_cpu is not None else "n/a"
+        per = f"{r.server_cpu * 1000.0 / r.achieved_rps:.2f}" if r.server_cpu and r.achieved_rps else "n/a"
         lines.append(
             f"| {r.server} | {r.rate:g} | {r.rounds} × {r.sent // r.rounds} | {r.p50_ms:.1f} | "
             f"{r.p99_ms:.1f} | {r.p99_low:.1f}–{r.p99_high:.1f} | {r.max_ms:.1f} | {r.errors} | "
-            f"{r.achieved_rps:.1f} | {cpu} |"
+            f"{r.achieved_rps:.1f} | {cpu} | {per} |"
         )
     return "\n".join(lines)
+
+
+def _median_or_na(values: list[float | None]) -> str:
+    present = [v for v in values if v is not None]
+    return f"{statistics.median(present):.3f}" if present else "n/a"
 
 
 def write_section(body: str) -> None:
@@ -519,6 +540,11 @@ def main(argv: list[str] | None = None) -> int:
         help="another configuration of our server measured in the same turns, e.g. "
         "'h11=--http h11' or 'traced 100%%=--trace-sample-rate 1'",
     )  # fmt: skip
+    p.add_argument(
+        "--baseline", action="append", default=[], metavar="NAME=FOLDER",
+        help="our server run from another copy of the package (e.g. `git archive` of an older "
+        "commit into FOLDER/agentops_pipelines), measured in the same turns",
+    )  # fmt: skip
     p.add_argument("--throughput", type=float, default=0.0, metavar="SECONDS",
                    help="also measure each of our servers' closed-loop maximum throughput")  # fmt: skip
     p.add_argument("--hostile", action="store_true",
@@ -528,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-    throughput: dict[str, list[tuple[float, int]]] = {}
+    throughput: dict[str, list[tuple[float, int, float | None]]] = {}
     hostile: list[tuple[Result, Result, int]] = []
     try:
         if args.model_uri:
@@ -548,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
             name, _, flags = variant.partition("=")
             servers.append((f"agentops serving ({name})",
                             ours(model_uri, version, workdir, *flags.split(), name=f"v{len(servers)}")))  # fmt: skip
+        for baseline in args.baseline:
+            name, _, folder = baseline.partition("=")
+            servers.append((f"agentops serving ({name})",
+                            ours(model_uri, version, workdir, name=f"b{len(servers)}",
+                                 code=str(Path(folder).resolve()))))  # fmt: skip
         if not args.skip_mlflow:
             servers.append(("mlflow models serve", mlflow_serve(model_uri, workdir)))
         alone = model_alone(model_uri)
@@ -587,10 +618,11 @@ def main(argv: list[str] | None = None) -> int:
                 if args.throughput:
                     for name, url, pgid in running:
                         if name.startswith("agentops"):
-                            rps, errors = max_throughput(url, args.throughput)
-                            throughput.setdefault(name, []).append((rps, errors))
+                            rps, errors, cpu_ms = max_throughput(url, args.throughput, pgid)
+                            throughput.setdefault(name, []).append((rps, errors, cpu_ms))
                             print(f"round {turn + 1}: {name} max throughput {rps:.0f}/s "
-                                  f"({errors} errors)", flush=True)  # fmt: skip
+                                  f"({errors} errors, {cpu_ms or 0:.3f} ms CPU per request)",
+                                  flush=True)  # fmt: skip
                             settle(pgid, 10)
         load_after = os.getloadavg()
     finally:
@@ -598,11 +630,14 @@ def main(argv: list[str] | None = None) -> int:
 
     extra = ""
     if throughput:
-        extra += "\n\n| server | max throughput, closed loop (req/s, median) | rounds | errors |\n|---|---:|---:|---:|\n"
+        extra += (
+            "\n\n| server | max throughput, closed loop (req/s, median) | rounds | errors | "
+            "server CPU per request (ms, median) |\n|---|---:|---:|---:|---:|\n"
+        )
         extra += "\n".join(
-            f"| {name} | {statistics.median(r for r, _ in runs):.0f} "
-            f"({min(r for r, _ in runs):.0f}–{max(r for r, _ in runs):.0f}) | {len(runs)} | "
-            f"{sum(e for _, e in runs)} |"
+            f"| {name} | {statistics.median(r for r, _, _ in runs):.0f} "
+            f"({min(r for r, _, _ in runs):.0f}–{max(r for r, _, _ in runs):.0f}) | {len(runs)} | "
+            f"{sum(e for _, e, _ in runs)} | {_median_or_na([c for _, _, c in runs])} |"
             for name, runs in throughput.items()
         )
     if hostile:
@@ -626,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         python = Path(sys.executable)
         python = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python
-        command = f"{python} bench/serving_latency.py " + " ".join(
+        command = f"{python} bench/serving_latency.py " + shlex.join(
             a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write"
         )
         write_section(

@@ -19,6 +19,13 @@ Rules that keep a batched answer identical to an unbatched one:
 - the model's result is a tuple whose first two items (predictions, features) are split back by
   rows; further items (the model's step timings) are shared by the requests of the batch.
 
+Per-request pandas work is what bounded throughput (a profile at saturation: building, merging
+and slicing one-row DataFrames cost more CPU than the model), so a batch is merged from each
+request's values (one NumPy read per request, one DataFrame built per batch, instead of
+``pd.concat``), and with ``plain=True`` a DataFrame result is read once per batch into plain row
+dicts (``NaN`` -> ``None``) that each request gets a list slice of, instead of an ``iloc`` slice
+per request. The JSON answer, the metrics and the inference log then read lists, not DataFrames.
+
 ``predict`` blocks the calling thread; ``submit`` takes a callback instead, so no thread waits per
 request. ``inline=True`` starts no thread: the owner calls ``run_pending`` (the asyncio server does,
 on its event loop, once the requests that arrived together are parsed). One thread then does all
@@ -86,6 +93,7 @@ class Batcher:
         timeout_s: float = 30.0,
         name: str = "model",
         inline: bool = False,
+        plain: bool = False,
     ):
         self._infer = infer
         self.max_rows = max(1, max_rows)
@@ -101,6 +109,7 @@ class Batcher:
         self.batches = 0
         self.items = 0
         self.inline = inline
+        self.plain = plain  # DataFrame results -> lists of row dicts (see the module's docstring)
         self.scheduled = False  # inline: a ``run_pending`` call is due on the owner's loop
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         if not inline:
@@ -212,7 +221,7 @@ class Batcher:
         if len(batch) == 1:
             self._predict_one(batch[0])
             return
-        frame = pd.concat([item.frame for item in batch], ignore_index=True)
+        frame = merged(batch[0].key, [item.frame for item in batch])
         try:
             result = self._infer(frame)
             predictions, features = result[0], result[1]
@@ -227,6 +236,8 @@ class Batcher:
             for item in batch:
                 self._predict_one(item)
             return
+        if self.plain:
+            predictions, features = plain_rows(predictions), plain_rows(features)
         start = 0
         for item in batch:
             end = start + len(item.frame)
@@ -236,10 +247,51 @@ class Batcher:
 
     def _predict_one(self, item: _Item) -> None:
         try:
-            item.result = self._infer(item.frame)
+            result = self._infer(item.frame)
+            if self.plain and isinstance(result, tuple) and len(result) >= 2:
+                result = (plain_rows(result[0]), plain_rows(result[1]), *result[2:])
+            item.result = result
         except Exception as e:
             item.error = e
         item.finish()
+
+
+def merged(columns: tuple, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The rows of ``frames`` (all with ``columns``) as one frame with the column types
+    ``pd.concat`` gives: one NumPy read per frame, one object frame, its types inferred once
+    (~10x cheaper than ``pd.concat`` on one-row frames: ~75 us for 32 against ~1 ms)."""
+    import numpy as np
+
+    if any(not f.columns.is_unique for f in frames):  # never from the server (refused as 400)
+        return pd.concat(frames, ignore_index=True)
+    values = np.concatenate([f.to_numpy(dtype=object) for f in frames])
+    out = pd.DataFrame(values, index=pd.RangeIndex(len(values)), columns=frames[0].columns,
+                       dtype=object, copy=False)  # fmt: skip
+    return out.infer_objects()
+
+
+def plain_rows(value: Any) -> Any:
+    """A DataFrame as a list of ``{column: value}`` dicts of Python values, a missing value
+    (NaN, NaT, NA) as ``None``; anything else as it is. One NumPy read for the whole frame."""
+    if not isinstance(value, pd.DataFrame):
+        return value
+    import numpy as np
+
+    names = [str(c) for c in value.columns]
+    out = []
+    for row in value.to_numpy(dtype=object).tolist():
+        record = {}
+        for name, v in zip(names, row):
+            if isinstance(v, float):
+                v = None if v != v else v
+            elif isinstance(v, np.generic):
+                v = v.item()
+                v = None if isinstance(v, float) and v != v else v
+            elif v is pd.NaT or v is pd.NA:
+                v = None
+            record[name] = v
+        out.append(record)
+    return out
 
 
 def _length(value: Any) -> int:

@@ -12,16 +12,32 @@ request), ``timestamp`` (UTC, when the request arrived), ``environment``, ``mode
 (filled by the model from the online store, or sent in the request). Requests refused before
 reaching a model (4xx) have no rows: they are counted in the metrics.
 
-The request thread only appends references to a buffer; a background thread converts them to
-Arrow every quarter second and writes a file every ``flush_seconds`` (default 1: a crash loses at
-most about a second) or ``flush_rows`` rows, and at ``close()`` (the server calls it on SIGTERM
-after draining in-flight requests). A row Arrow cannot take (a lone surrogate in a text) is cleaned
-(made valid UTF-8) or dropped on its own and counted (``cleaned``, ``dropped``), never its batch. A file appears atomically (written
-to a hidden temporary name, then renamed), so a reader never sees half a file.
+The request thread only appends references to a buffer; a background thread takes them every
+quarter second (or 16 rows). With ``process=True`` (the serving process) it ships them as plain
+row dicts through a pipe to a child process that converts them to Arrow and writes: the
+conversion (C calls that hold the GIL for ms at a time) no longer competes with the event loop.
+The child writes a file every ``flush_seconds`` (default 1) or ``flush_rows`` rows, at
+``close()`` (the server calls it on SIGTERM after draining in-flight requests), and when the
+serving process dies (the pipe ends): a ``kill -9`` loses at most the quarter second not shipped
+yet. If the child dies, the thread converts and writes itself (``process=False`` does that from
+the start). A row Arrow cannot take (a lone surrogate in a text) is cleaned (made valid UTF-8) or
+dropped on its own and counted (``cleaned``, ``dropped``), never its batch. A file appears
+atomically (written to a hidden temporary name, then renamed), so a reader never sees half a file.
+
+**Compaction.** A process writes about one file a second: 86,400 small files a day per process,
+and reading a day for drift then costs one Parquet open per file. ``compact_day`` merges a day's
+files into one ``compacted-*.parquet`` file whose footer lists the files it replaces
+(``agentops.replaces``), then deletes them. Readers skip a file a compacted file replaces, so a
+crash between the new file's rename and the deletions double-counts nothing, and the next
+compaction deletes the leftovers. Only files older than a grace period (``COMPACT_GRACE_SECONDS``)
+are merged, under an exclusive lock per day (processes and pods share the folder). The writer
+compacts the days before today on start and every hour (``compact_every``, its own thread:
+Arrow's reads and writes release the GIL); ``compact_inference_log`` does the same for a folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -55,6 +71,10 @@ SCHEMA: dict[str, str] = {
     "latency_ms": "double",
 }
 BASE_COLUMNS = tuple(SCHEMA)
+COMPACTED_PREFIX = "compacted-"
+REPLACES_KEY = b"agentops.replaces"  # Parquet footer metadata of a compacted file
+COMPACT_GRACE_SECONDS = 600.0
+CHILD_START_SECONDS = 60.0  # close() waits this long for a writer process still starting  # a file younger than this may still have a neighbour coming
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,8 @@ class InferenceLogWriter:
         convert_rows: int = 16,
         max_buffered_rows: int = 500_000,
         on_rows: Callable[[str, int], None] | None = None,
+        compact_every: float = 3600.0,
+        process: bool = False,
     ):
         self.folder = Path(folder)
         self.environment = environment
@@ -107,6 +129,7 @@ class InferenceLogWriter:
         self.max_buffered_rows = max_buffered_rows
         self._on_rows = on_rows or (lambda result, n: None)
         self._entries: list[LogEntry] = []  # appended, not converted yet
+        self._woken = False  # the thread was notified and has not taken the entries yet
         self._rows = 0
         self._tables: dict[str, list[Any]] = {}  # UTC date -> converted tables, not written yet
         self._table_rows = 0
@@ -121,6 +144,16 @@ class InferenceLogWriter:
         self._writer = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', socket.gethostname())}-{os.getpid()}"
         self._thread: threading.Thread | None = None
         self.files_written = 0
+        self.compact_every = compact_every  # seconds; 0: never compact
+        self._compactor: threading.Thread | None = None
+        self._stop = threading.Event()
+        # process=True: a child process converts to Arrow, writes and compacts (``_writer_main``);
+        # this process only ships plain rows to it. Falls back to the thread if the child dies.
+        self.process = process
+        self._jobs: Any = None  # Connection to the child
+        self._child: Any = None
+        self._results_thread: threading.Thread | None = None
+        self._child_ready = threading.Event()  # the child has imported Arrow and waits for rows
 
     def start(self) -> InferenceLogWriter:
         # Import now: loading Arrow's shared libraries holds the GIL for ~0.2 s, which would
@@ -128,9 +161,72 @@ class InferenceLogWriter:
         import pyarrow.parquet  # noqa: F401
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.process:
+            self._start_child()
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
+        if self.compact_every > 0 and self._child is None:
+            self._compactor = threading.Thread(target=self._compact_loop,
+                                               name="inference-log-compaction", daemon=True)  # fmt: skip
+            self._compactor.start()
         return self
+
+    def _start_child(self) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        jobs_read, self._jobs = ctx.Pipe(duplex=False)
+        results, results_write = ctx.Pipe(duplex=False)
+        self._child = ctx.Process(
+            target=_writer_main, name="agentops-inference-log", daemon=True,
+            args=(jobs_read, results_write, str(self.folder), self.environment,
+                  self.flush_seconds, self.flush_rows, self._writer, self.compact_every,
+                  logging.getLogger().getEffectiveLevel()),
+        )  # fmt: skip
+        self._child.start()
+        jobs_read.close()
+        results_write.close()
+        self._results_thread = threading.Thread(target=self._read_results, args=(results,),
+                                                name="inference-log-results", daemon=True)  # fmt: skip
+        self._results_thread.start()
+
+    def _read_results(self, results: Any) -> None:
+        """The child's counts (written, cleaned, dropped rows; files) into this process's."""
+        while True:
+            try:
+                kind, n = results.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "ready":
+                self._child_ready.set()
+            elif kind == "file":
+                self.files_written += n
+            else:
+                self._on_rows(kind, n)
+
+    def _ship(self, entries: list[LogEntry], final: bool = False) -> bool:
+        """Send ``entries`` (as plain rows) to the child; False when it is gone (the caller
+        writes them itself)."""
+        try:
+            if entries:
+                self._jobs.send([_plain_entry(e) for e in entries])
+            if final:
+                self._jobs.send(None)
+            return True
+        except (OSError, ValueError):  # BrokenPipeError: the child died
+            if self._child is not None:
+                logger.error("the inference-log process is gone (exit code %s): writing here",
+                             self._child.exitcode)  # fmt: skip
+            self._child = None
+            return False
+
+    def _compact_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                compact_inference_log(self.folder)
+            except Exception:  # a full disk today must not stop tomorrow's compaction
+                logger.exception("inference log compaction failed")
+            self._stop.wait(self.compact_every)
 
     def append(self, entry: LogEntry) -> None:
         """Called on the request thread: a list append under a lock, nothing else."""
@@ -145,7 +241,13 @@ class InferenceLogWriter:
             else:
                 self._entries.append(entry)
                 self._rows += n
-                if self._rows >= self.convert_rows or self._rows + self._table_rows >= self.flush_rows:
+                if not self._woken and (
+                    self._rows >= self.convert_rows
+                    or self._rows + self._table_rows >= self.flush_rows
+                ):
+                    # Once per batch of entries: waking a thread that is already awake costs
+                    # the request thread a lock round trip per request (4% of its CPU at 500/s).
+                    self._woken = True
                     self._cond.notify()
                 return
         if late:  # a request that finished after close(): write it on its own
@@ -163,7 +265,9 @@ class InferenceLogWriter:
             return self._write_tables()
 
     def close(self, timeout: float = 10.0) -> None:
-        """A last flush, then stop the thread; later appends are written synchronously."""
+        """A last flush, then stop the thread (and the child, which writes what it holds);
+        later appends are written synchronously."""
+        self._stop.set()
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -173,6 +277,21 @@ class InferenceLogWriter:
                 logger.warning("inference log thread did not stop within %.0fs", timeout)
         with self._cond:
             self._closed = True
+        child = self._child
+        if child is not None:
+            self._ship(self._take(), final=True)
+            # A child still starting (imports take seconds on a loaded machine) holds rows
+            # already shipped: let it start before the flush's own deadline counts.
+            if not self._child_ready.wait(CHILD_START_SECONDS):
+                logger.warning("the inference-log process did not start within %.0fs",
+                               CHILD_START_SECONDS)  # fmt: skip
+            child.join(timeout)
+            if child.is_alive():
+                logger.warning("the inference-log process did not stop within %.0fs", timeout)
+                child.terminate()
+            if self._results_thread is not None:
+                self._results_thread.join(2.0)
+            self._child = None
         self.flush()
 
     # -- internals
@@ -180,6 +299,7 @@ class InferenceLogWriter:
     def _take(self) -> list[LogEntry]:
         with self._cond:
             entries, self._entries, self._rows = self._entries, [], 0
+            self._woken = False
         return entries
 
     def _run(self) -> None:
@@ -192,6 +312,11 @@ class InferenceLogWriter:
                 ):
                     self._cond.wait(self.convert_seconds)
                 closing = self._closing
+            if self._child is not None:
+                if self._ship(self._take()):
+                    if closing:
+                        return  # close() sends the end to the child
+                    continue
             try:
                 with self._io_lock:
                     self._convert(self._take())
@@ -279,6 +404,81 @@ class InferenceLogWriter:
         return path
 
 
+def _plain_entry(e: LogEntry) -> LogEntry:
+    """``e`` with its frames as row dicts (batching.plain_rows): cheap to pickle, no pandas."""
+    from agentops_pipelines.serving.batching import plain_rows
+
+    return LogEntry(e.received, e.request_id, e.role, e.version, e.status, e.error_code,
+                    e.latency_ms, plain_rows(e.requests), plain_rows(e.predictions),
+                    plain_rows(e.features))  # fmt: skip
+
+
+def _writer_main(jobs, results, folder, environment, flush_seconds, flush_rows, name,
+                 compact_every, log_level) -> None:  # fmt: skip
+    """The inference-log process: converts what the serving process ships to Arrow, writes a
+    file every ``flush_seconds``, compacts past days every ``compact_every`` seconds. When the
+    serving process dies (the pipe ends) it writes what it holds and exits."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s [inference log]: %(message)s"
+    )
+
+    def report(kind: str, n: int) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            results.send((kind, n))
+
+    writer = InferenceLogWriter(folder, environment, flush_seconds=flush_seconds,
+                                flush_rows=flush_rows, on_rows=report, compact_every=0)  # fmt: skip
+    writer._writer = name  # files named after the serving process (host and pid)
+    writer.folder.mkdir(parents=True, exist_ok=True)
+    report("ready", 0)
+    next_compaction = time.monotonic() if compact_every > 0 else float("inf")
+
+    def write() -> None:
+        files = writer.files_written
+        writer._write_tables()
+        report("file", writer.files_written - files)
+
+    # Entries wait here as shipped and are converted once per file: converting each quarter
+    # second's batch on its own cost a fixed Arrow overhead per batch (more CPU per request
+    # than the serving process saved, below saturation).
+    pending: list[LogEntry] = []
+    pending_rows, since = 0, None
+    while True:
+        now = time.monotonic()
+        due = since + flush_seconds if since is not None else now + 1.0
+        try:
+            ready = jobs.poll(max(0.0, min(due, next_compaction) - now))
+            batch = jobs.recv() if ready else []
+        except (EOFError, OSError):
+            batch = None  # the serving process is gone
+        if batch is None:
+            break
+        pending.extend(batch)
+        pending_rows += sum(e.rows for e in batch)
+        if batch and since is None:
+            since = time.monotonic()
+        try:
+            now = time.monotonic()
+            if pending and (pending_rows >= flush_rows or now - since >= flush_seconds):
+                entries, pending, pending_rows, since = pending, [], 0, None
+                writer._convert(entries)
+                write()
+            if now >= next_compaction:
+                next_compaction = now + compact_every
+                compact_inference_log(folder)
+        except Exception:  # never let the process die: the next round may succeed
+            logger.exception("inference log round failed")
+    try:
+        writer._convert(pending)
+        write()
+    finally:
+        results.close()
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate -> "?"
@@ -286,6 +486,9 @@ def _clean(value: Any) -> Any:
 
 
 def _cleaned_frame(frame: Any) -> Any:
+    if isinstance(frame, list):  # row dicts
+        return [{k: _clean(v) for k, v in r.items()} if isinstance(r, dict) else _clean(r)
+                for r in frame]  # fmt: skip
     if not isinstance(frame, pd.DataFrame):
         return frame
     out = frame.copy()
@@ -307,6 +510,13 @@ def _values(frame: Any, n: int) -> tuple[tuple[str, ...], Any]:
 
     if isinstance(frame, pd.DataFrame) and len(frame) == n:
         return tuple(str(c) for c in frame.columns), frame.to_numpy(dtype=object)
+    if isinstance(frame, list) and n and len(frame) == n and all(isinstance(r, dict) for r in frame):
+        keys = tuple(frame[0])  # row dicts (batching.plain_rows): the same keys in every row
+        values = np.empty((n, len(keys)), dtype=object)
+        for i, row in enumerate(frame):
+            for j, key in enumerate(keys):
+                values[i, j] = row.get(key)  # one by one: a value may itself be a list
+        return tuple(str(k) for k in keys), values
     return (), np.empty((n, 0), dtype=object)
 
 
@@ -426,6 +636,91 @@ def _as_date(value: date | datetime | str) -> date:
     return date.fromisoformat(str(value)[:10])
 
 
+def _replaced(part: Path) -> set[str]:
+    """The names of the files a compacted file in ``part`` replaces (read from footers only)."""
+    import pyarrow.parquet as pq
+
+    out: set[str] = set()
+    for f in part.glob(f"{COMPACTED_PREFIX}*.parquet"):
+        try:
+            meta = pq.read_schema(f).metadata or {}
+        except Exception:  # unreadable: its sources stay visible, nothing is lost
+            logger.warning("cannot read the footer of %s", f, exc_info=True)
+            continue
+        out.update(n for n in meta.get(REPLACES_KEY, b"").decode().split("\n") if n)
+    return out
+
+
+def day_files(part: Path) -> list[Path]:
+    """The Parquet files of one ``date=`` folder a reader takes: not hidden (being written), not
+    replaced by a compacted file."""
+    replaced = _replaced(part)
+    return [
+        f for f in sorted(part.glob("*.parquet"))
+        if not f.name.startswith(".") and f.name not in replaced
+    ]  # fmt: skip
+
+
+def compact_day(part: str | os.PathLike, grace_seconds: float = COMPACT_GRACE_SECONDS) -> Path | None:
+    """Merge the files of one ``date=`` folder older than ``grace_seconds`` into one compacted
+    file; None when there was nothing to merge or another process holds the day's lock.
+
+    The new file lists the files it replaces in its footer and appears atomically; the replaced
+    files are deleted after it (a crash in between leaves them, skipped by readers)."""
+    import fcntl
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    part = Path(part)
+    with open(part / ".compact.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return None
+        replaced = _replaced(part)
+        for leftover in (f for f in part.glob("*.parquet") if f.name in replaced):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()  # a previous compaction stopped before deleting it
+        now = time.time()
+        sources = [f for f in day_files(part) if now - f.stat().st_mtime >= grace_seconds]
+        if len(sources) < 2:
+            return None
+        tables = [pq.read_table(f) for f in sources]
+        table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables],
+                                 promote_options="permissive")  # fmt: skip
+        table = table.replace_schema_metadata({REPLACES_KEY: "\n".join(f.name for f in sources)})
+        writer = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())
+        path = part / f"{COMPACTED_PREFIX}{writer}-{os.getpid()}-{time.time_ns()}.parquet"
+        tmp = part / f".{path.name}.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+        for f in sources:
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        logger.info("compacted %d inference-log files (%d rows) into %s", len(sources),
+                    table.num_rows, path)  # fmt: skip
+        return path
+
+
+def compact_inference_log(
+    folder: str | os.PathLike, before: date | str | None = None,
+    grace_seconds: float = COMPACT_GRACE_SECONDS,
+) -> list[Path]:
+    """Compact every day before ``before`` (default: today, UTC); returns the files written."""
+    last = _as_date(before) if before is not None else datetime.now(UTC).date()
+    written = []
+    root = Path(folder)
+    for part in sorted(root.glob("date=*")) if root.is_dir() else ():
+        try:
+            day = date.fromisoformat(part.name.removeprefix("date="))
+        except ValueError:
+            continue
+        if day < last and part.is_dir() and (path := compact_day(part, grace_seconds)):
+            written.append(path)
+    return written
+
+
 def read_inference_log(
     folder: str | os.PathLike, start: date | str, end: date | str
 ) -> pd.DataFrame:
@@ -447,9 +742,8 @@ def read_inference_log(
                 continue
             if not (first <= day <= last) or not part.is_dir():
                 continue
-            for f in sorted(part.glob("*.parquet")):
-                if not f.name.startswith("."):
-                    frames.append(pq.read_table(f).to_pandas())
+            for f in day_files(part):
+                frames.append(pq.read_table(f).to_pandas())
     frames = [f for f in frames if len(f)]
     if not frames:
         return _empty_frame()

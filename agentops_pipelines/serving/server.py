@@ -19,7 +19,28 @@ inline). Nothing waits for the GIL, and no thread is started per request or conn
 ``main`` refuses to start without an admin token (``--admin-token-file``, else the environment
 variable ``AGENTOPS_SERVING_ADMIN_TOKEN``). On SIGTERM the process stops accepting connections,
 reports not-ready, lets in-flight requests finish (``--drain-seconds``), then flushes the
-inference log and the traces.
+inference log and the traces. The inference log is converted, written and compacted by a child
+process (``inference_log.py``) fed with plain rows: its Arrow conversion held the GIL for ms at a
+time beside the event loop. The child writes what it holds when this process dies, even by
+``kill -9``; it dies with it.
+
+What a client sees, decided (issue 10):
+
+- ``GET /metrics`` stays open on the serving port, unauthenticated: Prometheus scrapes it there
+  (``deploy/prometheus``, the pods' annotations), and it holds counts and latencies per agent,
+  version, tool and error code, never request content, ids or secrets. What it tells an outsider
+  (request rates, versions served) is what a client learns anyway. Where that is too much, keep
+  the port behind the load balancer's path rules (only ``/invocations`` public).
+- ``X-Model-Version`` is sent with every answer: support and clients need to say which version
+  answered, and hot-swap and canary tests read it. The role (stable or canary) is not sent
+  (``X-Model-Role`` is gone); a client who compares versions can tell which arm it hit, but canary
+  health counts only server errors and latency after ``min_requests``, under the text and compute
+  budgets, so knowing the arm gives no lever on the decision.
+
+CPU per request (bench/serving_latency.py, BENCHMARKS.md): the request path builds one pandas
+object per request (its one-row frame, as one object block), the batch is merged from NumPy reads
+and its results are read once into row dicts (``batching.py``), so the JSON answer, the metrics
+and the inference log never touch a DataFrame per request.
 """
 
 from __future__ import annotations
@@ -491,6 +512,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inference-log-flush-seconds", type=float, default=1.0)
     p.add_argument("--inference-log-flush-rows", type=int, default=50_000)
     p.add_argument(
+        "--inference-log-thread", action="store_true",
+        help="convert and write the inference log on a thread of this process instead of a "
+        "child process (its Arrow conversion then takes the event loop's GIL time)",
+    )  # fmt: skip
+    p.add_argument(
         "--drain-seconds", type=int, default=5,
         help="on SIGTERM, how long in-flight requests may take to finish",
     )  # fmt: skip
@@ -543,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             args.inference_log_dir, args.environment,
             flush_seconds=args.inference_log_flush_seconds,
             flush_rows=args.inference_log_flush_rows, on_rows=metrics.log_rows,
+            process=not args.inference_log_thread,
         ).start()  # fmt: skip
     tracer = None
     if not args.no_tracing:

@@ -96,7 +96,7 @@ class Served:
         self.infer_now = model.infer if features else model.infer_without_features
         self.batcher = (
             Batcher(self.infer_now, max_rows=batch_max_rows, max_chars=batch_max_chars,
-                    name=f"v{model.version}", inline=inline)
+                    name=f"v{model.version}", inline=inline, plain=True)
             if batch_max_rows > 0
             else None
         )  # fmt: skip
@@ -448,6 +448,11 @@ class ServingState:
                     tools = predictions["tool"].tolist()
                 if "escalated" in predictions.columns:
                     escalations = int(predictions["escalated"].sum())
+            elif isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
+                rows = len(predictions)  # row dicts from the batcher (batching.plain_rows)
+                if "tool" in predictions[0]:
+                    tools = [r.get("tool") for r in predictions]
+                escalations = sum(1 for r in predictions if r.get("escalated"))
             version = model.version if model else NO_VERSION
             self.metrics.observe(
                 model.agent if model else DEFAULT_AGENT, version, status, latency_s,

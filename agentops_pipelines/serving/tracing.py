@@ -50,6 +50,8 @@ from typing import Any
 
 import pandas as pd
 
+from agentops_pipelines.serving.batching import plain_rows
+
 logger = logging.getLogger("agentops_pipelines.serving.tracing")
 
 MAX_OUTPUT_ROWS = 20
@@ -416,13 +418,13 @@ def _exporter_main(jobs, results, environment, experiment, parent, log_level) ->
 
 
 def _records(frame: Any) -> list:
-    if isinstance(frame, pd.DataFrame):
-        return [{str(k): _plain(v) for k, v in row.items()}
-                for row in frame.head(MAX_OUTPUT_ROWS).to_dict("records")]  # fmt: skip
+    if isinstance(frame, pd.DataFrame):  # on the event loop: one NumPy read, not to_dict (~10x)
+        frame = plain_rows(frame.head(MAX_OUTPUT_ROWS))
     if isinstance(frame, pd.Series):
         return [_plain(v) for v in frame.head(MAX_OUTPUT_ROWS).tolist()]
-    if isinstance(frame, list):
-        return [_plain(v) for v in frame[:MAX_OUTPUT_ROWS]]
+    if isinstance(frame, list):  # row dicts (batching.plain_rows) or values
+        return [{str(k): _plain(v) for k, v in r.items()} if isinstance(r, dict) else _plain(r)
+                for r in frame[:MAX_OUTPUT_ROWS]]  # fmt: skip
     if hasattr(frame, "tolist"):
         return frame[:MAX_OUTPUT_ROWS].tolist()
     return []

@@ -124,3 +124,39 @@ def test_batcher_bounds_a_batch_by_characters_and_calls_back():
     assert calls[1:] == [2, 2] and all(e is None for _, e in done)
     assert sorted(r[0]["echo"].tolist()[0][0] for r, _ in done) == ["0", "1", "2", "3"]
     batcher.retire()
+
+
+def test_a_merged_batch_is_the_frame_pd_concat_gives():
+    """The batch the model gets is built from the requests' values, not with ``pd.concat``; the
+    columns keep the types each request's own frame had."""
+    import numpy as np
+
+    from agentops_pipelines.serving.batching import merged
+
+    frames = [
+        pd.DataFrame({"text": ["a"], "customer_id": ["C1"], "n": [1], "x": [0.5], "ok": [True]}),
+        pd.DataFrame({"text": ["b"], "customer_id": [None], "n": [2], "x": [np.nan], "ok": [False]}),
+    ]
+    out = merged(tuple(frames[0].columns), frames)
+    pd.testing.assert_frame_equal(out, pd.concat(frames, ignore_index=True))
+
+
+def test_plain_rows_are_python_values_with_missing_as_none():
+    import json
+
+    import numpy as np
+
+    from agentops_pipelines.serving.batching import plain_rows
+
+    frame = pd.DataFrame({"tool": ["a", None], "confidence": [0.25, np.nan], "escalated": [True, False],
+                          "n": np.array([1, 2], dtype=np.int64)})  # fmt: skip
+    rows = plain_rows(frame)
+    assert rows == [{"tool": "a", "confidence": 0.25, "escalated": True, "n": 1},
+                    {"tool": None, "confidence": None, "escalated": False, "n": 2}]  # fmt: skip
+    assert all(type(r["n"]) is int and type(r["escalated"]) is bool for r in rows)
+    json.dumps(rows, allow_nan=False)  # strict JSON: no NaN reaches a client
+    batcher = Batcher(lambda f: (frame.iloc[: len(f)], None), plain=True, inline=True)
+    done: list = []
+    batcher.submit(pd.DataFrame({"text": ["x"]}), lambda r, e: done.append(r))
+    batcher.run_pending()
+    assert done[0][0] == rows[:1]
