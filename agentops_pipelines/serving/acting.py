@@ -125,7 +125,14 @@ class Acting:
 
 
 def split_trajectories(predictions: Any) -> tuple[Any, list[dict]]:
-    """(the predictions without the private column, the trajectories of its rows)."""
+    """(the predictions without the private column, the trajectories of its rows). Takes a
+    DataFrame or the batcher's plain row dicts (``batching.plain_rows``): the column never
+    reaches a client either way."""
+    if isinstance(predictions, list):
+        if not predictions or not isinstance(predictions[0], dict) or TRAJECTORY_COLUMN not in predictions[0]:
+            return predictions, []
+        return ([{k: v for k, v in row.items() if k != TRAJECTORY_COLUMN} for row in predictions],
+                [row.get(TRAJECTORY_COLUMN) for row in predictions])
     columns = getattr(predictions, "columns", None)
     if columns is None or TRAJECTORY_COLUMN not in columns:
         return predictions, []
