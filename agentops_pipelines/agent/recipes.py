@@ -217,7 +217,7 @@ class TextRouter:
         best = np.where(in_scope, proba, -1.0).argmax(axis=1)
         return best, proba[np.arange(len(best)), best], ~in_scope[proba.argmax(axis=1)]
 
-    def decide(self, proba: np.ndarray) -> tuple[list[str], list[float], np.ndarray]:
+    def choose(self, proba: np.ndarray) -> tuple[list[str], list[float], np.ndarray]:
         """(tool, confidence, abstained) per row from calibrated probabilities.
 
         The confidence is the probability of the best in-scope tool. The router abstains when the
@@ -241,7 +241,7 @@ class TextRouter:
 
     def predict_columns(self, columns: Mapping[str, Sequence], n: int) -> tuple[list[str], list[float]]:
         """(tool, confidence) per row, from columns given as lists (the serving fast path)."""
-        tools, confidence, _ = self.decide(self.predict_proba_columns(columns, n))
+        tools, confidence, _ = self.choose(self.predict_proba_columns(columns, n))
         return tools, confidence
 
     def predict(self, requests: pd.DataFrame) -> pd.DataFrame:
