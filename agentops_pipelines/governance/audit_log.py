@@ -425,6 +425,19 @@ class AuditStore:
         """Entries oldest first, unverified (use :meth:`verify` before relying on them)."""
         return self._rows(agent, version, limit)
 
+    def _anchors_after_writers(self, key: bytes) -> list[tuple[int, str]]:
+        """The anchor as it stands once no writer on this machine is between commit and anchor."""
+        fd = os.open(self.anchor_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if self.dialect == "postgresql":  # writers in other pods hold the advisory lock
+                with self.engine().connect() as conn:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_lock_shared({_PG_LOCK_ID})")
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock_shared({_PG_LOCK_ID})")
+            return self._anchors(key)[0]
+        finally:
+            os.close(fd)  # releases the lock
+
     def verify(self) -> Verification:
         """Check every entry's MAC, the sequence, the triggers and the anchor."""
         problems: list[str] = []
@@ -467,7 +480,13 @@ class AuditStore:
             by_seq[seq] = mac
             prev, expected_seq = mac, seq + 1
         head = entries[-1].seq if entries else 0
-        anchored = max(anchors, default=(0, GENESIS))
+        anchored = max(anchors, default=(0, GENESIS))  # read before the rows: never ahead of them
+        if anchors and anchored[0] < head:
+            # A writer may have committed entries after the anchor was read, and anchors each one
+            # right after its commit, under the anchor file's exclusive lock: wait for that lock
+            # (shared), then read the anchor again. What is still missing then was never anchored.
+            anchors = self._anchors_after_writers(key)
+            anchored = max(anchors, default=(0, GENESIS))
         if anchored[0] > head:
             problems.append(f"the anchor records entry {anchored[0]} but the log ends at entry {head}: "
                             + ("every entry was deleted" if head == 0 else "the last entries were deleted"))

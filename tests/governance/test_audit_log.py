@@ -203,3 +203,37 @@ def test_deleting_the_log_together_with_its_anchor_is_detected(tmp_path):
     (tmp_path / "audit.db").unlink()
     (tmp_path / "anchor.jsonl").unlink()
     assert "anchor" in problems(store_at(tmp_path))
+
+
+def test_verify_beside_a_writer_waits_for_its_anchor_instead_of_crying_tampering(audit, monkeypatch):
+    """A reader that verifies while a writer has committed an entry but not yet anchored it (the
+    approval sensor writing while `agentops approve --wait` polls) must not report the new entry
+    as "not anchored": that false alarm once failed a reviewer's `--wait` under load."""
+    import threading
+
+    from agentops_pipelines.governance import audit_log
+
+    real_check, paused, release = audit_log._anchor_check, threading.Event(), threading.Event()
+    writer: dict = {}
+
+    def check_then_pause_in_the_writer(key, seq, mac):  # record(): after the commit, before the anchor
+        if threading.current_thread() is writer.get("thread") and seq == 5 and not paused.is_set():
+            paused.set()
+            release.wait(10)
+        return real_check(key, seq, mac)
+
+    monkeypatch.setattr(audit_log, "_anchor_check", check_then_pause_in_the_writer)
+    writer["thread"] = threading.Thread(target=lambda: audit.record(
+        "approve", "support_agent", actor="bob", version=5, reason="ok"))
+    writer["thread"].start()
+    assert paused.wait(10), "the writer never reached its anchor"
+    result: dict = {}
+    reader = threading.Thread(target=lambda: result.setdefault("verification", audit.verify()))
+    reader.start()
+    reader.join(0.5)  # old code: returned at once with "entries 5..5 are not anchored"
+    release.set()
+    reader.join(10)
+    writer["thread"].join(10)
+    verification = result["verification"]
+    assert verification.ok, verification.problems
+    assert [e.seq for e in verification.entries][-1] == 5
