@@ -14,6 +14,10 @@ Layout under ``repo_dir`` (a folder under the state folder)::
         .staging/               temporary files, renamed into place. Not inside a view folder: dask
                                 reads EVERY *.parquet file there, hidden (.x / _x) ones included
 
+Each agent has its own store of this layout, ``repo_dir/agents/<agent>/`` with project
+``<project>_<agent>`` (:meth:`FeastResource.for_agent`): the assets use that, never the shared one,
+so one agent's ingest never overwrites another's partitions, registry entries or online values.
+
 The offline data sits next to the store's config (not in the lake) because Feast reads each view's
 folder as one dataset: everything in it must be a committed, schema-identical partition. The lake's
 gate decides what gets here; this folder is what Feast serves from.
