@@ -212,9 +212,8 @@ def test_lifecycle_on_postgres_and_redis(production):
 
     from agentops_pipelines.data.generator import customer_snapshot
     from agentops_pipelines.feature_repo.definitions import PROFILE_FEATURES
-    from agentops_pipelines.resources.feast import FeastResource
-
     from agentops_pipelines.features.online import agent_project
+    from agentops_pipelines.resources.feast import FeastResource
 
     project = agent_project(p.project, AGENT)  # each agent's features are their own project
     assert query(p.dbs["feast"], "SELECT project_id FROM projects") == [(project,)]

@@ -43,7 +43,10 @@ def _ingest(defs, instance, agent: str, seed: int):
 def _served_lookup(environ: dict[str, str], agent: str) -> dict[str, list]:
     """What a served model of ``agent`` reads: the environment its deployer gives it, read the
     way agentops_pipelines.agent.model reads it."""
-    from agentops_pipelines.resources.deployers import agent_serving_environment, serving_environment
+    from agentops_pipelines.resources.deployers import (
+        agent_serving_environment,
+        serving_environment,
+    )
 
     child = {**serving_environment(environ), **agent_serving_environment(serving_environment(environ), agent)}
     return OnlineLookup(config_from_environ(child, default_home(child)))(CUSTOMERS)
