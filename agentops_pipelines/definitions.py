@@ -120,7 +120,8 @@ def build_deployer(settings: Settings, agents: Sequence[str] | None = None):
         options: dict = {"prometheus_url": settings.prometheus_url or None}
         for field, value in (("image", settings.serving_image), ("namespace", settings.k8s_namespace),
                              ("mlflow_tracking_uri", settings.serving_mlflow_uri),
-                             ("inference_log_claim", settings.k8s_inference_log_claim)):
+                             ("inference_log_claim", settings.k8s_inference_log_claim),
+                             ("feast_project", settings.feast_project)):
             if value:
                 options[field] = value
         return KubernetesDeployer(**options)

@@ -88,6 +88,7 @@ def build_feature_assets(agent: Agent, dataset: dg.AssetsDefinition) -> list[dg.
                   if day - timedelta(days=29) <= date.fromisoformat(d) <= day]
         history = pd.concat([lake.read(dataset_table, d) for d in window], ignore_index=True)
         activity = activity_features(history, agent.escalation_tool, day)
+        feast = feast.for_agent(agent.name)  # this agent's project: other agents' values never mix
         written = feast.write_partition(day, profile, activity)
         feast.apply()
         start = datetime(day.year, day.month, day.day)
@@ -96,6 +97,7 @@ def build_feature_assets(agent: Agent, dataset: dg.AssetsDefinition) -> list[dg.
             "customers": len(profile),
             "active_customers": len(activity),
             "online_store": feast.online_store.split(",")[0] if feast.online_store != "sqlite" else "sqlite",
+            "feast_project": feast.project,
             "files": dg.MetadataValue.json({k: str(v) for k, v in written.items()}),
             "profile_preview": dg.MetadataValue.md(profile.head(5).to_markdown(index=False)),
         })
@@ -123,7 +125,7 @@ def build_feature_assets(agent: Agent, dataset: dg.AssetsDefinition) -> list[dg.
         if agent.feature_columns and has_customers(requests):
             entity = requests.rename(columns={"timestamp": "event_timestamp"})
             entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
-            joined = feast.historical_features(entity).rename(columns={"event_timestamp": "timestamp"})
+            joined = feast.for_agent(agent.name).historical_features(entity).rename(columns={"event_timestamp": "timestamp"})
         else:  # nothing to join: the neutral value for any feature a Python agent still reads
             joined = requests.assign(**{c: neutral_feature(c) for c in agent.feature_columns})
         joined["split"] = [split_of(r, config.holdout_share) for r in joined["request_id"].astype(str)]

@@ -189,6 +189,14 @@ def serving_environment(source: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def agent_serving_environment(source: Mapping[str, str], agent: str) -> dict[str, str]:
+    """The Feast variables naming ``agent``'s own feature store (project ``<project>_<agent>``,
+    its folder and file registry), so a served model reads its agent's features, never another's."""
+    from agentops_pipelines.features.online import agent_environ
+
+    return agent_environ(source, agent)
+
+
 def _argv(pid: int) -> list[str] | None:
     """The command line of ``pid``; None if it cannot be read."""
     try:
@@ -675,6 +683,7 @@ class LocalProcessDeployer(Deployer):
         if log_dir := self.inference_log_path(environment, model_uri):
             command += ["--inference-log-dir", str(log_dir)]
         env = serving_environment(os.environ)  # never the parent's token: only a configured one
+        env.update(agent_serving_environment(env, files.agent))
         env.pop(ADMIN_TOKEN_ENV, None)
         if self.admin_token:  # configured (compose): it wins
             env[ADMIN_TOKEN_ENV] = self.admin_token

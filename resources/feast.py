@@ -14,6 +14,10 @@ Layout under ``repo_dir`` (a folder under the state folder)::
         .staging/               temporary files, renamed into place. Not inside a view folder: dask
                                 reads EVERY *.parquet file there, hidden (.x / _x) ones included
 
+Each agent has its own store of this layout, ``repo_dir/agents/<agent>/`` with project
+``<project>_<agent>`` (:meth:`FeastResource.for_agent`): the assets use that, never the shared one,
+so one agent's ingest never overwrites another's partitions, registry entries or online values.
+
 The offline data sits next to the store's config (not in the lake) because Feast reads each view's
 folder as one dataset: everything in it must be a committed, schema-identical partition. The lake's
 gate decides what gets here; this folder is what Feast serves from.
@@ -48,6 +52,7 @@ from agentops_pipelines.feature_repo.definitions import (
     VIEW_FEATURES,
 )
 from agentops_pipelines.features.online import (  # one definition, shared with served models
+    AGENTS_FOLDER,
     FEATURES,
     OnlineLookup,
     StoreConfig,
@@ -140,6 +145,21 @@ class FeastResource(dg.ConfigurableResource):
         """The ``feature_store.yaml`` contents (plain data; nothing is created)."""
         return self.config.repo_config_dict()
 
+    def for_agent(self, agent: str) -> FeastResource:
+        """``agent``'s own feature store: project ``<project>_<agent>``, folder
+        ``repo_dir/agents/<agent>/`` (rendered config, SQLite online store, offline partitions;
+        a set ``offline_dir`` gets an ``agents/<agent>`` folder too) and, for a file registry, its
+        own registry file. Redis and a SQL registry are shared, keyed by project. So two agents
+        ingesting the same day never overwrite each other's partitions, registry entries or
+        online values; a served model of ``agent`` reads the same store (deployers pass
+        :func:`agentops_pipelines.features.online.agent_environ`)."""
+        scoped = self.config.for_agent(agent)
+        folder = Path(scoped.repo_dir).name
+        offline = str(Path(self.offline_dir) / AGENTS_FOLDER / folder) if self.offline_dir else ""
+        return FeastResource(repo_dir=str(scoped.repo_dir), registry=scoped.registry,
+                             online_store=self.online_store, project=scoped.project, offline_dir=offline,
+                             registry_cache_ttl_seconds=self.registry_cache_ttl_seconds)
+
     # ------------------------------------------------------------------ the store
     def _render(self) -> None:
         import yaml
@@ -162,7 +182,7 @@ class FeastResource(dg.ConfigurableResource):
                 + "from agentops_pipelines.feature_repo.definitions import feature_objects\n\n"
                 + f"customer, customer_profile, customer_activity = feature_objects(Path({str(self.offline_path)!r}))\n"
             ),
-            ".feastignore": "offline/\n",
+            ".feastignore": f"offline/\n{AGENTS_FOLDER}/\n",  # agents' repos are their own projects
         }
         for name, text in files.items():
             path = repo_dir / name
@@ -179,6 +199,8 @@ class FeastResource(dg.ConfigurableResource):
             from feast import FeatureStore, RepoConfig
 
             self._render()
+            if not _is_sql_url(self.registry) and "://" not in self.registry:
+                Path(self.registry).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
             repo_dir = Path(self.repo_dir).resolve()
             config = RepoConfig(repo_path=repo_dir, **self.repo_config_dict())
             self._store = FeatureStore(repo_path=str(repo_dir), config=config)

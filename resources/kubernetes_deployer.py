@@ -150,6 +150,7 @@ class KubernetesDeployer(Deployer):
     prometheus_url: str | None = None
     inference_log_claim: str = ""  # see ServingSpec: "" logs nothing
     inference_log_mount: str = "/var/lib/agentops/inference_log"
+    feast_project: str = "agentops"  # see ServingSpec: pods of agent A read project "<this>_A"
 
     _dynamic: Any = PrivateAttr(default=None)
 

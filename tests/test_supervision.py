@@ -22,6 +22,7 @@ from agentops_pipelines.cli import _serving_line
 from agentops_pipelines.resources.deployers import (
     DeploymentError,
     LocalProcessDeployer,
+    agent_serving_environment,
     serving_environment,
 )
 
@@ -287,7 +288,9 @@ def test_serving_processes_get_an_explicit_environment(deployer, registry):
         assert not set(PLANTED) & set(env)
         assert not any(value in PLANTED.values() for value in env.values())
         assert env["MLFLOW_TRACKING_URI"] == os.environ["MLFLOW_TRACKING_URI"] and "PATH" in env
-        assert set(env) <= set(serving_environment(os.environ))
+        # plus the agent's own Feast store (its project, folder and file registry)
+        assert set(env) <= set(serving_environment(os.environ)) | set(agent_serving_environment(os.environ, ALPHA))
+        assert env["AGENTOPS_FEAST_PROJECT"].endswith("_sup_alpha")
 
 
 @pytest.mark.slow

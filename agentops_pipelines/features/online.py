@@ -11,8 +11,9 @@ that process's edge; :class:`OnlineLookup` answers ``{column: values}`` for cust
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -21,6 +22,28 @@ from agentops_pipelines.feature_repo.definitions import FEATURE_DEFAULTS, FEATUR
 
 FEATURES: list[str] = [ref.split(":", 1)[1] for ref in FEATURE_REFS]
 _SQL_SCHEMES = {"postgresql", "postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle"}
+AGENTS_FOLDER = "agents"  # <feast dir>/agents/<agent>/: one agent's rendered config, store, offline data
+_NOT_PROJECT_CHAR = re.compile(r"[^A-Za-z0-9_]")
+
+
+def agent_project(project: str, agent: str) -> str:
+    """The Feast project holding ``agent``'s features: ``<project>_<agent>``, a valid Feast name
+    (letters, digits, underscores). Feast keys registry rows, SQLite online tables
+    (``<project>_<view>``) and Redis keys by project, so two agents never share a value."""
+    slug = _NOT_PROJECT_CHAR.sub("_", agent).strip("_")
+    if not slug:
+        raise ValueError(f"agent name {agent!r} gives no Feast project name")
+    return f"{project}_{slug}"
+
+
+def _agent_registry(registry: str, folder: str) -> str:
+    """A file registry per agent (``<dir>/agents/<agent>/<name>``): Feast rewrites a file
+    registry whole on every apply, so two agents applying at once would drop each other's
+    entries. A SQL registry is shared: its rows are per project, updated one by one."""
+    if is_sql_url(registry):
+        return registry
+    head, sep, name = registry.rstrip("/").rpartition("/")
+    return f"{head}{sep}{AGENTS_FOLDER}/{folder}/{name}"
 
 
 def is_sql_url(registry: str) -> bool:
@@ -77,6 +100,22 @@ class StoreConfig:
         return {"project": self.project, "provider": "local", "registry": registry, "online_store": online,
                 "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
 
+    def for_agent(self, agent: str) -> StoreConfig:
+        """``agent``'s own store: its project, folder (SQLite online store, rendered config) and,
+        for a file registry, registry file. Redis and a SQL registry are shared, keyed by project."""
+        project = agent_project(self.project, agent)
+        folder = project.removeprefix(f"{self.project}_")
+        return replace(self, repo_dir=Path(self.repo_dir) / AGENTS_FOLDER / folder,
+                       registry=_agent_registry(self.registry, folder), project=project)
+
+    def environ(self) -> dict[str, str]:
+        """The ``AGENTOPS_FEAST_*`` variables naming this store's folder, project and registry
+        file (not a SQL registry URL or the Redis string: those are shared, and may hold passwords)."""
+        out = {"AGENTOPS_FEAST_DIR": str(Path(self.repo_dir).resolve()), "AGENTOPS_FEAST_PROJECT": self.project}
+        if not is_sql_url(self.registry):
+            out["AGENTOPS_FEAST_REGISTRY"] = self.registry
+        return out
+
     @property
     def has_online_store(self) -> bool:
         """False for an embedded SQLite store nothing was materialized into yet."""
@@ -91,6 +130,12 @@ def config_from_environ(environ: Mapping[str, str], home: Path) -> StoreConfig:
         online_store=environ.get("AGENTOPS_FEAST_REDIS") or "sqlite",
         project=environ.get("AGENTOPS_FEAST_PROJECT") or "agentops",
     )
+
+
+def agent_environ(environ: Mapping[str, str], agent: str) -> dict[str, str]:
+    """The ``AGENTOPS_FEAST_*`` variables a serving process of ``agent`` gets: the store the
+    parent's ``environ`` names, scoped to ``agent`` (see :meth:`StoreConfig.for_agent`)."""
+    return config_from_environ(environ, default_home(environ)).for_agent(agent).environ()
 
 
 def default_home(environ: Mapping[str, str]) -> Path:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agentops_pipelines.features.online import agent_project
 from agentops_pipelines.k8s.naming import (
     ADMIN_TOKEN_ENV,
     ADMIN_TOKEN_KEY,
@@ -68,6 +69,9 @@ class ServingSpec:
     # named by pod. "" logs nothing.
     inference_log_claim: str = ""
     inference_log_mount: str = "/var/lib/agentops/inference_log"
+    # The Feast project prefix (AGENTOPS_FEAST_PROJECT of the code location): a pod of agent A reads
+    # project "<prefix>_A" (agentops_pipelines.features.online.agent_project), never another agent's.
+    feast_project: str = "agentops"
 
     def __post_init__(self) -> None:
         if not self.admin_token_secret.strip():
@@ -138,6 +142,7 @@ def _container(
         {"name": "AGENTOPS_SERVING_ROLE", "value": role},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
         {"name": "AGENTOPS_HOME", "value": "/tmp/agentops"},
+        {"name": "AGENTOPS_FEAST_PROJECT", "value": agent_project(spec.feast_project, agent)},
         # required: a pod does not start without the Secret (the deployer checks the key is not
         # empty before a rollout, and the server refuses to start without a token)
         {"name": ADMIN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {

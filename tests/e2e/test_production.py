@@ -212,18 +212,20 @@ def test_lifecycle_on_postgres_and_redis(production):
 
     from agentops_pipelines.data.generator import customer_snapshot
     from agentops_pipelines.feature_repo.definitions import PROFILE_FEATURES
+    from agentops_pipelines.features.online import agent_project
     from agentops_pipelines.resources.feast import FeastResource
 
-    assert query(p.dbs["feast"], "SELECT project_id FROM projects") == [(p.project,)]
+    project = agent_project(p.project, AGENT)  # each agent's features are their own project
+    assert query(p.dbs["feast"], "SELECT project_id FROM projects") == [(project,)]
     feast = FeastResource(repo_dir=str(p.settings.feast_dir), registry=p.settings.feast_registry,
-                          online_store=p.settings.feast_online_store, project=p.project)
+                          online_store=p.settings.feast_online_store, project=p.project).for_agent(AGENT)
     customers = [f"C{i:05d}" for i in range(1, 21)]
     online = feast.online_features(customers).set_index("customer_id")
     expected = customer_snapshot(date.fromisoformat(DAYS[-1])).set_index("customer_id").loc[customers]
     assert (online["plan_tier"] != "unknown").all()
     for name in PROFILE_FEATURES:
         assert online[name].tolist() == expected[name].tolist(), name
-    assert sum(1 for _ in _redis().scan_iter(match=f"*{p.project}", count=1000)) >= 2000
+    assert sum(1 for _ in _redis().scan_iter(match=f"*{project}", count=1000)) >= 2000
 
 
 @pytest.mark.slow
