@@ -97,7 +97,7 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
                 return dg.MaterializeResult(metadata={
                     "candidate_run_id": run_id, "applicable": False, "gate_passed": True,
                     "gate_reasons": dg.MetadataValue.json([f"not applicable: {reason}"])})
-            lookup = _feature_lookup(feast, [c.customer_id for c in cases], context.log)
+            lookup = _feature_lookup(feast.for_agent(agent.name), [c.customer_id for c in cases], context.log)
             cand = tg.evaluate_route(router_from_model(router, columns), cases, template, "candidate", lookup)
             champ, champ_mv = None, champion_version(client, baseline) if config.compare_champion else None
             if champ_mv is not None and champ_mv.run_id != run_id:
