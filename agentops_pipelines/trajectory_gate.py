@@ -80,8 +80,10 @@ def applicable(router: Any, cases: list[GoldenCase]) -> str | None:
     if not known:
         return None
     expected = {c.expected["tool"] for c in cases}
-    if not expected & {str(t) for t in known}:
-        return f"the router knows none of the golden cases' tools ({len(known)} other labels)"
+    missing = sorted(expected - {str(t) for t in known})
+    if missing:  # another agent's label set, even one sharing a name (BANKING77 has request_refund)
+        return (f"the router does not know the golden cases' tools {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''} ({len(known)} labels of its own)")
     return None
 
 

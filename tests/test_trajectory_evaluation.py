@@ -59,11 +59,12 @@ def test_a_router_that_hands_everything_over_is_refused_per_scorer_and_against_t
 def test_a_router_trained_on_other_labels_is_not_judged_on_the_support_desk(golden):
     _, cases = golden
 
-    class Banking:
-        classes = ["card_arrival", "lost_or_stolen_card"]
+    class Banking:  # BANKING77's labels include one of the support desk's tool names
+        classes = ["card_arrival", "lost_or_stolen_card", "request_refund"]
 
-    assert "knows none of the golden cases' tools" in tg.applicable(Banking(), cases)
-    assert tg.applicable(type("R", (), {"classes": ["track_order"]})(), cases) is None
+    assert "does not know the golden cases' tools" in tg.applicable(Banking(), cases)
+    support_desk = sorted({c.expected["tool"] for c in cases})
+    assert tg.applicable(type("R", (), {"classes": support_desk})(), cases) is None
 
 
 @pytest.mark.slow
