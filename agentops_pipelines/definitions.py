@@ -137,7 +137,9 @@ def build_definitions(settings: Settings | None = None, agents: Sequence[Agent] 
     """Every agent's lifecycle (default: ``AGENTS``) with the resources for ``settings``."""
     settings = settings or load_settings()
     if agents is None:  # the code location: every declared agent, and an LLM agent if configured
-        from agentops_pipelines.agent.llm.agent import configured_llm_agents  # none unless AGENTOPS_LLM_BASE_URL
+        from agentops_pipelines.agent.llm.agent import (
+            configured_llm_agents,  # none unless AGENTOPS_LLM_BASE_URL
+        )
 
         agents = [*AGENTS, *configured_llm_agents(settings)]
     agents = list(agents)

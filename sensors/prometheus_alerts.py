@@ -1,8 +1,10 @@
 """``prometheus_alert_sensor``: a firing alert of the agent → rollback to the last stable version.
 
 Only alerts labelled with this agent, an environment, and the version serving there now are acted
-on (an alert about a version already replaced is stale). The run key is the alert's fingerprint
-(a hash of its labels) and its start time: one rollback per alert episode, across daemon restarts.
+on (an alert about a version already replaced is stale). The run key names the environment, the
+version and when its serving process started: one rollback per serving episode of a bad version,
+however many of its alerts fire (error rate, latency, online scorer failures), across daemon
+restarts; the cursor remembers each alert (its labels' hash and start time) it has handled.
 """
 
 import hashlib
@@ -49,15 +51,23 @@ def build_prometheus_alert_sensor(agent, rollback_job: dg.JobDefinition) -> dg.S
                              f"(serving: {current.version if current else 'nothing'})")
                 seen.append(key)
                 continue
+            # Several alerts can fire for one bad version (error rate, latency, scorer failures):
+            # one rollback per serving episode of that version, whichever alert came first.
+            episode = f"rollback-{env}-{current.version}-{current.started_at}"
+            if episode in seen:
+                notes.append(f"{labels.get('alertname')} for version {version} in {env}: its rollback "
+                             "was already requested")
+                seen.append(key)
+                continue
             summary = alert.get("annotations", {}).get("summary", "")
             reason = f"{labels.get('alertname')} firing since {alert.get('activeAt')}" + (f": {summary}" if summary else "")
             requests.append(dg.RunRequest(
-                run_key=key,
+                run_key=episode,
                 run_config=dg.RunConfig(ops={f"{agent.name}_rollback": RollbackConfig(
                     environment=env, reason=reason, bad_version=current.version, actor="prometheus_alert_sensor")}),
                 tags={**rollout_tags(agent.name, env), "agentops/alert": labels.get("alertname", ""),
                       RunTag.VERSION: current.version}))
-            seen.append(key)
+            seen += [key, episode]
         cursor = json.dumps(seen[-MAX_REMEMBERED:])
         if not requests:
             context.update_cursor(cursor)

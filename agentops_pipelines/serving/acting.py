@@ -142,6 +142,23 @@ def split_trajectories(predictions: Any) -> tuple[Any, list[dict]]:
     return predictions.drop(columns=[TRAJECTORY_COLUMN]), trajectories
 
 
+class StepFailed(RuntimeError):
+    """A step of the served request failed on our side (the router raised, a tool's database was
+    down): the request is a server error (5xx), counted as such, so the error-rate alert and the
+    rollback loop see a failing model even though the executor answered politely."""
+
+
+def failed_trajectory(trajectories: list[dict]) -> StepFailed | None:
+    """The first row whose execution ended in ``error`` (not a business outcome such as a
+    rejected refund or invalid arguments), as the exception the request fails with."""
+    for t in trajectories:
+        if t and t.get("outcome") == "error":
+            step = next((s for s in t.get("steps") or [] if s.get("error")), None)
+            where = f"step {step['name']}: {step['error']}" if step else "no step recorded an error"
+            return StepFailed(f"request {t.get('request_id', '?')} failed in {where}")
+    return None
+
+
 def trace_steps(trajectory: dict) -> list[tuple]:
     """The trajectory's steps as the tracer's step records: ``(name, span type, start ns, end ns,
     details)``, details holding the step's inputs, outputs and error."""

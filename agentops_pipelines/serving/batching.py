@@ -281,7 +281,7 @@ def plain_rows(value: Any) -> Any:
     out = []
     for row in value.to_numpy(dtype=object).tolist():
         record = {}
-        for name, v in zip(names, row):
+        for name, v in zip(names, row, strict=True):
             if isinstance(v, float):
                 v = None if v != v else v
             elif isinstance(v, np.generic):

@@ -26,6 +26,8 @@ import pandas as pd
 
 from agentops_pipelines.serving.acting import (
     REQUEST_ID_COLUMN,
+    StepFailed,
+    failed_trajectory,
     flagged,
     split_trajectories,
     trace_steps,
@@ -144,17 +146,24 @@ def finish_invocation(
         predictions, features = result[0], result[1]
         steps = result[2] if len(result) > 2 else []
         predictions, trajectories = split_trajectories(predictions)
-        try:
-            out = predictions_json(predictions)
-        except Exception as e:
-            error = e
+        error = failed_trajectory(trajectories)
+        if error is None:
+            try:
+                out = predictions_json(predictions)
+            except Exception as e:
+                error = e
     if error is not None:
         state.log_model_error(served.model, error, p.request_id)
-        e = RequestError(500, "INTERNAL_ERROR", f"prediction failed: {type(error).__name__}: {error}")
+        if isinstance(error, StepFailed):  # the step's own error stays in the log and the trace
+            e = RequestError(500, "INTERNAL_ERROR", f"a step of the request failed on our side; "
+                                                    f"its trace is kept under request id {p.request_id}")
+        else:
+            e = RequestError(500, "INTERNAL_ERROR", f"prediction failed: {type(error).__name__}: {error}")
         p.marks["end"] = time.time_ns()
         state.record(
             served, role, 500, p.started, received=p.received, request_id=p.request_id,
-            error_code=e.error_code, error=e.message, frame=p.frame, marks=p.marks,
+            error_code=e.error_code, error=str(error), frame=p.frame, marks=p.marks,
+            **({"steps": trace_steps(trajectories[0])} if trajectories else {}),
         )  # fmt: skip
         return Response(500, error_body(e), JSON_CT, headers)
     p.marks["end"] = time.time_ns()

@@ -140,8 +140,11 @@ def test_two_agents_side_by_side_each_lifecycle_touches_only_its_own(defs, insta
     assert traffic[B].statuses and set(traffic[B].statuses) == {200}
     b_unchanged()
 
-    # -- an alert about A (version 2 in prod) rolls back A only; one about B, B only
-    api = AlertsAPI([alert(A, "2")])
+    # -- an alert about A (version 2 in prod) rolls back A only; one about B, B only. Two alerts
+    # firing for the same bad version (error rate and online scorer failures) roll it back once.
+    second = alert(A, "2")
+    second["labels"] = {**second["labels"], "alertname": "AgentOnlineScorerFailures"}
+    api = AlertsAPI([alert(A, "2"), second])
     try:
         prometheus = PrometheusResource(url=api.url)
         (rollback,) = evaluate(defs, instance, A, "prometheus_alert_sensor", prometheus=prometheus)[0]
