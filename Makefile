@@ -67,7 +67,7 @@ status: install
 	$(BIN)/agentops status
 
 test: install  ## set up and pass every test (real Postgres, Redis, Prometheus where installed)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 test-fast: install  ## the quick loop: everything but the slow and end-to-end tests (under 3 minutes)
 	$(BIN)/python -m pytest -q -m "not slow and not e2e" --ignore=tests/e2e

@@ -673,6 +673,9 @@ def compact_day(part: str | os.PathLike, grace_seconds: float = COMPACT_GRACE_SE
     import pyarrow.parquet as pq
 
     part = Path(part)
+    now = time.time()
+    if sum(1 for f in day_files(part) if now - f.stat().st_mtime >= grace_seconds) < 2:
+        return None  # nothing to merge: no lock file left behind in a folder that needs none
     with open(part / ".compact.lock", "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
