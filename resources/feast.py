@@ -213,8 +213,25 @@ class FeastResource(dg.ConfigurableResource):
         objects = feature_objects(self.offline_path)
         for view in VIEW_FEATURES:
             (self.offline_path / view).mkdir(parents=True, exist_ok=True)
-        self.store().apply(objects)
+        with self._writing():
+            self.store().apply(objects)
         return [obj.name for obj in objects]
+
+    def _writing(self):
+        """One writer at a time per store on this machine (a file lock in its repo folder): a
+        backfill runs days in parallel, and Feast rewrites a file registry whole on every apply
+        and writes the SQLite online store without retrying on its lock."""
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def locked():
+            Path(self.repo_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(self.repo_dir) / ".write.lock", "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield
+
+        return locked()
 
     # ------------------------------------------------------------------ offline partitions
     def _view_files(self, view: str) -> list[Path]:
@@ -305,7 +322,8 @@ class FeastResource(dg.ConfigurableResource):
         if days:
             end = max(end, datetime.combine(max(days), time(0), tzinfo=UTC) + ACTIVITY_LAG)
         if views:
-            self.store().materialize(start, end, feature_views=views)
+            with self._writing():
+                self.store().materialize(start, end, feature_views=views)
         return {"views": views, "start": start.isoformat(), "end": end.isoformat()}
 
     def historical_features(self, entity_df: pd.DataFrame) -> pd.DataFrame:
