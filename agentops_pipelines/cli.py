@@ -17,6 +17,7 @@ has exactly one agent (``agent_names``), so a command never picks an agent for y
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -212,16 +213,22 @@ def dev(port: int, mlflow_port: int) -> int:
         mlflow_ui = subprocess.Popen(mlflow_cmd, start_new_session=True,
                                      env=dict(env, MLFLOW_BACKEND_STORE_URI=settings.mlflow_tracking_uri))
     print(f"Dagster UI: http://127.0.0.1:{port}   MLflow UI: {ui_url}   (Ctrl-C stops both)", flush=True)
+    # dg dev and its webserver, daemon and code servers in a session of their own: Ctrl-C is
+    # forwarded to all of them, and a child that does not stop in time is killed with the rest
+    # (terminating dg alone left its children running and our wait unbounded).
     dagster = subprocess.Popen([str(dg), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)],
-                               cwd=settings.dagster_home, env=env)
+                               cwd=settings.dagster_home, env=env, start_new_session=True)
     try:
         return dagster.wait()
-    except KeyboardInterrupt:  # the terminal sent SIGINT to dg dev too: let it shut down cleanly
+    except KeyboardInterrupt:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dagster.pid, signal.SIGINT)  # dg dev's own clean shutdown
         try:
             dagster.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            dagster.terminate()
-            dagster.wait()
+            _stop_group(dagster)
         print("agentops dev: stopped", file=sys.stderr)
         return 130
     finally:

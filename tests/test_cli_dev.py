@@ -69,7 +69,7 @@ def test_dev_starts_quietly_links_follow_the_port_and_ctrl_c_is_clean(home, tmp_
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         try:
-            code = proc.wait(timeout=150)  # was 60: took longer in CI on 2026-12-02 (see the closing note)
+            code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
