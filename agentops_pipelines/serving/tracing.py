@@ -294,6 +294,7 @@ class Tracer:
         )  # fmt: skip
         if isinstance(root, NoOpSpan):
             return False
+        _write_each_trace_once()
         self._identify(root, job)
 
         def child(name, span_type, t0, t1, parent=root, inputs=None, outputs=None, attrs=None):
@@ -377,6 +378,24 @@ class Tracer:
                     self._experiments[run_id] = None
             return self._experiments[run_id]
         return None
+
+
+def _write_each_trace_once() -> None:
+    """Have MLflow write a finished trace in one go instead of span by span.
+
+    MLflow 3's exporter writes every span to a SQL tracking store as the span ends (a transaction
+    of about a dozen statements each) and then the trace. Our spans are made after the request,
+    all at once, so the per-span writes buy nothing: with them a 9-span trace cost 53 ms of CPU on
+    SQLite, without them 7.8 ms (the spans go with the trace as its data artifact, MLflow's path for
+    stores without span logging; ``mlflow.get_trace``, the UI and tag searches read them as
+    before). The exporter keeps this switch on itself (it turns it off when a store cannot log
+    spans); if a later MLflow drops it, nothing changes but the cost.
+    """
+    from mlflow.tracing.provider import _get_trace_exporter
+
+    exporter = _get_trace_exporter()
+    if getattr(exporter, "_store_supports_log_spans", False):
+        exporter._store_supports_log_spans = False
 
 
 def _step_span(agent, name, span_type, t0, t1, details: dict) -> None:
