@@ -70,8 +70,10 @@ class AgentModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         """Where it is served, look customers' features up in the online store (Feast).
 
-        The store comes from the serving process's environment (``AGENTOPS_HOME``,
-        ``AGENTOPS_FEAST_*``: the variables the code location's settings read), through the plain
+        The store is this agent's own (its Feast project), found from the serving process's
+        environment (``AGENTOPS_HOME``, ``AGENTOPS_FEAST_*``: the variables the code location's
+        settings read; a deployer sets the agent's, ``mlflow models serve`` may have only the
+        state folder), through the plain
         lookup module the Feast resource uses too: a served model imports nothing from the code
         location's resources. Without a store, features the caller did not send are filled with
         neutral values, and the reason is logged once.
@@ -81,13 +83,9 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         try:
             import os
 
-            from agentops_pipelines.features.online import (
-                OnlineLookup,
-                config_from_environ,
-                default_home,
-            )
+            from agentops_pipelines.features.online import OnlineLookup, served_config
 
-            config = config_from_environ(os.environ, default_home(os.environ))  # this process's edge
+            config = served_config(os.environ, self.agent_name)  # this process's edge
             if not config.has_online_store:
                 log.warning("no online store at %s: features not sent are filled with defaults", config.repo_dir)
                 return

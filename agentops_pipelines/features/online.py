@@ -103,10 +103,19 @@ class StoreConfig:
     def for_agent(self, agent: str) -> StoreConfig:
         """``agent``'s own store: its project, folder (SQLite online store, rendered config) and,
         for a file registry, registry file. Redis and a SQL registry are shared, keyed by project."""
+        if self.is_scoped_to(agent):  # a deployer already gave this process the agent's store
+            return self
         project = agent_project(self.project, agent)
         folder = project.removeprefix(f"{self.project}_")
         return replace(self, repo_dir=Path(self.repo_dir) / AGENTS_FOLDER / folder,
                        registry=_agent_registry(self.registry, folder), project=project)
+
+    def is_scoped_to(self, agent: str) -> bool:
+        """Whether this is already ``agent``'s own store (its folder and project)."""
+        folder = agent_project("x", agent).removeprefix("x_")
+        repo_dir = Path(self.repo_dir)
+        return (repo_dir.name == folder and repo_dir.parent.name == AGENTS_FOLDER
+                and self.project.endswith(f"_{folder}"))
 
     def environ(self) -> dict[str, str]:
         """The ``AGENTOPS_FEAST_*`` variables naming this store's folder, project and registry
@@ -136,6 +145,13 @@ def agent_environ(environ: Mapping[str, str], agent: str) -> dict[str, str]:
     """The ``AGENTOPS_FEAST_*`` variables a serving process of ``agent`` gets: the store the
     parent's ``environ`` names, scoped to ``agent`` (see :meth:`StoreConfig.for_agent`)."""
     return config_from_environ(environ, default_home(environ)).for_agent(agent).environ()
+
+
+def served_config(environ: Mapping[str, str], agent: str) -> StoreConfig:
+    """The store a served model of ``agent`` reads: the one its process's environment names,
+    scoped to the agent. A deployer sets the agent's ``AGENTOPS_FEAST_*`` variables already;
+    ``mlflow models serve`` or an in-process evaluation may have only ``AGENTOPS_HOME``."""
+    return config_from_environ(environ, default_home(environ)).for_agent(agent)
 
 
 def default_home(environ: Mapping[str, str]) -> Path:

@@ -24,6 +24,7 @@ from agentops_pipelines.features.online import (
     agent_project,
     config_from_environ,
     default_home,
+    served_config,
 )
 from tests.isolation.conftest import A, B
 
@@ -93,9 +94,14 @@ def test_two_agents_ingesting_the_same_day_keep_their_own_features(defs, instanc
         expected = customer_snapshot(day, seed=seed).set_index("customer_id").loc[CUSTOMERS]
         online = scoped.online_features(CUSTOMERS).set_index("customer_id")
         served = pd.DataFrame(_served_lookup(dict(os.environ), agent)).set_index("customer_id")
+        # a served model given only the state folder (`mlflow models serve`, an in-process
+        # evaluation) reads its own agent's store too, not the unscoped project (before: defaults)
+        bare = {"AGENTOPS_HOME": os.environ["AGENTOPS_HOME"]}
+        alone = pd.DataFrame(OnlineLookup(served_config(bare, agent))(CUSTOMERS)).set_index("customer_id")
         for name in differing:
             assert online[name].tolist() == expected[name].tolist(), (agent, name)
             assert served[name].tolist() == expected[name].tolist(), (agent, name, "served")
+            assert alone[name].tolist() == expected[name].tolist(), (agent, name, "served with AGENTOPS_HOME only")
     assert len(paths) == 2  # each agent's offline partitions in its own folder
     # nothing was written to the shared (unscoped) project's offline folder
     assert not feast.partition_path("customer_profile", day).exists()
@@ -165,6 +171,11 @@ def test_agent_projects_are_valid_feast_names_and_distinct(tmp_path):
     # are not re-exported by the per-agent variables
     assert sql.for_agent(A).registry == sql.registry
     assert "AGENTOPS_FEAST_REGISTRY" not in sql.for_agent(A).environ()
+    # scoping twice is scoping once: a deployer's child environment already names the agent's store
+    assert a.for_agent(A) == a and a.for_agent(B) != a
+    child = {"AGENTOPS_HOME": str(tmp_path), **agent_environ({"AGENTOPS_HOME": str(tmp_path)}, A)}
+    assert served_config(child, A) == served_config({"AGENTOPS_HOME": str(tmp_path)}, A)
+    assert served_config(child, A).project == agent_project("agentops", A)
 
 
 def test_kubernetes_pods_read_their_agents_project():
