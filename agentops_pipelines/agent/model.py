@@ -218,11 +218,13 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         n = len(frame)
         ids = columns.get(REQUEST_ID_COLUMN) or [uuid.uuid4().hex] * n
         customers = columns.get("customer_id") or [""] * n
+        decisions = self._decide_batch(columns, n)
         rows = []
         for i in range(n):
             rid = str(ids[i]) if i == 0 or ids[i] != ids[0] else f"{ids[0]}.{i}"
             features = {c: _plain(columns[c][i]) for c in self.feature_columns}
-            t = executor.run(rid, str(columns["text"][i]), str(customers[i] or ""), features=features)
+            t = executor.run(rid, str(columns["text"][i]), str(customers[i] or ""), features=features,
+                             decision=decisions[i] if decisions else None)
             trajectory = t.to_dict()
             calls = [{"tool": c["tool"], "arguments": c["arguments"], "outcome": c["outcome"]}
                      for c in trajectory["tool_calls"]]
@@ -238,6 +240,22 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         for j, c in enumerate(names):
             values[:, j] = columns[c]
         return out, pd.DataFrame(values, columns=names), []
+
+    def _decide_batch(self, columns: dict[str, list], n: int) -> list[tuple[str, float, float]] | None:
+        """The trained router asked once for a micro-batch of ``n`` rows: (tool, confidence, this
+        row's share of the routing milliseconds) per row. A vectorised router costs about the
+        same for 32 rows as for one, so asking it per row was ~15% of a saturated server's CPU.
+        None (each row decides on its own, and a failure stays that row's) for one row, for an
+        LLM router (``decide``: one call per request), or when the batch call fails."""
+        if n < 2 or callable(getattr(self.router, "decide", None)):
+            return None
+        start = time.perf_counter()
+        try:
+            tools, confidence = self._route(columns)
+        except Exception:  # noqa: BLE001 - the rows' own decide steps record the error
+            return None
+        share = (time.perf_counter() - start) * 1000 / n
+        return [(tools[i], confidence[i], share) for i in range(n)]
 
     def predict_traced(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """The same as :meth:`predict`, one MLflow trace per request with a span per step."""

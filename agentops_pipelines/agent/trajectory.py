@@ -217,7 +217,11 @@ class Executor:
         self.feature_lookup = feature_lookup
 
     def run(self, request_id: str, text: str, customer_id: str, *, confirmed: bool = False,
-            features: Mapping[str, Any] | None = None) -> Trajectory:
+            features: Mapping[str, Any] | None = None,
+            decision: tuple[str, float, float] | None = None) -> Trajectory:
+        """Serve one request. ``decision``: (tool, confidence, milliseconds) when the router was
+        already asked for a whole micro-batch at once (``AgentModel.predict_acting``); the decide
+        step then records it, with the row's share of the batch's routing time as its latency."""
         t0 = time.perf_counter()
         traj = Trajectory(request_id, customer_id, text)
 
@@ -250,8 +254,12 @@ class Executor:
         context = step("fetch_context", "context", {"customer_id": customer_id},
                        lambda: self._context(customer_id, features))
         ctx = context.outputs
+        decided = decision
         decision = step("decide", "decision", {"text": text, "features": ctx.get("features", {})},
-                        lambda: self._decide(text, ctx.get("features", {})))
+                        lambda: self._decide(text, ctx.get("features", {})) if decided is None
+                        else {"tool": str(decided[0]), "confidence": float(decided[1])})
+        if decided is not None:
+            decision.latency_ms = decided[2]
         if decision.error:
             return self._finish(traj, t0, "error", "Sorry, something went wrong on our side; a colleague will follow up.")
         traj.tool, traj.confidence = decision.outputs["tool"], decision.outputs["confidence"]

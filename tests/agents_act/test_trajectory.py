@@ -154,3 +154,61 @@ def test_the_trained_support_desk_router_drives_the_executor(actions, sor):
     assert ev.metrics["policy_compliance/mean"] == 1.0
     decided = [s for s in ev.per_step.itertuples() if s.step == "decide"]
     assert decided[0].count == 60 and decided[0].errors == 0
+
+
+class _KeywordRouter:
+    """A vectorised router (``predict_columns``) that counts how often it is asked."""
+
+    classes = ["track_order", "request_refund", "escalate_to_human"]
+
+    def __init__(self, fail: bool = False):
+        self.calls, self.fail = [], fail
+
+    def predict_columns(self, columns, n):
+        self.calls.append(n)
+        if self.fail and n > 1:
+            raise RuntimeError("batch path down")
+        tools = ["request_refund" if "refund" in t else "track_order" for t in columns["text"]]
+        return tools, [0.9 if t == "request_refund" else 0.7 for t in tools]
+
+
+def _acting_model(router):
+    from agentops_pipelines.agent.model import AgentModel
+
+    return AgentModel("support_agent", router, [], {t: t for t in router.classes}, "escalate_to_human",
+                      "{text}", "prompts:/support/1")
+
+
+def test_a_micro_batch_asks_the_router_once_and_each_row_keeps_its_own_path(actions, sor):
+    """Serving routes a micro-batch of rows in one router call (it was one call per row: ~15% of
+    a saturated server); every row's trajectory still has its own decide step and outcome, the
+    same as when the rows are served one at a time."""
+    import pandas as pd
+
+    row = an_order(sor, db.orders.c.status == "in_transit")
+    texts = [f"where is my order #{row.order_id}?", "refund order #O99999 please", "where is my parcel"]
+    batch = pd.DataFrame({"text": texts, "customer_id": [row.customer_id] * 3, "request_id": ["b1", "b2", "b3"]})
+    router = _KeywordRouter()
+    model = _acting_model(router)
+    together, _, _ = model.predict_acting(model.executor(actions), batch)
+    assert router.calls == [3]  # one call for the three rows, none per row
+    alone = [model.predict_acting(model.executor(actions), batch.iloc[[i]].reset_index(drop=True))[0]
+             for i in range(3)]
+    assert router.calls[1:] == [1, 1, 1]
+    for i in range(3):
+        assert together["tool"][i] == alone[i]["tool"][0] and together["outcome"][i] == alone[i]["outcome"][0]
+        decide = next(s for s in together["_trajectory"][i]["steps"] if s["name"] == "decide")
+        assert decide["error"] is None and decide["latency_ms"] >= 0
+    assert list(together["tool"]) == ["track_order", "request_refund", "track_order"]
+
+
+def test_a_failing_batch_call_falls_back_to_each_rows_own_decision(actions, sor):
+    router = _KeywordRouter(fail=True)
+    model = _acting_model(router)
+    import pandas as pd
+
+    batch = pd.DataFrame({"text": ["refund please", "where is it"], "customer_id": ["C00001", "C00002"],
+                          "request_id": ["f1", "f2"]})
+    out, _, _ = model.predict_acting(model.executor(actions), batch)
+    assert router.calls == [2, 1, 1]  # the batch call failed, each row then asked on its own
+    assert list(out["tool"]) == ["request_refund", "track_order"]
