@@ -219,12 +219,15 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         ids = columns.get(REQUEST_ID_COLUMN) or [uuid.uuid4().hex] * n
         customers = columns.get("customer_id") or [""] * n
         decisions = self._decide_batch(columns, n)
+        # the micro-batch's customers in one read (one query per row was ~8% of a saturated server)
+        found = executor.customers([str(c or "") for c in customers]) if n > 1 else None
         rows = []
         for i in range(n):
             rid = str(ids[i]) if i == 0 or ids[i] != ids[0] else f"{ids[0]}.{i}"
             features = {c: _plain(columns[c][i]) for c in self.feature_columns}
             t = executor.run(rid, str(columns["text"][i]), str(customers[i] or ""), features=features,
-                             decision=decisions[i] if decisions else None)
+                             decision=decisions[i] if decisions else None,
+                             customer=found[i] if found else None)
             trajectory = t.to_dict()
             calls = [{"tool": c["tool"], "arguments": c["arguments"], "outcome": c["outcome"]}
                      for c in trajectory["tool_calls"]]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,10 +202,11 @@ def answer_for(tool: str, result: ToolResult, handover: ToolResult | None = None
 _OPEN = (sa.select(sa.func.count()).select_from(db.orders)
          .where(db.orders.c.customer_id == db.customers.c.customer_id,
                 db.orders.c.status.in_(("placed", "shipped", "in_transit"))).scalar_subquery())
-_CONTEXT = (sa.select(db.customers.c.customer_id, db.customers.c.name, db.subscriptions.c.plan_tier,
-                      db.subscriptions.c.status, _OPEN.label("open_orders"))
-            .join(db.subscriptions, db.subscriptions.c.customer_id == db.customers.c.customer_id, isouter=True)
-            .where(db.customers.c.customer_id == sa.bindparam("cid")))
+_CUSTOMER = (sa.select(db.customers.c.customer_id, db.customers.c.name, db.subscriptions.c.plan_tier,
+                       db.subscriptions.c.status, _OPEN.label("open_orders"))
+             .join(db.subscriptions, db.subscriptions.c.customer_id == db.customers.c.customer_id, isouter=True))
+_CONTEXT = _CUSTOMER.where(db.customers.c.customer_id == sa.bindparam("cid"))
+_CONTEXTS = _CUSTOMER.where(db.customers.c.customer_id.in_(sa.bindparam("cids", expanding=True)))
 
 
 class Executor:
@@ -218,10 +219,12 @@ class Executor:
 
     def run(self, request_id: str, text: str, customer_id: str, *, confirmed: bool = False,
             features: Mapping[str, Any] | None = None,
-            decision: tuple[str, float, float] | None = None) -> Trajectory:
+            decision: tuple[str, float, float] | None = None,
+            customer: tuple[Any, float] | None = None) -> Trajectory:
         """Serve one request. ``decision``: (tool, confidence, milliseconds) when the router was
         already asked for a whole micro-batch at once (``AgentModel.predict_acting``); the decide
-        step then records it, with the row's share of the batch's routing time as its latency."""
+        step then records it, with the row's share of the batch's routing time as its latency.
+        ``customer``: (row or None, milliseconds) likewise, from :meth:`customers`."""
         t0 = time.perf_counter()
         traj = Trajectory(request_id, customer_id, text)
 
@@ -252,7 +255,9 @@ class Executor:
             return holder[0]
 
         context = step("fetch_context", "context", {"customer_id": customer_id},
-                       lambda: self._context(customer_id, features))
+                       lambda: self._context(customer_id, features, customer))
+        if customer is not None:
+            context.latency_ms = customer[1]
         ctx = context.outputs
         decided = decision
         decision = step("decide", "decision", {"text": text, "features": ctx.get("features", {})},
@@ -296,9 +301,28 @@ class Executor:
         traj.latency_ms = (time.perf_counter() - t0) * 1000
         return traj
 
-    def _context(self, customer_id: str, features: Mapping[str, Any] | None) -> dict:
-        with self.actions.sor.read() as conn:
-            row = conn.execute(_CONTEXT, {"cid": customer_id}).first()
+    def customers(self, customer_ids: Sequence[str]) -> list[tuple[Any, float]] | None:
+        """The customers of a micro-batch in one query: (row or None, this row's share of the
+        milliseconds) per id, for :meth:`run`'s ``customer``. None when the read fails: each
+        request then reads (and records its failure) on its own."""
+        start = time.perf_counter()
+        try:
+            with self.actions.sor.read() as conn:
+                found: dict = {}
+                for r in conn.execute(_CONTEXTS, {"cids": sorted(set(customer_ids))}):
+                    found.setdefault(r.customer_id, r)  # the first row, as ``.first()`` takes one
+        except Exception:  # noqa: BLE001 - the rows' own fetch_context steps record the error
+            return None
+        share = (time.perf_counter() - start) * 1000 / max(1, len(customer_ids))
+        return [(found.get(c), share) for c in customer_ids]
+
+    def _context(self, customer_id: str, features: Mapping[str, Any] | None,
+                 customer: tuple[Any, float] | None = None) -> dict:
+        if customer is not None:
+            row = customer[0]
+        else:
+            with self.actions.sor.read() as conn:
+                row = conn.execute(_CONTEXT, {"cid": customer_id}).first()
         if row is None:
             raise LookupError(f"customer_id: no customer {customer_id}")
         feats = dict(features) if features is not None else self._features(customer_id)

@@ -187,7 +187,8 @@ def test_a_micro_batch_asks_the_router_once_and_each_row_keeps_its_own_path(acti
 
     row = an_order(sor, db.orders.c.status == "in_transit")
     texts = [f"where is my order #{row.order_id}?", "refund order #O99999 please", "where is my parcel"]
-    batch = pd.DataFrame({"text": texts, "customer_id": [row.customer_id] * 3, "request_id": ["b1", "b2", "b3"]})
+    batch = pd.DataFrame({"text": texts, "customer_id": [row.customer_id, "C00002", "C99999"],
+                          "request_id": ["b1", "b2", "b3"]})
     router = _KeywordRouter()
     model = _acting_model(router)
     together, _, _ = model.predict_acting(model.executor(actions), batch)
@@ -197,8 +198,13 @@ def test_a_micro_batch_asks_the_router_once_and_each_row_keeps_its_own_path(acti
     assert router.calls[1:] == [1, 1, 1]
     for i in range(3):
         assert together["tool"][i] == alone[i]["tool"][0] and together["outcome"][i] == alone[i]["outcome"][0]
-        decide = next(s for s in together["_trajectory"][i]["steps"] if s["name"] == "decide")
-        assert decide["error"] is None and decide["latency_ms"] >= 0
+        steps = {s["name"]: s for s in together["_trajectory"][i]["steps"]}
+        alone_steps = {s["name"]: s for s in alone[i]["_trajectory"][0]["steps"]}
+        assert steps["decide"]["error"] is None and steps["decide"]["latency_ms"] >= 0
+        # the customer read once for the batch: the same context, or the same error, per row
+        assert steps["fetch_context"]["outputs"] == alone_steps["fetch_context"]["outputs"]
+        assert steps["fetch_context"]["error"] == alone_steps["fetch_context"]["error"]
+    assert together["_trajectory"][2]["steps"][0]["error"] == "LookupError: customer_id: no customer C99999"
     assert list(together["tool"]) == ["track_order", "request_refund", "track_order"]
 
 
