@@ -36,6 +36,7 @@ SNAPSHOT_EVERY_S = 0.2
 FLUSH_EVERY_S = 5.0
 FLUSH_ROWS = 50
 MAX_DATAGRAM = 1 << 20
+BATCH_JOBS = 32  # jobs read at once by the worker (the challenger runs them as one batch)
 
 
 def dataset_name(agent: str) -> str:
@@ -256,7 +257,37 @@ class _Worker:
             self.send(force=True)
         return kind != "stop"
 
-    def request(self, job: dict) -> None:
+    def handle_many(self, jobs: list[dict]) -> bool:
+        """Jobs that arrived together, in order; the shadow requests among consecutive request
+        jobs run as one batch (one router call, one customer read). False after "stop"."""
+        running, batch = True, []
+        for job in jobs:
+            if job.get("kind", "request") == "request" and not self.draining:
+                batch.append(job)
+                continue
+            self.requests(batch)
+            batch = []
+            try:
+                running = self.handle(job) and running
+            except Exception:
+                logger.exception("the evaluation worker failed on a %s job", job.get("kind"))
+        self.requests(batch)
+        return running
+
+    def requests(self, jobs: list[dict]) -> None:
+        if not jobs:
+            return
+        try:
+            scores = [self.request(job, shadow=False) for job in jobs]
+        except Exception:
+            logger.exception("the evaluation worker failed on %d requests", len(jobs))
+            return
+        shadowed = [(job, s) for job, s in zip(jobs, scores, strict=True)
+                    if self.challenger is not None and job.get("shadow")]
+        if shadowed:
+            self.shadow_many(shadowed)
+
+    def request(self, job: dict, shadow: bool = True) -> dict | None:
         from agentops_pipelines.agent.scorers import live_scores
 
         primary = job["trajectory"]
@@ -278,23 +309,32 @@ class _Worker:
                     "tags": {"agentops.request_id": job["request_id"], "agentops.model_version": job.get("version", ""),
                              "agentops.environment": self.environment, "source": "online_evaluation"},
                 })
-        if self.challenger is not None and job.get("shadow"):
-            self.shadow(job, primary, scores)
+        if shadow and self.challenger is not None and job.get("shadow"):
+            self.shadow_many([(job, scores)])
+        return scores
 
-    def shadow(self, job: dict, primary: dict, scores: dict | None) -> None:
+    def shadow_many(self, pairs: list[tuple[dict, dict | None]]) -> None:
+        """The challenger on these requests (one batch), each compared with the primary."""
         from agentops_pipelines.agent.scorers import live_scores
 
-        scores = scores or live_scores(primary)
+        primaries = [job["trajectory"] for job, _ in pairs]
         try:
-            theirs = self.challenger.run(job["request_id"], primary.get("text") or "",
-                                         primary.get("customer_id") or "", job.get("features") or {})
-            challenger_pass = all(live_scores(theirs).values())
-            same_tool = theirs.get("tool") == primary.get("tool")
-        except Exception as e:  # noqa: BLE001 - a failing challenger is evidence, not a crash
-            logger.warning("shadow challenger failed on %s: %s: %s", job["request_id"], type(e).__name__, e)
-            self.comparison.challenger_errors += 1
-            challenger_pass, same_tool = False, False
-        self.comparison.add(all(scores.values()), challenger_pass, same_tool)
+            theirs_all = self.challenger.run_many([
+                (job["request_id"], p.get("text") or "", p.get("customer_id") or "", job.get("features") or {})
+                for (job, _), p in zip(pairs, primaries, strict=True)])
+        except Exception as e:  # noqa: BLE001 - the whole batch failed: each request's failure
+            theirs_all = [e] * len(pairs)
+        for (job, scores), primary, theirs in zip(pairs, primaries, theirs_all, strict=True):
+            scores = scores or live_scores(primary)
+            if isinstance(theirs, Exception):  # a failing challenger is evidence, not a crash
+                logger.warning("shadow challenger failed on %s: %s: %s", job["request_id"],
+                               type(theirs).__name__, theirs)  # fmt: skip
+                self.comparison.challenger_errors += 1
+                challenger_pass, same_tool = False, False
+            else:
+                challenger_pass = all(live_scores(theirs).values())
+                same_tool = theirs.get("tool") == primary.get("tool")
+            self.comparison.add(all(scores.values()), challenger_pass, same_tool)
         self.state["shadow"] = self.comparison.summary()
 
     def shadow_load(self, job: dict) -> None:
@@ -415,9 +455,18 @@ def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, exper
             continue
         except OSError:
             break
-        try:
-            running = worker.handle(pickle.loads(data))
-        except Exception:
-            logger.exception("the evaluation worker failed on a job")
+        batch = [data]
+        jobs.setblocking(False)  # what else has arrived: served together, the shadow as one batch
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while len(batch) < BATCH_JOBS:
+                batch.append(jobs.recv(MAX_DATAGRAM))
+        jobs.settimeout(1.0)
+        loaded = []
+        for d in batch:
+            try:
+                loaded.append(pickle.loads(d))
+            except Exception:
+                logger.exception("the evaluation worker could not read a job")
+        running = worker.handle_many(loaded)
         worker.tick()
     worker.send(force=True)

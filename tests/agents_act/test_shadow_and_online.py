@@ -153,3 +153,36 @@ def test_status_shows_the_shadow_evidence_to_reviewers():
     note = _shadow_note(evidence_tags(few.summary()))
     assert note.startswith("; shadow vs v3: no_difference over 40 requests") and "McNemar p=1.0" in note
     assert _shadow_note({"approval_status": "pending"}) == ""
+
+
+def test_the_worker_runs_requests_that_arrive_together_as_one_shadow_batch(sor, tmp_path):
+    """Requests the evaluation worker reads together are shadowed as one batch (the challenger's
+    router asked once, its customers read once), each still compared with its primary, and the
+    dry-run challenger writes nothing; a command between requests keeps its place."""
+    import socket
+
+    from agentops_pipelines.serving.online_eval import _Worker
+    from agentops_pipelines.serving.shadow import Challenger
+    from tests.agents_act.test_trajectory import _acting_model, _KeywordRouter
+
+    router = _KeywordRouter()
+    model = _acting_model(router)
+    challenger = Challenger.__new__(Challenger)  # as loaded from the registry, minus the loading
+    challenger.model, challenger.sor, challenger.version = model, sor, "2"
+    challenger.executor = model.executor(Actions(sor, Policy(), dry_run=True))
+    primary = Executor(Actions(sor), lambda text, f: ("track_order", 0.7))
+    row = delivered(sor)
+    texts = ["where is my order", f"refund order #{row.order_id} please", "where is it", "track it"]
+    jobs = [{"kind": "request", "request_id": f"p-{i}", "shadow": True, "features": {},
+             "trajectory": primary.run(f"p-{i}", text, row.customer_id).to_dict()}
+            for i, text in enumerate(texts)]
+    results, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    worker = _Worker(results, "support_agent", "dev", "", 100.0, None)
+    worker.challenger, worker.comparison = challenger, Comparison("1", "2")
+    before = writes(sor)
+    assert worker.handle_many([*jobs[:3], {"kind": "flush"}, jobs[3]]) is True
+    assert router.calls == [3, 1]  # three together, then the one after the command
+    summary = worker.comparison.summary()
+    assert summary["requests"] == 4 and summary["challenger_errors"] == 0
+    assert summary["same_tool"] == 3  # the refund request: the challenger chose request_refund
+    assert writes(sor) == before
