@@ -218,3 +218,20 @@ def test_a_failing_batch_call_falls_back_to_each_rows_own_decision(actions, sor)
     out, _, _ = model.predict_acting(model.executor(actions), batch)
     assert router.calls == [2, 1, 1]  # the batch call failed, each row then asked on its own
     assert list(out["tool"]) == ["request_refund", "track_order"]
+
+
+def test_the_served_one_step_answers_what_predict_answers():
+    """The serving path's one-step prediction (object-block frames, no per-column pandas
+    conversion) answers the same rows, with the same values and features, as the pyfunc's
+    typed ``predict``."""
+    import pandas as pd
+
+    model = _acting_model(_KeywordRouter())
+    batch = pd.DataFrame({"text": ["refund my order", "where is my parcel"], "customer_id": ["C00001", "C00002"]})
+    typed = model.predict(None, batch)
+    served, features, steps = model.predict_with_steps(batch)
+    assert list(served.columns) == list(typed.columns)
+    assert served.to_dict("records") == typed.to_dict("records")
+    assert [type(v) for v in served.iloc[0]] == [str, float, bool, str, str, str]
+    assert list(features.columns) == list(model.feature_columns) and len(features) == 2
+    assert [s[0] for s in steps] == ["feature_lookup", "route", "tool"]
