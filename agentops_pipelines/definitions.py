@@ -126,7 +126,8 @@ def build_deployer(settings: Settings, agents: Sequence[str] | None = None,
     if settings.deployer == "kubernetes":
         from agentops_pipelines.resources.kubernetes_deployer import KubernetesDeployer
 
-        options: dict = {"prometheus_url": settings.prometheus_url or None}
+        options: dict = {"prometheus_url": settings.prometheus_url or None,
+                         "agent_secret_env": {agent: list(names) for agent, names in (agent_secret_env or {}).items()}}
         for field, value in (("image", settings.serving_image), ("namespace", settings.k8s_namespace),
                              ("mlflow_tracking_uri", settings.serving_mlflow_uri),
                              ("inference_log_claim", settings.k8s_inference_log_claim),

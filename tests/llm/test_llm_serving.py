@@ -64,6 +64,30 @@ def test_the_deployer_passes_the_key_to_llm_agents_only(llm_settings, monkeypatc
     assert build_definitions(load_settings()).resources["deployer"].agent_secret_env == {}
 
 
+def test_on_kubernetes_only_the_llm_agents_pods_read_the_key_from_a_secret(llm_settings, monkeypatch):
+    from dataclasses import replace
+
+    from agentops_pipelines.definitions import build_definitions
+    from agentops_pipelines.k8s.render import render_manifests
+
+    monkeypatch.setenv("AGENTOPS_DEPLOYER", "kubernetes")
+    from agentops_pipelines.resources.settings import load_settings
+
+    deployer = build_definitions(load_settings()).resources["deployer"]
+    spec = deployer.spec_for("dev")
+    assert set(spec.agent_secret_env) == {(agent, KEY) for agent in LLM_AGENTS}
+
+    def env_of(agent: str) -> dict:
+        manifests = render_manifests(agent, "dev", "1", f"models:/{agent}/1", spec=replace(spec, admin_token_secret="t"))
+        deployment = next(m for m in manifests if m["kind"] == "Deployment")
+        return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    ref = env_of("support_llm_agent")[KEY]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "agentops-support-llm-agent-secrets", "key": KEY, "optional": False}
+    assert KEY not in env_of("support_agent")  # another agent's pods never reference it
+    assert "sk-only-for-llm-agents" not in str(env_of("support_llm_agent"))  # a reference, not the value
+
+
 def test_agents_declare_an_endpoint_or_not():
     from agentops_pipelines.agent.llm.agent import SupportDeskLLMAgent
     from agentops_pipelines.agent.support_desk import SupportDeskAgent
