@@ -451,10 +451,10 @@ def _serving_line(deployer, environment: str, agent: str | None = None) -> str:
 
 def _resources(settings=None) -> dict:
     """The code location's resources for the settings read now (this process's environment)."""
-    from agentops_pipelines import agents
-    from agentops_pipelines.definitions import build_resources
+    from agentops_pipelines.definitions import build_resources, code_location_agents
 
-    return build_resources(settings or load_settings(), agents.AGENTS)
+    settings = settings or load_settings()
+    return build_resources(settings, code_location_agents(settings))
 
 
 def _key_path(reviewer: str, given: str | None) -> Path:

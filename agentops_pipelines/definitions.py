@@ -7,7 +7,7 @@ state folder, Kubernetes object names) or a port given to two serving processes.
 """
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
@@ -19,6 +19,7 @@ from agentops_pipelines.resources.deployers import LocalProcessDeployer
 from agentops_pipelines.resources.feast import FeastResource
 from agentops_pipelines.resources.governance import GovernanceResource
 from agentops_pipelines.resources.lake import LakeResource
+from agentops_pipelines.resources.llm import LLMEndpointResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.resources.prometheus import PrometheusResource
 from agentops_pipelines.resources.settings import Settings, load_settings
@@ -88,6 +89,10 @@ def build_resources(settings: Settings, agents: Sequence[Agent] | None = None) -
     ``agentops status`` calls the resource outside a run, where an EnvVar cannot be read. Keep
     passwords out of URLs altogether with libpq's PGPASSFILE (README, 'Production mode')."""
 
+    from agentops_pipelines.agent.llm.endpoint import serving_secrets
+
+    agents = AGENTS if agents is None else agents
+
     def from_env(name: str):
         variable = settings.secret_env.get(name)  # set only when the value holds a password
         return dg.EnvVar(variable) if variable else getattr(settings, name)
@@ -99,25 +104,30 @@ def build_resources(settings: Settings, agents: Sequence[Agent] | None = None) -
         "mlflow_store": MlflowResource(tracking_uri=settings.mlflow_tracking_uri,
                                        artifact_root=settings.mlflow_artifact_root,
                                        ui_url=settings.mlflow_ui_url),
-        "deployer": build_deployer(settings, [a.name for a in (AGENTS if agents is None else agents)]),
+        "deployer": build_deployer(settings, [a.name for a in agents], serving_secrets(agents)),
         "audit": AuditLog(url=from_env("audit_db_url") if settings.audit_db_url else f"sqlite:///{settings.home / 'audit.db'}",
                           key_file=str(settings.audit_key_file), anchor_path=str(settings.audit_anchor),
                           create_key=not settings.production),
         "prometheus": PrometheusResource(url=settings.prometheus_url),
         "governance": GovernanceResource(approvers_file=str(settings.approvers_file)),
+        "llm": LLMEndpointResource(base_url=settings.llm_base_url, model=settings.llm_model,
+                                   response_format=settings.llm_response_format),
     }
 
 
-def build_deployer(settings: Settings, agents: Sequence[str] | None = None):
+def build_deployer(settings: Settings, agents: Sequence[str] | None = None,
+                   agent_secret_env: Mapping[str, Sequence[str]] | None = None):
     """The local serving processes (default), or Kubernetes with ``AGENTOPS_DEPLOYER=kubernetes``.
     One deployer serves every agent, each in its own process (pods) per environment; each call
-    names its agent, so the resource has no agent of its own."""
+    names its agent, so the resource has no agent of its own. ``agent_secret_env``: the variables
+    (names) only one agent's serving processes get (an LLM agent's key)."""
     agents = [a.name for a in AGENTS] if agents is None else list(agents)
     ports = serving_ports(settings, agents)
     if settings.deployer == "kubernetes":
         from agentops_pipelines.resources.kubernetes_deployer import KubernetesDeployer
 
-        options: dict = {"prometheus_url": settings.prometheus_url or None}
+        options: dict = {"prometheus_url": settings.prometheus_url or None,
+                         "agent_secret_env": {agent: list(names) for agent, names in (agent_secret_env or {}).items()}}
         for field, value in (("image", settings.serving_image), ("namespace", settings.k8s_namespace),
                              ("mlflow_tracking_uri", settings.serving_mlflow_uri),
                              ("inference_log_claim", settings.k8s_inference_log_claim),
@@ -130,19 +140,23 @@ def build_deployer(settings: Settings, agents: Sequence[str] | None = None):
         inference_log_dir=str(settings.inference_log_dir),
         host=settings.serving_host, ports=ports,
         admin_token=dg.EnvVar(EnvVar.SERVING_ADMIN_TOKEN) if settings.serving_admin_token else None,
+        agent_secret_env={agent: list(names) for agent, names in (agent_secret_env or {}).items()},
     )
+
+
+def code_location_agents(settings: Settings) -> list[Agent]:
+    """Every declared agent, and the LLM agent when settings name an endpoint."""
+    from agentops_pipelines.agent.llm.agent import (
+        configured_llm_agents,  # none unless AGENTOPS_LLM_BASE_URL
+    )
+
+    return [*AGENTS, *configured_llm_agents(settings)]
 
 
 def build_definitions(settings: Settings | None = None, agents: Sequence[Agent] | None = None) -> dg.Definitions:
     """Every agent's lifecycle (default: ``AGENTS``) with the resources for ``settings``."""
     settings = settings or load_settings()
-    if agents is None:  # the code location: every declared agent, and an LLM agent if configured
-        from agentops_pipelines.agent.llm.agent import (
-            configured_llm_agents,  # none unless AGENTOPS_LLM_BASE_URL
-        )
-
-        agents = [*AGENTS, *configured_llm_agents(settings)]
-    agents = list(agents)
+    agents = list(code_location_agents(settings) if agents is None else agents)
     check_agents(agents)
     lifecycles = [build_lifecycle(agent, inference_log_root=str(settings.inference_log_dir)) for agent in agents]
     return dg.Definitions(

@@ -57,8 +57,10 @@ def golden_cases_from(template: Path, n: int) -> list[GoldenCase]:
 
 
 def evaluate_route(route: Callable, cases: list[GoldenCase], template: Path, name: str,
-                   feature_lookup: Callable | None = None) -> TrajectoryEvaluation:
-    """Run ``cases`` through the executor with ``route`` on a fresh copy of ``template``."""
+                   feature_lookup: Callable | None = None, judges: Mapping[str, Callable] | None = None,
+                   ) -> TrajectoryEvaluation:
+    """Run ``cases`` through the executor with ``route`` on a fresh copy of ``template``; score
+    them with the code scorers and ``judges`` (the optional LLM judge)."""
     from agentops_pipelines.agent.actions import Actions
     from agentops_pipelines.agent.scorers import evaluate_trajectories, runner
     from agentops_pipelines.agent.system_of_record import SystemOfRecord
@@ -68,7 +70,7 @@ def evaluate_route(route: Callable, cases: list[GoldenCase], template: Path, nam
     shutil.copy(template, copy)
     sor = SystemOfRecord(f"sqlite:///{copy}")
     try:
-        return evaluate_trajectories(cases, runner(Executor(Actions(sor), route, feature_lookup)))
+        return evaluate_trajectories(cases, runner(Executor(Actions(sor), route, feature_lookup)), judges=judges)
     finally:
         sor.dispose()
 

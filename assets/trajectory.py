@@ -19,6 +19,7 @@ from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.resources.feast import FeastResource
+from agentops_pipelines.resources.llm import LLMEndpointResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 
 ARTIFACTS = "evaluation/trajectory"
@@ -35,6 +36,8 @@ class TrajectoryConfig(dg.Config):
     min_policy_compliance: float = Field(default=1.0, ge=0.0, le=1.0)
     min_outcome_match: float = Field(default=0.90, ge=0.0, le=1.0)
     min_answer_check: float = Field(default=0.85, ge=0.0, le=1.0)
+    llm_judge: bool = Field(default=False, description="also score answer relevance with the LLM judge on "
+                                                       "the configured endpoint (AGENTOPS_LLM_*)")
 
     def minimums(self) -> dict[str, float]:
         return {name.removeprefix("min_"): value for name, value in self.model_dump().items()
@@ -77,8 +80,10 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
                     "per scorer, per tool, per step and per scenario, in MLflow and here.",
     )
     def trajectory_evaluation(context: dg.AssetExecutionContext, config: TrajectoryConfig,
-                              mlflow_store: MlflowResource, feast: FeastResource) -> dg.MaterializeResult:
+                              mlflow_store: MlflowResource, feast: FeastResource,
+                              llm: LLMEndpointResource) -> dg.MaterializeResult:
         from agentops_pipelines import trajectory_gate as tg
+        from agentops_pipelines.agent.llm.judge import judges_for
         from agentops_pipelines.agent.trajectory import router_from_model
         from agentops_pipelines.assets.evaluation import champion_version, latest_metadata
 
@@ -86,6 +91,9 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
         run_id = config.candidate_run_id or latest_metadata(context, trained.key).get("mlflow_run_id")
         if not run_id:
             raise dg.Failure("no candidate: materialize trained_agent or set candidate_run_id")
+        if config.llm_judge and llm.endpoint() is None:
+            raise dg.Failure("llm_judge needs an endpoint: set AGENTOPS_LLM_BASE_URL (README, 'LLM agents')")
+        judges = judges_for(llm.endpoint() if config.llm_judge else None)  # none unless asked for
         router, columns = _load_router(f"runs:/{run_id}/agent")
         baseline = baseline_model(agent)
         with tempfile.TemporaryDirectory(prefix="agentops-trajectory-") as tmp:
@@ -98,12 +106,12 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
                     "candidate_run_id": run_id, "applicable": False, "gate_passed": True,
                     "gate_reasons": dg.MetadataValue.json([f"not applicable: {reason}"])})
             lookup = _feature_lookup(feast.for_agent(agent.name), [c.customer_id for c in cases], context.log)
-            cand = tg.evaluate_route(router_from_model(router, columns), cases, template, "candidate", lookup)
+            cand = tg.evaluate_route(router_from_model(router, columns), cases, template, "candidate", lookup, judges)
             champ, champ_mv = None, champion_version(client, baseline) if config.compare_champion else None
             if champ_mv is not None and champ_mv.run_id != run_id:
                 champ_router, champ_columns = _load_router(f"models:/{baseline}/{champ_mv.version}")
                 champ = tg.evaluate_route(router_from_model(champ_router, champ_columns), cases, template,
-                                          "champion", lookup)
+                                          "champion", lookup, judges)
         result = tg.verdict(cand, champ, config.minimums(), config.alpha)
         fails = tg.failures(cand)
         title = f"{agent.name}: trajectories of run {run_id}" + (
@@ -133,6 +141,8 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
             "champion_version": f"{baseline} v{champ_mv.version}" if champ is not None else "none",
             "mcnemar_p_value": round(result.test["p_value"], 4) if result.test else 1.0,
             "gate_passed": result.passed,
+            **{f"{name}_judge_calls": judge.calls for name, judge in judges.items()},
+            **{f"{name}_judge_failures": judge.failures for name, judge in judges.items()},
             "gate_reasons": dg.MetadataValue.json(result.reasons),
             "minimums": dg.MetadataValue.json(config.minimums()),
             "per_scorer": dg.MetadataValue.md(tg.markdown(result.comparison)),

@@ -26,7 +26,8 @@ it by a supervised one on the same port.
 
 Serving processes get an explicit environment (:func:`serving_environment`), never the
 deployer's: no database password, audit-log URL or other secret of the code location reaches
-them. With ``inference_log_dir`` set, the server appends every request to
+them. A secret one agent needs is passed to that agent's processes only (``agent_secret_env``:
+the LLM key goes to the agents that declare an LLM endpoint, by name, never logged). With ``inference_log_dir`` set, the server appends every request to
 ``<inference_log_dir>/<agent>/<environment>/``; ``trace_sample_rate`` is the share of requests
 traced in MLflow (failed ones always are). Both apply when a process starts, not to a hot swap.
 """
@@ -47,7 +48,7 @@ import time
 import urllib.error
 import urllib.request
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,12 @@ def agent_serving_environment(source: Mapping[str, str], agent: str) -> dict[str
     return agent_environ(source, agent)
 
 
+def agent_secrets(source: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The variables ``names`` of ``source`` that are set: secrets one agent's serving processes
+    get besides the allowlist (an LLM agent's key, ``AGENTOPS_LLM_API_KEY``), never another's."""
+    return {name: source[name] for name in names if source.get(name)}
+
+
 def _argv(pid: int) -> list[str] | None:
     """The command line of ``pid``; None if it cannot be read."""
     try:
@@ -320,6 +327,10 @@ class LocalProcessDeployer(Deployer):
     restart_window_s: float = 300.0
     restart_backoff_s: float = 0.5  # the first restart's delay; doubles while restarts fail fast
     restart_backoff_max_s: float = 30.0
+    # agent -> names of variables only its serving processes get, besides the allowlist: the key
+    # of the LLM endpoint an agent declares (definitions.py fills it from the agents). Names only:
+    # the values stay in this process's environment and are read when a process starts.
+    agent_secret_env: dict[str, list[str]] = {}
 
     # -- files
 
@@ -684,6 +695,7 @@ class LocalProcessDeployer(Deployer):
             command += ["--inference-log-dir", str(log_dir)]
         env = serving_environment(os.environ)  # never the parent's token: only a configured one
         env.update(agent_serving_environment(env, files.agent))
+        env.update(agent_secrets(os.environ, self.agent_secret_env.get(files.agent, ())))
         env.pop(ADMIN_TOKEN_ENV, None)
         if self.admin_token:  # configured (compose): it wins
             env[ADMIN_TOKEN_ENV] = self.admin_token

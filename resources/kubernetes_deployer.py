@@ -151,6 +151,10 @@ class KubernetesDeployer(Deployer):
     inference_log_claim: str = ""  # see ServingSpec: "" logs nothing
     inference_log_mount: str = "/var/lib/agentops/inference_log"
     feast_project: str = "agentops"  # see ServingSpec: pods of agent A read project "<this>_A"
+    # agent -> variables only its pods get, from the Secret ``agent_secret`` (see ServingSpec):
+    # the key of the LLM endpoint an agent declares (definitions.py fills it from the agents)
+    agent_secret_env: dict[str, list[str]] = {}
+    agent_secret: str = "agentops-{agent}-secrets"
 
     _dynamic: Any = PrivateAttr(default=None)
 
@@ -169,8 +173,9 @@ class KubernetesDeployer(Deployer):
     def spec_for(self, environment: str) -> ServingSpec:
         minimum = self.replicas.get(environment, 2)
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ServingSpec)
-                  if f.name not in ("replicas", "max_replicas", "run_as_user")}  # same name, same meaning
-        return ServingSpec(**shared, replicas=minimum,
+                  if f.name not in ("replicas", "max_replicas", "run_as_user", "agent_secret_env")}  # same name, same meaning
+        secrets = tuple((agent, name) for agent, names in sorted(self.agent_secret_env.items()) for name in names)
+        return ServingSpec(**shared, replicas=minimum, agent_secret_env=secrets,
                            max_replicas=max(minimum, self.max_replicas.get(environment, 2 * minimum)))
 
     def admin_secret_of(self, agent: str | None = None) -> str:

@@ -431,28 +431,38 @@ def _as_dict(t: Trajectory | Mapping) -> dict:
     return dict(t) if isinstance(t, Mapping) else t.to_dict()
 
 
+#: A scorer that may fail to judge (an LLM judge whose endpoint failed): None is "no verdict".
+Judge = Callable[[Mapping, Mapping], Score | None]
+
+
 def evaluate_trajectories(cases: Sequence[GoldenCase], run: Callable[[GoldenCase], Trajectory | Mapping],
-                          scorers: Iterable[str] | None = None) -> TrajectoryEvaluation:
+                          scorers: Iterable[str] | None = None,
+                          judges: Mapping[str, Judge] | None = None) -> TrajectoryEvaluation:
     """Run every case (``run``: a case to its trajectory, e.g. :func:`runner`) and score it in
-    process with the same functions :func:`mlflow_scorers` wraps."""
+    process with the same functions :func:`mlflow_scorers` wraps, and with ``judges`` (optional
+    scorers such as the LLM judge, ``agent/llm/judge.py``): a case a judge could not judge has
+    no value for it (left out of its mean, counted in ``errors``), never a failed evaluation."""
     import pandas as pd
 
-    names = list(scorers or SCORERS)
+    judges = dict(judges or {})
+    names = [*(scorers or SCORERS), *judges]
     t0 = time.perf_counter()
     trajectories = [_as_dict(run(c)) for c in cases]
     t1 = time.perf_counter()
     rows = []
     for case, out in zip(cases, trajectories, strict=True):
-        scores = score(out, case.expected, names)
+        scores = score(out, case.expected, [n for n in names if n not in judges])
+        scores |= {n: judge(out, case.expected) for n, judge in judges.items()}
+        values = {n: float("nan") if s is None else float(s.value) for n, s in scores.items()}
         rows.append({"case_id": case.case_id, "category": case.category, "expected_tool": case.expected["tool"],
                      "tool": out.get("tool"), "expected_outcome": case.expected["outcome"],
-                     "outcome": out.get("outcome"), "latency_ms": out.get("latency_ms"),
-                     **{n: float(s.value) for n, s in scores.items()},
-                     "failed": ", ".join(n for n, s in scores.items() if float(s.value) < 1.0)})
+                     "outcome": out.get("outcome"), "latency_ms": out.get("latency_ms"), **values,
+                     "failed": ", ".join(n for n, v in values.items() if v < 1.0)})
     t2 = time.perf_counter()
     table = pd.DataFrame(rows)
     per_scorer = pd.DataFrame([{"scorer": n, "mean": float(table[n].mean()), "passed": int((table[n] >= 1.0).sum()),
-                                "failed": int((table[n] < 1.0).sum())} for n in names])
+                                "failed": int((table[n] < 1.0).sum()), "errors": int(table[n].isna().sum())}
+                               for n in names])
     per_tool = table.groupby("expected_tool")[names].mean().reset_index()
     per_tool.insert(1, "cases", table.groupby("expected_tool").size().values)
     per_step, step_failures = step_tables(trajectories)

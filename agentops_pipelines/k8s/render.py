@@ -72,6 +72,11 @@ class ServingSpec:
     # The Feast project prefix (AGENTOPS_FEAST_PROJECT of the code location): a pod of agent A reads
     # project "<prefix>_A" (agentops_pipelines.features.online.agent_project), never another agent's.
     feast_project: str = "agentops"
+    # Secrets only some agents' pods get (an LLM agent's key): (agent, variable) pairs; the pod
+    # reads the variable from the Secret ``agent_secret`` names ("{agent}" becomes the agent's
+    # DNS name), under a key of the variable's name. Other agents' pods never reference it.
+    agent_secret_env: tuple[tuple[str, str], ...] = ()
+    agent_secret: str = "agentops-{agent}-secrets"
 
     def __post_init__(self) -> None:
         if not self.admin_token_secret.strip():
@@ -149,6 +154,9 @@ def _container(
             "name": admin_token_secret_name(spec.admin_token_secret, agent), "key": ADMIN_TOKEN_KEY,
             "optional": False}}},
     ]
+    env += [{"name": variable, "valueFrom": {"secretKeyRef": {
+        "name": admin_token_secret_name(spec.agent_secret, agent), "key": variable, "optional": False}}}
+        for owner, variable in spec.agent_secret_env if owner == agent]
     container: dict[str, Any] = {
         "name": "serving",
         "image": spec.image,

@@ -161,7 +161,9 @@ def failed_trajectory(trajectories: list[dict]) -> StepFailed | None:
 
 def trace_steps(trajectory: dict) -> list[tuple]:
     """The trajectory's steps as the tracer's step records: ``(name, span type, start ns, end ns,
-    details)``, details holding the step's inputs, outputs and error."""
+    details)``, details holding the step's inputs, outputs and error; a ``decide`` step that called
+    an LLM has the call as a child record (``llm``: model, token counts, latency)."""
+    from agentops_pipelines.agent.llm.endpoint import llm_step
     from agentops_pipelines.agent.trajectory import SPAN_TYPES
 
     out = []
@@ -171,9 +173,10 @@ def trace_steps(trajectory: dict) -> list[tuple]:
         name = s["name"]
         if name == "call_tool":
             name = f"call_tool:{(s.get('inputs') or {}).get('tool', '')}"
-        out.append((name, SPAN_TYPES.get(s.get("kind", ""), "UNKNOWN"), start, end,
-                    {"inputs": s.get("inputs") or {}, "outputs": s.get("outputs") or {},
-                     "error": s.get("error")}))
+        details = {"inputs": s.get("inputs") or {}, "outputs": s.get("outputs") or {}, "error": s.get("error")}
+        if isinstance(usage := details["outputs"].get("llm"), dict):
+            details["children"] = [llm_step(usage, start, details["inputs"], details["outputs"])]
+        out.append((name, SPAN_TYPES.get(s.get("kind", ""), "UNKNOWN"), start, end, details))
     return out
 
 

@@ -58,6 +58,10 @@ class LoadedModel:
     # serve through its executor, and then ``acts`` is True (the request id becomes a column).
     python_model: Any = field(default=None, compare=False, repr=False)
     acts: bool = False
+    # The model waits on another service for each request (an LLM endpoint: ``io_bound`` on the
+    # model or its router): predicted on a worker thread per request, never on the event loop,
+    # and never batched (a batch would make each request wait for the others' calls).
+    io_bound: bool = False
 
     def default_max_text_chars(self) -> int:
         """Four times the longest training text (at least 1,000), else a constant."""
@@ -164,6 +168,8 @@ def load_pyfunc(model_uri: str, version: str) -> LoadedModel:
     with_steps = getattr(python_model, "predict_with_steps", None) if direct else None
     text_max = getattr(python_model, "text_max_chars", None)
     agent = getattr(python_model, "agent_name", None)
+    io_bound = any(getattr(o, "io_bound", False) is True
+                   for o in (python_model, getattr(python_model, "router", None)))
     return LoadedModel(
         model_uri=model_uri,
         version=str(version),
@@ -181,6 +187,7 @@ def load_pyfunc(model_uri: str, version: str) -> LoadedModel:
         predict_with_steps=with_steps if callable(with_steps) else None,
         text_max_chars=text_max if isinstance(text_max, int) and text_max > 0 else None,
         python_model=python_model,
+        io_bound=io_bound,
     )
 
 

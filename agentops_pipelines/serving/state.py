@@ -97,7 +97,7 @@ class Served:
         self.batcher = (
             Batcher(self.infer_now, max_rows=batch_max_rows, max_chars=batch_max_chars,
                     name=f"v{model.version}", inline=inline, plain=True)
-            if batch_max_rows > 0
+            if batch_max_rows > 0 and not model.io_bound
             else None
         )  # fmt: skip
 

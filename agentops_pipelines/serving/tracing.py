@@ -399,14 +399,18 @@ def _write_each_trace_once() -> None:
 
 
 def _step_span(agent, name, span_type, t0, t1, details: dict) -> None:
-    """A step of an acting agent (serving/acting.py): its inputs, outputs and error as recorded."""
+    """A step of an acting agent (serving/acting.py): its inputs, outputs and error as recorded,
+    its attributes (an LLM call's token counts) and its child steps (the LLM call of ``decide``)."""
     import mlflow
     from mlflow.entities import SpanStatus, SpanStatusCode
 
     span = mlflow.start_span_no_context(
         name, span_type=span_type, parent_span=agent, inputs=details.get("inputs"),
-        attributes={"latency_ms": round((t1 - t0) / 1e6, 3)}, start_time_ns=t0,
+        attributes={"latency_ms": round((t1 - t0) / 1e6, 3), **(details.get("attributes") or {})},
+        start_time_ns=t0,
     )  # fmt: skip
+    for child in details.get("children") or ():
+        _step_span(span, *child)
     error = details.get("error")
     status = SpanStatus(SpanStatusCode.ERROR, str(error)) if error else SpanStatus(SpanStatusCode.OK)
     span.end(outputs=details.get("outputs"), status=status, end_time_ns=max(t0, t1))

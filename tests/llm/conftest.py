@@ -34,3 +34,16 @@ def endpoint(llm_server, llm_key, monkeypatch):
 
     monkeypatch.setenv(EnvVar.LLM_API_KEY, llm_key)
     return Endpoint(llm_server.base_url, MODEL_ALIAS, "json_object")
+
+
+@pytest.fixture
+def llm_env(home, llm_server, llm_key, monkeypatch):
+    """Settings naming the local server (``AGENTOPS_LLM_*``), the key in the environment."""
+    from agentops_pipelines.resources.settings import load_settings
+    from agentops_pipelines.vocabulary import EnvVar
+
+    monkeypatch.setenv(EnvVar.LLM_BASE_URL, llm_server.base_url)
+    monkeypatch.setenv(EnvVar.LLM_MODEL, MODEL_ALIAS)
+    monkeypatch.setenv(EnvVar.LLM_RESPONSE_FORMAT, "json_object")
+    monkeypatch.setenv(EnvVar.LLM_API_KEY, llm_key)
+    return load_settings()

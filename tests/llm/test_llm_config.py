@@ -14,6 +14,10 @@ def test_bad_settings_fail_naming_the_variable(home, monkeypatch):
         Endpoint("127.0.0.1:8000/v1", "m")
     with pytest.raises(ValueError, match=EnvVar.LLM_RESPONSE_FORMAT):
         Endpoint("http://127.0.0.1:8000/v1", "m", "yaml")
+    # the key's variable is passed to the agent's serving processes: a key, never another secret
+    with pytest.raises(ValueError, match="api_key_env"):
+        Endpoint("http://127.0.0.1:8000/v1", "m", api_key_env="DAGSTER_PG_PASSWORD")
+    assert Endpoint("https://api.openai.com/v1", "m", api_key_env="OPENAI_API_KEY").api_key_env == "OPENAI_API_KEY"
     monkeypatch.setenv(EnvVar.LLM_RESPONSE_FORMAT, "yaml")
     assert any(EnvVar.LLM_RESPONSE_FORMAT in p for p in load_settings().problems)
 

@@ -42,6 +42,11 @@ class SupportDeskLLMAgent(Agent):
     def __init__(self, endpoint: Endpoint):
         self.endpoint = endpoint
 
+    @property
+    def llm_endpoint(self) -> Endpoint:
+        """The endpoint this agent declares: its serving processes get the endpoint's key."""
+        return self.endpoint
+
     def system_prompt(self) -> str:
         listing = "\n".join(f"- {t.name}: {t.description}" for t in TOOLS)
         return self.system_prompt_template.replace("{{tools}}", listing)
@@ -70,9 +75,18 @@ class SupportDeskLLMAgent(Agent):
         return LLMRouter(self.endpoint, self.tools, text, uri, fallback_tool=ESCALATE)
 
 
-def configured_llm_agents(settings: Settings) -> list[Agent]:
-    """The LLM agent when settings name an endpoint (``AGENTOPS_LLM_BASE_URL``), else none."""
+def configured_endpoint(settings: Settings) -> Endpoint | None:
+    """The endpoint settings name (``AGENTOPS_LLM_*``), or None."""
     if not settings.llm_base_url:
-        return []
-    endpoint = Endpoint(settings.llm_base_url, settings.llm_model or "default", settings.llm_response_format)
-    return [SupportDeskLLMAgent(endpoint)]
+        return None
+    return Endpoint(settings.llm_base_url, settings.llm_model or "default", settings.llm_response_format)
+
+
+def configured_llm_agents(settings: Settings) -> list[Agent]:
+    """When settings name an endpoint (``AGENTOPS_LLM_BASE_URL``): the support desk behind the
+    LLM, and the same desk written as an MLflow ResponsesAgent (``support_responses_agent.py``);
+    else none."""
+    from agentops_pipelines.agent.llm.responses import ResponsesAgentAdapter
+
+    endpoint = configured_endpoint(settings)
+    return [] if endpoint is None else [SupportDeskLLMAgent(endpoint), ResponsesAgentAdapter(endpoint)]

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agentops_pipelines.vocabulary import EnvVar
 
 RESPONSE_FORMATS = ("json_schema", "json_object")
+#: What a key variable may be called: an agent's serving processes get it besides the allowlist,
+#: so it must look like a key (AGENTOPS_LLM_API_KEY, OPENAI_API_KEY), never a database password.
+KEY_VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*_(KEY|TOKEN)")
 
 
 class EndpointError(RuntimeError):
@@ -57,6 +62,9 @@ class Endpoint:
             raise ValueError(f"{EnvVar.LLM_BASE_URL}: an http(s) URL is needed, not {self.base_url!r}")
         if self.response_format not in RESPONSE_FORMATS:
             raise ValueError(f"{EnvVar.LLM_RESPONSE_FORMAT}: one of {RESPONSE_FORMATS}, not {self.response_format!r}")
+        if not KEY_VARIABLE.fullmatch(self.api_key_env):  # the deployer passes it to serving processes
+            raise ValueError(f"api_key_env names the variable holding the endpoint's key (e.g. "
+                             f"{EnvVar.LLM_API_KEY}, ending in _KEY or _TOKEN), not {self.api_key_env!r}")
 
     def _format(self, name: str, schema: dict) -> dict:
         if self.response_format == "json_object":
@@ -98,6 +106,19 @@ class Endpoint:
                           latency, str(payload.get("model") or self.model))
 
 
+def declared_endpoint(agent: object) -> Endpoint | None:
+    """The LLM endpoint ``agent`` declares (its ``llm_endpoint``), or None for any other agent."""
+    endpoint = getattr(agent, "llm_endpoint", None)
+    return endpoint if isinstance(endpoint, Endpoint) else None
+
+
+def serving_secrets(agents: Iterable[object]) -> dict[str, list[str]]:
+    """Agent name -> the key variable its serving processes need, for the agents that declare an
+    LLM endpoint only (the deployer passes it to them and to no other agent's processes)."""
+    return {agent.name: [endpoint.api_key_env] for agent in agents
+            if (endpoint := declared_endpoint(agent)) is not None}
+
+
 def active_span():
     """The MLflow span active in this thread, if mlflow is in use here (no import cost otherwise)."""
     import sys
@@ -121,5 +142,21 @@ def traced_complete(endpoint: Endpoint, messages: list[dict], schema: dict, name
             span.set_attribute("error", str(exc))
             raise
         span.set_outputs(result.content)
-        span.set_attributes({f"llm.{k}": v for k, v in result.usage().items()})
+        span.set_attributes(usage_attributes(result.usage()))
         return result
+
+
+def usage_attributes(usage: dict) -> dict:
+    """An LLM call's usage (tokens, latency, model, ``cached``) as span attributes ``llm.*``."""
+    return {f"llm.{k}": v for k, v in usage.items() if isinstance(v, str | int | float | bool)}
+
+
+def llm_step(usage: dict, started_ns: int, inputs: dict, outputs: dict) -> tuple:
+    """The LLM call inside a ``decide`` step, as a tracer step record (``serving/tracing.py``):
+    ``("llm", "CHAT_MODEL", start, end, details)``; a memoised decision (``cached``) shows the
+    tokens of the call it reuses, with ``llm.cached`` true."""
+    latency_ms = 0.0 if usage.get("cached") else float(usage.get("latency_ms") or 0.0)
+    return ("llm", "CHAT_MODEL", started_ns, started_ns + int(latency_ms * 1e6),
+            {"inputs": {"model": usage.get("model"), "text": inputs.get("text")},
+             "outputs": {"tool": outputs.get("tool")}, "error": usage.get("error"),
+             "attributes": usage_attributes(usage)})

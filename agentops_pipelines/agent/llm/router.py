@@ -37,7 +37,52 @@ def tool_schema(tools: Sequence[str]) -> dict:
             "required": ["tool"], "additionalProperties": False}
 
 
-class LLMRouter:
+class DecidingRouter:
+    """The interface's router for routers that decide one text at a time (``decide``): the batch
+    entry points, failure bookkeeping, and pickling without the runtime state (locks, caches,
+    loaded code) that ``_init_runtime`` rebuilds."""
+
+    io_bound = True  # each decision waits on an endpoint: serving predicts it off its event loop
+    classes: list[str]
+    fallback_tool: str
+
+    def _init_runtime(self) -> None:
+        self._lock = threading.Lock()
+
+    def _runtime_names(self) -> tuple[str, ...]:
+        return ("_lock",)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for name in self._runtime_names():
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def decide(self, text: str, features: Mapping[str, Any] | None = None) -> tuple[str, float, dict]:
+        raise NotImplementedError
+
+    def _failed(self, error: str, usage: dict | None = None) -> tuple[str, float, dict]:
+        """The hand-over a failed decision falls back to (confidence 0), counted and kept."""
+        self.failures += 1
+        self.last_error = error
+        return self.fallback_tool, 0.0, {**(usage or {}), "error": error}
+
+    def predict_columns(self, columns: Mapping[str, Sequence], n: int) -> tuple[list[str], list[float]]:
+        decided = [self.decide(str(t)) for t in columns["text"][:n]]
+        return [d[0] for d in decided], [d[1] for d in decided]
+
+    def predict(self, requests: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
+        tools, confidence = self.predict_columns({"text": requests["text"].tolist()}, len(requests))
+        return pd.DataFrame({"tool": tools, "confidence": confidence})
+
+
+class LLMRouter(DecidingRouter):
     def __init__(self, endpoint: Endpoint, tools: Sequence[str], system_prompt: str, prompt_uri: str,
                  fallback_tool: str):
         self.endpoint = endpoint
@@ -50,18 +95,11 @@ class LLMRouter:
         self._init_runtime()
 
     def _init_runtime(self) -> None:
+        super()._init_runtime()
         self._cache: OrderedDict[str, tuple[str, float, dict]] = OrderedDict()
-        self._lock = threading.Lock()
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        for name in ("_cache", "_lock"):
-            state.pop(name, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._init_runtime()
+    def _runtime_names(self) -> tuple[str, ...]:
+        return ("_lock", "_cache")
 
     def decide(self, text: str, features: Mapping[str, Any] | None = None) -> tuple[str, float, dict]:
         """(tool, confidence, usage: tokens, latency, model; ``cached`` when memoised)."""
@@ -77,27 +115,13 @@ class LLMRouter:
         try:
             done = traced_complete(self.endpoint, messages, tool_schema(self.classes))
         except EndpointError as exc:
-            self.failures += 1
-            self.last_error = str(exc)
-            return self.fallback_tool, 0.0, {"error": str(exc)}
+            return self._failed(str(exc))
         tool = done.content.get("tool")
         if tool not in self.classes:  # an endpoint that ignored the schema
-            self.failures += 1
-            self.last_error = f"answered {str(done.content)[:100]}, not one of the tools"
-            return self.fallback_tool, 0.0, {**done.usage(), "error": self.last_error}
+            return self._failed(f"answered {str(done.content)[:100]}, not one of the tools", done.usage())
         result = (str(tool), 1.0, done.usage())
         with self._lock:
             self._cache[key] = result
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return result
-
-    def predict_columns(self, columns: Mapping[str, Sequence], n: int) -> tuple[list[str], list[float]]:
-        decided = [self.decide(str(t)) for t in columns["text"][:n]]
-        return [d[0] for d in decided], [d[1] for d in decided]
-
-    def predict(self, requests: pd.DataFrame) -> pd.DataFrame:
-        import pandas as pd
-
-        tools, confidence = self.predict_columns({"text": requests["text"].tolist()}, len(requests))
-        return pd.DataFrame({"tool": tools, "confidence": confidence})
