@@ -7,6 +7,7 @@ from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.evaluation import latest_metadata
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.governance import approvals
 from agentops_pipelines.operations import RolloutConfig, refuse, rollout_lock
 from agentops_pipelines.partitions import environments
@@ -31,7 +32,7 @@ def deployments_group(agent: Agent) -> str:
 def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="deployment", group_name=deployments_group(agent), deps=[registered],
-        partitions_def=environments, kinds={"mlflow"}, code_version="1",
+        partitions_def=environments, kinds={"mlflow"}, code_version=source_version(__name__),
         description="The version serving in each environment, its URL and when it started. Staging "
                     "and prod take only versions with enough valid signed approvals (approvers.yaml). "
                     "In its own group so that materializing the agent's group never deploys: deploy "

@@ -13,6 +13,7 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import Alias
@@ -115,7 +116,7 @@ def _comparison_html(versus: dict) -> str:
 def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_set: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="evaluation_report", group_name=agent.name,
-        deps=[trained, training_set], kinds={"mlflow", "html"}, code_version="1",
+        deps=[trained, training_set], kinds={"mlflow", "html"}, code_version=source_version(__name__),
         description="Tool-selection accuracy, macro-F1, escalation precision/recall (with an escalation "
                     "tool), out-of-scope recall/precision/AUROC (with out-of-scope rows), per-tool table, "
                     "latency, held-out and golden test set side by side, and McNemar's test against the "

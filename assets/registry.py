@@ -5,6 +5,7 @@ import dagster as dg
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.evaluation import latest_metadata
 from agentops_pipelines.assets.training import ARTIFACT, git_commit
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import Alias, VersionTag
@@ -18,7 +19,7 @@ def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition, *gated: 
     """``gated``: more evaluations whose blocking checks registration waits on (trajectories)."""
     @dg.asset(
         key_prefix=[agent.name], name="registered_version", group_name=agent.name, deps=[evaluation, *gated],
-        kinds={"mlflow"}, code_version="1",
+        kinds={"mlflow"}, code_version=source_version(__name__),
         description="The candidate registered in MLflow with alias `challenger` and tags for its "
                     "metrics, lineage and approval status (pending until a reviewer decides).",
     )

@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 
@@ -46,7 +47,8 @@ def git_commit() -> str:
 def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="trained_agent", group_name=agent.name, deps=[training_set],
-        kinds={"mlflow", "scikitlearn"}, code_version="1",
+        kinds={"mlflow", "scikitlearn"},
+        code_version=source_version(__name__, type(agent).__module__),  # the agent's code trains
         description="The agent's router trained on the whole training split (the default recipe "
                     "selects and calibrates on a validation share of it, then refits on all), logged "
                     "to MLflow with its parameters, validation metrics, dataset lineage, prompt "

@@ -18,6 +18,7 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.resources.feast import FeastResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 
@@ -71,7 +72,7 @@ def baseline_model(agent: Agent) -> str:
 def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="trajectory_evaluation", group_name=agent.name, deps=[trained],
-        kinds={"mlflow", "html"}, code_version="1",
+        kinds={"mlflow", "html"}, code_version=source_version(__name__),
         description="Golden trajectories (tool sequences, arguments, outcomes, policy cases) run through "
                     "the executor against a fresh copy of the system of record, candidate and champion; "
                     "per scorer, per tool, per step and per scenario, in MLflow and here.",
