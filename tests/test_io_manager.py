@@ -6,6 +6,7 @@ runs the same race through the lifecycle's own evaluation and registry assets.
 """
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -107,3 +108,53 @@ def test_a_partitioned_result_is_stored_per_partition(tmp_path, instance):
                                                       f"{result.run_id}.json")
     assert lake.read_record("deployment", "dev") == {"environment": "dev"}
     assert lake.read_record("deployment", "prod") == {"environment": "prod"}
+
+
+# A re-execution from failure (module level: execute_job needs a job it can rebuild by reference).
+@dg.asset(io_manager_key=LAKE_IO_MANAGER)
+def reexecuted_evaluation(config: Candidate) -> dict:
+    return {"candidate": config.name}
+
+
+class Registry(dg.Config):
+    down_while: str  # a file: the registry is down while it exists
+
+
+@dg.asset(io_manager_key=LAKE_IO_MANAGER)
+def reexecuted_registration(config: Registry, reexecuted_evaluation: dict) -> dict:
+    if Path(config.down_while).exists():
+        raise RuntimeError("the registry is down")
+    return {"registered": reexecuted_evaluation["candidate"]}
+
+
+def reexecution_job() -> dg.JobDefinition:
+    return dg.Definitions(
+        assets=[reexecuted_evaluation, reexecuted_registration],
+        jobs=[dg.define_asset_job("evaluate_and_register")],
+        resources={LAKE_IO_MANAGER: LakeIOManager.configure_at_launch()},
+    ).resolve_job_def("evaluate_and_register")
+
+
+def test_a_reexecution_from_failure_loads_the_record_its_parent_run_produced(tmp_path):
+    root = tmp_path / "lake"
+    root.mkdir()
+    lake = LakeResource(root=str(root))
+
+    def run_config(name: str) -> dict:
+        return {"ops": {"reexecuted_evaluation": {"config": {"name": name}},
+                        "reexecuted_registration": {"config": {"down_while": str(root / "registry-down")}}},
+                "resources": {LAKE_IO_MANAGER: {"config": {"root": str(root)}}},
+                "execution": {"config": {"in_process": {}}}}
+
+    job = dg.reconstructable(reexecution_job)
+    with dg.instance_for_test() as instance:
+        (root / "registry-down").touch()
+        with dg.execute_job(job, instance, run_config=run_config("a")) as failed:
+            assert not failed.success
+        (root / "registry-down").unlink()
+        with dg.execute_job(job, instance, run_config=run_config("b")) as other:  # newer, in between
+            assert other.success
+        options = dg.ReexecutionOptions.from_failure(failed.run_id, instance)
+        with dg.execute_job(job, instance, reexecution_options=options) as retried:
+            assert retried.success
+    assert lake.read_record("reexecuted_registration", run_id=retried.run_id) == {"registered": "a"}
