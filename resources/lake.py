@@ -102,7 +102,7 @@ class LakeResource(dg.ConfigurableResource):
         folder = self._dir(table, partition)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{run_id}.json"
-        _atomic_write_text(path, json.dumps(record, indent=2, default=_plain))
+        _atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False, default=_plain))
         self._point(folder, run_id)
         return path
 
