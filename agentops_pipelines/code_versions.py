@@ -14,6 +14,7 @@ package is ``agentops_pipelines`` or the starting module's own (an agent defined
 
 import hashlib
 import importlib.util
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -57,7 +58,7 @@ def source_modules(*modules: str) -> set[str]:
 
 def _source(path: str) -> tuple[str, str]:
     """(SHA-256, text) of a source file, read once, and again when it changes."""
-    stat = Path(path).stat()
+    stat = os.stat(path)
     return _read(path, stat.st_mtime_ns, stat.st_size)
 
 
