@@ -132,6 +132,7 @@ def demo(days: int, agent_name: str | None = None) -> int:
     import dagster as dg
 
     from agentops_pipelines.agents import AGENTS
+    from agentops_pipelines.assets.deployment import DeploymentConfig
     from agentops_pipelines.definitions import defs
 
     agent = next(a for a in AGENTS if a.name == agent_name)
@@ -141,10 +142,9 @@ def demo(days: int, agent_name: str | None = None) -> int:
     today = datetime.now(UTC).date()
     partitions = [(today - timedelta(days=d)).isoformat() for d in range(days, 0, -1)]
 
-    def run(job_name: str, **kwargs) -> dg.ExecuteInProcessResult:
+    def run(job_name: str, ops: dict | None = None, **kwargs) -> dg.ExecuteInProcessResult:
         t0 = time.perf_counter()
-        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        kwargs["run_config"] = {**quiet, **kwargs.get("run_config", {})}
+        kwargs["run_config"] = dg.RunConfig(ops=ops, loggers={"console": {"config": {"log_level": "WARNING"}}})
         result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, raise_on_error=False, **kwargs)
         label = kwargs.get("partition_key", "")
         print(f"  {job_name} {label}: {'ok' if result.success else 'FAILED'} ({time.perf_counter() - t0:.1f} s)", flush=True)
@@ -157,13 +157,12 @@ def demo(days: int, agent_name: str | None = None) -> int:
     for day in partitions:
         run(f"{agent.name}_ingest_job", partition_key=day)
     print("2. training set → trained agent → evaluation report → registered version")
-    run(f"{agent.name}_training_job")
-    registered = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "registered_version"]))
-    version = str(registered.asset_materialization.metadata["version"].value)
+    training = run(f"{agent.name}_training_job")
+    version = defs.resources["lake"].read_record(f"{agent.name}/registered_version", run_id=training.run_id)["version"]
     sample_text = _seed_system_of_record(settings)
     print(f"3. deployment of version {version} to dev")
     run(f"{agent.name}_deploy_job", partition_key="dev",
-        run_config={"ops": {f"{agent.name}__deployment": {"config": {"version": version}}}})
+        ops={f"{agent.name}__deployment": DeploymentConfig(version=version)})
     deployed = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "deployment"]))
     url = deployed.asset_materialization.metadata["url"].value
     answer = _invoke(url, sample_text, "C00042", "demo-request-1")

@@ -18,6 +18,7 @@ from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.deployers import LocalProcessDeployer
 from agentops_pipelines.resources.feast import FeastResource
 from agentops_pipelines.resources.governance import GovernanceResource
+from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER, LakeIOManager
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.llm import LLMEndpointResource
 from agentops_pipelines.resources.mlflow import MlflowResource
@@ -97,8 +98,10 @@ def build_resources(settings: Settings, agents: Sequence[Agent] | None = None) -
         variable = settings.secret_env.get(name)  # set only when the value holds a password
         return dg.EnvVar(variable) if variable else getattr(settings, name)
 
+    lake = LakeResource(root=str(settings.lake_dir))
     return {
-        "lake": LakeResource(root=str(settings.lake_dir)),
+        "lake": lake,
+        LAKE_IO_MANAGER: LakeIOManager(root=lake.root),  # assets' results, handed downstream as inputs
         "feast": FeastResource(repo_dir=str(settings.feast_dir), registry=from_env("feast_registry"),
                                online_store=from_env("feast_online_store"), project=settings.feast_project),
         "mlflow_store": MlflowResource(tracking_uri=settings.mlflow_tracking_uri,

@@ -3,6 +3,9 @@
 dataset → customer_features → training_set → trained_agent → evaluation_report →
 registered_version → deployment[dev|staging|prod]; trained_agent → trajectory_evaluation →
 registered_version (its blocking trajectory_gate also holds registration)
+
+Tables travel through the lake; results (trained run, gate records, registered version) through
+the lake's records, as inputs (resources/io_manager.py). ARCHITECTURE.md, "How assets hand data on".
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import dagster as dg
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.checks import build_evaluation_gate
 from agentops_pipelines.assets.dataset import build_dataset_asset
-from agentops_pipelines.assets.deployment import build_deployment_asset
+from agentops_pipelines.assets.deployment import DeploymentConfig, build_deployment_asset
 from agentops_pipelines.assets.drift import build_drift_asset
 from agentops_pipelines.assets.evaluation import build_evaluation_asset
 from agentops_pipelines.assets.features import build_feature_assets
@@ -25,6 +28,8 @@ from agentops_pipelines.assets.trajectory import build_trajectory_asset, build_t
 from agentops_pipelines.operations import build_promotion_job, build_rollback_job
 from agentops_pipelines.partitions import environments
 from agentops_pipelines.resources.deployers import Deployer
+from agentops_pipelines.resources.io_manager import record_table
+from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.sensors.approvals import build_approval_sensor
 from agentops_pipelines.sensors.drift import build_drift_sensor
 from agentops_pipelines.sensors.mlflow_runs import build_mlflow_run_sensor
@@ -54,7 +59,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
     registered = build_registry_asset(agent, evaluation, trajectory)
     deployment = build_deployment_asset(agent, registered)
     drift = build_drift_asset(agent, deployment, training_set, inference_log_root)
-    checks = [build_evaluation_gate(agent, evaluation), build_trajectory_gate(agent, trajectory)]  # the dataset's gates are its check_specs
+    checks = [build_evaluation_gate(evaluation), build_trajectory_gate(trajectory)]  # the dataset's gates are its check_specs
 
     ingest = dg.define_asset_job(
         f"{agent.name}_ingest_job", selection=dg.AssetSelection.assets(dataset, customer_features),
@@ -88,9 +93,13 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
     @dg.asset_sensor(asset_key=registered.key, job=deploy, name=f"{agent.name}_dev_deploy_sensor",
                      default_status=dg.DefaultSensorStatus.RUNNING,
                      description="Every newly registered version goes to dev, unless it already serves there.")
-    def dev_deploy_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, deployer: Deployer):
-        metadata = asset_event.asset_materialization.metadata
-        version = str(metadata["version"].value)
+    def dev_deploy_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, deployer: Deployer,
+                          lake: LakeResource):
+        # The version the registering run stored (a registration reported without a run: the current one).
+        registration = lake.read_record(record_table(registered.key), run_id=asset_event.run_id)
+        if registration is None:
+            return dg.SkipReason(f"run {asset_event.run_id or '(none)'} stored no registered version in the lake")
+        version = registration["version"]
         try:
             serving = deployer.status("dev", agent=agent.name)
         except Exception as exc:  # noqa: BLE001 - an unreachable deployer: the deploy run says why
@@ -101,7 +110,7 @@ def build_lifecycle(agent: Agent, inference_log_root: str) -> Lifecycle:
             return dg.SkipReason(f"version {version} already serves in dev at {serving.url}")
         return dg.RunRequest(
             run_key=f"dev-{version}-{asset_event.run_id}", partition_key="dev",
-            run_config={"ops": {f"{agent.name}__deployment": {"config": {"version": version}}}},
+            run_config=dg.RunConfig(ops={f"{agent.name}__deployment": DeploymentConfig(version=version)}),
             tags={**rollout_tags(agent.name, "dev"), RunTag.VERSION: version},
         )
 

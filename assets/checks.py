@@ -1,12 +1,17 @@
-"""Blocking gates: the dataset's data checks and the evaluation gate before registration.
+"""Blocking gates: the dataset's data checks, and the gates before registration.
 
 The dataset's gates run inside the ``dataset`` step (``check_specs`` on the asset), so a day whose
 gates fail is never recorded as a materialization: the step fails after staging, the partition
 shows as failed in the UI, and the failing gates (with the rows and the lake's ``.rejected.json``)
 are the check results of that partition, one click away.
+
+The evaluations (``evaluation_report``, ``trajectory_evaluation``) judge their candidate and hand
+the verdict on as a *gate record* (:func:`gate_record`, stored in the lake by the IO manager); the
+blocking check on each (:func:`build_gate_check`) loads that record and reports it, and registration
+waits on both.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -75,30 +80,47 @@ def gate_results(outcomes: Mapping[str, "GateOutcome"], rows: int, version: str,
                                   severity=dg.AssetCheckSeverity.ERROR)
 
 
-def build_evaluation_gate(agent: Agent, evaluation: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=evaluation, name="evaluation_gate", blocking=True,
-                    description="The candidate meets the minimums (run config, else the agent's "
-                                "gate_minimums: held-out accuracy, golden accuracy, out-of-scope recall, ...) "
-                                "and is not significantly worse than the champion (McNemar, on the golden "
-                                "set when there is one). Registration waits on it.")
-    def evaluation_gate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        from agentops_pipelines.assets.evaluation import latest_metadata
+def gate_record(candidate_run_id: str, passed: bool, reasons: Sequence[str], champion_version: str,
+                numbers: Mapping[str, float], tables: Mapping[str, str]) -> dict:
+    """What an evaluation hands to its gate and to registration: the candidate, the verdict and its
+    reasons, the champion it was compared with (``"none"``), its numbers (name → value) and its
+    comparison tables (name → markdown)."""
+    return {"candidate_run_id": candidate_run_id, "gate_passed": bool(passed), "gate_reasons": list(reasons),
+            "champion_version": champion_version, "numbers": dict(numbers), "tables": dict(tables)}
 
-        md = latest_metadata(context, evaluation.key)
-        if not md:
-            return dg.AssetCheckResult(passed=False, metadata={"problem": "no evaluation report yet"})
-        reasons = md.get("gate_reasons") or []
-        numbers = {k: v for k, v in md.items()
-                   if isinstance(v, int | float) and not isinstance(v, bool)
-                   and k.split("_")[0] in ("accuracy", "macro", "escalation", "latency", "champion", "delta",
-                                           "mcnemar", "golden", "oos", "in")}
-        metadata = {"candidate_run_id": str(md.get("candidate_run_id")),
-                    "champion_version": str(md.get("champion_version", "none")),
-                    **numbers,
-                    "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none")}
-        if md.get("candidate_vs_champion"):
-            metadata["candidate_vs_champion"] = dg.MetadataValue.md(str(md["candidate_vs_champion"]))
-        return dg.AssetCheckResult(passed=bool(md.get("gate_passed")), severity=dg.AssetCheckSeverity.ERROR,
-                                   metadata=metadata)
 
-    return evaluation_gate
+def gate_check_result(record: Mapping | None, missing: str) -> dg.AssetCheckResult:
+    """The blocking check's result from a gate record: passed as the evaluation judged, with the
+    candidate, the champion, the numbers, the reasons and the tables; failed when there is no
+    record (``missing`` says what is missing)."""
+    if not record:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                   metadata={"problem": missing})
+    reasons = record["gate_reasons"]
+    metadata = {"candidate_run_id": str(record["candidate_run_id"]),
+                "champion_version": str(record["champion_version"]),
+                **record["numbers"],
+                "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none"),
+                **{name: dg.MetadataValue.md(table) for name, table in record["tables"].items()}}
+    return dg.AssetCheckResult(passed=record["gate_passed"], severity=dg.AssetCheckSeverity.ERROR,
+                               metadata=metadata)
+
+
+def build_gate_check(asset: dg.AssetsDefinition, name: str, description: str, missing: str
+                     ) -> dg.AssetChecksDefinition:
+    """A blocking check on ``asset`` that reports the gate record the asset stored in this run (or
+    its current one, when the check runs alone): a failed gate stops registration."""
+    @dg.asset_check(asset=asset, name=name, blocking=True, description=description)
+    def gate(record: dict | None) -> dg.AssetCheckResult:
+        return gate_check_result(record, missing)
+
+    return gate
+
+
+def build_evaluation_gate(evaluation: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    return build_gate_check(
+        evaluation, "evaluation_gate", missing="no evaluation report yet",
+        description="The candidate meets the minimums (run config, else the agent's gate_minimums: "
+                    "held-out accuracy, golden accuracy, out-of-scope recall, ...) and is not "
+                    "significantly worse than the champion (McNemar, on the golden set when there is "
+                    "one). Registration waits on it.")

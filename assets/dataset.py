@@ -14,6 +14,7 @@ from pydantic.fields import FieldInfo
 
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.checks import dataset_gate_specs, gate_results, judge_staged
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.partitions import DAILY_START, daily
 from agentops_pipelines.resources.lake import LakeResource
 
@@ -83,7 +84,7 @@ def build_dataset_asset(agent: Agent) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
         check_specs=dataset_gate_specs(agent),
         kinds={"pandas", "parquet"},
-        code_version="2",
+        code_version=source_version(__name__),
         description=f"One day of customer requests with the tool that resolved each. Daily "
                     f"partitions (UTC) from {DAILY_START} to yesterday; a backfill runs one day "
                     "per run. Staged in the lake, then judged by its blocking Great Expectations "

@@ -6,13 +6,14 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
-from agentops_pipelines.assets.evaluation import latest_metadata
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.governance import approvals
 from agentops_pipelines.operations import RolloutConfig, refuse, rollout_lock
 from agentops_pipelines.partitions import environments
 from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.deployers import Deployer
 from agentops_pipelines.resources.governance import GovernanceResource
+from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.rollout import rollout
 from agentops_pipelines.vocabulary import GUARDED_ENVIRONMENTS, Alias, VersionTag
@@ -30,23 +31,25 @@ def deployments_group(agent: Agent) -> str:
 
 def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
-        key_prefix=[agent.name], name="deployment", group_name=deployments_group(agent), deps=[registered],
-        partitions_def=environments, kinds={"mlflow"}, code_version="1",
+        key_prefix=[agent.name], name="deployment", group_name=deployments_group(agent),
+        ins={"registered": dg.AssetIn(registered.key, input_manager_key=LAKE_IO_MANAGER)},
+        partitions_def=environments, kinds={"mlflow"}, code_version=source_version(__name__),
         description="The version serving in each environment, its URL and when it started. Staging "
                     "and prod take only versions with enough valid signed approvals (approvers.yaml). "
                     "In its own group so that materializing the agent's group never deploys: deploy "
                     "one environment at a time (the deploy job, the promotion job, or this asset).",
     )
-    def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig, mlflow_store: MlflowResource,
-                   deployer: Deployer, audit: AuditLog, governance: GovernanceResource) -> dg.MaterializeResult:
+    def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig, registered: dict | None,
+                   mlflow_store: MlflowResource, deployer: Deployer, audit: AuditLog,
+                   governance: GovernanceResource) -> dg.MaterializeResult:
         import mlflow
 
         environment = context.partition_key
         actor = f"deployment:{context.run.run_id[:8]}"
         client = mlflow_store.configure()
         version = config.version
-        if not version and environment == "dev":
-            version = str(latest_metadata(context, registered.key).get("version", ""))
+        if not version and environment == "dev" and registered:
+            version = registered["version"]
         if not version:
             try:
                 version = str(client.get_model_version_by_alias(agent.name, Alias.CHAMPION).version)

@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.partitions import daily_to_date
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
@@ -62,7 +63,7 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
         key_prefix=[agent.name], name="drift_report", group_name=agent.name, partitions_def=daily_to_date,
         deps=[dg.AssetDep(deployment, partition_mapping=dg.SpecificPartitionsPartitionMapping(["prod"])),
               training_set],
-        kinds={"evidently", "mlflow"}, code_version="2",
+        kinds={"evidently", "mlflow"}, code_version=source_version(__name__),
         description="Evidently-equivalent drift of one day of production requests (inference log) "
                     "against the serving version's training data: per-feature scores, text "
                     "descriptors, chosen tools (against the version's own choices on its training "

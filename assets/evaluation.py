@@ -13,6 +13,9 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.assets.checks import gate_record
+from agentops_pipelines.code_versions import source_version
+from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import Alias
@@ -31,25 +34,6 @@ class EvaluationConfig(dg.Config):
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="McNemar significance level")
     latency_samples: int = Field(default=200, ge=1, le=10_000)
     evidently_report: bool = Field(default=True, description="also log Evidently's classification report")
-
-
-def latest_metadata(context, key: dg.AssetKey) -> dict:
-    """Metadata of ``key``'s materialization in this run if there is one, else its latest.
-
-    Reading this run's first matters when runs overlap: two re-evaluations running at once must
-    each register the model they evaluated, not whichever finished last.
-    """
-    instance = context.instance
-    op_context = getattr(context, "op_execution_context", context)
-    run_id = op_context.run_id
-    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
-        materialization = record.dagster_event.event_specific_data.materialization
-        if materialization.asset_key == key:
-            return {k: v.value for k, v in materialization.metadata.items()}
-    event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        return {}
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def champion_version(client, name: str):
@@ -115,7 +99,8 @@ def _comparison_html(versus: dict) -> str:
 def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_set: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="evaluation_report", group_name=agent.name,
-        deps=[trained, training_set], kinds={"mlflow", "html"}, code_version="1",
+        ins={"trained": dg.AssetIn(trained.key, input_manager_key=LAKE_IO_MANAGER)}, deps=[training_set],
+        io_manager_key=LAKE_IO_MANAGER, kinds={"mlflow", "html"}, code_version=source_version(__name__),
         description="Tool-selection accuracy, macro-F1, escalation precision/recall (with an escalation "
                     "tool), out-of-scope recall/precision/AUROC (with out-of-scope rows), per-tool table, "
                     "latency, held-out and golden test set side by side, and McNemar's test against the "
@@ -123,7 +108,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                     "the deltas; plots (per-tool F1, confusion matrix, calibration, latency) in the "
                     "`plots` metadata and in MLflow beside the HTML report.",
     )
-    def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig,
+    def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, trained: dict | None,
                           lake: LakeResource, mlflow_store: MlflowResource) -> dg.MaterializeResult:
         import mlflow
         import numpy as np
@@ -146,7 +131,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         )
 
         client = mlflow_store.configure()
-        run_id = config.candidate_run_id or latest_metadata(context, trained.key).get("mlflow_run_id")
+        run_id = config.candidate_run_id or (trained or {}).get("mlflow_run_id")
         if not run_id:
             raise dg.Failure("no candidate: materialize trained_agent or set candidate_run_id")
         try:
@@ -244,24 +229,22 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         client.set_tag(run_id, "agentops.evaluation_gate", "passed" if verdict.passed else "failed")
         experiment_id = client.get_run(run_id).info.experiment_id
         url = mlflow_store.run_url(experiment_id, run_id)
-        metadata = {
-            "candidate_run_id": run_id,
-            **logged,
-            "latency_p50_ms": round(lat["p50"], 2),
-            "latency_p99_ms": round(lat["p99"], 2),
-            "holdout_rows": len(holdout),
-            "champion_version": str(champ_mv.version) if champ is not None else "none",
-            "compared_on": summary["compared_on"],
-        }
+        # The numbers the gate reports and registration tags the version with.
+        numbers = {**logged, "latency_p50_ms": round(lat["p50"], 2), "latency_p99_ms": round(lat["p99"], 2)}
+        if champ is not None:
+            numbers |= {f"champion_{m}": r["champion"] for m, r in versus.items()}
+            numbers |= {f"delta_{m}": r["delta"] for m, r in versus.items()}
+        numbers["mcnemar_p_value"] = round(test["p_value"], 4) if test else 1.0
+        champion = str(champ_mv.version) if champ is not None else "none"
+        record = gate_record(run_id, verdict.passed, verdict.reasons, champion, numbers,
+                             {"candidate_vs_champion": comparison_markdown(versus)})
+        metadata = {"candidate_run_id": run_id, **numbers, "holdout_rows": len(holdout),
+                    "champion_version": champion, "compared_on": summary["compared_on"]}
         if golden is not None:
             metadata |= {"golden_rows": len(golden),
                          "golden_test_set": dg.MetadataValue.path(str(resolve_path(agent.golden_test_set.path))),
                          "heldout_vs_golden": dg.MetadataValue.md(_side_by_side_markdown(sides))}
-        if champ is not None:
-            metadata |= {f"champion_{m}": r["champion"] for m, r in versus.items()}
-            metadata |= {f"delta_{m}": r["delta"] for m, r in versus.items()}
         metadata |= {
-            "mcnemar_p_value": round(test["p_value"], 4) if test else 1.0,
             "gate_passed": verdict.passed,
             "gate_reasons": dg.MetadataValue.json(verdict.reasons),
             "candidate_vs_champion": dg.MetadataValue.md(comparison_markdown(versus)),
@@ -270,6 +253,6 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             "report": dg.MetadataValue.url(f"{url}/artifacts/evaluation/report.html"),
             "mlflow_run": dg.MetadataValue.url(url),
         }
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(value=record, metadata=metadata)
 
     return evaluation_report

@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.partitions import daily
 from agentops_pipelines.resources.feast import FeastResource
 from agentops_pipelines.resources.lake import LakeResource
@@ -64,7 +65,7 @@ def build_feature_assets(agent: Agent, dataset: dg.AssetsDefinition) -> list[dg.
         key_prefix=[agent.name], name="customer_features", group_name=agent.name,
         partitions_def=daily, deps=[dataset],
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
-        kinds={"feast", "parquet"}, code_version="1",
+        kinds={"feast", "parquet"}, code_version=source_version(__name__),
         description="Customer profile (the CRM's view at the start of the day) and recent activity "
                     "(from validated requests) as Feast feature views, materialized online.",
     )
@@ -104,7 +105,7 @@ def build_feature_assets(agent: Agent, dataset: dg.AssetsDefinition) -> list[dg.
 
     @dg.asset(
         key_prefix=[agent.name], name="training_set", group_name=agent.name,
-        deps=[dataset, customer_features], kinds={"feast", "parquet"}, code_version="1",
+        deps=[dataset, customer_features], kinds={"feast", "parquet"}, code_version=source_version(__name__),
         description="Validated requests joined point-in-time with customer features; a stable "
                     "share held out for evaluation.",
     )

@@ -3,9 +3,10 @@
 import dagster as dg
 
 from agentops_pipelines.agent.interface import Agent
-from agentops_pipelines.assets.evaluation import latest_metadata
 from agentops_pipelines.assets.training import ARTIFACT, git_commit
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.resources.audit import AuditLog
+from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import Alias, VersionTag
 
@@ -15,25 +16,29 @@ EVAL_TAGS = ("accuracy", "macro_f1", "escalation_recall", "golden_accuracy", "in
 
 
 def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition, *gated: dg.AssetsDefinition) -> dg.AssetsDefinition:
-    """``gated``: more evaluations whose blocking checks registration waits on (trajectories)."""
+    """``gated``: more evaluations whose blocking checks registration waits on (trajectories).
+
+    The candidate and its numbers come from the evaluation's gate record (this run's, when the
+    evaluation ran in it); the result handed on is the registered version."""
     @dg.asset(
-        key_prefix=[agent.name], name="registered_version", group_name=agent.name, deps=[evaluation, *gated],
-        kinds={"mlflow"}, code_version="1",
+        key_prefix=[agent.name], name="registered_version", group_name=agent.name,
+        ins={"report": dg.AssetIn(evaluation.key, input_manager_key=LAKE_IO_MANAGER)}, deps=list(gated),
+        io_manager_key=LAKE_IO_MANAGER, kinds={"mlflow"}, code_version=source_version(__name__),
         description="The candidate registered in MLflow with alias `challenger` and tags for its "
                     "metrics, lineage and approval status (pending until a reviewer decides).",
     )
-    def registered_version(context: dg.AssetExecutionContext, mlflow_store: MlflowResource,
+    def registered_version(context: dg.AssetExecutionContext, report: dict | None, mlflow_store: MlflowResource,
                            audit: AuditLog) -> dg.MaterializeResult:
         import mlflow
 
         from agentops_pipelines.governance.approvals import record_registration
 
-        report = latest_metadata(context, evaluation.key)
-        run_id = report.get("candidate_run_id")
-        if not run_id:
+        if not report:
             raise dg.Failure("no evaluation report to register from")
-        if not report.get("gate_passed"):
-            raise dg.Failure(f"run {run_id} did not pass its evaluation gate: {report.get('gate_reasons')}")
+        run_id = report["candidate_run_id"]
+        if not report["gate_passed"]:
+            raise dg.Failure(f"run {run_id} did not pass its evaluation gate: {report['gate_reasons']}")
+        numbers = report["numbers"]
         client = mlflow_store.configure()
         run = client.get_run(run_id)
         existing = client.search_model_versions(f"name='{agent.name}' and run_id='{run_id}'")
@@ -52,8 +57,8 @@ def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition, *gated: 
             "evaluation_gate": "passed",
             # The evaluation's headline metrics it computed (no escalation recall without an
             # escalation tool, golden_* with a golden test set, oos_* with out-of-scope rows).
-            **{f"eval_{k}": f"{report[k]:.4f}" for k in EVAL_TAGS if isinstance(report.get(k), int | float)},
-            "eval_latency_p99_ms": f"{report['latency_p99_ms']:.2f}",
+            **{f"eval_{k}": f"{numbers[k]:.4f}" for k in EVAL_TAGS if isinstance(numbers.get(k), int | float)},
+            "eval_latency_p99_ms": f"{numbers['latency_p99_ms']:.2f}",
             "dataset_partitions": run.data.tags.get("agentops.partitions", ""),
             "training_set_version": run.data.tags.get("agentops.training_set_version", ""),
             "git_commit": run.data.tags.get("agentops.git_commit") or git_commit(),
@@ -73,7 +78,9 @@ def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition, *gated: 
             actor=f"registered_version:{context.run.run_id[:8]}",
             metrics={k: tags[k] for k in tags if k.startswith("eval_")})
         client.set_registered_model_alias(agent.name, Alias.CHALLENGER, mv.version)
-        return dg.MaterializeResult(metadata={
+        registered = {"model_name": agent.name, "version": str(mv.version),
+                      "model_uri": f"models:/{agent.name}/{mv.version}", "mlflow_run_id": run_id}
+        return dg.MaterializeResult(value=registered, metadata={
             "model_name": agent.name,
             "version": str(mv.version),
             "model_uri": f"models:/{agent.name}/{mv.version}",

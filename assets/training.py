@@ -6,6 +6,8 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.code_versions import source_version
+from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 
@@ -46,7 +48,8 @@ def git_commit() -> str:
 def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="trained_agent", group_name=agent.name, deps=[training_set],
-        kinds={"mlflow", "scikitlearn"}, code_version="1",
+        io_manager_key=LAKE_IO_MANAGER, kinds={"mlflow", "scikitlearn"},
+        code_version=source_version(__name__, type(agent).__module__),  # the agent's code trains
         description="The agent's router trained on the whole training split (the default recipe "
                     "selects and calibrates on a validation share of it, then refits on all), logged "
                     "to MLflow with its parameters, validation metrics, dataset lineage, prompt "
@@ -105,7 +108,8 @@ def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.
         url = mlflow_store.run_url(experiment_id, run.info.run_id)
         context.log.info("trained %s on %d rows: validation %s (%s)", agent.name, len(train), validation, url)
         client.set_tag(run.info.run_id, "agentops.model_uri", info.model_uri)
-        return dg.MaterializeResult(metadata={
+        trained = {"mlflow_run_id": run.info.run_id, "model_uri": info.model_uri, "training_set_version": data_version}
+        return dg.MaterializeResult(value=trained, metadata={
             "mlflow_run_id": run.info.run_id,
             "model_uri": info.model_uri,
             "mlflow_run": dg.MetadataValue.url(url),

@@ -18,7 +18,10 @@ import dagster as dg
 from pydantic import Field
 
 from agentops_pipelines.agent.interface import Agent
+from agentops_pipelines.assets.checks import build_gate_check, gate_record
+from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.resources.feast import FeastResource
+from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.llm import LLMEndpointResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 
@@ -73,22 +76,23 @@ def baseline_model(agent: Agent) -> str:
 
 def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
-        key_prefix=[agent.name], name="trajectory_evaluation", group_name=agent.name, deps=[trained],
-        kinds={"mlflow", "html"}, code_version="1",
+        key_prefix=[agent.name], name="trajectory_evaluation", group_name=agent.name,
+        ins={"trained": dg.AssetIn(trained.key, input_manager_key=LAKE_IO_MANAGER)},
+        io_manager_key=LAKE_IO_MANAGER, kinds={"mlflow", "html"}, code_version=source_version(__name__),
         description="Golden trajectories (tool sequences, arguments, outcomes, policy cases) run through "
                     "the executor against a fresh copy of the system of record, candidate and champion; "
                     "per scorer, per tool, per step and per scenario, in MLflow and here.",
     )
-    def trajectory_evaluation(context: dg.AssetExecutionContext, config: TrajectoryConfig,
+    def trajectory_evaluation(context: dg.AssetExecutionContext, config: TrajectoryConfig, trained: dict | None,
                               mlflow_store: MlflowResource, feast: FeastResource,
                               llm: LLMEndpointResource) -> dg.MaterializeResult:
         from agentops_pipelines import trajectory_gate as tg
         from agentops_pipelines.agent.llm.judge import judges_for
         from agentops_pipelines.agent.trajectory import router_from_model
-        from agentops_pipelines.assets.evaluation import champion_version, latest_metadata
+        from agentops_pipelines.assets.evaluation import champion_version
 
         client = mlflow_store.configure()
-        run_id = config.candidate_run_id or latest_metadata(context, trained.key).get("mlflow_run_id")
+        run_id = config.candidate_run_id or (trained or {}).get("mlflow_run_id")
         if not run_id:
             raise dg.Failure("no candidate: materialize trained_agent or set candidate_run_id")
         if config.llm_judge and llm.endpoint() is None:
@@ -102,9 +106,10 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
             reason = "the model wraps no router" if router is None else tg.applicable(router, cases)
             if reason:
                 client.set_tag(run_id, "agentops.trajectory_gate", "not_applicable")
-                return dg.MaterializeResult(metadata={
+                reasons = [f"not applicable: {reason}"]
+                return dg.MaterializeResult(value=gate_record(run_id, True, reasons, "none", {}, {}), metadata={
                     "candidate_run_id": run_id, "applicable": False, "gate_passed": True,
-                    "gate_reasons": dg.MetadataValue.json([f"not applicable: {reason}"])})
+                    "gate_reasons": dg.MetadataValue.json(reasons)})
             lookup = _feature_lookup(feast.for_agent(agent.name), [c.customer_id for c in cases], context.log)
             cand = tg.evaluate_route(router_from_model(router, columns), cases, template, "candidate", lookup, judges)
             champ, champ_mv = None, champion_version(client, baseline) if config.compare_champion else None
@@ -135,17 +140,20 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
         url = mlflow_store.run_url(client.get_run(run_id).info.experiment_id, run_id)
         context.log.info("trajectory evaluation of %s: %s (%s)", run_id, "passed" if result.passed else
                          "failed: " + "; ".join(result.reasons), url)
-        means = {f"trajectory_{r.scorer}": round(float(r.candidate), 4) for r in result.comparison.itertuples()}
+        numbers = {f"trajectory_{r.scorer}": round(float(r.candidate), 4) for r in result.comparison.itertuples()}
+        numbers["mcnemar_p_value"] = round(result.test["p_value"], 4) if result.test else 1.0
+        champion = f"{baseline} v{champ_mv.version}" if champ is not None else "none"
+        per_scorer = tg.markdown(result.comparison)
+        record = gate_record(run_id, result.passed, result.reasons, champion, numbers, {"per_scorer": per_scorer})
         metadata = {
-            "candidate_run_id": run_id, "applicable": True, "cases": len(cases), **means,
-            "champion_version": f"{baseline} v{champ_mv.version}" if champ is not None else "none",
-            "mcnemar_p_value": round(result.test["p_value"], 4) if result.test else 1.0,
+            "candidate_run_id": run_id, "applicable": True, "cases": len(cases), **numbers,
+            "champion_version": champion,
             "gate_passed": result.passed,
             **{f"{name}_judge_calls": judge.calls for name, judge in judges.items()},
             **{f"{name}_judge_failures": judge.failures for name, judge in judges.items()},
             "gate_reasons": dg.MetadataValue.json(result.reasons),
             "minimums": dg.MetadataValue.json(config.minimums()),
-            "per_scorer": dg.MetadataValue.md(tg.markdown(result.comparison)),
+            "per_scorer": dg.MetadataValue.md(per_scorer),
             "per_tool": dg.MetadataValue.md(tg.markdown(cand.per_tool)),
             "per_step": dg.MetadataValue.md(tg.markdown(cand.per_step)),
             "failures": dg.MetadataValue.md(tg.markdown(fails[fails["failed"] > 0])),
@@ -153,30 +161,14 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
             "report": dg.MetadataValue.url(f"{url}/artifacts/{ARTIFACTS}/report.html"),
             "mlflow_run": dg.MetadataValue.url(url),
         }
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(value=record, metadata=metadata)
 
     return trajectory_evaluation
 
 
-def build_trajectory_gate(agent: Agent, trajectory: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=trajectory, name="trajectory_gate", blocking=True,
-                    description="Every trajectory scorer meets its minimum (the asset's config: min_*) and the "
-                                "candidate is not significantly worse than the champion on whole cases "
-                                "(McNemar). Registration waits on it.")
-    def trajectory_gate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        from agentops_pipelines.assets.evaluation import latest_metadata
-
-        md = latest_metadata(context, trajectory.key)
-        if not md:
-            return dg.AssetCheckResult(passed=False, metadata={"problem": "no trajectory evaluation yet"})
-        reasons = md.get("gate_reasons") or []
-        numbers = {k: v for k, v in md.items() if k.startswith("trajectory_") or k == "mcnemar_p_value"}
-        metadata = {"candidate_run_id": str(md.get("candidate_run_id")),
-                    "champion_version": str(md.get("champion_version", "none")), **numbers,
-                    "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "none")}
-        if md.get("per_scorer"):
-            metadata["per_scorer"] = dg.MetadataValue.md(str(md["per_scorer"]))
-        return dg.AssetCheckResult(passed=bool(md.get("gate_passed")), severity=dg.AssetCheckSeverity.ERROR,
-                                   metadata=metadata)
-
-    return trajectory_gate
+def build_trajectory_gate(trajectory: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    return build_gate_check(
+        trajectory, "trajectory_gate", missing="no trajectory evaluation yet",
+        description="Every trajectory scorer meets its minimum (the asset's config: min_*) and the "
+                    "candidate is not significantly worse than the champion on whole cases (McNemar). "
+                    "Registration waits on it.")

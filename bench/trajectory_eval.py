@@ -110,8 +110,9 @@ def lifecycle(cases: int, repeat: int, write: bool) -> int:
 
     from agentops_pipelines.agent.model import AgentModel
     from agentops_pipelines.agent.support_desk import SupportDeskAgent
-    from agentops_pipelines.assets.trajectory import build_trajectory_asset
+    from agentops_pipelines.assets.trajectory import TrajectoryConfig, build_trajectory_asset
     from agentops_pipelines.resources.feast import FeastResource
+    from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER, LakeIOManager
     from agentops_pipelines.resources.mlflow import MlflowResource
 
     agent = SupportDeskAgent()
@@ -130,12 +131,13 @@ def lifecycle(cases: int, repeat: int, write: bool) -> int:
         client.set_registered_model_alias(agent.name, "champion", mv.version)
         trained = dg.AssetSpec([agent.name, "trained_agent"])
         asset = build_trajectory_asset(agent, trained)
-        resources = {"mlflow_store": store, "feast": FeastResource(repo_dir=str(tmp / "feast"), registry=str(tmp / "feast" / "registry.db"))}
+        resources = {"mlflow_store": store, "feast": FeastResource(repo_dir=str(tmp / "feast"), registry=str(tmp / "feast" / "registry.db")),
+                     LAKE_IO_MANAGER: LakeIOManager(root=str(tmp / "lake"))}
         seconds, md = [], {}
         for _ in range(repeat):
             t = time.perf_counter()
-            result = dg.materialize([asset], resources=resources, run_config={"ops": {
-                f"{agent.name}__trajectory_evaluation": {"config": {"candidate_run_id": runs[0], "cases": cases}}}})
+            result = dg.materialize([trained, asset], resources=resources, run_config=dg.RunConfig(ops={
+                f"{agent.name}__trajectory_evaluation": TrajectoryConfig(candidate_run_id=runs[0], cases=cases)}))
             seconds.append(time.perf_counter() - t)
             md = {k: v.value for k, v in result.asset_materializations_for_node(f"{agent.name}__trajectory_evaluation")[0].metadata.items()}
             print(f"trajectory_evaluation: {seconds[-1]:.1f} s, gate passed {md['gate_passed']}", flush=True)

@@ -4,12 +4,18 @@ Every write lands as ``<table>/<partition>/<run_id>.parquet``. A partition's rea
 one named by its ``_CURRENT`` pointer, which moves only when the version is committed (for the
 dataset: when its gates pass). A rejected version stays beside it, with the reasons, for a person
 to inspect; readers never see it, and the last good version stays current.
+
+Small results (an evaluation's verdict, a registered version) are *records*: JSON in the same
+layout, ``<table>/<partition>/<run_id>.json``, committed as they are written. They are how assets
+hand their results to the assets downstream (``resources/io_manager.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,9 +33,16 @@ class PartitionNotReadyError(LookupError):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # One temporary name per writer (process and thread): two runs in one process may write the
+    # same pointer at once.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _plain(value):
+    """JSON for what ``json`` does not know: numpy scalars as numbers, anything else as text."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -63,9 +76,13 @@ class LakeResource(dg.ConfigurableResource):
         path = folder / f"{run_id}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"no staged version {run_id} of {table}/{partition}")
+        self._point(folder, run_id)
+        return path
+
+    @staticmethod
+    def _point(folder: Path, run_id: str) -> None:
         pointer = {"run_id": run_id, "committed_at": datetime.now(UTC).isoformat()}
         _atomic_write_text(folder / "_CURRENT", json.dumps(pointer))
-        return path
 
     def reject(self, table: str, partition: str, run_id: str, reasons: dict) -> Path:
         """Record why a staged version was refused; the current version is left alone."""
@@ -79,6 +96,21 @@ class LakeResource(dg.ConfigurableResource):
         """Stage and commit in one step, for tables with no gate of their own."""
         self.stage(table, partition, df, run_id)
         return self.commit(table, partition, run_id)
+
+    def write_record(self, table: str, record: Mapping, run_id: str, partition: str = UNPARTITIONED) -> Path:
+        """Write ``run_id``'s record of ``table`` (JSON) and make it the current one."""
+        folder = self._dir(table, partition)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{run_id}.json"
+        _atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False, default=_plain))
+        self._point(folder, run_id)
+        return path
+
+    def read_record(self, table: str, partition: str = UNPARTITIONED, run_id: str | None = None) -> dict | None:
+        """``run_id``'s record of ``table`` (default: the current one); None when there is none."""
+        run_id = run_id or self.current_run_id(table, partition)
+        path = self._dir(table, partition) / f"{run_id}.json"
+        return json.loads(path.read_text()) if run_id and path.exists() else None
 
     def current_run_id(self, table: str, partition: str = UNPARTITIONED) -> str | None:
         pointer = self._dir(table, partition) / "_CURRENT"

@@ -6,9 +6,10 @@ import pytest
 from tests.helpers import AGENT, register_versions, sensor
 
 
-def registered(instance, version: str) -> None:
-    instance.report_runless_asset_event(dg.AssetMaterialization(
-        dg.AssetKey([AGENT, "registered_version"]), metadata={"version": version}))
+def registered(defs, instance, version: str) -> None:
+    """A registration as the sensor sees it: the version in the lake, a materialization event."""
+    defs.resources["lake"].write_record(f"{AGENT}/registered_version", {"version": version}, run_id=f"fixture-{version}")
+    instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey([AGENT, "registered_version"])))
 
 
 def tick(defs, instance, cursor=None):
@@ -24,7 +25,7 @@ def test_dev_deploy_sensor_skips_the_version_already_serving(defs, instance, hom
     tracking = f"sqlite:///{home}/mlflow/mlflow.db"
     defs.resources["mlflow_store"].configure()
     v1, v2 = register_versions(tracking, 2)
-    registered(instance, v1)
+    registered(defs, instance, v1)
 
     (request,), _, _ = tick(defs, instance)
     assert request.partition_key == "dev"
@@ -36,6 +37,6 @@ def test_dev_deploy_sensor_skips_the_version_already_serving(defs, instance, hom
     requests, skip, cursor = tick(defs, instance)
     assert requests == [] and f"version {v1} already serves in dev" in skip
 
-    registered(instance, v2)
+    registered(defs, instance, v2)
     (request,), _, _ = tick(defs, instance, cursor)
     assert request.run_config["ops"][f"{AGENT}__deployment"]["config"]["version"] == v2

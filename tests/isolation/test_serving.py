@@ -105,8 +105,8 @@ def test_two_agents_side_by_side_each_lifecycle_touches_only_its_own(defs, insta
     # -- a new registration of B goes to dev even though A serves the same version number there
     deployer.deploy("dev", f"models:/{A}/1", "1")
     for agent in (A, B):
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            asset_key=dg.AssetKey([agent, "registered_version"]), metadata={"version": "1"}))
+        defs.resources["lake"].write_record(f"{agent}/registered_version", {"version": "1"}, run_id="fixture")
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey([agent, "registered_version"])))
     assert "already serves in dev" in evaluate(defs, instance, A, "dev_deploy_sensor")[1]
     (dev_b,) = evaluate(defs, instance, B, "dev_deploy_sensor")[0]
     assert dev_b.tags["agentops/rollout"] == f"{B}/dev"

@@ -9,6 +9,7 @@ import pytest
 from agentops_pipelines.agent.interface import Agent, GoldenTestSet
 from agentops_pipelines.agent.recipes import train_text_router
 from agentops_pipelines.evaluation import mcnemar
+from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER, LakeIOManager
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import Alias
@@ -91,8 +92,8 @@ def evaluate(agent: Agent, lake, store, instance, run_id: str, **config) -> tupl
     trained, training_set = (dg.AssetSpec([agent.name, n]) for n in ("trained_agent", "training_set"))
     report = build_evaluation_asset(agent, trained, training_set)
     result = dg.materialize(
-        [report, build_evaluation_gate(agent, report)], instance=instance, raise_on_error=False,
-        resources={"lake": lake, "mlflow_store": store},
+        [trained, report, build_evaluation_gate(report)], instance=instance, raise_on_error=False,
+        resources={"lake": lake, LAKE_IO_MANAGER: LakeIOManager(root=lake.root), "mlflow_store": store},
         run_config={"ops": {f"{agent.name}__evaluation_report": {"config": {
             "candidate_run_id": run_id, "evidently_report": False, "latency_samples": 5, **config}}}})
     (materialization,) = result.asset_materializations_for_node(f"{agent.name}__evaluation_report")
@@ -157,8 +158,8 @@ def test_a_golden_file_without_the_named_column_fails_naming_file_and_column(sto
         from agentops_pipelines.assets.evaluation import build_evaluation_asset
 
         trained, training_set = (dg.AssetSpec([agent.name, n]) for n in ("trained_agent", "training_set"))
-        dg.materialize([build_evaluation_asset(agent, trained, training_set)], instance=instance,
-                       resources={"lake": lake, "mlflow_store": store},
+        dg.materialize([trained, build_evaluation_asset(agent, trained, training_set)], instance=instance,
+                       resources={"lake": lake, LAKE_IO_MANAGER: LakeIOManager(root=lake.root), "mlflow_store": store},
                        run_config={"ops": {f"{agent.name}__evaluation_report": {"config": {
                            "candidate_run_id": run_id, "evidently_report": False, "latency_samples": 5}}}})
 
