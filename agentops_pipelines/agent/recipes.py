@@ -45,7 +45,8 @@ DEFAULT_PARAMS: dict[str, float] = {
     "C": 0.0,
     "word_ngrams": 2,
     "char_ngrams": 5,
-    "embeddings": 0,  # 1: add MiniLM sentence embeddings (+accuracy, ~10x the latency; BENCHMARKS.md)
+    "embeddings": 0,  # 1: MiniLM sentence embeddings beside TF-IDF (BENCHMARKS.md)
+    "embedding_int8": 1,  # MiniLM's weights in int8 (ONNX Runtime); 0: float32, ~2x the CPU
     "embedding_scale": 2.0,
     "validation_share": 0.15,
     "refit": 1,
@@ -269,7 +270,9 @@ def make_pipeline(params: Mapping[str, object], numeric: Sequence[str], categori
         from agentops_pipelines.agent.embeddings import SentenceEmbedder
 
         # A cache as large as the training set: selection fits several models on the same texts.
-        blocks.append(SentenceEmbedder(scale=float(params["embedding_scale"]), cache_size=200_000))
+        backend = "onnx-int8" if params["embedding_int8"] else "onnx"
+        blocks.append(SentenceEmbedder(scale=float(params["embedding_scale"]), backend=backend,
+                                       cache_size=200_000))
     transformers = [("text", make_union(*blocks), "text")]
     if numeric:
         transformers.append(("numeric", StandardScaler(), list(numeric)))
