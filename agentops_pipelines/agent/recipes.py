@@ -4,8 +4,10 @@ Every agent that does not bring its own model (the support desk, the YAML-config
 with :func:`train_text_router`. The steps, and why each is there:
 
 1. **Features only where declared.** The text goes through word and character TF-IDF (and, as an
-   option, MiniLM sentence embeddings); customer features are added only for the columns the agent
-   declares. Simulated features on data that has none cost accuracy (~0.8 points on BANKING77).
+   option, MiniLM sentence embeddings run by ONNX Runtime with int8 weights: +2.9 points on
+   BANKING77 for ~1.5 ms more CPU per request; BENCHMARKS.md); customer features are added only
+   for the columns the agent declares. Simulated features on data that has none cost accuracy
+   (~0.8 points on BANKING77).
 2. **Model selection on a validation split.** A stable share of the training rows (by request id,
    else by text) is held back; the regularisation ``C`` is chosen there from a small grid.
 3. **Calibration on the same validation rows.** A linear SVM's margins are not probabilities, and
@@ -46,7 +48,7 @@ DEFAULT_PARAMS: dict[str, float] = {
     "word_ngrams": 2,
     "char_ngrams": 5,
     "embeddings": 0,  # 1: MiniLM sentence embeddings beside TF-IDF (BENCHMARKS.md)
-    "embedding_int8": 1,  # MiniLM's weights in int8 (ONNX Runtime); 0: float32, ~2x the CPU
+    "embedding_int8": 1,  # MiniLM's weights in int8 (ONNX Runtime); 0: float32, ~3x the CPU
     "embedding_scale": 2.0,
     "validation_share": 0.15,
     "refit": 1,
