@@ -39,8 +39,8 @@ def build_graph(encoder: MiniLMEncoder):
     initializers, nodes = [], []
     counter = iter(range(1_000_000))
 
-    def const(array, name: str | None = None) -> str:
-        name = name or f"c{next(counter)}"
+    def const(array) -> str:
+        name = f"c{next(counter)}"
         initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
@@ -120,9 +120,12 @@ def quantize(model, per_channel: bool = True) -> bytes:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # quantize_dynamic advises pre-processing (shape inference, graph fusions) on the root logger;
-    # this graph has static shapes and its fusions are done by the session: not worth a warning.
-    quiet = _Without("pre-processing before quantization")
+    # The quantizer logs on the root logger: a line per tensor (INFO) and advice to pre-process
+    # (shape inference, fusions: the session does them). A serving process's log is not for that.
+    def quiet(record: logging.LogRecord) -> bool:
+        from_quantizer = "onnxruntime" in record.pathname and "quantization" in record.pathname
+        return not from_quantizer or record.levelno >= logging.ERROR
+
     logging.getLogger().addFilter(quiet)
     try:
         with tempfile.TemporaryDirectory(prefix="minilm-onnx-") as folder:
@@ -132,16 +135,6 @@ def quantize(model, per_channel: bool = True) -> bytes:
             return out.read_bytes()
     finally:
         logging.getLogger().removeFilter(quiet)
-
-
-class _Without:
-    """A logging filter dropping records whose message contains ``text``."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def filter(self, record) -> bool:
-        return self.text not in record.getMessage()
 
 
 def session(model_bytes: bytes):

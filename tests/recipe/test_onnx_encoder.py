@@ -57,3 +57,14 @@ def test_an_embedder_pickled_before_the_backends_runs_numpy(reference):
     np.testing.assert_array_equal(old.transform(TEXTS), reference)
     with pytest.raises(ValueError, match="unknown MiniLM backend 'torch'"):
         SentenceEmbedder(backend="torch").fit(TEXTS)
+
+
+def test_quantizing_writes_nothing_to_the_log(caplog):
+    """The quantizer logs a line per tensor on the root logger: not in a serving process's log."""
+    import logging
+
+    from agentops_pipelines.agent.onnx_encoder import build_graph, quantize
+
+    caplog.set_level(logging.INFO)
+    assert quantize(build_graph(get_encoder(backend="numpy")))
+    assert not [r.getMessage() for r in caplog.records if "quantization" in r.pathname]
