@@ -30,6 +30,13 @@ def empty_mlflow_db(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def mlflow_db(tmp_path, empty_mlflow_db) -> str:
+    """The tracking URI of a new, empty MLflow store of this test's own (``tmp_path/mlflow.db``)."""
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
 def home(tmp_path, monkeypatch, empty_mlflow_db):
     """A fresh AGENTOPS_HOME: everything the embedded default writes goes here. Its MLflow
     database is a copy of an empty one (``empty_mlflow_db``)."""
