@@ -26,89 +26,39 @@ process group's CPU (the evaluation worker included).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
-import queue
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BENCHMARKS = ROOT / "BENCHMARKS.md"
+sys.path.insert(0, str(ROOT / "bench"))
+from serving_latency import (  # noqa: E402 - the bench folder is on the path from here
+    ADMIN_TOKEN,
+    ours,
+    process_cpu_seconds,
+    quantile,
+    send_on_schedule,
+    write_section,
+)
+
 SECTION = "## Agents that act: multi-step serving and shadow"
-TOKEN = "bench-token"
-
-
-def quantile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
-def cpu_seconds(pgid: int) -> float:
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def open_loop(url: str, requests: list[tuple[str, bytes]], rate: float, connections: int = 32):
-    """(latencies in ms from the scheduled send, statuses, outcomes) of ``requests`` sent at ``rate``."""
-    parts = urlsplit(url)
-    n = len(requests)
-    latency: list[float | None] = [None] * n
-    status: list = [None] * n
-    outcome: list = [None] * n
-    work: queue.Queue = queue.Queue()
-
-    def worker() -> None:
-        conn = None
-        while (item := work.get()) is not None:
-            i, scheduled = item
-            rid, body = requests[i]
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-                conn.request("POST", "/invocations", body, {"Content-Type": "application/json", "X-Request-Id": rid})
-                response = conn.getresponse()
-                raw = response.read()
-                status[i] = response.status
-                if response.status == 200:
-                    outcome[i] = json.loads(raw)["predictions"][0].get("outcome")
-            except (OSError, http.client.HTTPException) as e:
-                if conn is not None:
-                    conn.close()
-                conn, status[i] = None, type(e).__name__
-            latency[i] = (time.perf_counter() - scheduled) * 1000.0
-        if conn is not None:
-            conn.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(connections)]
-    for t in threads:
-        t.start()
-    start = time.perf_counter() + 0.05
-    for i in range(n):
-        scheduled = start + i / rate
-        if (delay := scheduled - time.perf_counter()) > 0:
-            time.sleep(delay)
-        work.put((i, scheduled))
-    for _ in threads:
-        work.put(None)
-    for t in threads:
-        t.join(60)
+    """(latencies in ms from the scheduled send, statuses, outcomes) of ``requests`` (request id,
+    body) sent at ``rate``; no retry (a request acts: it is sent once)."""
+    latency, status, outcome, _ = send_on_schedule(
+        url, [body for _, body in requests], rate, connections,
+        headers=[{"X-Request-Id": rid} for rid, _ in requests],
+        answer=lambda raw: json.loads(raw)["predictions"][0].get("outcome"), reconnects=0)
     return latency, status, outcome
 
 
@@ -116,47 +66,13 @@ def admin(url: str, payload: dict) -> dict:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=180)
     conn.request("POST", "/admin/shadow", json.dumps(payload).encode(),
-                 {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+                 {"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"})
     response = conn.getresponse()
     body = json.loads(response.read())
     conn.close()
     if response.status != 200:
         raise SystemExit(f"/admin/shadow {payload}: {response.status} {body}")
     return body
-
-
-@contextlib.contextmanager
-def server(workdir: Path, env: dict, model_uri: str, version: str):
-    workdir.mkdir(parents=True, exist_ok=True)
-    token = workdir / "admin-token"
-    token.write_text(TOKEN)
-    token.chmod(0o600)
-    state = workdir / "state.json"
-    command = [sys.executable, "-m", "agentops_pipelines.serving", "--model-uri", model_uri, "--version", version,
-               "--environment", "bench", "--state-file", str(state), "--admin-token-file", str(token),
-               "--trace-sample-rate", "0.01", "--inference-log-dir", str(workdir / "inference_log")]
-    log = (workdir / "server.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True, env={**os.environ, **env})
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: see {workdir / 'server.log'}")
-            with contextlib.suppress(OSError, ValueError):
-                payload = json.loads(state.read_text())
-                if payload.get("status") == "serving":
-                    break
-            time.sleep(0.1)
-        yield payload["url"], process.pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
 
 
 def submit_cost(sor_url: str, cases, n: int = 2000) -> float:
@@ -232,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--duration", type=float, default=15.0, help="seconds per round")
     p.add_argument("--rounds", type=int, default=3, help="rounds per configuration (off and on alternate)")
-    p.add_argument("--write", action="store_true", help=f"write the results into {BENCHMARKS.name}")
+    p.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out
 
@@ -253,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "AGENTOPS_SOR_URL": sor.url,
            "AGENTOPS_HOME": str(work)}
     rows: list[dict] = []
-    with server(work / "serving", env, f"models:/{AGENT}/{versions[0]}", versions[0]) as (url, pgid):
+    with ours(f"models:/{AGENT}/{versions[0]}", versions[0], work, name="serving", env=env) as (url, pgid):
         warm = [(f"warm-{i}", json.dumps({"dataframe_records": [{"text": c.text, "customer_id": c.customer_id}]}).encode())
                 for i, c in enumerate(cases[:200])]
         open_loop(url, warm, 50.0)
@@ -265,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(per_round):
                 c = cases[(k * per_round + i) % len(cases)]
                 reqs.append((f"r{k}-{i}", json.dumps({"dataframe_records": [{"text": c.text, "customer_id": c.customer_id}]}).encode()))
-            cpu0, t0 = cpu_seconds(pgid), time.perf_counter()
+            cpu0, t0 = process_cpu_seconds(pgid) or 0.0, time.perf_counter()
             latency, status, outcome = open_loop(url, reqs, args.rate)
             wall = time.perf_counter() - t0
-            cpu = (cpu_seconds(pgid) - cpu0) / wall
+            cpu = ((process_cpu_seconds(pgid) or 0.0) - cpu0) / wall
             summary = admin(url, {"action": "unload", "record": False})["shadow"] if shadow else None
             done = [v for v in latency if v is not None]
             outcomes: dict = {}
@@ -292,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
            for name, group in (("off", off), ("on", on))}
     load = os.getloadavg()
     lines = [
-        SECTION, "",
         f"Command: `.venv/bin/python bench/acting_latency.py --rate {args.rate:g} --duration {args.duration:g} "
         f"--rounds {args.rounds}` (one interleaved run: shadow off, on, off, on ...; measured "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at the end "
@@ -330,16 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{ip['on']['p99_ms'] - ip['off']['p99_ms']:+.2f} ms of p99 to the primary's request path.", "",
     ]
     text = "\n".join(lines)
-    print(text)
+    print(f"{SECTION}\n\n{text}")
     if args.write:
-        body = BENCHMARKS.read_text() if BENCHMARKS.exists() else ""
-        if SECTION in body:
-            start = body.index(SECTION)
-            end = body.find("\n## ", start + len(SECTION))
-            body = body[:start] + text + (body[end + 1:] if end != -1 else "")
-        else:
-            body = body.rstrip("\n") + "\n\n" + text
-        BENCHMARKS.write_text(body)
+        write_section(text, SECTION)
     mlflow.set_tracking_uri(None)
     return 0
 

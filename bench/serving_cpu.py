@@ -29,16 +29,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = (
-    "Where is my order? It was supposed to arrive yesterday.",
-    "I want a refund for the damaged blender I received.",
-    "I forgot my password and can't log in",
-    "Please cancel my subscription before the next billing date",
-    "My card was charged twice for the same order",
-    "Can I upgrade my plan to premium?",
-)
+sys.path.insert(0, str(ROOT / "bench"))
+from serving_latency import TEXTS as SERVING_TEXTS  # noqa: E402 - the bench folder is on the path
+from serving_latency import bodies  # noqa: E402
 
-# Runs in a child process whose sys.path[0] is the code measured (no import of this checkout).
+# Six of the serving benchmark's texts (the ones every figure of this benchmark was measured on).
+TEXTS = SERVING_TEXTS[:5] + SERVING_TEXTS[8:9]
+
+# Runs in a child process whose sys.path[0] is the code measured (no import of this checkout);
+# the request bodies (``serving_latency.bodies``) arrive on its stdin as a JSON list.
 CHILD = r"""
 import json, sys, tempfile, time
 from agentops_pipelines.serving.handlers import begin_invocation, finish_invocation
@@ -47,9 +46,7 @@ from agentops_pipelines.serving.metrics import ServingMetrics
 from agentops_pipelines.serving.state import ServingState
 
 model_uri, version, sizes, n, log = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-texts = json.loads(sys.argv[6])
-bodies = [json.dumps({"dataframe_records": [{"text": texts[i % len(texts)],
-                      "customer_id": f"C{i * 7919 % 500 + 1:05d}"}]}).encode() for i in range(n)]
+bodies = [body.encode() for body in json.load(sys.stdin)]
 writer = InferenceLogWriter(tempfile.mkdtemp(), "bench").start() if log == "1" else None
 state = ServingState("bench", agent=model_uri.split("/")[1], metrics=ServingMetrics("bench"),
                      inline_batching=True, inference_log=writer)
@@ -85,8 +82,8 @@ def measure(code: Path, model_uri: str, version: str, sizes: str, n: int, log: b
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, model_uri, version, sizes, str(n), "1" if log else "0",
-         json.dumps(TEXTS)],
+        [sys.executable, "-c", CHILD, model_uri, version, sizes, str(n), "1" if log else "0"],
+        input=json.dumps([body.decode() for body in bodies(n, TEXTS)]),
         cwd=code, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 SECTION = "## Serving latency"
+ADMIN_TOKEN = "bench-token"  # what ``ours`` writes into its admin token file
 DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
 TEXTS = (
     "Where is my order? It was supposed to arrive yesterday.",
@@ -119,12 +120,13 @@ class Result:
     server_cpu: float | None
 
 
-def bodies(n: int) -> list[bytes]:
+def bodies(n: int, texts: tuple[str, ...] = TEXTS) -> list[bytes]:
+    """``n`` one-row request bodies: the texts in turn, customers from a pool of 500."""
     return [
         json.dumps(
             {
                 "dataframe_records": [
-                    {"text": TEXTS[i % len(TEXTS)], "customer_id": f"C{i * 7919 % 500 + 1:05d}"}
+                    {"text": texts[i % len(texts)], "customer_id": f"C{i * 7919 % 500 + 1:05d}"}
                 ]
             }  # fmt: skip
         ).encode()
@@ -132,29 +134,41 @@ def bodies(n: int) -> list[bytes]:
     ]
 
 
-def open_loop(url: str, rate: float, duration: float, connections: int, timeout: float = 30.0):
-    """(latencies in ms from the scheduled send time, statuses, wall seconds)."""
+def send_on_schedule(url: str, payloads: list[bytes], rate: float, connections: int,
+                     timeout: float = 30.0, headers: list[dict[str, str]] | None = None,
+                     answer=None, reconnects: int = 1):
+    """POST ``payloads`` to ``/invocations`` on a fixed schedule (``rate`` per second) over
+    ``connections`` keep-alive connections, whatever the server's speed.
+
+    Returns (latencies in ms from each request's *scheduled* send time, statuses, answers, wall
+    seconds). ``headers``: extra headers per request; ``answer``: what to keep of a 200 answer's
+    body (None: nothing); ``reconnects``: retries on a fresh connection when the server closed a
+    keep-alive connection.
+    """
     parts = urlsplit(url)
-    n = int(rate * duration)
-    payloads = bodies(n)
+    n = len(payloads)
     latency: list[float | None] = [None] * n
     status: list[int | str | None] = [None] * n
+    answers: list = [None] * n
     work: queue.Queue = queue.Queue()
 
     def worker() -> None:
         conn = None
         while (item := work.get()) is not None:
             i, scheduled = item
-            for _ in range(2):  # one reconnect if the server closed a keep-alive connection
+            for _ in range(1 + reconnects):
                 try:
                     if conn is None:
                         conn = http.client.HTTPConnection(
                             parts.hostname, parts.port, timeout=timeout
                         )
-                    conn.request("POST", "/invocations", payloads[i], {"Content-Type": "application/json"})  # fmt: skip
+                    conn.request("POST", "/invocations", payloads[i],
+                                 {"Content-Type": "application/json", **(headers[i] if headers else {})})  # fmt: skip
                     response = conn.getresponse()
-                    response.read()
+                    raw = response.read()
                     status[i] = response.status
+                    if answer is not None and response.status == 200:
+                        answers[i] = answer(raw)
                     break
                 except (OSError, http.client.HTTPException) as e:
                     if conn is not None:
@@ -179,7 +193,14 @@ def open_loop(url: str, rate: float, duration: float, connections: int, timeout:
     deadline = time.monotonic() + timeout + 5
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
-    return latency, status, time.perf_counter() - start
+    return latency, status, answers, time.perf_counter() - start
+
+
+def open_loop(url: str, rate: float, duration: float, connections: int, timeout: float = 30.0):
+    """(latencies in ms from the scheduled send time, statuses, wall seconds) of ``rate`` one-row
+    requests per second for ``duration`` seconds."""
+    latency, status, _, wall = send_on_schedule(url, bodies(int(rate * duration)), rate, connections, timeout)
+    return latency, status, wall
 
 
 def _closed_loop_worker(url: str, seconds: float, connections: int, out) -> None:
@@ -362,16 +383,17 @@ def wait_http(url: str, path: str, timeout: float, process: subprocess.Popen | N
 
 @contextlib.contextmanager
 def ours(model_uri: str, version: str, workdir: Path, *flags: str, name: str = "bench",
-         code: str | None = None):
+         code: str | None = None, env: dict[str, str] | None = None):
     """Our server as ``LocalProcessDeployer`` runs it (inference log on, 1% traced, a token
-    file), plus ``flags`` (e.g. ``--http h11``, ``--trace-sample-rate 1``). ``code``: a folder
-    holding another copy of the ``agentops_pipelines`` package (e.g. ``git archive`` of an older
-    commit) that the server runs instead of the one in the working directory, for a before/after
-    in one run."""
+    file holding ``ADMIN_TOKEN``), plus ``flags`` (e.g. ``--http h11``, ``--trace-sample-rate 1``).
+    ``code``: a folder holding another copy of the ``agentops_pipelines`` package (e.g. ``git
+    archive`` of an older commit) that the server runs instead of the one in the working
+    directory, for a before/after in one run. ``env``: variables added to this process's
+    environment for the server. Yields (URL, pid: the server's process group)."""
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
     token = folder / "admin-token"
-    token.write_text("bench-token")
+    token.write_text(ADMIN_TOKEN)
     token.chmod(0o600)
     state = folder / "state.json"
     command = [sys.executable, "-m", "agentops_pipelines.serving", "--model-uri", model_uri,
@@ -382,7 +404,8 @@ def ours(model_uri: str, version: str, workdir: Path, *flags: str, name: str = "
     # ``python -m`` puts the working directory first on sys.path, ahead of the editable install:
     # the server runs from the folder whose package it should import.
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=code or None,
-                               stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                               stdin=subprocess.DEVNULL, start_new_session=True,
+                               env={**os.environ, **env} if env else None)  # fmt: skip
     try:
         deadline = time.monotonic() + 180
         url = None
@@ -514,10 +537,11 @@ def _median_or_na(values: list[float | None]) -> str:
     return f"{statistics.median(present):.3f}" if present else "n/a"
 
 
-def write_section(body: str) -> None:
+def write_section(body: str, title: str = SECTION) -> None:
+    """Replace (or append) the section ``title`` of BENCHMARKS.md with ``body``."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    section = f"{title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:

@@ -1,3 +1,4 @@
+import functools
 import json
 import urllib.request
 
@@ -51,29 +52,38 @@ def invoke(url: str, records: list[dict]) -> dict:
         return json.loads(resp.read())
 
 
+@functools.cache
+def fixture_router():
+    """The real support-desk router trained on a small generated day (no customer features),
+    trained once per test session: training is deterministic, and nothing changes a router once
+    trained (models are pickled copies of it)."""
+    from datetime import date
+
+    from agentops_pipelines.agent.support_desk import SupportDeskAgent
+    from agentops_pipelines.data.generator import generate_requests
+
+    return SupportDeskAgent().train(generate_requests(date(2026, 11, 1), n=400), {"use_features": 0})
+
+
 def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, name: str = AGENT,
                       wrap=None, audit=None) -> list[str]:
-    """Train the real support-desk router on a small generated day and register it ``n`` times.
+    """Register the real support-desk router (``fixture_router``) ``n`` times.
 
-    Fast (a few seconds each) and servable by the real serving process. Each run gets a small
+    Fast (about a second each) and servable by the real serving process. Each run gets a small
     evaluation report (``evaluation/summary.json``); with ``audit`` (an AuditStore) each version's
     registration is recorded the way the registry asset records it (digests and gate result).
     """
-    from datetime import date
-
     import mlflow
 
     from agentops_pipelines.agent.model import AgentModel, signature
     from agentops_pipelines.agent.support_desk import SupportDeskAgent
-    from agentops_pipelines.data.generator import generate_requests
     from agentops_pipelines.governance.approvals import record_registration
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri, tracking_uri)
     agent = SupportDeskAgent()
-    train = generate_requests(date(2026, 11, 1), n=400)
-    router = agent.train(train, {"use_features": 0})
+    router = fixture_router()
     if wrap is not None:  # e.g. a router that fails on demand (tests/faults.py)
         router = wrap(router)
     versions = []

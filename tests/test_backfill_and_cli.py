@@ -64,7 +64,7 @@ def test_cli_backfill_of_three_partitions(tmp_path):
         runs = instance.get_runs()
         if len(runs) == 3 and all(r.is_finished for r in runs):
             break
-        time.sleep(2)
+        time.sleep(0.5)
     runs = instance.get_runs()
     assert sorted(r.tags["dagster/partition"] for r in runs) == ["2026-11-01", "2026-11-02", "2026-11-03"]
     assert len({r.tags["dagster/backfill"] for r in runs}) == 1

@@ -55,7 +55,7 @@ def test_dev_starts_quietly_links_follow_the_port_and_ctrl_c_is_clean(home, tmp_
                     break
             except OSError:
                 pass
-            time.sleep(2)
+            time.sleep(0.5)
         assert values, log.read_text()[-3000:]
         assert json.loads(values["ui_url"]) == f"http://127.0.0.1:{mlflow_port}"
         while True:  # the MLflow UI that the links point to is there
@@ -65,7 +65,7 @@ def test_dev_starts_quietly_links_follow_the_port_and_ctrl_c_is_clean(home, tmp_
                     break
             except OSError:
                 assert time.time() < deadline, log.read_text()[-3000:]
-                time.sleep(2)
+                time.sleep(0.5)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         try:

@@ -82,7 +82,7 @@ def test_policy_compliance_needs_no_expectations():
     assert policy_compliance({"tool_calls": calls}).value
 
 
-def test_scorers_agree_between_in_process_and_mlflow_genai_evaluate(sor, cases, tmp_path, monkeypatch):
+def test_scorers_agree_between_in_process_and_mlflow_genai_evaluate(sor, cases, tmp_path, monkeypatch, mlflow_db):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_GENAI_EVAL_MAX_WORKERS", "1")
@@ -95,7 +95,7 @@ def test_scorers_agree_between_in_process_and_mlflow_genai_evaluate(sor, cases, 
     local = [score(t.to_dict(), c.expected) for c, t in zip(picked, trajectories, strict=True)]
     assert not all(s.value for s in local[0].values())  # the comparison covers failures too
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(mlflow_db)
     try:
         exp = mlflow.create_experiment("eval", artifact_location=str(tmp_path / "artifacts"))
         mlflow.set_experiment(experiment_id=exp)
@@ -114,10 +114,10 @@ def test_scorers_agree_between_in_process_and_mlflow_genai_evaluate(sor, cases, 
         mlflow.set_tracking_uri(None)
 
 
-def test_the_evaluation_is_logged_to_an_mlflow_run(sor, cases, tmp_path):
+def test_the_evaluation_is_logged_to_an_mlflow_run(sor, cases, tmp_path, mlflow_db):
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(mlflow_db)
     try:
         exp = mlflow.create_experiment("eval", artifact_location=str(tmp_path / "artifacts"))
         ev = evaluate_trajectories(cases[:40], runner(Executor(Actions(sor), lambda t, f: ("track_order", 0.5))))

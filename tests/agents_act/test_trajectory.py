@@ -92,11 +92,11 @@ def test_parsing_is_small_and_deterministic():
     assert parse_text("is the rain jacket waterproof")["product"] == "rain jacket"
 
 
-def test_export_as_mlflow_spans_found_by_request_id(actions, sor, tmp_path):
+def test_export_as_mlflow_spans_found_by_request_id(actions, sor, tmp_path, mlflow_db):
     import mlflow
     from mlflow.entities import SpanType
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(mlflow_db)
     try:
         exp = mlflow.create_experiment("trajectories", artifact_location=str(tmp_path / "artifacts"))
         row = an_order(sor, db.orders.c.status == "delivered", db.orders.c.amount_cents > 20000)

@@ -213,13 +213,13 @@ def alerts(prometheus: str, name: str) -> list[dict]:
 
 
 @pytest.fixture
-def served_model(tmp_path, monkeypatch):
+def served_model(tmp_path, monkeypatch, mlflow_db):
     """A LocalProcessDeployer serving the tiny model as version 1 in ``e2e``."""
     import mlflow
 
     from agentops_pipelines.resources.deployers import LocalProcessDeployer
 
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking = mlflow_db
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the server inherits them
         monkeypatch.setenv(name, tracking)
     mlflow.set_tracking_uri(tracking)
