@@ -222,10 +222,15 @@ def dev(port: int, mlflow_port: int) -> int:
     except KeyboardInterrupt:
         import signal
 
+        # Both stop at once, each within a bound (the two waits used to add up past a minute):
+        # the MLflow UI is told now and waited for below; dg dev gets its own clean shutdown.
+        if mlflow_ui is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(mlflow_ui.pid, signal.SIGTERM)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(dagster.pid, signal.SIGINT)  # dg dev's own clean shutdown
         try:
-            dagster.wait(timeout=30)
+            dagster.wait(timeout=20)
         except subprocess.TimeoutExpired:
             _stop_group(dagster)
         print("agentops dev: stopped", file=sys.stderr)
@@ -241,7 +246,7 @@ def _stop_group(process: subprocess.Popen) -> None:
 
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
+        process.wait(timeout=5)
     except ProcessLookupError:
         pass
     except subprocess.TimeoutExpired:
