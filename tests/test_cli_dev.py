@@ -42,8 +42,11 @@ def test_dev_starts_quietly_links_follow_the_port_and_ctrl_c_is_clean(home, tmp_
     env.pop("AGENTOPS_MLFLOW_UI_URL", None)
     log = tmp_path / "dev.log"
     with open(log, "w") as out:
+        # as from a terminal, SIGINT handled: a shell's background job (e.g. `bash .ci/run &`)
+        # ignores SIGINT, an ignored signal is inherited, and Ctrl-C would never arrive
         proc = subprocess.Popen([AGENTOPS, "dev", "--port", str(port), "--mlflow-port", str(mlflow_port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 180
         values = None
