@@ -224,17 +224,9 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         columns = self._columns(frame)
         n = len(frame)
         ids = columns.get(REQUEST_ID_COLUMN) or [uuid.uuid4().hex] * n
-        customers = columns.get("customer_id") or [""] * n
-        decisions = self._decide_batch(columns, n)
-        # the micro-batch's customers in one read (one query per row was ~8% of a saturated server)
-        found = executor.customers([str(c or "") for c in customers]) if n > 1 else None
+        rids = [str(ids[i]) if i == 0 or ids[i] != ids[0] else f"{ids[0]}.{i}" for i in range(n)]
         rows = []
-        for i in range(n):
-            rid = str(ids[i]) if i == 0 or ids[i] != ids[0] else f"{ids[0]}.{i}"
-            features = {c: _plain(columns[c][i]) for c in self.feature_columns}
-            t = executor.run(rid, str(columns["text"][i]), str(customers[i] or ""), features=features,
-                             decision=decisions[i] if decisions else None,
-                             customer=found[i] if found else None)
+        for t in self.trajectories(executor, columns, rids):
             trajectory = t.to_dict()
             calls = [{"tool": c["tool"], "arguments": c["arguments"], "outcome": c["outcome"]}
                      for c in trajectory["tool_calls"]]
@@ -245,11 +237,21 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         # and converts column by column), which cost more than the request's SQL.
         out = pd.DataFrame(np.array(rows, dtype=object).reshape(n, len(ACT_COLUMNS) + 1),
                            columns=[*ACT_COLUMNS, TRAJECTORY_COLUMN])
-        names = list(self.feature_columns)
-        values = np.empty((n, len(names)), dtype=object)
-        for j, c in enumerate(names):
-            values[:, j] = columns[c]
-        return out, pd.DataFrame(values, columns=names), []
+        return out, _object_frame(self.feature_columns, [columns[c] for c in self.feature_columns], n), []
+
+    def trajectories(self, executor, columns: dict[str, list], request_ids: Sequence[str]) -> list:
+        """Each row of ``columns`` through ``executor``: the router asked once and the customers
+        read once for the whole micro-batch (serving and the shadow challenger alike)."""
+        n = len(columns["text"])
+        customers = columns.get("customer_id") or [""] * n
+        decisions = self._decide_batch(columns, n)
+        # one read for the batch's customers (one query per row was ~8% of a saturated server)
+        found = executor.customers([str(c or "") for c in customers]) if n > 1 else None
+        return [executor.run(request_ids[i], str(columns["text"][i]), str(customers[i] or ""),
+                             features={c: _plain(columns[c][i]) for c in self.feature_columns},
+                             decision=decisions[i] if decisions else None,
+                             customer=found[i] if found else None)
+                for i in range(n)]
 
     def _decide_batch(self, columns: dict[str, list], n: int) -> list[tuple[str, float, float]] | None:
         """The trained router asked once for a micro-batch of ``n`` rows: (tool, confidence, this

@@ -129,26 +129,13 @@ class Challenger:
     def run(self, request_id: str, text: str, customer_id: str, features: dict) -> dict:
         return self.run_many([(request_id, text, customer_id, features)])[0]
 
-    def run_many(self, requests: list[tuple[str, str, str, dict]]) -> list[dict | Exception]:
-        """The challenger on several requests (request id, text, customer, features) at once: its
-        router asked once and the customers read once, as the serving path does for a micro-batch;
-        each request's trajectory, or the exception it raised."""
-        n = len(requests)
-        columns = {"text": [r[1] for r in requests]}
-        for name in getattr(self.model, "feature_columns", ()):
-            columns[name] = [r[3].get(name) for r in requests]
-        decide_batch = getattr(self.model, "_decide_batch", None)
-        decisions = decide_batch(columns, n) if callable(decide_batch) else None
-        found = self.executor.customers([r[2] for r in requests]) if n > 1 else None
-        out: list[dict | Exception] = []
-        for i, (request_id, text, customer_id, features) in enumerate(requests):
-            try:
-                out.append(self.executor.run(f"shadow-{request_id}", text, customer_id, features=features,
-                                             decision=decisions[i] if decisions else None,
-                                             customer=found[i] if found else None).to_dict())
-            except Exception as e:  # noqa: BLE001 - one request's failure is that request's
-                out.append(e)
-        return out
+    def run_many(self, requests: list[tuple[str, str, str, dict]]) -> list[dict]:
+        """The challenger on several requests (request id, text, customer, features) at once, as
+        the serving path runs a micro-batch (``AgentModel.trajectories``); each one's trajectory."""
+        columns = {"text": [r[1] for r in requests], "customer_id": [r[2] for r in requests],
+                   **{c: [r[3].get(c) for r in requests] for c in self.model.feature_columns}}
+        ids = [f"shadow-{r[0]}" for r in requests]
+        return [t.to_dict() for t in self.model.trajectories(self.executor, columns, ids)]
 
     def close(self) -> None:
         self.sor.dispose()
