@@ -1,8 +1,10 @@
 """Promotion and rollback: the jobs the closed loops launch.
 
 Both are op jobs (a rollout touches several environments in one run, which a partitioned asset
-job cannot) that record a materialization of ``deployment`` for each environment they change, so
-the asset graph still shows what runs where. Both decide from the pipeline's own records (the
+job cannot). They do not run the ``deployment`` asset's code, so they do not claim to have
+materialized it: for each environment they change they record an *observation* of
+``deployment[<environment>]`` (the version now serving, its URL, the run), which the asset's page
+and the run's page both show. Both decide from the pipeline's own records (the
 verified audit log, reviewers' signatures, the approvers file) and never from MLflow tags, hold
 the rollout lock of each environment they touch, and write every decision to the audit log.
 """
@@ -66,8 +68,10 @@ def rollout_lock(audit: AuditLog, agent: str, environment: str, holder: str, log
                                  on_wait=lambda who: log(f"waiting for the {environment} rollout lock held by {who}"))
 
 
-def record_deployment(context, agent_name: str, environment: str, version: str, url: str, **extra) -> None:
-    context.log_event(dg.AssetMaterialization(
+def observe_deployment(context, agent_name: str, environment: str, version: str, url: str, **extra) -> None:
+    """What now serves in ``environment``, as an observation of the ``deployment`` partition (the
+    asset's own runs materialize it; this job only changed what it describes)."""
+    context.log_event(dg.AssetObservation(
         asset_key=dg.AssetKey([agent_name, "deployment"]), partition=environment,
         metadata={"environment": environment, "version": version, "url": dg.MetadataValue.url(url),
                   "model_uri": f"models:/{agent_name}/{version}", **extra}))
@@ -105,7 +109,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
 
         with rollout_lock(audit, agent.name, "staging", actor, context.log.info):
             staging = rollout(deployer, "staging", model_uri, version, None, context.log.info, agent=agent.name)
-        record_deployment(context, agent.name, "staging", version, staging.url)
+        observe_deployment(context, agent.name, "staging", version, staging.url)
         approvers = list(verdicts["staging"].approvers)
         audit.record("deploy", agent.name, actor=actor, version=version, environment="staging",
                      reason=verdicts["staging"].reason, details={"approvers": approvers})
@@ -128,7 +132,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
         approvals.show(client, agent.name, version, **{
             VersionTag.PROMOTED_PROD: approvals.now(), VersionTag.STATUS: "promoted",
             VersionTag.REVIEWER: ", ".join(verdicts["prod"].approvers), VersionTag.REFUSAL: ""})
-        record_deployment(context, agent.name, "prod", version, prod.url, previous_version=str(prod.previous_version))
+        observe_deployment(context, agent.name, "prod", version, prod.url, previous_version=str(prod.previous_version))
         audit.record("promote", agent.name, actor=actor, version=version, environment="prod",
                      reason=f"{verdicts['prod'].reason}; {prod.reason}",
                      details={"previous_version": prod.previous_version, "checks": prod.checks,
@@ -182,7 +186,7 @@ def build_rollback_job(agent) -> dg.JobDefinition:
                 context.log.info("%s already serves stable version %s", env, stable)
             else:
                 deployed = deployer.deploy(env, f"models:/{agent.name}/{stable}", stable)
-                record_deployment(context, agent.name, env, stable, deployed.url, rolled_back_from=bad,
+                observe_deployment(context, agent.name, env, stable, deployed.url, rolled_back_from=bad,
                                   reason=config.reason)
         if env == "prod":
             client.set_registered_model_alias(agent.name, Alias.CHAMPION, stable)
