@@ -9,6 +9,8 @@ verified audit log, reviewers' signatures, the approvers file) and never from ML
 the rollout lock of each environment they touch, and write every decision to the audit log.
 """
 
+from dataclasses import fields
+
 import dagster as dg
 from pydantic import Field
 
@@ -18,6 +20,7 @@ from agentops_pipelines.resources.audit import AuditLog, AuditTampered
 from agentops_pipelines.resources.deployers import Deployer
 from agentops_pipelines.resources.governance import GovernanceResource
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.rollout import RolloutPolicy
 from agentops_pipelines.vocabulary import (
     GUARDED_ENVIRONMENTS,
     Alias,
@@ -27,27 +30,28 @@ from agentops_pipelines.vocabulary import (
     rollout_tags,
 )
 
+_POLICY = RolloutPolicy()  # the defaults, defined once (rollout.py)
+
 
 class RolloutConfig(dg.Config):
-    """How prod takes a new version: the one definition every job and asset that rolls out uses
-    (its fields sit flat in their run config)."""
+    """How prod takes a new version, as run config: :class:`RolloutPolicy`'s fields with its
+    defaults and the bounds a person's input is checked against. Every job and asset that rolls
+    out uses it (its fields sit flat in their run config)."""
 
-    canary_share: float = Field(default=0.1, gt=0.0, le=1.0, description="traffic share while baking (1: no canary)")
-    bake_seconds: float = Field(default=60.0, ge=0.0, description="how long the canary must stay healthy")
-    check_interval_seconds: float = Field(default=5.0, gt=0.0)
-    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="canary server errors / requests")
-    max_p99_ms: float = Field(default=250.0, gt=0.0, description="canary p99 latency ceiling")
-    min_requests: int = Field(default=20, ge=1, description="requests the canary must serve before it is judged")
-    max_bake_seconds: float | None = Field(default=None, description="how long to bake for min_requests "
-                                                                     "before aborting (default 4x bake_seconds)")
+    canary_share: float = Field(default=_POLICY.canary_share, gt=0.0, le=1.0,
+                                description="traffic share while baking (1: no canary)")
+    bake_seconds: float = Field(default=_POLICY.bake_seconds, ge=0.0, description="how long the canary must stay healthy")
+    check_interval_seconds: float = Field(default=_POLICY.check_interval_seconds, gt=0.0)
+    max_error_rate: float = Field(default=_POLICY.max_error_rate, ge=0.0, le=1.0,
+                                  description="canary server errors / requests")
+    max_p99_ms: float = Field(default=_POLICY.max_p99_ms, gt=0.0, description="canary p99 latency ceiling")
+    min_requests: int = Field(default=_POLICY.min_requests, ge=1,
+                              description="requests the canary must serve before it is judged")
+    max_bake_seconds: float | None = Field(default=_POLICY.max_bake_seconds, description="how long to bake for "
+                                           "min_requests before aborting (default 4x bake_seconds)")
 
-    def policy(self):
-        from agentops_pipelines.rollout import RolloutPolicy
-
-        return RolloutPolicy(canary_share=self.canary_share, bake_seconds=self.bake_seconds,
-                             check_interval_seconds=self.check_interval_seconds,
-                             max_error_rate=self.max_error_rate, max_p99_ms=self.max_p99_ms,
-                             min_requests=self.min_requests, max_bake_seconds=self.max_bake_seconds)
+    def policy(self) -> RolloutPolicy:
+        return RolloutPolicy(**{f.name: getattr(self, f.name) for f in fields(RolloutPolicy)})
 
 
 class PromotionConfig(RolloutConfig):

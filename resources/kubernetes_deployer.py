@@ -59,10 +59,7 @@ from pydantic import PrivateAttr
 from agentops_pipelines.k8s.naming import (
     _API_VERSION,
     ADMIN_TOKEN_KEY,
-    ADMIN_TOKEN_SECRET,
     ANNOTATION_CANARY_SHARE,
-    DEFAULT_IMAGE,
-    DEFAULT_MLFLOW_URI,
     FIELD_MANAGER,
     MANAGED_BY,
     MANAGED_KINDS,
@@ -105,6 +102,9 @@ logger = logging.getLogger(__name__)
 # The resource
 
 
+_SPEC = ServingSpec()  # the pods' defaults, defined once (k8s/render.py)
+
+
 class KubernetesDeployer(Deployer):
     """Serve an agent's versions on Kubernetes, one namespace per environment by default.
 
@@ -124,24 +124,24 @@ class KubernetesDeployer(Deployer):
     agent: str = ""
     namespace: str | None = None  # one namespace for all environments, else namespace_prefix+env
     namespace_prefix: str = "agentops-"
-    image: str = DEFAULT_IMAGE
-    image_pull_policy: str = "IfNotPresent"
-    mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI
-    mlflow_secret: str = "agentops-mlflow"
+    image: str = _SPEC.image
+    image_pull_policy: str = _SPEC.image_pull_policy
+    mlflow_tracking_uri: str = _SPEC.mlflow_tracking_uri
+    mlflow_secret: str = _SPEC.mlflow_secret
     # The Secret holding each agent's admin token; ``{agent}`` becomes the agent's DNS name, so
     # each (agent, namespace = environment) has its own token. Required: rendering fails when empty.
-    admin_token_secret: str = ADMIN_TOKEN_SECRET
-    port: int = 8080
-    service_port: int = 80
+    admin_token_secret: str = _SPEC.admin_token_secret
+    port: int = _SPEC.port
+    service_port: int = _SPEC.service_port
     replicas: dict[str, int] = {"dev": 1, "staging": 2, "prod": 3}
     max_replicas: dict[str, int] = {"dev": 2, "staging": 4, "prod": 10}
-    autoscaling: bool = True
-    target_cpu_utilization: int = 70
-    cpu_request: str = "250m"
-    cpu_limit: str = "2"
-    memory_request: str = "1Gi"
-    memory_limit: str = "1Gi"
-    startup_timeout_s: int = 300
+    autoscaling: bool = _SPEC.autoscaling
+    target_cpu_utilization: int = _SPEC.target_cpu_utilization
+    cpu_request: str = _SPEC.cpu_request
+    cpu_limit: str = _SPEC.cpu_limit
+    memory_request: str = _SPEC.memory_request
+    memory_limit: str = _SPEC.memory_limit
+    startup_timeout_s: int = _SPEC.startup_timeout_s
     in_cluster: bool | None = None  # None: in-cluster when KUBERNETES_SERVICE_HOST is set
     kubeconfig: str | None = None
     kube_context: str | None = None
@@ -149,13 +149,13 @@ class KubernetesDeployer(Deployer):
     rollout_timeout_s: float = 600.0
     poll_interval_s: float = 2.0
     prometheus_url: str | None = None
-    inference_log_claim: str = ""  # see ServingSpec: "" logs nothing
-    inference_log_mount: str = "/var/lib/agentops/inference_log"
-    feast_project: str = "agentops"  # see ServingSpec: pods of agent A read project "<this>_A"
+    inference_log_claim: str = _SPEC.inference_log_claim  # see ServingSpec: "" logs nothing
+    inference_log_mount: str = _SPEC.inference_log_mount
+    feast_project: str = _SPEC.feast_project  # see ServingSpec: pods of agent A read project "<this>_A"
     # agent -> variables only its pods get, from the Secret ``agent_secret`` (see ServingSpec):
     # the key of the LLM endpoint an agent declares (definitions.py fills it from the agents)
     agent_secret_env: dict[str, list[str]] = {}
-    agent_secret: str = "agentops-{agent}-secrets"
+    agent_secret: str = _SPEC.agent_secret
 
     _dynamic: Any = PrivateAttr(default=None)
 

@@ -22,6 +22,20 @@ def rollback(defs, instance, **config):
                                   run_config=dg.RunConfig(ops={f"{AGENT}_rollback": RollbackConfig(**config)}))
 
 
+def test_the_rollout_config_is_the_rollout_policy_as_run_config():
+    """One definition: every field of the policy, with its defaults, and values passed through."""
+    from dataclasses import asdict
+
+    from agentops_pipelines.assets.deployment import DeploymentConfig
+    from agentops_pipelines.operations import PromotionConfig, RolloutConfig
+    from agentops_pipelines.rollout import RolloutPolicy
+
+    assert RolloutConfig().policy() == RolloutPolicy()
+    given = {"canary_share": 0.5, "bake_seconds": 4.0, "min_requests": 3, "max_bake_seconds": 9.0}
+    assert asdict(PromotionConfig(version="2", **given).policy()) == {**asdict(RolloutPolicy()), **given}
+    assert DeploymentConfig(**given).policy() == RolloutPolicy(**given)
+
+
 @pytest.mark.slow
 def test_rollback_returns_to_the_last_stable_version(defs, instance):
     store = defs.resources["mlflow_store"]
