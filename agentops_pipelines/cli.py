@@ -164,11 +164,10 @@ def demo(days: int, agent_name: str | None = None) -> int:
     print(f"3. deployment of version {version} to dev")
     run(f"{agent.name}_deploy_job", partition_key="dev",
         ops={f"{agent.name}__deployment": DeploymentConfig(version=version)})
-    deployed = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "deployment"]))
-    url = deployed.asset_materialization.metadata["url"].value
+    url = defs.resources["deployer"].status("dev", agent=agent.name).url
     answer = _invoke(url, sample_text, "C00042", "demo-request-1")
-    report = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "evaluation_report"]))
-    accuracy = report.asset_materialization.metadata["accuracy"].value
+    evaluation = defs.resources["lake"].read_record(f"{agent.name}/evaluation_report", run_id=training.run_id)
+    accuracy = evaluation["numbers"]["accuracy"]
     print(f"""
 Done in {time.perf_counter() - started:.0f} s.
   registered version : {agent.name} version {version} (alias challenger, approval_status=pending)
