@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agentops_pipelines.resources.settings import PROJECT_ROOT, load_settings
+from agentops_pipelines.vocabulary import GUARDED_ENVIRONMENTS, EnvVar, VersionTag
 
 
 def prepare_home() -> None:
@@ -163,11 +164,10 @@ def demo(days: int, agent_name: str | None = None) -> int:
     print(f"3. deployment of version {version} to dev")
     run(f"{agent.name}_deploy_job", partition_key="dev",
         ops={f"{agent.name}__deployment": DeploymentConfig(version=version)})
-    deployed = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "deployment"]))
-    url = deployed.asset_materialization.metadata["url"].value
+    url = defs.resources["deployer"].status("dev", agent=agent.name).url
     answer = _invoke(url, sample_text, "C00042", "demo-request-1")
-    report = instance.get_latest_materialization_event(dg.AssetKey([agent.name, "evaluation_report"]))
-    accuracy = report.asset_materialization.metadata["accuracy"].value
+    evaluation = defs.resources["lake"].read_record(f"{agent.name}/evaluation_report", run_id=training.run_id)
+    accuracy = evaluation["numbers"]["accuracy"]
     print(f"""
 Done in {time.perf_counter() - started:.0f} s.
   registered version : {agent.name} version {version} (alias challenger, approval_status=pending)
@@ -201,10 +201,10 @@ def dev(port: int, mlflow_port: int) -> int:
     mlflow_ui = None
     env = dict(os.environ)
     if settings.mlflow_tracking_uri.startswith(("http://", "https://")):  # a server is its own UI
-        ui_url = env.setdefault("AGENTOPS_MLFLOW_UI_URL", settings.mlflow_tracking_uri.rstrip("/"))
+        ui_url = env.setdefault(EnvVar.MLFLOW_UI_URL.value, settings.mlflow_tracking_uri.rstrip("/"))
     else:
         ui_url = f"http://127.0.0.1:{mlflow_port}"
-        env["AGENTOPS_MLFLOW_UI_URL"] = ui_url  # every metadata link points at the UI started here
+        env[EnvVar.MLFLOW_UI_URL.value] = ui_url  # every metadata link points at the UI started here
         mlflow_cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port)]
         if "://" not in settings.mlflow_artifact_root:
             mlflow_cmd += ["--default-artifact-root", settings.mlflow_artifact_root]
@@ -362,8 +362,8 @@ def status(agent_name: str | None = None) -> int:
             continue
         print(f"  aliases: {dict(model.aliases)}")
         for mv in client.search_model_versions(f"name='{name}'", order_by=["version_number DESC"], max_results=10):
-            print(f"  v{mv.version}: {mv.tags.get('approval_status', '-')}"
-                  + (f" ({mv.tags['approval_refusal_reason']})" if mv.tags.get("approval_refusal_reason") else "")
+            refusal = mv.tags.get(VersionTag.REFUSAL)
+            print(f"  v{mv.version}: {mv.tags.get(VersionTag.STATUS, '-')}" + (f" ({refusal})" if refusal else "")
                   + f"; accuracy {mv.tags.get('eval_accuracy', '-')}; run {mv.run_id}" + _shadow_note(mv.tags))
     return 0
 
@@ -464,7 +464,7 @@ def _resources(settings=None) -> dict:
 def _key_path(reviewer: str, given: str | None) -> Path:
     if given:
         return Path(given).expanduser()
-    folder = os.environ.get("AGENTOPS_SIGNING_KEY_DIR") or Path.home() / ".config" / "agentops" / "keys"
+    folder = os.environ.get(EnvVar.SIGNING_KEY_DIR) or Path.home() / ".config" / "agentops" / "keys"
     return Path(folder) / f"{reviewer}.pem"
 
 
@@ -532,7 +532,7 @@ def review(agent: str, version: str, decision: str, reviewer: str, comment: str,
         print("Set it on the model version in the MLflow UI; the approval sensor verifies it.", file=sys.stderr)
         return 0
     tag = approvals.submit(client, made, envelope)
-    needs = "; ".join(f"{env} needs {policy.required(env)}" for env in ("staging", "prod"))
+    needs = "; ".join(f"{env} needs {policy.required(env)}" for env in GUARDED_ENVIRONMENTS)
     print(f"Signed: {reviewer} {decision} {agent} version {made.version} (artifacts sha256 "
           f"{made.artifacts_sha256[:12]}…, evaluation report sha256 {made.report_sha256[:12]}…), "
           f"submitted as the model-version tag {tag}.")

@@ -141,6 +141,7 @@ def build_deployer(settings: Settings, agents: Sequence[str] | None = None,
     return LocalProcessDeployer(
         state_dir=str(settings.serving_dir),
         inference_log_dir=str(settings.inference_log_dir),
+        mlflow_tracking_uri=settings.mlflow_tracking_uri,
         host=settings.serving_host, ports=ports,
         admin_token=dg.EnvVar(EnvVar.SERVING_ADMIN_TOKEN) if settings.serving_admin_token else None,
         agent_secret_env={agent: list(names) for agent, names in (agent_secret_env or {}).items()},

@@ -1,11 +1,15 @@
 """Promotion and rollback: the jobs the closed loops launch.
 
 Both are op jobs (a rollout touches several environments in one run, which a partitioned asset
-job cannot) that record a materialization of ``deployment`` for each environment they change, so
-the asset graph still shows what runs where. Both decide from the pipeline's own records (the
+job cannot). They do not run the ``deployment`` asset's code, so they do not claim to have
+materialized it: for each environment they change they record an *observation* of
+``deployment[<environment>]`` (the version now serving, its URL, the run), which the asset's page
+and the run's page both show. Both decide from the pipeline's own records (the
 verified audit log, reviewers' signatures, the approvers file) and never from MLflow tags, hold
 the rollout lock of each environment they touch, and write every decision to the audit log.
 """
+
+from dataclasses import fields
 
 import dagster as dg
 from pydantic import Field
@@ -16,6 +20,7 @@ from agentops_pipelines.resources.audit import AuditLog, AuditTampered
 from agentops_pipelines.resources.deployers import Deployer
 from agentops_pipelines.resources.governance import GovernanceResource
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.rollout import RolloutPolicy
 from agentops_pipelines.vocabulary import (
     GUARDED_ENVIRONMENTS,
     Alias,
@@ -25,27 +30,28 @@ from agentops_pipelines.vocabulary import (
     rollout_tags,
 )
 
+_POLICY = RolloutPolicy()  # the defaults, defined once (rollout.py)
+
 
 class RolloutConfig(dg.Config):
-    """How prod takes a new version: the one definition every job and asset that rolls out uses
-    (its fields sit flat in their run config)."""
+    """How prod takes a new version, as run config: :class:`RolloutPolicy`'s fields with its
+    defaults and the bounds a person's input is checked against. Every job and asset that rolls
+    out uses it (its fields sit flat in their run config)."""
 
-    canary_share: float = Field(default=0.1, gt=0.0, le=1.0, description="traffic share while baking (1: no canary)")
-    bake_seconds: float = Field(default=60.0, ge=0.0, description="how long the canary must stay healthy")
-    check_interval_seconds: float = Field(default=5.0, gt=0.0)
-    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="canary server errors / requests")
-    max_p99_ms: float = Field(default=250.0, gt=0.0, description="canary p99 latency ceiling")
-    min_requests: int = Field(default=20, ge=1, description="requests the canary must serve before it is judged")
-    max_bake_seconds: float | None = Field(default=None, description="how long to bake for min_requests "
-                                                                     "before aborting (default 4x bake_seconds)")
+    canary_share: float = Field(default=_POLICY.canary_share, gt=0.0, le=1.0,
+                                description="traffic share while baking (1: no canary)")
+    bake_seconds: float = Field(default=_POLICY.bake_seconds, ge=0.0, description="how long the canary must stay healthy")
+    check_interval_seconds: float = Field(default=_POLICY.check_interval_seconds, gt=0.0)
+    max_error_rate: float = Field(default=_POLICY.max_error_rate, ge=0.0, le=1.0,
+                                  description="canary server errors / requests")
+    max_p99_ms: float = Field(default=_POLICY.max_p99_ms, gt=0.0, description="canary p99 latency ceiling")
+    min_requests: int = Field(default=_POLICY.min_requests, ge=1,
+                              description="requests the canary must serve before it is judged")
+    max_bake_seconds: float | None = Field(default=_POLICY.max_bake_seconds, description="how long to bake for "
+                                           "min_requests before aborting (default 4x bake_seconds)")
 
-    def policy(self):
-        from agentops_pipelines.rollout import RolloutPolicy
-
-        return RolloutPolicy(canary_share=self.canary_share, bake_seconds=self.bake_seconds,
-                             check_interval_seconds=self.check_interval_seconds,
-                             max_error_rate=self.max_error_rate, max_p99_ms=self.max_p99_ms,
-                             min_requests=self.min_requests, max_bake_seconds=self.max_bake_seconds)
+    def policy(self) -> RolloutPolicy:
+        return RolloutPolicy(**{f.name: getattr(self, f.name) for f in fields(RolloutPolicy)})
 
 
 class PromotionConfig(RolloutConfig):
@@ -66,8 +72,10 @@ def rollout_lock(audit: AuditLog, agent: str, environment: str, holder: str, log
                                  on_wait=lambda who: log(f"waiting for the {environment} rollout lock held by {who}"))
 
 
-def record_deployment(context, agent_name: str, environment: str, version: str, url: str, **extra) -> None:
-    context.log_event(dg.AssetMaterialization(
+def observe_deployment(context, agent_name: str, environment: str, version: str, url: str, **extra) -> None:
+    """What now serves in ``environment``, as an observation of the ``deployment`` partition (the
+    asset's own runs materialize it; this job only changed what it describes)."""
+    context.log_event(dg.AssetObservation(
         asset_key=dg.AssetKey([agent_name, "deployment"]), partition=environment,
         metadata={"environment": environment, "version": version, "url": dg.MetadataValue.url(url),
                   "model_uri": f"models:/{agent_name}/{version}", **extra}))
@@ -105,7 +113,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
 
         with rollout_lock(audit, agent.name, "staging", actor, context.log.info):
             staging = rollout(deployer, "staging", model_uri, version, None, context.log.info, agent=agent.name)
-        record_deployment(context, agent.name, "staging", version, staging.url)
+        observe_deployment(context, agent.name, "staging", version, staging.url)
         approvers = list(verdicts["staging"].approvers)
         audit.record("deploy", agent.name, actor=actor, version=version, environment="staging",
                      reason=verdicts["staging"].reason, details={"approvers": approvers})
@@ -128,7 +136,7 @@ def build_promotion_job(agent) -> dg.JobDefinition:
         approvals.show(client, agent.name, version, **{
             VersionTag.PROMOTED_PROD: approvals.now(), VersionTag.STATUS: "promoted",
             VersionTag.REVIEWER: ", ".join(verdicts["prod"].approvers), VersionTag.REFUSAL: ""})
-        record_deployment(context, agent.name, "prod", version, prod.url, previous_version=str(prod.previous_version))
+        observe_deployment(context, agent.name, "prod", version, prod.url, previous_version=str(prod.previous_version))
         audit.record("promote", agent.name, actor=actor, version=version, environment="prod",
                      reason=f"{verdicts['prod'].reason}; {prod.reason}",
                      details={"previous_version": prod.previous_version, "checks": prod.checks,
@@ -182,7 +190,7 @@ def build_rollback_job(agent) -> dg.JobDefinition:
                 context.log.info("%s already serves stable version %s", env, stable)
             else:
                 deployed = deployer.deploy(env, f"models:/{agent.name}/{stable}", stable)
-                record_deployment(context, agent.name, env, stable, deployed.url, rolled_back_from=bad,
+                observe_deployment(context, agent.name, env, stable, deployed.url, rolled_back_from=bad,
                                   reason=config.reason)
         if env == "prod":
             client.set_registered_model_alias(agent.name, Alias.CHAMPION, stable)

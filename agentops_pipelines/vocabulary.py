@@ -35,6 +35,11 @@ def environment(value: str) -> Environment:
         raise ValueError(f"unknown environment {value!r}; valid: {', '.join(ENVIRONMENTS)}") from None
 
 
+# URL schemes (before any ``+driver``) that name a SQL database rather than a file or a server of
+# another kind: a Feast registry given as such a URL is a SQL registry.
+SQL_URL_SCHEMES = frozenset({"postgresql", "postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle"})
+
+
 class Mode(StrEnum):
     LOCAL = "local"
     PRODUCTION = "production"
@@ -58,6 +63,7 @@ class VersionTag(StrEnum):
     REFUSAL = "approval_refusal_reason"
     GATE = "evaluation_gate"  # passed | failed
     FROZEN = "frozen"  # "true" when drift froze the version
+    FROZEN_REASON = "frozen_reason"
     ROLLED_BACK = "rolled_back"  # the reason
     ROLLED_BACK_AT = "rolled_back_at"
     PROMOTED_PROD = "promoted_prod_at"
@@ -92,6 +98,14 @@ class EnvVar(StrEnum):
 
     HOME = "AGENTOPS_HOME"
     MODE = "AGENTOPS_MODE"
+    MLFLOW_ARTIFACT_ROOT = "AGENTOPS_MLFLOW_ARTIFACT_ROOT"
+    MLFLOW_UI_URL = "AGENTOPS_MLFLOW_UI_URL"
+    # Feast: the feature repo folder, the project (Redis keys and registry rows per project), the
+    # Redis online store, the registry (a file or a SQLAlchemy URL). Served models read them too.
+    FEAST_DIR = "AGENTOPS_FEAST_DIR"
+    FEAST_PROJECT = "AGENTOPS_FEAST_PROJECT"
+    FEAST_REDIS = "AGENTOPS_FEAST_REDIS"
+    FEAST_REGISTRY = "AGENTOPS_FEAST_REGISTRY"
     APPROVERS_FILE = "AGENTOPS_APPROVERS_FILE"
     AGENTS_DIR = "AGENTOPS_AGENTS_DIR"  # the folder of agent YAML files (default: agents/)
     AUDIT_DB_URL = "AGENTOPS_AUDIT_DB_URL"
@@ -100,6 +114,7 @@ class EnvVar(StrEnum):
     SIGNING_KEY_DIR = "AGENTOPS_SIGNING_KEY_DIR"
     SERVING_ADMIN_TOKEN = "AGENTOPS_SERVING_ADMIN_TOKEN"
     SERVING_ROLE = "AGENTOPS_SERVING_ROLE"
+    MINILM_DIR = "AGENTOPS_MINILM_DIR"  # the MiniLM weights' folder (default: the installed package)
     # Agents that act (agent/actions.py): the system of record's database URL (a secret in
     # production; default a SQLite file under AGENTOPS_HOME), "off" to serve without running
     # tools, the refund limit above which a person decides, and the share of live requests the

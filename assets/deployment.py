@@ -37,7 +37,8 @@ def build_deployment_asset(agent: Agent, registered: dg.AssetsDefinition) -> dg.
         description="The version serving in each environment, its URL and when it started. Staging "
                     "and prod take only versions with enough valid signed approvals (approvers.yaml). "
                     "In its own group so that materializing the agent's group never deploys: deploy "
-                    "one environment at a time (the deploy job, the promotion job, or this asset).",
+                    "one environment at a time (the deploy job or this asset). The promotion and "
+                    "rollback jobs record observations of the partitions they change.",
     )
     def deployment(context: dg.AssetExecutionContext, config: DeploymentConfig, registered: dict | None,
                    mlflow_store: MlflowResource, deployer: Deployer, audit: AuditLog,

@@ -8,6 +8,7 @@ from pydantic import Field
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.code_versions import source_version
 from agentops_pipelines.partitions import daily_to_date
+from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 
@@ -48,6 +49,14 @@ def drifted_markdown(by_column: dict[str, dict]) -> str:
                      for n, c in drifted)
 
 
+def drift_record(environment: str, rows: int, verdict: str, share: float | None = None,
+                 serving_version: str | None = None, drifted_columns: list[str] | None = None) -> dict:
+    """What ``drift_sensor`` acts on, stored in the lake: ``share`` is None when there is no
+    verdict (too little traffic)."""
+    return {"environment": environment, "rows": rows, "verdict": verdict, "drift_share": share,
+            "serving_version": serving_version, "drifted_columns": list(drifted_columns or [])}
+
+
 def predicted_tools(agent: Agent, version: str, requests):
     """The registered version's tool for each of ``requests`` (text and feature columns)."""
     import mlflow.pyfunc
@@ -63,7 +72,7 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
         key_prefix=[agent.name], name="drift_report", group_name=agent.name, partitions_def=daily_to_date,
         deps=[dg.AssetDep(deployment, partition_mapping=dg.SpecificPartitionsPartitionMapping(["prod"])),
               training_set],
-        kinds={"evidently", "mlflow"}, code_version=source_version(__name__),
+        io_manager_key=LAKE_IO_MANAGER, kinds={"evidently", "mlflow"}, code_version=source_version(__name__),
         description="Evidently-equivalent drift of one day of production requests (inference log) "
                     "against the serving version's training data: per-feature scores, text "
                     "descriptors, chosen tools (against the version's own choices on its training "
@@ -89,7 +98,8 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
         if "status" in traffic:
             traffic = traffic[traffic["status"] == 200]
         if len(traffic) < config.min_rows:
-            return dg.MaterializeResult(metadata={
+            record = drift_record(config.environment, len(traffic), "insufficient traffic")
+            return dg.MaterializeResult(value=record, metadata={
                 "rows": len(traffic), "environment": config.environment, "verdict": "insufficient traffic",
                 "drift_share": dg.MetadataValue.float(float("nan")), "dataset_drift": False})
         version = str(traffic["model_version"].mode().iloc[0])
@@ -130,7 +140,10 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
         step = day.toordinal()
         client.log_metric(mv.run_id, f"drift_share_{config.environment}", result.share_drifted, step=step)
         url = mlflow_store.run_url(experiment_id, mv.run_id)
-        return dg.MaterializeResult(metadata={
+        verdict = "drift" if result.dataset_drift else "no drift"
+        record = drift_record(config.environment, len(traffic), verdict, round(result.share_drifted, 4), version,
+                              result.drifted_columns)
+        return dg.MaterializeResult(value=record, metadata={
             "rows": len(traffic),
             "environment": config.environment,
             "serving_version": version,
@@ -144,7 +157,7 @@ def build_drift_asset(agent: Agent, deployment: dg.AssetsDefinition, training_se
             "columns": dg.MetadataValue.md(result.to_markdown()),
             "tools": dg.MetadataValue.json({str(k): int(v) for k, v in traffic["tool"].value_counts().items()}),
             "report": dg.MetadataValue.url(f"{url}/artifacts/drift/{html.name}"),
-            "verdict": "drift" if result.dataset_drift else "no drift",
+            "verdict": verdict,
         })
 
     return drift_report

@@ -54,7 +54,7 @@ def build_registry_asset(agent: Agent, evaluation: dg.AssetsDefinition, *gated: 
             mv = mlflow.register_model(model_uri, agent.name)
         tags = {
             STATUS_TAG: "pending",
-            "evaluation_gate": "passed",
+            VersionTag.GATE: "passed",
             # The evaluation's headline metrics it computed (no escalation recall without an
             # escalation tool, golden_* with a golden test set, oos_* with out-of-scope rows).
             **{f"eval_{k}": f"{numbers[k]:.4f}" for k in EVAL_TAGS if isinstance(numbers.get(k), int | float)},

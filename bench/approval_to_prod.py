@@ -57,6 +57,7 @@ def main() -> int:
         from agentops_pipelines.definitions import build_definitions
         from agentops_pipelines.governance.approvals import make_decision, submit
         from agentops_pipelines.governance.signing import generate_key, load_private_key
+        from agentops_pipelines.operations import PromotionConfig
         from agentops_pipelines.resources.settings import load_settings
         from tests.helpers import AGENT, promoted, register_versions
 
@@ -81,11 +82,12 @@ def main() -> int:
                 result = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
                 (request,) = result.run_requests
                 marks["sensor tick"] = time.perf_counter()
-                run_config = request.run_config
-                run_config["ops"][f"{AGENT}_promote"]["config"]["bake_seconds"] = args.bake_seconds
+                # The sensor's request, as its typed config, with this bench's bake time.
+                op = f"{AGENT}_promote"
+                config = PromotionConfig(**{**request.run_config["ops"][op]["config"], "bake_seconds": args.bake_seconds})
                 job = defs.resolve_job_def(f"{AGENT}_promotion_job")
-                outcome = job.execute_in_process(instance=instance, run_config=run_config, tags=request.tags,
-                                                 raise_on_error=False)
+                outcome = job.execute_in_process(instance=instance, run_config=dg.RunConfig(ops={op: config}),
+                                                 tags=request.tags, raise_on_error=False)
                 marks["prod serves v2"] = time.perf_counter()
             assert outcome.success, "the promotion failed"
             assert deployer.status("prod").version == v2

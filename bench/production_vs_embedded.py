@@ -44,6 +44,7 @@ CHILD = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 import dagster as dg
+from agentops_pipelines.assets.deployment import DeploymentConfig
 from agentops_pipelines.cli import prepare_home
 from agentops_pipelines.definitions import build_definitions
 from agentops_pipelines.resources.settings import load_settings
@@ -68,11 +69,10 @@ out["ingest"] = time.perf_counter() - t
 t = time.perf_counter()
 run("training")
 out["training"] = time.perf_counter() - t
-version = instance.get_latest_materialization_event(
-    dg.AssetKey(["support_agent", "registered_version"])).asset_materialization.metadata["version"].value
+version = defs.resources["lake"].read_record("support_agent/registered_version")["version"]
 t = time.perf_counter()
 run("deploy", partition_key="dev",
-    run_config={"ops": {"support_agent__deployment": {"config": {"version": str(version)}}}})
+    run_config=dg.RunConfig(ops={"support_agent__deployment": DeploymentConfig(version=version)}))
 out["deploy"] = time.perf_counter() - t
 defs.resources["deployer"].stop("dev")
 instance.dispose()
@@ -229,7 +229,12 @@ def lifecycle(mode: str, prefix: str, tmp: Path) -> dict:
     dbs: dict[str, str] = {}
     project = f"{prefix}_{mode}_{uuid.uuid4().hex[:6]}"
     if mode == "production":
+        from agentops_pipelines.governance.audit_log import create_key_file
+
         dbs = create_dbs(project)
+        audit_key = home / "secrets" / "audit.key"  # production mode wants the key made beforehand
+        create_key_file(audit_key)
+        env.update(AGENTOPS_AUDIT_KEY_FILE=str(audit_key))
         env.update(
             AGENTOPS_MODE="production", DAGSTER_PG_HOST=PG["host"], DAGSTER_PG_PORT=str(PG["port"]),
             DAGSTER_PG_USER=PG["user"], DAGSTER_PG_PASSWORD="", DAGSTER_PG_DB=dbs["dagster"],

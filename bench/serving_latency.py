@@ -94,12 +94,13 @@ def train_model(home: Path) -> tuple[str, str, str]:
             job = defs.resolve_job_def(f"{agent}_ingest_job")
             if not job.execute_in_process(instance=instance, partition_key=day).success:
                 raise SystemExit(f"ingest {day} failed")
-        if not defs.resolve_job_def(f"{agent}_training_job").execute_in_process(instance=instance).success:  # fmt: skip
+        training = defs.resolve_job_def(f"{agent}_training_job").execute_in_process(instance=instance)
+        if not training.success:
             raise SystemExit("training failed")
-        event = instance.get_latest_materialization_event(
-            dg.AssetKey([agent, "registered_version"])
-        )
-        version = str(event.asset_materialization.metadata["version"].value)
+        registration = defs.resources["lake"].read_record(f"{agent}/registered_version", run_id=training.run_id)
+        if registration is None:
+            raise SystemExit("training registered no version (a gate refused it)")
+        version = registration["version"]
     return f"models:/{agent}/{version}", version, settings.mlflow_tracking_uri
 
 

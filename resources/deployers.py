@@ -171,9 +171,9 @@ SERVING_ENV_NAMES = frozenset({
     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
     "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_STORAGE_ACCESS_KEY",  # MLflow artifact stores other than S3 (AWS_*)
-    "AGENTOPS_HOME", "AGENTOPS_MLFLOW_ARTIFACT_ROOT", "AGENTOPS_FEAST_DIR", "AGENTOPS_FEAST_REDIS",
-    "AGENTOPS_FEAST_REGISTRY", "AGENTOPS_FEAST_PROJECT", "AGENTOPS_MINILM_DIR",
-    "AGENTOPS_SERVING_ROLE", "FEAST_USAGE",
+    EnvVar.HOME.value, EnvVar.MLFLOW_ARTIFACT_ROOT.value, EnvVar.FEAST_DIR.value, EnvVar.FEAST_REDIS.value,
+    EnvVar.FEAST_REGISTRY.value, EnvVar.FEAST_PROJECT.value, EnvVar.MINILM_DIR.value,
+    EnvVar.SERVING_ROLE.value, "FEAST_USAGE",
     EnvVar.SOR_URL.value, EnvVar.REFUND_LIMIT.value, EnvVar.ONLINE_EVAL_SAMPLE_RATE.value,
 })  # fmt: skip
 SERVING_ENV_PREFIXES = ("LC_", "PYTHON", "MLFLOW_", "AWS_")
@@ -322,6 +322,9 @@ class LocalProcessDeployer(Deployer):
     # <state_dir>/<agent>/<environment>.admin-token (mode 0600), which this deployer reads for its calls.
     admin_token: str | None = None
     inference_log_dir: str = ""  # root of the inference logs; empty: no log
+    # The MLflow store the servers load models from and trace to (settings' tracking URI). Empty:
+    # whatever MLFLOW_TRACKING_URI this process has (a test or script that set it itself).
+    mlflow_tracking_uri: str = ""
     trace_sample_rate: float = 0.01  # share of successful requests traced in MLflow
     max_restarts: int = 5  # more restarts than this within restart_window_s is a crash loop
     restart_window_s: float = 300.0
@@ -693,15 +696,24 @@ class LocalProcessDeployer(Deployer):
         ]  # fmt: skip
         if log_dir := self.inference_log_path(environment, model_uri):
             command += ["--inference-log-dir", str(log_dir)]
-        env = serving_environment(os.environ)  # never the parent's token: only a configured one
-        env.update(agent_serving_environment(env, files.agent))
-        env.update(agent_secrets(os.environ, self.agent_secret_env.get(files.agent, ())))
-        env.pop(ADMIN_TOKEN_ENV, None)
+        env = self.process_environment(files.agent, os.environ)
         if self.admin_token:  # configured (compose): it wins
             env[ADMIN_TOKEN_ENV] = self.admin_token
         else:  # a fresh token per deployment, in a file only this user reads
             command += ["--admin-token-file", str(self._new_token_file(files))]
         return self._supervise(files, command, env, model_uri, version, port)
+
+    def process_environment(self, agent: str, source: Mapping[str, str]) -> dict[str, str]:
+        """What ``agent``'s serving process gets from ``source`` (this process's environment):
+        the allowlist, the agent's own Feast settings and secrets, this deployer's MLflow store;
+        never the parent's admin token (a configured one is added by the caller)."""
+        env = serving_environment(source)
+        env.update(agent_serving_environment(env, agent))
+        env.update(agent_secrets(source, self.agent_secret_env.get(agent, ())))
+        if self.mlflow_tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        env.pop(ADMIN_TOKEN_ENV, None)
+        return env
 
     def _supervisor_command(self, files: ServingFiles, command: list[str]) -> list[str]:
         return [

@@ -26,7 +26,6 @@ class MlflowResource(dg.ConfigurableResource):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri  # child processes (serving) inherit it
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         return mlflow.MlflowClient(self.tracking_uri, self.tracking_uri)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-from agentops_pipelines.vocabulary import DEFAULT_REFUND_LIMIT, EnvVar
+from agentops_pipelines.vocabulary import DEFAULT_REFUND_LIMIT, SQL_URL_SCHEMES, EnvVar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"
@@ -43,7 +43,7 @@ DEFAULT_AGENTS_DIR = PROJECT_ROOT / "agents"  # one YAML file per agent (agent/c
 
 def agentops_home() -> Path:
     """The state folder: ``$AGENTOPS_HOME``, or ``.agentops/`` at the project root."""
-    return Path(os.environ.get("AGENTOPS_HOME") or PROJECT_ROOT / ".agentops").resolve()
+    return Path(os.environ.get(EnvVar.HOME) or PROJECT_ROOT / ".agentops").resolve()
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def _production_problems(env: Mapping[str, str], tracking: str) -> list[str]:
         missing.append("DAGSTER_PG_HOST (and DAGSTER_PG_PORT/USER/PASSWORD/DB)")
     if tracking.startswith("sqlite:"):
         missing.append("MLFLOW_TRACKING_URI (postgresql://... or an MLflow server, not SQLite)")
-    for name in ("AGENTOPS_MLFLOW_ARTIFACT_ROOT", "AGENTOPS_FEAST_REDIS", "AGENTOPS_FEAST_REGISTRY",
+    for name in (EnvVar.MLFLOW_ARTIFACT_ROOT.value, EnvVar.FEAST_REDIS.value, EnvVar.FEAST_REGISTRY.value,
                  "AGENTOPS_AUDIT_KEY_FILE"):
         if not env.get(name):
             missing.append(name)
@@ -218,7 +218,7 @@ def load_settings(strict: bool = True) -> Settings:
     if deployer not in DEPLOYERS:
         raise SettingsError(f"AGENTOPS_DEPLOYER must be one of {', '.join(DEPLOYERS)}, not {deployer!r}")
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-    artifacts = env.get("AGENTOPS_MLFLOW_ARTIFACT_ROOT") or str(home / "mlflow" / "artifacts")
+    artifacts = env.get(EnvVar.MLFLOW_ARTIFACT_ROOT) or str(home / "mlflow" / "artifacts")
     from agentops_pipelines.features.online import config_from_environ
 
     feast = config_from_environ(env, home)  # the same reading a served model makes
@@ -245,8 +245,8 @@ def load_settings(strict: bool = True) -> Settings:
         name: variable
         for name, variable, value in (
             ("mlflow_tracking_uri", "MLFLOW_TRACKING_URI", tracking),
-            ("feast_registry", "AGENTOPS_FEAST_REGISTRY", registry),
-            ("feast_online_store", "AGENTOPS_FEAST_REDIS", online),
+            ("feast_registry", EnvVar.FEAST_REGISTRY.value, registry),
+            ("feast_online_store", EnvVar.FEAST_REDIS.value, online),
             ("audit_db_url", "AGENTOPS_AUDIT_DB_URL", env.get("AGENTOPS_AUDIT_DB_URL", "")),
             ("sor_url", EnvVar.SOR_URL.value, env.get(EnvVar.SOR_URL, "")),
         )
@@ -257,7 +257,7 @@ def load_settings(strict: bool = True) -> Settings:
         mode=mode,
         mlflow_tracking_uri=tracking,
         mlflow_artifact_root=artifacts,
-        mlflow_ui_url=env.get("AGENTOPS_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
+        mlflow_ui_url=env.get(EnvVar.MLFLOW_UI_URL, "http://127.0.0.1:5000"),
         lake_dir=Path(env.get("AGENTOPS_LAKE_DIR") or home / "lake"),
         feast_dir=feast.repo_dir,
         feast_online_store=online,
@@ -465,7 +465,7 @@ def _check_feast(settings: Settings) -> list[CheckResult]:
         results.append(CheckResult("Feast online store", target, _redis_problem(connection)))
     registry = settings.feast_registry
     scheme = urlparse(registry).scheme.split("+", 1)[0].lower() if "://" in registry else ""
-    if scheme in ("postgresql", "postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle"):
+    if scheme in SQL_URL_SCHEMES:
         results.append(CheckResult("Feast registry", _safe_url(registry), _sql_problem(registry)))
     elif scheme:
         results.append(CheckResult("Feast registry", registry, note="remote file, not checked"))

@@ -3,13 +3,16 @@
 Freezing tags the drifting version ``frozen=true`` so no approval can promote it further; the run
 carries the drifted features in its tags. One retraining per drift report (the run key is the
 report's event id), so neither a daemon restart nor a re-read repeats it.
-"""
 
-import math
+The event log says *that* a report was made (its storage id is the cursor); *what* it found is
+the report's lake record (``assets/drift.py``, ``drift_record``), read for the run that made it.
+"""
 
 import dagster as dg
 
 from agentops_pipelines.resources.audit import AuditLog
+from agentops_pipelines.resources.io_manager import record_table
+from agentops_pipelines.resources.lake import UNPARTITIONED, LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import VersionTag
 
@@ -20,7 +23,8 @@ def build_drift_sensor(agent, drift_report: dg.AssetsDefinition, retraining_job)
     @dg.sensor(name=f"{agent.name}_drift_sensor", job=retraining_job, minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Drift share at or over {threshold} → retraining; the drifting version frozen.")
-    def drift_sensor(context: dg.SensorEvaluationContext, mlflow_store: MlflowResource, audit: AuditLog):
+    def drift_sensor(context: dg.SensorEvaluationContext, mlflow_store: MlflowResource, audit: AuditLog,
+                     lake: LakeResource):
         after = int(context.cursor) if context.cursor else None
         records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=drift_report.key, after_storage_id=after), limit=100, ascending=True).records
@@ -28,16 +32,19 @@ def build_drift_sensor(agent, drift_report: dg.AssetsDefinition, retraining_job)
             return dg.SkipReason("no new drift report")
         requests, notes, cursor = [], [], after
         for record in records:
-            materialization = record.asset_materialization
-            md = {k: v.value for k, v in materialization.metadata.items()}
-            share, partition = md.get("drift_share"), materialization.partition
-            if share is None or (isinstance(share, float) and math.isnan(share)):
-                notes.append(f"{partition}: {md.get('verdict', 'no score')}")
+            partition = record.asset_materialization.partition
+            report = lake.read_record(record_table(drift_report.key), partition or UNPARTITIONED,
+                                      run_id=record.run_id or None)
+            share = report.get("drift_share") if report else None
+            if report is None:
+                notes.append(f"{partition}: run {record.run_id or '(none)'} stored no drift record in the lake")
+            elif share is None:
+                notes.append(f"{partition}: {report.get('verdict') or 'no score'}")
             elif share < threshold:
                 notes.append(f"{partition}: share {share:.2f} under {threshold}")
             else:
-                version, env = str(md["serving_version"]), md.get("environment", "prod")
-                drifted = list(md.get("drifted_columns") or [])
+                version, env = str(report["serving_version"]), report["environment"]
+                drifted = list(report.get("drifted_columns") or [])
                 reason = f"drift share {share:.2f} >= {threshold} on {partition} in {env}: {', '.join(drifted)}"
                 try:
                     _freeze(mlflow_store, audit, agent.name, version, env, reason, drifted, partition)
@@ -64,6 +71,6 @@ def _freeze(mlflow_store, audit, agent_name, version, env, reason, drifted, part
     if state is not None and state.action == "freeze":  # the audit log says so; the tag is only a view
         return
     client.set_model_version_tag(agent_name, version, VersionTag.FROZEN, "true")
-    client.set_model_version_tag(agent_name, version, "frozen_reason", reason)
+    client.set_model_version_tag(agent_name, version, VersionTag.FROZEN_REASON, reason)
     audit.record("freeze", agent_name, actor="drift_sensor", version=version, environment=env,
                  reason=reason, details={"drifted_columns": drifted, "partition": partition})

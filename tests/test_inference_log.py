@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -138,17 +137,26 @@ def test_pods_sharing_a_folder_keep_their_own_files(tmp_path, monkeypatch):
         "support-agent-prod-7f9c-abcde", "support-agent-prod-7f9c-fghij"]
 
 
-def test_writer_converts_in_small_slices(tmp_path):
+def test_writer_converts_in_small_slices(tmp_path, monkeypatch):
     """Converting holds the GIL (~70 us a request): the writer converts as soon as
     ``convert_rows`` rows wait instead of letting a whole interval pile up."""
+    slices, converted = [], threading.Event()
+
+    def watched_to_table(entries, environment):  # the conversion, seen from outside
+        slices.append([e.request_id for e in entries])
+        converted.set()
+        return to_table(entries, environment)
+
+    monkeypatch.setattr(inference_log, "to_table", watched_to_table)
     writer = InferenceLogWriter(tmp_path, "dev", flush_seconds=3600, convert_seconds=3600,
                                 convert_rows=4).start()
     for i in range(3):
         writer.append(entry(request_id=f"r{i}"))
-    time.sleep(0.2)
-    assert writer._rows == 3  # below the slice: waits for more (or for convert_seconds)
+    # below the slice: nothing converted (it waits for more, or for convert_seconds: an hour)
+    assert not converted.wait(0.3) and slices == []
     writer.append(entry(request_id="r3"))
-    _wait_for(lambda: writer._rows == 0 and writer._table_rows == 4)
+    assert converted.wait(5)
+    assert slices == [["r0", "r1", "r2", "r3"]]  # one slice, as soon as the fourth row came
     assert files(tmp_path) == []  # converted, not written: flush_seconds decides that
     writer.close()
     assert read_inference_log(tmp_path, "2026-11-02", "2026-11-02")["request_id"].tolist() == [

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from agentops_pipelines.operations import PromotionConfig
 from tests.helpers import AGENT
 
 
@@ -20,7 +21,7 @@ def test_daily_drift_scores_yesterday_once_the_day_is_complete(defs):
 def test_a_failed_promotion_requests_a_rollback_of_prod(defs, instance):
     job = defs.resolve_job_def(f"{AGENT}_promotion_job")
     failed = job.execute_in_process(instance=instance, raise_on_error=False, tags={"agentops/version": "7"},
-                                    run_config={"ops": {f"{AGENT}_promote": {"config": {"version": "7"}}}})
+                                    run_config=dg.RunConfig(ops={f"{AGENT}_promote": PromotionConfig(version="7")}))
     assert not failed.success  # no such version
     sensor = next(s for s in defs.sensors if s.name == f"{AGENT}_promotion_failure_sensor")
     ctx = dg.build_run_status_sensor_context(

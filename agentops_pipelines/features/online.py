@@ -19,9 +19,9 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from agentops_pipelines.feature_repo.definitions import FEATURE_DEFAULTS, FEATURE_REFS, JOIN_KEY
+from agentops_pipelines.vocabulary import SQL_URL_SCHEMES, EnvVar
 
 FEATURES: list[str] = [ref.split(":", 1)[1] for ref in FEATURE_REFS]
-_SQL_SCHEMES = {"postgresql", "postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle"}
 AGENTS_FOLDER = "agents"  # <feast dir>/agents/<agent>/: one agent's rendered config, store, offline data
 _NOT_PROJECT_CHAR = re.compile(r"[^A-Za-z0-9_]")
 
@@ -48,7 +48,7 @@ def _agent_registry(registry: str, folder: str) -> str:
 
 def is_sql_url(registry: str) -> bool:
     scheme = urlparse(registry).scheme.split("+", 1)[0].lower()
-    return "://" in registry and scheme in _SQL_SCHEMES
+    return "://" in registry and scheme in SQL_URL_SCHEMES
 
 
 def redis_connection_string(value: str) -> str:
@@ -120,9 +120,9 @@ class StoreConfig:
     def environ(self) -> dict[str, str]:
         """The ``AGENTOPS_FEAST_*`` variables naming this store's folder, project and registry
         file (not a SQL registry URL or the Redis string: those are shared, and may hold passwords)."""
-        out = {"AGENTOPS_FEAST_DIR": str(Path(self.repo_dir).resolve()), "AGENTOPS_FEAST_PROJECT": self.project}
+        out = {EnvVar.FEAST_DIR.value: str(Path(self.repo_dir).resolve()), EnvVar.FEAST_PROJECT.value: self.project}
         if not is_sql_url(self.registry):
-            out["AGENTOPS_FEAST_REGISTRY"] = self.registry
+            out[EnvVar.FEAST_REGISTRY.value] = self.registry
         return out
 
     @property
@@ -134,10 +134,10 @@ class StoreConfig:
 def config_from_environ(environ: Mapping[str, str], home: Path) -> StoreConfig:
     """The store a process's environment names (``AGENTOPS_FEAST_*``), under ``home`` by default."""
     return StoreConfig(
-        repo_dir=Path(environ.get("AGENTOPS_FEAST_DIR") or home / "feast"),
-        registry=environ.get("AGENTOPS_FEAST_REGISTRY") or str(home / "feast" / "registry.db"),
-        online_store=environ.get("AGENTOPS_FEAST_REDIS") or "sqlite",
-        project=environ.get("AGENTOPS_FEAST_PROJECT") or "agentops",
+        repo_dir=Path(environ.get(EnvVar.FEAST_DIR) or home / "feast"),
+        registry=environ.get(EnvVar.FEAST_REGISTRY) or str(home / "feast" / "registry.db"),
+        online_store=environ.get(EnvVar.FEAST_REDIS) or "sqlite",
+        project=environ.get(EnvVar.FEAST_PROJECT) or "agentops",
     )
 
 
@@ -157,7 +157,7 @@ def served_config(environ: Mapping[str, str], agent: str) -> StoreConfig:
 def default_home(environ: Mapping[str, str]) -> Path:
     """The state folder a process's environment names (``AGENTOPS_HOME``, else the project's
     ``.agentops/``, as in resources/settings.py)."""
-    return Path(environ.get("AGENTOPS_HOME") or Path(__file__).resolve().parents[2] / ".agentops").resolve()
+    return Path(environ.get(EnvVar.HOME) or Path(__file__).resolve().parents[2] / ".agentops").resolve()
 
 
 @dataclass

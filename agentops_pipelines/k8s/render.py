@@ -35,6 +35,7 @@ from agentops_pipelines.k8s.naming import (
     object_name,
     selector_labels,
 )
+from agentops_pipelines.vocabulary import EnvVar
 
 # --------------------------------------------------------------------------------------------
 # Rendering (pure)
@@ -144,10 +145,10 @@ def _container(
     env: list[dict[str, Any]] = [
         {"name": "MLFLOW_TRACKING_URI", "value": spec.mlflow_tracking_uri},
         # a pod serves one model: its role is this label's, not an in-process split's
-        {"name": "AGENTOPS_SERVING_ROLE", "value": role},
+        {"name": EnvVar.SERVING_ROLE.value, "value": role},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
-        {"name": "AGENTOPS_HOME", "value": "/tmp/agentops"},
-        {"name": "AGENTOPS_FEAST_PROJECT", "value": agent_project(spec.feast_project, agent)},
+        {"name": EnvVar.HOME.value, "value": "/tmp/agentops"},
+        {"name": EnvVar.FEAST_PROJECT.value, "value": agent_project(spec.feast_project, agent)},
         # required: a pod does not start without the Secret (the deployer checks the key is not
         # empty before a rollout, and the server refuses to start without a token)
         {"name": ADMIN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {

@@ -167,6 +167,12 @@ class Batcher:
     def alive(self) -> bool:
         return self._thread.is_alive() if not self.inline else not self._retired
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows submitted and not yet taken into a batch: what ``max_queue_rows`` caps."""
+        with self._cond:
+            return self._queued_rows
+
     # -- the thread
 
     def _run(self) -> None:

@@ -521,7 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on SIGTERM, how long in-flight requests may take to finish",
     )  # fmt: skip
     p.add_argument(
-        "--pod-role", choices=ROLES, default=os.environ.get("AGENTOPS_SERVING_ROLE") or STABLE,
+        "--pod-role", choices=ROLES, default=os.environ.get(EnvVar.SERVING_ROLE) or STABLE,
         help="the role this process reports (env AGENTOPS_SERVING_ROLE; set on the canary pods "
         "of a Kubernetes rollout, where each pod serves one model)",
     )  # fmt: skip

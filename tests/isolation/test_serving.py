@@ -168,10 +168,12 @@ def test_two_agents_side_by_side_each_lifecycle_touches_only_its_own(defs, insta
 
     # -- drift freezes A's serving version and retrains A; B's drift sensor sees nothing
     day = (date.today() - timedelta(days=1)).isoformat()
-    instance.report_runless_asset_event(dg.AssetMaterialization(
-        asset_key=dg.AssetKey([A, "drift_report"]), partition=day,
-        metadata={"drift_share": 0.9, "serving_version": "1", "environment": "prod",
-                  "drifted_columns": dg.MetadataValue.json(["text"])}))
+    # A report as drift_report leaves it: its record in A's lake table, then its event.
+    defs.resources["lake"].write_record(f"{A}/drift_report", {
+        "drift_share": 0.9, "serving_version": "1", "environment": "prod", "drifted_columns": ["text"],
+        "verdict": "drift", "rows": 500}, run_id="drift-fixture", partition=day)
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey([A, "drift_report"]),
+                                                                partition=day))
     assert len(evaluate(defs, instance, A, "drift_sensor")[0]) == 1
     assert evaluate(defs, instance, B, "drift_sensor")[0] == []
     assert client.get_model_version(A, "1").tags.get("frozen") == "true"

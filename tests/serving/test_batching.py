@@ -21,7 +21,7 @@ def test_batcher_merges_waiting_requests_and_isolates_failures():
     while not calls and time.monotonic() < deadline:
         time.sleep(0.001)
     results, threads = submit_all(batcher, [f"t{i}" for i in range(10)] + ["boom"])
-    while batcher._queued_rows < 11 and time.monotonic() < deadline:
+    while batcher.queued_rows < 11 and time.monotonic() < deadline:
         time.sleep(0.001)
     gate.set()
     for t in first_threads + threads:
@@ -44,7 +44,7 @@ def test_batcher_keeps_column_sets_apart_and_limits_rows():
         time.sleep(0.001)
     plain, t1 = submit_all(batcher, [f"p{i}" for i in range(6)])
     with_feature, t2 = submit_all(batcher, [f"f{i}" for i in range(3)], {"orders_30d": [3]})
-    while batcher._queued_rows < 9 and time.monotonic() < deadline:
+    while batcher.queued_rows < 9 and time.monotonic() < deadline:
         time.sleep(0.001)
     gate.set()
     for t in blocker_threads + t1 + t2:
@@ -75,7 +75,7 @@ def test_batcher_splits_unbatchable_output_by_request():
     assert busy.wait(5)
     for t in threads[1:]:
         t.start()
-    wait_until(lambda: batcher._queued_rows == 2)
+    wait_until(lambda: batcher.queued_rows == 2)
     release.set()
     for t in threads:
         t.join(5)
@@ -99,7 +99,7 @@ def test_batcher_retire_and_overload():
     wait_until(lambda: small.batches == 1)  # the first request is being predicted
     waiting = threading.Thread(target=lambda: small.predict(pd.DataFrame({"text": ["b", "c"]})))
     waiting.start()
-    wait_until(lambda: small._queued_rows == 2)
+    wait_until(lambda: small.queued_rows == 2)
     with pytest.raises(Overloaded, match="2 rows are waiting"):
         small.predict(pd.DataFrame({"text": ["d"]}))
     gate.set()

@@ -34,6 +34,27 @@ def test_deployer_is_a_resource():
         d.deploy_canary("dev", "models:/x/1", "1", 1.5)
 
 
+def test_serving_processes_get_the_deployers_mlflow_store_and_no_parent_secrets():
+    parent = {"PATH": "/usr/bin", "MLFLOW_TRACKING_URI": "sqlite:////elsewhere/mlflow.db",
+              "AGENTOPS_SERVING_ADMIN_TOKEN": "the-parents", "DAGSTER_PG_PASSWORD": "secret"}
+    configured = LocalProcessDeployer(state_dir="/tmp/x", mlflow_tracking_uri="postgresql://db:5432/mlflow")
+    env = configured.process_environment("support_agent", parent)
+    assert env["MLFLOW_TRACKING_URI"] == "postgresql://db:5432/mlflow"  # explicit, whatever the parent has
+    assert env["PATH"] == "/usr/bin"
+    assert "AGENTOPS_SERVING_ADMIN_TOKEN" not in env and "DAGSTER_PG_PASSWORD" not in env
+    # A deployer built without a store (a test, a script) passes the variable its caller set.
+    unset = LocalProcessDeployer(state_dir="/tmp/x").process_environment("support_agent", parent)
+    assert unset["MLFLOW_TRACKING_URI"] == "sqlite:////elsewhere/mlflow.db"
+
+
+def test_the_code_locations_deployer_serves_from_the_settings_mlflow_store(home):
+    from agentops_pipelines.definitions import build_deployer
+    from agentops_pipelines.resources.settings import load_settings
+
+    settings = load_settings()
+    assert build_deployer(settings).mlflow_tracking_uri == settings.mlflow_tracking_uri
+
+
 @pytest.mark.slow
 def test_deploy_writes_state_and_serves_health(deployer, deployment, registry):
     assert deployment.version == "1" and deployment.model_uri == registry["1"]

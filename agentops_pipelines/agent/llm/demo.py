@@ -30,6 +30,10 @@ def main() -> int:
         import mlflow
 
         from agentops_pipelines.agent.llm.agent import SupportDeskLLMAgent
+        from agentops_pipelines.assets.dataset import config_class
+        from agentops_pipelines.assets.evaluation import EvaluationConfig
+        from agentops_pipelines.assets.features import TrainingSetConfig
+        from agentops_pipelines.assets.trajectory import TrajectoryConfig
         from agentops_pipelines.cli import prepare_home
         from agentops_pipelines.definitions import build_definitions
         from agentops_pipelines.resources.settings import load_settings
@@ -39,12 +43,13 @@ def main() -> int:
         defs = build_definitions(settings)
         instance = dg.DagsterInstance.get()
         day = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
-        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        quiet = {"console": {"config": {"log_level": "WARNING"}}}
 
         def run(job: str, ops: dict | None = None, **kwargs):
+            """Run ``job`` in process; ``ops`` maps op names to their typed config."""
             t0 = time.perf_counter()
             result = defs.resolve_job_def(job).execute_in_process(
-                instance=instance, raise_on_error=False, run_config={**quiet, "ops": ops or {}}, **kwargs)
+                instance=instance, raise_on_error=False, run_config=dg.RunConfig(ops=ops, loggers=quiet), **kwargs)
             print(f"  {job}: {'ok' if result.success else 'stopped by a gate or a failure'} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
             return result
@@ -54,25 +59,29 @@ def main() -> int:
             return {k: v.value for k, v in event.asset_materialization.metadata.items()} if event else {}
 
         llm = SupportDeskLLMAgent.name
+        # The dataset step's config class carries the agent's own defaults: a typed config sends
+        # every field, so it must be that class, not the plain DatasetConfig.
+        dataset_config = config_class(SupportDeskLLMAgent)
         baseline = SupportDeskLLMAgent.baseline_agent
         client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
         print(f"demo-llm: {MODEL_ALIAS} at {server.base_url}; state folder {settings.home}")
-        one_day = {"training_set": {"config": {"days": 1, "end_date": day}},
-                   "evaluation_report": {"config": {"evidently_report": False, "latency_samples": 10}}}
+        one_day = {"training_set": TrainingSetConfig(days=1, end_date=day),
+                   "evaluation_report": EvaluationConfig(evidently_report=False, latency_samples=10)}
         try:
             champion = client.get_model_version_by_alias(baseline, "champion").version
         except mlflow.exceptions.MlflowException:
             run(f"{baseline}_ingest_job", partition_key=day)
-            run(f"{baseline}_training_job", {f"{baseline}__{k}": v for k, v in one_day.items()})
-            champion = meta(baseline, "registered_version").get("version")
-            if champion is None:
+            training = run(f"{baseline}_training_job", {f"{baseline}__{k}": v for k, v in one_day.items()})
+            registration = defs.resources["lake"].read_record(f"{baseline}/registered_version", run_id=training.run_id)
+            if registration is None:
                 print("the trained router was not registered; see `make dev`", file=sys.stderr)
                 return 1
+            champion = registration["version"]
             client.set_registered_model_alias(baseline, "champion", champion)
         print(f"  baseline: {baseline} version {champion} (champion)")
-        run(f"{llm}_ingest_job", {f"{llm}__dataset": {"config": {"rows_per_day": 100}}}, partition_key=day)
+        run(f"{llm}_ingest_job", {f"{llm}__dataset": dataset_config(rows_per_day=100)}, partition_key=day)
         run(f"{llm}_training_job", {f"{llm}__{k}": v for k, v in {
-            **one_day, "trajectory_evaluation": {"config": {"cases": 38}}}.items()})
+            **one_day, "trajectory_evaluation": TrajectoryConfig(cases=38)}.items()})
         report, trajectory = meta(llm, "evaluation_report"), meta(llm, "trajectory_evaluation")
         print(f"\nheld-out requests : accuracy {report.get('accuracy', 0):.3f}, gate "
               f"{'passed' if report.get('gate_passed') else 'refused'}: {report.get('gate_reasons')}")
