@@ -148,3 +148,27 @@ def test_invalid_arguments_name_the_argument_and_write_nothing(actions, sor, too
 def test_unknown_tool_is_an_outcome_not_a_crash(actions):
     r = actions.call("launch_rocket", {"customer_id": "C00001"}, request_id="x")
     assert r.outcome == "unknown_tool" and "launch_rocket" in r.error
+
+
+def test_a_reused_request_id_never_shows_another_customers_call(actions, sor):
+    """Request ids are the client's: a customer who sends another customer's id (guessed, or a
+    front end's predictable ids) is refused, and the refusal it reads never holds the first
+    call's arguments (their customer id, their message, their address or card)."""
+    from agentops_pipelines.agent.trajectory import Executor
+
+    private = "my card visa ending 4242 was stolen, call me on 07700 900123"
+    executor = Executor(actions, lambda text, features: ("escalate_to_human", 1.0))
+    first = executor.run("shared-1", private, "C00001")
+    assert first.outcome == "handed_over"
+    other = executor.run("shared-1", "I would like to talk to a person", "C00002")
+    assert other.outcome == "rejected" and "request_id" in other.answer
+    seen = repr(other.to_dict())
+    assert "C00001" not in seen and "4242" not in seen and "07700" not in seen, other.answer
+    # A write tool names its customer: the same leak through update_payment_method is closed too.
+    actions.call("update_payment_method", {"customer_id": "C00003", "payment_method": "amex ending 9876"},
+                 request_id="shared-2")
+    r = actions.call("update_payment_method", {"customer_id": "C00004", "payment_method": "paypal"},
+                     request_id="shared-2")
+    assert r.outcome == "rejected" and r.error.startswith("request_id:")
+    assert "9876" not in repr(r.to_dict()) and "C00003" not in repr(r.to_dict())
+    assert sor.count("tickets", customer_id="C00002") == 0  # refused: nothing written for them

@@ -97,6 +97,20 @@ def test_a_refund_above_the_limit_is_handed_over(acting):
     assert count(acting.sor, "select count(*) from tickets where request_id = 'refund-big-1'") == 1
 
 
+def test_another_customers_request_id_reveals_nothing_of_their_request(acting):
+    """A client that sends a request id another customer used (guessed, or a front end's
+    predictable ids) is refused, and its answer holds nothing of the first request."""
+    a, b = case(acting, "password", 0), case(acting, "password", 1)
+    assert a.customer_id != b.customer_id
+    private = "I need a person: my card visa ending 4242 was stolen, call me on 07700 900123"
+    status, _, first = ask(acting.url, private, a.customer_id, "shared-id-1")
+    assert status == 200 and first["outcome"] in ("handed_over", "resolved"), first
+    status, _, other = ask(acting.url, private.replace("4242", "1111"), b.customer_id, "shared-id-1")
+    assert status == 200 and other["outcome"] == "rejected" and "X-Request-Id" in other["answer"], other
+    shown = json.dumps(other)
+    assert a.customer_id not in shown and "4242" not in shown, shown
+
+
 def test_request_ids_are_bounded_and_plain(acting):
     c = case(acting, "password")
     for bad in ("x" * 101, "a b", "semi;colon"):
