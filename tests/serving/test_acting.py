@@ -85,6 +85,39 @@ def test_a_retried_request_never_refunds_twice(acting):
     assert "_trajectory" not in first  # the trajectory is for the trace, never the client
 
 
+def test_retries_that_arrive_together_refund_once(acting):
+    """A client that retries before its first attempt answered (a short timeout) sends the same
+    X-Request-Id while the first is in flight: the server micro-batches them, and each must still
+    be the same request, replayed, never a second refund."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = case(acting, "refund", 1)
+    order = c.expected["arguments"]["order_id"]
+    text = f"please refund $5 on order #{order}"
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    body = json.dumps({"dataframe_records": [{"text": text, "customer_id": c.customer_id}]}).encode()
+    parts = urlsplit(acting.url)
+    conns = [http.client.HTTPConnection(parts.hostname, parts.port, timeout=30) for _ in range(16)]
+    for conn in conns:
+        conn.connect()
+    barrier = threading.Barrier(len(conns))
+
+    def send(conn):  # connected in advance, released together: the server reads them in one go
+        barrier.wait()
+        conn.request("POST", "/invocations", body, {"Content-Type": JSON, "X-Request-Id": "impatient-1"})
+        response = conn.getresponse()
+        return response.status, None, json.loads(response.read())["predictions"][0]
+
+    with ThreadPoolExecutor(len(conns)) as pool:
+        answers = list(pool.map(send, conns))
+    assert {status for status, _, _ in answers} == {200}
+    assert {a["answer"] for _, _, a in answers} == {answers[0][2]["answer"]}, [a["answer"] for _, _, a in answers]
+    assert count(acting.sor, "select count(*) from refunds where order_id = :o", o=order) == 1
+
+
 def test_a_refund_above_the_limit_is_handed_over(acting):
     c = case(acting, "refund_above_limit")
     order = c.expected["arguments"]["order_id"]
