@@ -14,7 +14,7 @@ agent with custom logic, subclass ``Agent`` (agent/interface.py) and add it to `
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from agentops_pipelines.agent.config import (
@@ -23,6 +23,7 @@ from agentops_pipelines.agent.config import (
     apply,
     data_available,
     load_file,
+    reads_pipeline_state,
 )
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.agent.support_desk import SupportDeskAgent
@@ -35,8 +36,21 @@ class AgentSkippedWarning(UserWarning):
     """An enabled agent file was not loaded because its data is missing."""
 
 
-def load_agents(folder: Path, python_agents: Mapping[str, Callable[[], Agent]] = PYTHON_AGENTS) -> list[Agent]:
-    """The support desk, then every enabled agent file in ``folder`` (sorted by file name)."""
+def pipeline_state() -> tuple[Path, ...]:
+    """What agent files may not read (``config.reads_pipeline_state``): the state folder, the
+    inference logs, the serving tokens, the audit key's folder and anchor, reviewers' keys."""
+    from agentops_pipelines.resources.settings import load_settings
+
+    s = load_settings(strict=False)
+    return (s.home, s.inference_log_dir, s.serving_dir, s.audit_key_file.parent, s.audit_anchor,
+            Path.home() / ".config" / "agentops")
+
+
+def load_agents(folder: Path, python_agents: Mapping[str, Callable[[], Agent]] = PYTHON_AGENTS,
+                protected: Iterable[Path] | None = None) -> list[Agent]:
+    """The support desk, then every enabled agent file in ``folder`` (sorted by file name).
+    ``protected``: paths no agent file may read (default :func:`pipeline_state`)."""
+    protected = pipeline_state() if protected is None else tuple(protected)
     agents: dict[str, Agent] = {SupportDeskAgent.name: SupportDeskAgent()}
     files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]) if folder.is_dir() else []
     seen: dict[str, Path] = {}
@@ -47,6 +61,8 @@ def load_agents(folder: Path, python_agents: Mapping[str, Callable[[], Agent]] =
         seen[config.name] = path
         if not config.enabled:
             continue
+        if reason := reads_pipeline_state(config, protected):
+            raise AgentConfigError(f"{path}: {reason}")
         missing = data_available(config)
         if missing:
             warnings.warn(f"agent {config.name} ({path}) skipped: {missing}", AgentSkippedWarning, stacklevel=2)

@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        env3 = {**os.environ, "AGENTOPS_AGENTS_DIR": str(three_agents(Path(tmp))), "AGENTOPS_HOME": tmp}
+        env3 = {**os.environ, "AGENTOPS_AGENTS_DIR": str(three_agents(Path(tmp))),
+                "AGENTOPS_HOME": str(Path(tmp) / "home")}  # agents may not read their state folder
         check = "import agentops_pipelines.agents as a; n = len(a.AGENTS); assert n == 3, n"
         subprocess.run([sys.executable, "-c", check], check=True, env=env3)
         cases = {"python -c pass": ("pass", None), "import dagster": ("import dagster", None),

@@ -34,6 +34,7 @@ traced in MLflow (failed ones always are). Both apply when a process starts, not
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -198,6 +199,15 @@ def agent_serving_environment(source: Mapping[str, str], agent: str) -> dict[str
     return agent_environ(source, agent)
 
 
+def serving_admin_token(configured: str, agent: str, environment: str) -> str:
+    """The admin token of one (agent, environment)'s serving process when one token is configured
+    (AGENTOPS_SERVING_ADMIN_TOKEN): an HMAC of the agent and environment under it. Each process
+    holds only its own, so a token that leaks from one (a dev process running a version nobody
+    approved yet, say) opens no other agent's or environment's /admin/*, as on Kubernetes."""
+    message = f"agentops-serving-admin\0{agent}\0{environment}".encode()
+    return hmac.new(configured.encode(), message, "sha256").hexdigest()
+
+
 def agent_secrets(source: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
     """The variables ``names`` of ``source`` that are set: secrets one agent's serving processes
     get besides the allowlist (an LLM agent's key, ``AGENTOPS_LLM_API_KEY``), never another's."""
@@ -320,6 +330,8 @@ class LocalProcessDeployer(Deployer):
     stop_timeout_s: float = 10.0
     # The servers' admin token. Unset: each started server gets its own, in
     # <state_dir>/<agent>/<environment>.admin-token (mode 0600), which this deployer reads for its calls.
+    # Set (AGENTOPS_SERVING_ADMIN_TOKEN): each (agent, environment) gets a token derived from it
+    # (serving_admin_token), never the configured one itself.
     admin_token: str | None = None
     inference_log_dir: str = ""  # root of the inference logs; empty: no log
     # The MLflow store the servers load models from and trace to (settings' tracking URI). Empty:
@@ -393,9 +405,9 @@ class LocalProcessDeployer(Deployer):
     def _token(self, environment: str, state: dict[str, Any]) -> str | None:
         """The admin token of the server whose ``state`` this is: the configured one, else the
         file of its (agent, environment)."""
-        if self.admin_token:
-            return self.admin_token
         files = self.files(environment, self._agent_of(str(state.get("model_uri", ""))))
+        if self.admin_token:
+            return serving_admin_token(self.admin_token, files.agent, files.environment)
         try:
             return self._token_file(files).read_text().strip() or None
         except OSError:
@@ -697,8 +709,8 @@ class LocalProcessDeployer(Deployer):
         if log_dir := self.inference_log_path(environment, model_uri):
             command += ["--inference-log-dir", str(log_dir)]
         env = self.process_environment(files.agent, os.environ)
-        if self.admin_token:  # configured (compose): it wins
-            env[ADMIN_TOKEN_ENV] = self.admin_token
+        if self.admin_token:  # configured (compose): it wins, as this server's own derived token
+            env[ADMIN_TOKEN_ENV] = serving_admin_token(self.admin_token, files.agent, files.environment)
         else:  # a fresh token per deployment, in a file only this user reads
             command += ["--admin-token-file", str(self._new_token_file(files))]
         return self._supervise(files, command, env, model_uri, version, port)

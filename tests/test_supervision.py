@@ -307,6 +307,39 @@ def test_two_agents_in_one_environment_are_apart(deployer, registry):
 
 
 @pytest.mark.slow
+def test_a_configured_admin_token_opens_one_agent_and_environment_only(registry, tmp_path):
+    """With AGENTOPS_SERVING_ADMIN_TOKEN set (compose), each server holds a token of its own
+    (agent, environment): the one read from a dev server (running a version nobody approved)
+    opens neither another environment's /admin/* nor another agent's, and the configured token
+    itself is in no serving process."""
+    from tests.serving.support import request
+
+    configured = "configured-admin-token"
+    d = LocalProcessDeployer(state_dir=str(tmp_path), agent=ALPHA, admin_token=configured,
+                             health_timeout_s=60, trace_sample_rate=0.0)
+    try:
+        alpha_dev = d.deploy("dev", registry[ALPHA, "1"], "1")
+        alpha_staging = d.deploy("staging", registry[ALPHA, "1"], "1")
+        beta_dev = d.deploy("dev", registry[BETA, "1"], "1")
+        tokens = {s.url: _environ(s.pid)["AGENTOPS_SERVING_ADMIN_TOKEN"]
+                  for s in (alpha_dev, alpha_staging, beta_dev)}
+        assert configured not in tokens.values() and len(set(tokens.values())) == 3
+        leaked = tokens[alpha_dev.url]
+
+        def stats(url: str, token: str) -> int:
+            return request(url, "GET", "/admin/stats", headers={"Authorization": f"Bearer {token}"})[0]
+
+        assert stats(alpha_dev.url, leaked) == 200
+        assert stats(alpha_staging.url, leaked) == 401 and stats(beta_dev.url, leaked) == 401
+        # the deployer still drives each of them: a hot swap in staging, the canary's stats
+        assert d.deploy("staging", registry[ALPHA, "2"], "2").pid == alpha_staging.pid
+        assert d.stats("dev", agent=BETA) is not None
+    finally:
+        for environment, agent in (("dev", ALPHA), ("staging", ALPHA), ("dev", BETA)):
+            d.stop(environment, agent=agent)
+
+
+@pytest.mark.slow
 def test_a_crash_loop_stops_and_says_so(deployer, registry):
     strict = deployer.model_copy(update={"max_restarts": 0})  # the first crash is one too many
     served = strict.deploy("staging", registry[ALPHA, "1"], "1")

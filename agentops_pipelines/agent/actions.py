@@ -137,14 +137,23 @@ class Policy:
     confirm: frozenset[tuple[str, str | None]] = frozenset({("manage_subscription", "cancel")})
 
     def decide(self, tool: str, plan: dict, *, confirmed: bool = False) -> Decision:
-        """``plan``: the write's resolved values (e.g. ``refund_cents`` from the order's row)."""
+        """``plan``: the write's resolved values (e.g. ``refund_cents`` from the order's row, and
+        ``refunded_cents``, what the order had been refunded before)."""
         cents = plan.get("refund_cents")
-        if cents is not None and cents > round(self.refund_limit * 100):
-            return Decision("handover", f"refund of {cents / 100:.2f} is above the limit of "
+        if cents is not None and self._above_limit(plan):
+            before = plan.get("refunded_cents") or 0
+            total = f" (with {before / 100:.2f} refunded before: {(before + cents) / 100:.2f})" if before else ""
+            return Decision("handover", f"refund of {cents / 100:.2f}{total} is above the limit of "
                                         f"{self.refund_limit:.2f}")
         if not confirmed and ((tool, None) in self.confirm or (tool, plan.get("action")) in self.confirm):
             return Decision("confirm", f"{tool} {plan.get('action') or ''}".strip() + " needs the customer's confirmation")
         return Decision("execute")
+
+    def _above_limit(self, plan: dict) -> bool:
+        """The limit holds per order, not per call: refunds asked for in pieces that together
+        exceed it need a person as much as one refund of the whole."""
+        total = (plan.get("refund_cents") or 0) + (plan.get("refunded_cents") or 0)
+        return total > round(self.refund_limit * 100)
 
     def violations(self, calls: list[dict]) -> list[str]:
         """Executed writes this policy forbids, from tool results as :meth:`ToolResult.to_dict`
@@ -154,7 +163,7 @@ class Policy:
             if call.get("outcome") != "executed":
                 continue
             cents = (call.get("data") or {}).get("refund_cents")
-            if cents is not None and cents > round(self.refund_limit * 100):
+            if cents is not None and self._above_limit(call.get("data") or {}):
                 found.append(f"{call['tool']} refunded {cents / 100:.2f} above the limit {self.refund_limit:.2f}")
             action = (call.get("arguments") or {}).get("action")
             needs = (call["tool"], None) in self.confirm or (call["tool"], action) in self.confirm
@@ -229,6 +238,12 @@ def cancel_order(conn, args: OrderArgs, confirmed: bool, plan_only: bool = False
     return {"order_id": row.order_id, "status": "cancelled", "amount": row.amount_cents / 100}
 
 
+# Refunds of one order queue on its row (Postgres; SQLite's writers are serialised already and
+# SQLAlchemy renders no FOR UPDATE there): under READ COMMITTED two refunds that both read the
+# order as unrefunded would both run.
+_LOCK_ORDER = sa.select(db.orders.c.order_id).where(db.orders.c.order_id == sa.bindparam("oid")).with_for_update()
+
+
 def _refunded(conn, order_id: str) -> int:
     return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(db.refunds.c.amount_cents), 0))
                             .where(db.refunds.c.order_id == order_id)).scalar())
@@ -240,14 +255,16 @@ def request_refund(conn, args: RefundArgs, confirmed: bool, plan_only: bool = Fa
     if row.status not in ("delivered", "cancelled"):
         raise _Outcome("rejected", f"order {row.order_id} is {row.status}: only delivered or cancelled "
                                    "orders are refunded", order_id=row.order_id, status=row.status)
-    left = row.amount_cents - _refunded(conn, row.order_id)
+    conn.execute(_LOCK_ORDER, {"oid": row.order_id})  # what is left is read after any refund running now
+    refunded = _refunded(conn, row.order_id)
+    left = row.amount_cents - refunded
     cents = left if args.amount is None else round(args.amount * 100)
     if left <= 0:
         raise _Outcome("rejected", f"order {row.order_id} is already fully refunded", order_id=row.order_id)
     if cents > left:
         raise _Outcome("rejected", f"amount: {cents / 100:.2f} is more than the {left / 100:.2f} left to "
                                    f"refund on order {row.order_id}", order_id=row.order_id)
-    plan = {"order_id": row.order_id, "refund_cents": cents, "amount": cents / 100}
+    plan = {"order_id": row.order_id, "refund_cents": cents, "amount": cents / 100, "refunded_cents": refunded}
     if plan_only:
         return plan
     refund_id = f"RF-{request_id}"

@@ -26,7 +26,7 @@ Loading needs PyYAML and pydantic only (both already imported by Dagster): no pa
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -247,18 +247,41 @@ def load_file(path: Path) -> AgentConfig:
     return config
 
 
-def data_available(config: AgentConfig) -> str:
-    """"" when the agent's data can be read, else why not (a missing file or labels file)."""
+def _declared_paths(config: AgentConfig) -> list[tuple[str, str, Path]]:
+    """(field, value as written, absolute path) of every file the agent's file names."""
     from agentops_pipelines.resources.settings import PROJECT_ROOT
 
     d = config.data
+    found = []
     for what, value in (("data.path", d.path if d.source == "file" else ""), ("data.labels_file", d.labels_file),
                         ("golden_test_set.path", config.golden_test_set.path if config.golden_test_set else "")):
-        if value and "{date}" not in value:
+        if value:
             p = Path(value).expanduser()
-            p = p if p.is_absolute() else PROJECT_ROOT / p
-            if not p.exists():
-                return f"{what} {p} does not exist"
+            found.append((what, value, p if p.is_absolute() else PROJECT_ROOT / p))
+    return found
+
+
+def data_available(config: AgentConfig) -> str:
+    """"" when the agent's data can be read, else why not (a missing file or labels file)."""
+    for what, value, p in _declared_paths(config):
+        if "{date}" not in value and not p.exists():
+            return f"{what} {p} does not exist"
+    return ""
+
+
+def reads_pipeline_state(config: AgentConfig, protected: Iterable[Path]) -> str:
+    """"" unless a path of the file leads into the pipeline's own state (``protected``: the state
+    folder with every agent's lake and inference log, serving tokens, the audit key and anchor,
+    reviewers' keys), else which field and where. Agent files are the team's to edit; what the
+    pipeline recorded for *other* agents (their customers' requests, say) or keeps secret is
+    not theirs to read. Resolved, so ``..`` and symbolic links do not walk around it."""
+    roots = [Path(r).expanduser().resolve() for r in protected]
+    for what, value, p in _declared_paths(config):
+        real = p.resolve()
+        root = next((r for r in roots if real.is_relative_to(r)), None)
+        if root is not None:
+            return (f"field {what}: {value!r} leads into {root}, the pipeline's own state (records, "
+                    "logs, keys); an agent's data lives outside it")
     return ""
 
 

@@ -213,9 +213,11 @@ class AgentModel(mlflow.pyfunc.PythonModel):
     def predict_acting(self, executor, model_input) -> tuple[pd.DataFrame, pd.DataFrame, list]:
         """Serve each row as a trajectory: its tools run against the system of record.
 
-        The idempotency key of row ``i`` is the ``request_id`` column (the serving process puts
-        the client's ``X-Request-Id`` there) plus ``.i`` for rows after the first, so a retried
-        request replays its writes instead of repeating them. Returns the predictions
+        The idempotency key of each row is its ``request_id`` (the serving process puts the
+        client's ``X-Request-Id`` there, ``<id>.<i>`` for a request's rows after the first:
+        ``handlers.row_request_ids``), so a retried request replays its writes instead of
+        repeating them, even in the micro-batch of its first attempt (the same key twice is the
+        same request twice). Without the column, rows get a fresh id each. Returns the predictions
         (:data:`ACT_COLUMNS` and the trajectory as a dict in :data:`TRAJECTORY_COLUMN`), the
         features used, and no shared steps (each row has its own, in its trajectory)."""
         import uuid
@@ -223,8 +225,8 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         frame = _as_frame(model_input)
         columns = self._columns(frame)
         n = len(frame)
-        ids = columns.get(REQUEST_ID_COLUMN) or [uuid.uuid4().hex] * n
-        rids = [str(ids[i]) if i == 0 or ids[i] != ids[0] else f"{ids[0]}.{i}" for i in range(n)]
+        ids = columns.get(REQUEST_ID_COLUMN)
+        rids = [str(i) for i in ids] if ids else [uuid.uuid4().hex for _ in range(n)]
         rows = []
         for t in self.trajectories(executor, columns, rids):
             trajectory = t.to_dict()

@@ -321,8 +321,12 @@ class SystemOfRecord:
                 if attempt == 2:
                     raise
         if json.loads(args_json) != found["arguments"]:
+            # Request ids are the client's: the first call may be another customer's, so its
+            # arguments (their id, message, address, card) never go into this message, which
+            # becomes the refused request's answer, trace and log row.
             raise IdempotencyConflict(
-                f"request {request_id!r} already ran {tool} with other arguments {found['arguments']}")
+                f"request {request_id!r} already ran {tool} with other arguments; a new request "
+                "needs a new X-Request-Id")
         return RecordedCall(found["result"], replayed=True)
 
     def count(self, table: str, **where: object) -> int:

@@ -65,6 +65,13 @@ def new_request_id(supplied: str | None = None) -> str:
 _random_bits = random.Random().getrandbits
 
 
+def row_request_ids(request_id: str, rows: int) -> str | list[str]:
+    """Each row's idempotency key: ``<id>`` for the first, ``<id>.<i>`` after. Made here, per
+    request, because a micro-batch mixes requests: a retry that arrives while its first attempt
+    is in flight lands in the same batch with the same id, and must stay the same request."""
+    return request_id if rows == 1 else [request_id, *(f"{request_id}.{i}" for i in range(1, rows))]
+
+
 def _first(frame: pd.DataFrame, column: str) -> Any:
     if column not in frame.columns or not len(frame):
         return None
@@ -115,8 +122,8 @@ def begin_invocation(
         ):
             served, role = routing.canary, CANARY
         frame = prepare_frame(frame, served.model, state.limits)
-        if served.model.acts:  # the idempotency key of the request's writes (acting.py)
-            frame = frame.assign(**{REQUEST_ID_COLUMN: request_id})
+        if served.model.acts:  # the idempotency keys of the request's writes (acting.py)
+            frame = frame.assign(**{REQUEST_ID_COLUMN: row_request_ids(request_id, len(frame))})
         marks["routed"] = time.time_ns()
     except RequestError as e:
         state.record(

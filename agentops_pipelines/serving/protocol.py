@@ -7,8 +7,8 @@ can get wrong is a ``RequestError`` (4xx, counted as a client error), never coer
 - JSON that is not strict JSON (``NaN``, ``Infinity``), nested deeper than the decoder's
   recursion limit, or with an object repeating a key;
 - a table with duplicate column names (``dataframe_split``, CSV headers);
-- a value in a string column that is not a string (numbers, booleans, objects), a value in a
-  numeric column that is not a number;
+- a value in a string column that is not a string (numbers, booleans, objects) or holds a NUL
+  character (no database text can store it), a value in a numeric column that is not a number;
 - more than ``max_rows`` rows, a text longer than ``max_text_chars`` characters, or more than
   ``max_request_chars`` characters in one request (the compute budget: the model's cost grows
   with the characters it reads, and one request must not hold the predictor for everyone).
@@ -342,6 +342,10 @@ def _check_strings(values: list, column: str, limits: Limits) -> int:
     if bad:
         raise RequestError(
             400, "BAD_REQUEST", f"column {column!r} must hold strings; got {_sample(bad)}"
+        )
+    if any("\x00" in v for v in values if isinstance(v, str)):
+        raise RequestError(  # Postgres text cannot hold it: a tool's write would fail as a 5xx
+            400, "BAD_REQUEST", f"column {column!r} holds a NUL character (U+0000), which is not text"
         )
     lengths = [len(v) for v in values if isinstance(v, str)]
     longest = max(lengths, default=0)

@@ -148,3 +148,47 @@ def test_invalid_arguments_name_the_argument_and_write_nothing(actions, sor, too
 def test_unknown_tool_is_an_outcome_not_a_crash(actions):
     r = actions.call("launch_rocket", {"customer_id": "C00001"}, request_id="x")
     assert r.outcome == "unknown_tool" and "launch_rocket" in r.error
+
+
+def test_a_reused_request_id_never_shows_another_customers_call(actions, sor):
+    """Request ids are the client's: a customer who sends another customer's id (guessed, or a
+    front end's predictable ids) is refused, and the refusal it reads never holds the first
+    call's arguments (their customer id, their message, their address or card)."""
+    from agentops_pipelines.agent.trajectory import Executor
+
+    private = "my card visa ending 4242 was stolen, call me on 07700 900123"
+    executor = Executor(actions, lambda text, features: ("escalate_to_human", 1.0))
+    first = executor.run("shared-1", private, "C00001")
+    assert first.outcome == "handed_over"
+    other = executor.run("shared-1", "I would like to talk to a person", "C00002")
+    assert other.outcome == "rejected" and "request_id" in other.answer
+    seen = repr(other.to_dict())
+    assert "C00001" not in seen and "4242" not in seen and "07700" not in seen, other.answer
+    # A write tool names its customer: the same leak through update_payment_method is closed too.
+    actions.call("update_payment_method", {"customer_id": "C00003", "payment_method": "amex ending 9876"},
+                 request_id="shared-2")
+    r = actions.call("update_payment_method", {"customer_id": "C00004", "payment_method": "paypal"},
+                     request_id="shared-2")
+    assert r.outcome == "rejected" and r.error.startswith("request_id:")
+    assert "9876" not in repr(r.to_dict()) and "C00003" not in repr(r.to_dict())
+    assert sor.count("tickets", customer_id="C00002") == 0  # refused: nothing written for them
+
+
+def test_a_refund_split_into_pieces_under_the_limit_is_still_handed_over(sor):
+    """The limit holds per order: a customer (or a router) asking for the refund of an order
+    above the limit in pieces just under it gets the first piece and a person for the rest,
+    never the whole order refunded with nobody looking."""
+    from agentops_pipelines.agent.scorers import policy_compliance
+
+    row = order_where(sor, db.orders.c.status == "delivered", db.orders.c.amount_cents > 30000)
+    actions = Actions(sor, Policy(refund_limit=100))
+    args = {"customer_id": row.customer_id, "order_id": row.order_id, "amount": 60.0}
+    assert actions.call("request_refund", args, request_id="piece-0").outcome == "executed"
+    pieces = [actions.call("request_refund", args, request_id=f"piece-{i}") for i in range(1, 6)]
+    assert [p.outcome for p in pieces] == ["needs_handover"] * 5
+    assert "120.00" in pieces[0].error and "above the limit" in pieces[0].error
+    assert sum(r.amount_cents for r in refunds_of(sor, row.order_id)) == 6000
+    # the policy scorer judges an executed piece the same way, whoever made the trajectory
+    executed = {"tool": "request_refund", "outcome": "executed", "arguments": args,
+                "data": {"refund_cents": 6000, "refunded_cents": 6000}}
+    assert not policy_compliance({"tool_calls": [executed]}, {"refund_limit": 100}).value

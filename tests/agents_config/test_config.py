@@ -120,6 +120,40 @@ def test_an_agent_whose_data_is_missing_is_skipped_with_a_warning(tmp_path, data
     assert len(skipped) == 1 and "gone" in skipped[0] and str(data / "nope.csv") in skipped[0]
 
 
+def test_an_agent_file_cannot_read_the_pipelines_own_state(tmp_path, monkeypatch, data):
+    """Agent files are team-editable: one must not train on another agent's production traffic
+    (its inference log holds customers' ids and messages), nor read serving tokens or the audit
+    key, by naming them as data, labels or golden set, however the path is spelled."""
+    import pandas as pd
+
+    home = tmp_path / "state"
+    monkeypatch.setenv("AGENTOPS_HOME", str(home))
+    monkeypatch.setenv("AGENTOPS_INFERENCE_LOG_DIR", str(tmp_path / "logs"))
+    traffic = tmp_path / "logs" / "support_agent" / "prod" / "date=2026-12-01" / "day.parquet"
+    traffic.parent.mkdir(parents=True)
+    pd.DataFrame({"text": ["refund order #100123, card visa ending 4242"], "tool": ["request_refund"],
+                  "customer_id": ["C00001"]}).to_parquet(traffic)
+    token = home / "serving" / "support_agent" / "prod.admin-token"
+    token.parent.mkdir(parents=True)
+    token.write_text("s3cret-token\n")
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    sneaky = data / "link"
+    sneaky.symlink_to(home)
+    for field, path, labels in (
+            ("data.path", traffic, data / "labels.txt"),
+            ("data.path", str(tmp_path / "logs/support_agent/prod/date={date}/day.parquet"), data / "labels.txt"),
+            ("data.labels_file", data / "requests.csv", token),
+            ("data.labels_file", data / "requests.csv", data / "link" / "serving" / "support_agent" / "prod.admin-token"),
+            ("data.labels_file", data / "requests.csv", f"{folder}/../state/serving/support_agent/prod.admin-token")):
+        write(folder, "reader", BANKING.format(name="reader", path=path, labels=labels))
+        with pytest.raises(AgentConfigError, match=f"reader.yaml: field {field}: .*the pipeline's own state"):
+            load_agents(folder)
+    # data outside the state folder still loads
+    write(folder, "reader", BANKING.format(name="reader", path=data / "requests.csv", labels=data / "labels.txt"))
+    assert [a.name for a in load_agents(folder)] == ["support_agent", "reader"]
+
+
 def test_a_configured_agent_takes_everything_from_its_file(tmp_path, data):
     write(tmp_path, "bank", f"""\
 name: bank

@@ -85,6 +85,39 @@ def test_a_retried_request_never_refunds_twice(acting):
     assert "_trajectory" not in first  # the trajectory is for the trace, never the client
 
 
+def test_retries_that_arrive_together_refund_once(acting):
+    """A client that retries before its first attempt answered (a short timeout) sends the same
+    X-Request-Id while the first is in flight: the server micro-batches them, and each must still
+    be the same request, replayed, never a second refund."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = case(acting, "refund", 1)
+    order = c.expected["arguments"]["order_id"]
+    text = f"please refund $5 on order #{order}"
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    body = json.dumps({"dataframe_records": [{"text": text, "customer_id": c.customer_id}]}).encode()
+    parts = urlsplit(acting.url)
+    conns = [http.client.HTTPConnection(parts.hostname, parts.port, timeout=30) for _ in range(16)]
+    for conn in conns:
+        conn.connect()
+    barrier = threading.Barrier(len(conns))
+
+    def send(conn):  # connected in advance, released together: the server reads them in one go
+        barrier.wait()
+        conn.request("POST", "/invocations", body, {"Content-Type": JSON, "X-Request-Id": "impatient-1"})
+        response = conn.getresponse()
+        return response.status, None, json.loads(response.read())["predictions"][0]
+
+    with ThreadPoolExecutor(len(conns)) as pool:
+        answers = list(pool.map(send, conns))
+    assert {status for status, _, _ in answers} == {200}
+    assert {a["answer"] for _, _, a in answers} == {answers[0][2]["answer"]}, [a["answer"] for _, _, a in answers]
+    assert count(acting.sor, "select count(*) from refunds where order_id = :o", o=order) == 1
+
+
 def test_a_refund_above_the_limit_is_handed_over(acting):
     c = case(acting, "refund_above_limit")
     order = c.expected["arguments"]["order_id"]
@@ -95,6 +128,20 @@ def test_a_refund_above_the_limit_is_handed_over(acting):
                                                            ("escalate_to_human", "executed")]
     assert count(acting.sor, "select count(*) from refunds where order_id = :o", o=order) == 0
     assert count(acting.sor, "select count(*) from tickets where request_id = 'refund-big-1'") == 1
+
+
+def test_another_customers_request_id_reveals_nothing_of_their_request(acting):
+    """A client that sends a request id another customer used (guessed, or a front end's
+    predictable ids) is refused, and its answer holds nothing of the first request."""
+    a, b = case(acting, "password", 0), case(acting, "password", 1)
+    assert a.customer_id != b.customer_id
+    private = "I need a person: my card visa ending 4242 was stolen, call me on 07700 900123"
+    status, _, first = ask(acting.url, private, a.customer_id, "shared-id-1")
+    assert status == 200 and first["outcome"] in ("handed_over", "resolved"), first
+    status, _, other = ask(acting.url, private.replace("4242", "1111"), b.customer_id, "shared-id-1")
+    assert status == 200 and other["outcome"] == "rejected" and "X-Request-Id" in other["answer"], other
+    shown = json.dumps(other)
+    assert a.customer_id not in shown and "4242" not in shown, shown
 
 
 def test_request_ids_are_bounded_and_plain(acting):

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from agentops_pipelines.resources.deployers import Deployer, DeploymentError, LocalProcessDeployer
+from agentops_pipelines.resources.deployers import (
+    Deployer,
+    DeploymentError,
+    LocalProcessDeployer,
+    serving_admin_token,
+)
 from tests.serving.support import JSON, MODEL_NAME, request
 
 
@@ -152,7 +157,9 @@ def test_second_environment_and_stop(deployer, deployment, registry):
 def test_a_configured_token_wins_over_the_token_file(tmp_path):
     state = {"model_uri": "models:/support_agent/3"}
     d = LocalProcessDeployer(state_dir=str(tmp_path), admin_token="configured")
-    assert d._token("prod", state) == "configured"
+    assert d._token("prod", state) == serving_admin_token("configured", "support_agent", "prod")
+    assert len({d._token(env, {"model_uri": f"models:/{agent}/1"}) for env in ("dev", "prod")
+                for agent in ("support_agent", "other_agent")}) == 4  # one per (agent, environment)
     assert not list(tmp_path.rglob("*.admin-token"))
     own = LocalProcessDeployer(state_dir=str(tmp_path))
     assert own._token("prod", state) is None

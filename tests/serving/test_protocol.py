@@ -330,8 +330,13 @@ def test_a_valid_length_and_chunked_bodies_are_served(deployment):
         (b'{"inputs": [{"text": Infinity}]}', "Infinity is not valid JSON"),
         (b'{"inputs": [{"text": 12345}]}', "must hold strings"),
         (b'{"inputs": [{"text": "hi", "customer_id": 7}]}', "must hold strings"),
+        # a NUL cannot be stored in Postgres text: the escalation's ticket write failed, a 500 any
+        # client could send to fail a canary or trip the error-rate alert and its rollback
+        (b'{"inputs": [{"text": "I want a person\\u0000 now"}]}', "NUL"),
+        (b'{"inputs": [{"text": "hi", "customer_id": "C00001\\u0000"}]}', "NUL"),
     ],
-    ids=["duplicate-columns", "deep-nesting", "nan", "infinity", "number-as-text", "number-as-id"],
+    ids=["duplicate-columns", "deep-nesting", "nan", "infinity", "number-as-text", "number-as-id",
+         "nul-in-text", "nul-in-id"],
 )
 def test_bad_input_is_a_counted_client_error(deployment, payload, needle):
     labels = (("agent", "test_agent"), ("environment", "test"), ("version", "1"))

@@ -95,15 +95,28 @@ class Endpoint:
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise EndpointError(f"{self.base_url}/chat/completions unreachable: {exc}") from None
         latency = (time.perf_counter() - started) * 1000
+        # Whatever the endpoint answers is untrusted: anything but a JSON object with sane token
+        # counts is the endpoint failing (the router hands over), never an exception that fails
+        # the request (a 5xx the rollback loop would act on).
         try:
-            text = payload["choices"][0]["message"]["content"]
-            content = json.loads(text)
-        except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
+            content = json.loads(payload["choices"][0]["message"]["content"])
+            if not isinstance(content, dict):
+                raise TypeError(f"a JSON {type(content).__name__}, not an object")
+            usage = payload.get("usage") or {}
+            tokens = [_token_count(usage.get(k)) for k in ("prompt_tokens", "completion_tokens")]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise EndpointError(f"{self.base_url}: not the JSON asked for ({type(exc).__name__}): "
                                 f"{str(payload)[:200]}") from None
-        usage = payload.get("usage") or {}
-        return Completion(content, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                          latency, str(payload.get("model") or self.model))
+        return Completion(content, *tokens, latency, str(payload.get("model") or self.model)[:200])
+
+
+def _token_count(value: object) -> int:
+    """A usage count as the endpoint reported it: absent (0) or a whole number in [0, 10**9)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**9:
+        raise ValueError(f"token count {str(value)[:40]!r}")
+    return value
 
 
 def declared_endpoint(agent: object) -> Endpoint | None:
