@@ -15,10 +15,11 @@ from pydantic import Field
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.checks import gate_record
 from agentops_pipelines.code_versions import source_version
+from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
-from agentops_pipelines.vocabulary import Alias
+from agentops_pipelines.vocabulary import Environment
 
 
 class EvaluationConfig(dg.Config):
@@ -36,13 +37,19 @@ class EvaluationConfig(dg.Config):
     evidently_report: bool = Field(default=True, description="also log Evidently's classification report")
 
 
-def champion_version(client, name: str):
-    import mlflow
+def champion_version(client, name: str, audit: AuditLog):
+    """The version of ``name`` serving in prod by the verified audit log, or None if none does.
 
-    try:
-        return client.get_model_version_by_alias(name, Alias.CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        return None
+    Not the ``champion`` alias: anyone who can write to the registry can move an alias, and a
+    candidate compared with a weak version of someone's choosing would walk past McNemar's
+    "significantly worse" gate. The alias stays a view the pipeline writes for people."""
+    from agentops_pipelines.governance.eligibility import serving_now
+
+    log = audit.store.verify()
+    if not log.ok:
+        raise dg.Failure(f"the audit log does not verify, so what serves in prod is unknown: {log.summary()}")
+    row = serving_now(log.entries, name).get(Environment.PROD.value)
+    return client.get_model_version(name, str(row["version"])) if row else None
 
 
 def _evidently_html(holdout, predicted, path: Path) -> None:
@@ -109,7 +116,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                     "`plots` metadata and in MLflow beside the HTML report.",
     )
     def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, trained: dict | None,
-                          lake: LakeResource, mlflow_store: MlflowResource) -> dg.MaterializeResult:
+                          lake: LakeResource, mlflow_store: MlflowResource, audit: AuditLog) -> dg.MaterializeResult:
         import mlflow
         import numpy as np
 
@@ -173,7 +180,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         # The champion is compared on the golden set when there is one, else on the held-out split.
         versus_cases, versus_out, versus_cand = ((golden, gold_out, gold) if golden is not None
                                                  else (holdout, cand_out, cand))
-        champ_mv = champion_version(client, agent.name)
+        champ_mv = champion_version(client, agent.name, audit)
         champ, test = None, None
         if champ_mv is not None and champ_mv.run_id != run_id:
             champion = mlflow.pyfunc.load_model(f"models:/{agent.name}/{champ_mv.version}").unwrap_python_model()
@@ -193,7 +200,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         summary |= {"latency_p50_ms": round(lat["p50"], 2), "latency_p99_ms": round(lat["p99"], 2),
                     "candidate_run_id": run_id, "compared_on": "golden" if golden is not None else "held-out"}
         if champ is not None:
-            summary |= {"champion_version": champ_mv.version,
+            summary |= {"champion_version": str(champ_mv.version),
                         **{f"champion_{m}": r["champion"] for m, r in versus.items()},
                         **{f"delta_{m}": r["delta"] for m, r in versus.items()},
                         "mcnemar_p_value": round(test["p_value"], 4), "only_candidate_correct": test["only_candidate_correct"],

@@ -20,6 +20,7 @@ from pydantic import Field
 from agentops_pipelines.agent.interface import Agent
 from agentops_pipelines.assets.checks import build_gate_check, gate_record
 from agentops_pipelines.code_versions import source_version
+from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.feast import FeastResource
 from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.llm import LLMEndpointResource
@@ -85,7 +86,7 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
     )
     def trajectory_evaluation(context: dg.AssetExecutionContext, config: TrajectoryConfig, trained: dict | None,
                               mlflow_store: MlflowResource, feast: FeastResource,
-                              llm: LLMEndpointResource) -> dg.MaterializeResult:
+                              llm: LLMEndpointResource, audit: AuditLog) -> dg.MaterializeResult:
         from agentops_pipelines import trajectory_gate as tg
         from agentops_pipelines.agent.llm.judge import judges_for
         from agentops_pipelines.agent.trajectory import router_from_model
@@ -112,7 +113,7 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
                     "gate_reasons": dg.MetadataValue.json(reasons)})
             lookup = _feature_lookup(feast.for_agent(agent.name), [c.customer_id for c in cases], context.log)
             cand = tg.evaluate_route(router_from_model(router, columns), cases, template, "candidate", lookup, judges)
-            champ, champ_mv = None, champion_version(client, baseline) if config.compare_champion else None
+            champ, champ_mv = None, champion_version(client, baseline, audit) if config.compare_champion else None
             if champ_mv is not None and champ_mv.run_id != run_id:
                 champ_router, champ_columns = _load_router(f"models:/{baseline}/{champ_mv.version}")
                 champ = tg.evaluate_route(router_from_model(champ_router, champ_columns), cases, template,

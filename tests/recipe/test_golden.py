@@ -9,10 +9,12 @@ import pytest
 from agentops_pipelines.agent.interface import Agent, GoldenTestSet
 from agentops_pipelines.agent.recipes import train_text_router
 from agentops_pipelines.evaluation import mcnemar
+from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER, LakeIOManager
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.vocabulary import Alias
+from tests.helpers import promoted
 
 
 class IntentAgent(Agent):
@@ -45,7 +47,9 @@ def stores(tmp_path_factory):
     lake = LakeResource(root=str(home / "lake"))
     store = MlflowResource(tracking_uri=f"sqlite:///{home}/mlflow/mlflow.db",
                            artifact_root=str(home / "mlflow" / "artifacts"), ui_url="http://mlflow")
-    return lake, store
+    audit = AuditLog(url=f"sqlite:///{home}/audit.db", key_file=str(home / "audit.key"),
+                     anchor_path=str(home / "audit.anchor"), create_key=True)
+    return lake, store, audit
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +62,10 @@ def golden_path(cases, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(cases, stores):
-    """Champion (trained on a quarter of the rows, registered, alias champion) and candidate (all
-    rows): routers and MLflow runs, shared by the tests of this module."""
+    """Champion (trained on a quarter of the rows, registered, promoted to prod as the audit log
+    records it) and candidate (all rows): routers and MLflow runs, shared by the tests of this module."""
     rows, _ = cases
-    lake, store = stores
+    lake, store, audit = stores
     agent = IntentAgent()
     lake.write(f"{agent.name}/training_set", rows, run_id="v1")
     train = rows[rows["split"] == "train"]
@@ -70,7 +74,8 @@ def trained(cases, stores):
     client = store.configure()
     champion_run = log_router(store, agent, champion)
     mv = mlflow.register_model(f"runs:/{champion_run}/agent", agent.name)
-    client.set_registered_model_alias(agent.name, Alias.CHAMPION, mv.version)
+    promoted(audit.store, mv.version, agent.name)
+    client.set_registered_model_alias(agent.name, Alias.CHAMPION, mv.version)  # as the promotion sets it
     return champion, candidate, log_router(store, agent, candidate)
 
 
@@ -85,15 +90,17 @@ def log_router(store: MlflowResource, agent: Agent, router) -> str:
     return run.info.run_id
 
 
-def evaluate(agent: Agent, lake, store, instance, run_id: str, **config) -> tuple[bool, dict, dict]:
+def evaluate(agent: Agent, stores, instance, run_id: str, **config) -> tuple[bool, dict, dict]:
     from agentops_pipelines.assets.checks import build_evaluation_gate
     from agentops_pipelines.assets.evaluation import build_evaluation_asset
 
     trained, training_set = (dg.AssetSpec([agent.name, n]) for n in ("trained_agent", "training_set"))
     report = build_evaluation_asset(agent, trained, training_set)
+    lake, store, audit = stores
     result = dg.materialize(
         [trained, report, build_evaluation_gate(report)], instance=instance, raise_on_error=False,
-        resources={"lake": lake, LAKE_IO_MANAGER: LakeIOManager(root=lake.root), "mlflow_store": store},
+        resources={"lake": lake, LAKE_IO_MANAGER: LakeIOManager(root=lake.root), "mlflow_store": store,
+                   "audit": audit},
         run_config={"ops": {f"{agent.name}__evaluation_report": {"config": {
             "candidate_run_id": run_id, "evidently_report": False, "latency_samples": 5, **config}}}})
     (materialization,) = result.asset_materializations_for_node(f"{agent.name}__evaluation_report")
@@ -110,11 +117,10 @@ def golden_file(path: str) -> GoldenTestSet:
 def test_golden_metrics_beside_held_out_and_the_champion_judged_on_golden(cases, stores, trained, golden_path,
                                                                           instance):
     rows, golden = cases
-    lake, store = stores
     champion, candidate, run_id = trained  # trained on different data: golden compares them fairly
     agent = IntentAgent(golden_file(golden_path))
 
-    passed, md, check = evaluate(agent, lake, store, instance, run_id)
+    passed, md, check = evaluate(agent, stores, instance, run_id)
 
     truth = golden["tool"].to_numpy()
     cand_right = np.asarray(candidate.predict(golden[["text"]])["tool"]) == truth
@@ -137,21 +143,20 @@ def test_golden_metrics_beside_held_out_and_the_champion_judged_on_golden(cases,
 @pytest.mark.slow
 def test_the_gate_takes_its_golden_minimum_from_the_agent_unless_the_run_sets_one(stores, trained, golden_path,
                                                                                  instance):
-    lake, store = stores
     agent = IntentAgent(golden_file(golden_path), gate_minimums={"min_golden_accuracy": 0.999})
     run_id = trained[2]
 
-    passed, md, check = evaluate(agent, lake, store, instance, run_id)
+    passed, md, check = evaluate(agent, stores, instance, run_id)
     assert not passed and md["gate_passed"] is False
     assert any(r.startswith("golden_accuracy") and "below the minimum 0.999" in r for r in md["gate_reasons"])
-    passed, md, _ = evaluate(agent, lake, store, instance, run_id, min_golden_accuracy=0.5)
+    passed, md, _ = evaluate(agent, stores, instance, run_id, min_golden_accuracy=0.5)
     assert passed and md["gate_passed"] is True
 
 
 @pytest.mark.slow
 def test_a_golden_file_without_the_named_column_fails_naming_file_and_column(stores, trained, golden_path,
                                                                              instance):
-    lake, store = stores
+    lake, store, audit = stores
     agent = IntentAgent(GoldenTestSet(path=golden_path, text_column="question", label_column="intent"))
     run_id = trained[2]
     with pytest.raises(dg.Failure, match=r"golden\.csv: no column\(s\) \['question'\]"):
@@ -159,7 +164,8 @@ def test_a_golden_file_without_the_named_column_fails_naming_file_and_column(sto
 
         trained, training_set = (dg.AssetSpec([agent.name, n]) for n in ("trained_agent", "training_set"))
         dg.materialize([trained, build_evaluation_asset(agent, trained, training_set)], instance=instance,
-                       resources={"lake": lake, LAKE_IO_MANAGER: LakeIOManager(root=lake.root), "mlflow_store": store},
+                       resources={"lake": lake, LAKE_IO_MANAGER: LakeIOManager(root=lake.root), "mlflow_store": store,
+                                  "audit": audit},
                        run_config={"ops": {f"{agent.name}__evaluation_report": {"config": {
                            "candidate_run_id": run_id, "evidently_report": False, "latency_samples": 5}}}})
 
@@ -186,3 +192,24 @@ def test_a_golden_file_is_read_in_its_own_column_names_and_bad_rows_are_named_by
     path.write_text("utterance,intent\nwhere is my card,card_arrival\nhi,\n,greeting\n")
     with pytest.raises(DataSourceError, match=r"golden\.csv: empty 'utterance' or 'intent' on 2 row\(s\), first at line\(s\) \[3, 4\]"):
         load_golden(str(path), "utterance", "intent")
+
+
+@pytest.mark.slow
+def test_a_moved_champion_alias_does_not_choose_what_the_candidate_is_compared_with(cases, stores, trained,
+                                                                                    golden_path, instance):
+    """Anyone who can write to the registry can move an alias: pointing `champion` at a weak version
+    of their choosing must not make a candidate look good, nor skip McNemar's test. The champion
+    is what the verified audit log says serves in prod."""
+    rows, _ = cases
+    lake, store, audit = stores
+    agent = IntentAgent(golden_file(golden_path))
+    client = store.configure()
+    serving = client.get_model_version_by_alias(agent.name, Alias.CHAMPION).version
+    weak = agent.train(rows[rows["split"] == "train"].head(40), {})
+    planted = mlflow.register_model(f"runs:/{log_router(store, agent, weak)}/agent", agent.name).version
+    client.set_registered_model_alias(agent.name, Alias.CHAMPION, planted)
+    try:
+        _, md, _ = evaluate(agent, stores, instance, trained[2])
+    finally:
+        client.set_registered_model_alias(agent.name, Alias.CHAMPION, serving)
+    assert md["champion_version"] == str(serving) != str(planted)
