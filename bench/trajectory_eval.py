@@ -111,15 +111,17 @@ def lifecycle(cases: int, repeat: int, write: bool) -> int:
     from agentops_pipelines.agent.model import AgentModel
     from agentops_pipelines.agent.support_desk import SupportDeskAgent
     from agentops_pipelines.assets.trajectory import TrajectoryConfig, build_trajectory_asset
+    from agentops_pipelines.resources.audit import AuditLog
     from agentops_pipelines.resources.feast import FeastResource
     from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER, LakeIOManager
+    from agentops_pipelines.resources.llm import LLMEndpointResource
     from agentops_pipelines.resources.mlflow import MlflowResource
 
     agent = SupportDeskAgent()
     tmp = Path(tempfile.mkdtemp(prefix="agentops-bench-traj-"))
     try:
         store = MlflowResource(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=str(tmp / "artifacts"))
-        client = store.configure()
+        store.configure()
         router, _, _ = train_router()
         runs = []
         for _ in range(2):  # a candidate and a champion
@@ -128,11 +130,16 @@ def lifecycle(cases: int, repeat: int, write: bool) -> int:
                     agent.name, router, agent.feature_columns, {}, agent.escalation_tool, "{{tool}}", "prompts:/x/1"))
             runs.append(run.info.run_id)
         mv = mlflow.register_model(f"runs:/{runs[1]}/agent", agent.name)
-        client.set_registered_model_alias(agent.name, "champion", mv.version)
+        audit = AuditLog(url=f"sqlite:///{tmp / 'audit.db'}", key_file=str(tmp / "audit.key"),
+                         anchor_path=str(tmp / "audit.anchor"), create_key=True)
+        # The champion is what the audit log says serves in prod (the alias is only a view of it).
+        audit.record("promote", agent.name, actor="bench", version=mv.version, environment="prod",
+                     reason="bench: the champion", details={"approvers": []})
         trained = dg.AssetSpec([agent.name, "trained_agent"])
         asset = build_trajectory_asset(agent, trained)
         resources = {"mlflow_store": store, "feast": FeastResource(repo_dir=str(tmp / "feast"), registry=str(tmp / "feast" / "registry.db")),
-                     LAKE_IO_MANAGER: LakeIOManager(root=str(tmp / "lake"))}
+                     LAKE_IO_MANAGER: LakeIOManager(root=str(tmp / "lake")), "audit": audit,
+                     "llm": LLMEndpointResource()}
         seconds, md = [], {}
         for _ in range(repeat):
             t = time.perf_counter()

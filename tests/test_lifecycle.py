@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from agentops_pipelines.partitions import daily
-from tests.helpers import AGENT, dataset_config, invoke, latest_check, metadata, run_job
+from tests.helpers import AGENT, dataset_config, invoke, latest_check, metadata, promoted, run_job
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 
@@ -58,7 +58,7 @@ def test_full_chain_registers_and_serves(defs, instance, home, tmp_path):
     assert report["champion_version"] == "none" and "delta_accuracy" not in report
 
     # A second candidate is compared with the first, now the champion: deltas everywhere.
-    client.set_registered_model_alias(AGENT, "champion", reg["version"])
+    promoted(defs.resources["audit"].store, reg["version"])  # the champion: what serves in prod
     assert run_job(defs, instance, "training").success
     second = metadata(instance, "evaluation_report")
     assert second["champion_version"] == reg["version"]

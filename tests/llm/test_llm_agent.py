@@ -15,6 +15,7 @@ from agentops_pipelines.agent.llm.endpoint import EndpointError
 from agentops_pipelines.agent.llm.router import LLMRouter
 from agentops_pipelines.agent.tools import ESCALATE, TOOL_NAMES
 from agentops_pipelines.vocabulary import EnvVar
+from tests.helpers import promoted
 from tests.llm.conftest import MODEL_ALIAS, needs_llm
 
 pytestmark = needs_llm
@@ -88,7 +89,7 @@ def test_the_llm_agent_goes_through_the_lifecycle_and_the_gates_refuse_it(
                run_config={"ops": {f"support_agent__{k}": v for k, v in baseline.items()}}).success
     client = mlflow.MlflowClient(f"sqlite:///{home}/mlflow/mlflow.db")
     champion = latest(instance, "support_agent", "registered_version")["version"]
-    client.set_registered_model_alias("support_agent", "champion", champion)
+    promoted(defs.resources["audit"].store, champion, "support_agent")  # the champion: what serves in prod
 
     # The LLM agent: its own (small) day of requests, then "training", evaluation and the gates.
     assert run(defs, instance, LLM, "ingest", partition_key=day,
