@@ -1,9 +1,16 @@
 """Online evaluation and shadow traffic, off the request path: one worker process per server.
 
 The serving process hands a finished request to the worker as one datagram on a Unix socket
-(``EvalWorker.submit``: the request's trajectory, its rows and features, about 20-40 us of pickling
-and one non-blocking ``send``); when the socket's buffer is full the job is dropped and counted,
-never waited for. The worker (a child process, ``nice``d, importing mlflow but no served model)
+(``EvalWorker.submit``: the request's trajectory, whose steps hold the features and the customer it
+read, about 20-40 us of pickling and one non-blocking ``send``); when the socket's buffer is full the job is dropped and counted,
+never waited for. The worker (a child process importing mlflow but no served model) is background
+work: it runs under Linux's ``SCHED_IDLE`` policy (:func:`background_priority`), so it gets a CPU
+only when no request's thread wants it and gives it up the moment one wakes, and it reads the jobs
+that arrive within ``LINGER_S`` as one batch while a challenger runs (a challenger's batch costs
+about half as much CPU per request as one request alone, and the worker wakes a few times a
+second instead of once per request). On a machine with no idle CPU for seconds on end the
+socket's buffer fills up and jobs are dropped (counted, see below) rather than slowing requests.
+The worker
 
 - scores a sample of requests (``sample_rate``) with the live code scorers
   (``agent.scorers.LIVE_SCORERS``: they need no expectations) and counts failures per scorer;
@@ -36,7 +43,8 @@ SNAPSHOT_EVERY_S = 0.2
 FLUSH_EVERY_S = 5.0
 FLUSH_ROWS = 50
 MAX_DATAGRAM = 1 << 20
-BATCH_JOBS = 32  # jobs read at once by the worker (the challenger runs them as one batch)
+BATCH_JOBS = 64  # jobs read at once by the worker (the challenger runs them as one batch)
+LINGER_S = 0.25  # while a challenger runs: how long the worker gathers jobs into one batch
 
 
 def dataset_name(agent: str) -> str:
@@ -319,9 +327,7 @@ class _Worker:
 
         primaries = [job["trajectory"] for job, _ in pairs]
         try:
-            theirs_all = self.challenger.run_many([
-                (job["request_id"], p.get("text") or "", p.get("customer_id") or "", job.get("features") or {})
-                for (job, _), p in zip(pairs, primaries, strict=True)])
+            theirs_all = self.challenger.replay(primaries)
         except Exception as e:  # noqa: BLE001 - the whole batch failed: each request's failure
             theirs_all = [e] * len(pairs)
         for (job, scores), primary, theirs in zip(pairs, primaries, theirs_all, strict=True):
@@ -422,17 +428,58 @@ class _Worker:
             pass
 
 
+def background_priority() -> str:
+    """Make the calling process (and the threads it starts later) background work: ``SCHED_IDLE``
+    on Linux (it runs only on a CPU no other task wants, and a waking request thread preempts it
+    at once, where ``nice`` only lowers its share of the CPU), else the lowest ``nice``. Needs no
+    privilege, and cannot be undone without one. Returns what was set."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
+    except (AttributeError, OSError):  # not Linux, or a seccomp profile that refuses it
+        try:
+            return f"nice {os.nice(19 - os.nice(0))}"
+        except OSError:
+            return "unchanged"
+
+
+def gather(jobs: socket.socket, first: bytes, linger_s: float) -> list[dict]:
+    """The job in ``first`` and the ones that arrive within ``linger_s`` after it (all that are
+    already waiting when ``linger_s`` is 0), at most ``BATCH_JOBS``; a command ends the wait. The
+    socket is read all along, so its buffer never fills while the worker gathers."""
+    loaded: list[dict] = []
+    deadline = time.monotonic() + linger_s
+    data: bytes | None = first
+    try:
+        while True:
+            try:
+                loaded.append(pickle.loads(data))
+            except Exception:
+                logger.exception("the evaluation worker could not read a job")
+            if len(loaded) >= BATCH_JOBS or (loaded and loaded[-1].get("kind", "request") != "request"):
+                return loaded
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                jobs.settimeout(remaining)
+            else:
+                jobs.setblocking(False)
+            try:
+                data = jobs.recv(MAX_DATAGRAM)
+            except (BlockingIOError, TimeoutError, InterruptedError):
+                return loaded
+    finally:
+        jobs.settimeout(1.0)
+
+
 def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, experiment, parent, log_level) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    try:
-        os.nice(10)  # scores can wait: requests cannot
-    except OSError:
-        pass
+    priority = background_priority()  # scores can wait: requests cannot
     logging.basicConfig(level=log_level,
                         format="%(asctime)s %(levelname)s %(name)s [eval worker]: %(message)s")
+    logger.debug("the evaluation worker runs at %s", priority)
     worker = _Worker(results, agent, environment, sor_url, refund_limit, experiment)
 
     def drain(*_):
@@ -455,18 +502,8 @@ def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, exper
             continue
         except OSError:
             break
-        batch = [data]
-        jobs.setblocking(False)  # what else has arrived: served together, the shadow as one batch
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while len(batch) < BATCH_JOBS:
-                batch.append(jobs.recv(MAX_DATAGRAM))
-        jobs.settimeout(1.0)
-        loaded = []
-        for d in batch:
-            try:
-                loaded.append(pickle.loads(d))
-            except Exception:
-                logger.exception("the evaluation worker could not read a job")
-        running = worker.handle_many(loaded)
+        # what else arrives: served together, the shadow as one batch
+        linger = LINGER_S if worker.challenger is not None and not worker.draining else 0.0
+        running = worker.handle_many(gather(jobs, data, linger))
         worker.tick()
     worker.send(force=True)

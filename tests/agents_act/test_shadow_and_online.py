@@ -186,3 +186,113 @@ def test_the_worker_runs_requests_that_arrive_together_as_one_shadow_batch(sor, 
     assert summary["requests"] == 4 and summary["challenger_errors"] == 0
     assert summary["same_tool"] == 3  # the refund request: the challenger chose request_refund
     assert writes(sor) == before
+
+
+def _statements(sor):
+    """The SQL statements run on ``sor`` (as sent to the driver), collected in a list."""
+    seen: list[str] = []
+    sa.event.listen(sor.engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *args: seen.append(statement))
+    return seen
+
+
+def _comparable(trajectory: dict) -> dict:
+    """A trajectory without its timings (the part two runs of the same request share)."""
+    steps = [{k: v for k, v in s.items() if k not in ("latency_ms", "started_ns")} for s in trajectory["steps"]]
+    return {**{k: v for k, v in trajectory.items() if k != "latency_ms"}, "steps": steps}
+
+
+def test_the_challenger_replays_the_primarys_requests_in_one_read_transaction(sor):
+    """The challenger takes the customer the primary's fetch_context read (no second read) and
+    runs its batch in one read transaction; its trajectories are what reading on its own gives."""
+    from agentops_pipelines.serving.shadow import Challenger
+    from tests.agents_act.test_trajectory import _acting_model, _KeywordRouter
+
+    model = _acting_model(_KeywordRouter())
+    challenger = Challenger.__new__(Challenger)  # as loaded from the registry, minus the loading
+    challenger.model, challenger.sor, challenger.version = model, sor, "2"
+    challenger.executor = model.executor(Actions(sor, Policy(), dry_run=True))
+    primary = Executor(Actions(sor, Policy(refund_limit=1_000_000)), lambda text, f: ("track_order", 0.7))
+    row = delivered(sor)
+    texts = ["where is my order", f"refund order #{row.order_id} please", "where is it", "refund it"]
+    customers = [row.customer_id, row.customer_id, "C99999", "C00002"]  # C99999: no such customer
+    primaries = [primary.run(f"r-{i}", t, c).to_dict() for i, (t, c) in enumerate(zip(texts, customers, strict=True))]
+    # what the challenger gives reading everything itself, one request at a time
+    alone = [challenger.model.trajectories(challenger.executor, {"text": [p["text"]], "customer_id": [p["customer_id"]]},
+                                           [f"shadow-{p['request_id']}"])[0].to_dict() for p in primaries]
+    statements = _statements(sor)
+    replayed = challenger.replay(primaries)
+    statements = list(statements)  # what the replay ran
+    assert [_comparable(t) for t in replayed] == [_comparable(t) for t in alone]
+    handover = replayed[1]["tool_calls"][1]  # dry run: the ticket it would open, none opened
+    assert handover["data"]["dry_run"] is True and handover["data"]["ticket_id"] == "TK-shadow-r-1"
+    assert replayed[2]["steps"][0]["error"] == "LookupError: customer_id: no customer C99999"
+    assert sor.count("tickets") == 0
+    # one BEGIN for the batch; a customer read only for C99999, whose context the primary lacks
+    assert [q.split()[0] for q in statements].count("BEGIN") == 1, statements
+    assert sum(1 for q in statements if "AS open_orders" in q) == 1, statements
+
+
+def test_a_snapshot_shares_one_transaction_until_a_database_error(sor):
+    sor.ensure()  # its schema check is a transaction of its own
+    statements = _statements(sor)
+    with sor.snapshot():
+        with sor.read() as a, sor.read() as b:
+            assert a is b
+        with sor.snapshot(), sor.read() as c:  # nested: the same transaction
+            assert c is a
+        with pytest.raises(sa.exc.OperationalError), sor.read() as conn:
+            conn.execute(sa.text("select * from no_such_table"))
+        with sor.read() as d:  # after a database error: a transaction of its own
+            assert d is not a and d.execute(sa.text("select 1")).scalar() == 1
+    assert [q.split()[0] for q in statements].count("BEGIN") == 2
+
+
+def test_the_evaluation_worker_is_background_work():
+    """SCHED_IDLE: the worker runs only on a CPU no request wants, and gives it up at once."""
+    import os
+
+    from agentops_pipelines.serving.online_eval import EvalWorker
+
+    worker = EvalWorker("support_agent", "dev", "", 100.0, 0.0).start()
+    try:
+        worker.command({"kind": "flush"}, timeout=60)  # it answers from its loop: set up by then
+        assert os.sched_getscheduler(worker._process.pid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the serving process is not
+    finally:
+        worker.close()
+
+
+def test_the_worker_gathers_a_batch_while_jobs_keep_coming_and_a_command_ends_the_wait():
+    import pickle
+    import socket
+    import threading
+    import time
+
+    from agentops_pipelines.serving.online_eval import gather
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def send_later(jobs, every_s):
+        for job in jobs:
+            time.sleep(every_s)
+            theirs.send(pickle.dumps(job))
+
+    later = threading.Thread(target=send_later, args=([{"request_id": f"r{i}"} for i in range(1, 4)], 0.03))
+    later.start()
+    started = time.monotonic()
+    batch = gather(ours, pickle.dumps({"request_id": "r0"}), linger_s=0.5)
+    later.join()
+    assert [j["request_id"] for j in batch] == ["r0", "r1", "r2", "r3"]
+    assert time.monotonic() - started >= 0.5  # it waited the whole linger for more
+    theirs.send(pickle.dumps({"request_id": "r4"}))
+    theirs.send(pickle.dumps({"kind": "flush"}))
+    theirs.send(pickle.dumps({"request_id": "r5"}))
+    started = time.monotonic()
+    batch = gather(ours, ours.recv(1 << 20), linger_s=5.0)
+    assert [j.get("kind", j.get("request_id")) for j in batch] == ["r4", "flush"]  # the command: no wait
+    assert time.monotonic() - started < 1.0
+    assert [pickle.loads(ours.recv(1 << 20))["request_id"]] == ["r5"]  # left for the next batch
+    assert gather(ours, pickle.dumps({"request_id": "r6"}), linger_s=0.0) == [{"request_id": "r6"}]
+    ours.close()
+    theirs.close()
