@@ -14,7 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from agentops_pipelines.agent.llm.endpoint import FAILURE_REASONS, Endpoint, EndpointError, failure_reason
+from agentops_pipelines.agent.llm.endpoint import (
+    FAILURE_REASONS,
+    Endpoint,
+    EndpointError,
+    failure_reason,
+)
 from agentops_pipelines.vocabulary import EnvVar
 from tests.helpers import AGENT, register_versions
 from tests.serving.support import AUTH, JSON, Server, request, scrape
