@@ -21,8 +21,8 @@ writes, idempotency row included) → observe → answer.
 
 Shadow on vs off: the same process, version 2 loaded in shadow (``POST /admin/shadow``) for one
 round and unloaded for the next, alternating (off, on, off, on ...), so machine noise hits both
-alike. Reported: per-round p50/p99, the medians, the p99 difference and ratio, and the serving
-process group's CPU (the evaluation worker included).
+alike. Reported: per-round p50/p99, the medians, the p99 difference and ratio, and the CPU of the
+serving process and its helpers (the evaluation worker included).
 
 ``--baseline NAME=FOLDER`` adds a serving process run from another copy of the package (``git
 archive`` of an older commit's ``agentops_pipelines/`` into FOLDER), with its own copy of the
@@ -52,7 +52,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serving_latency import (  # noqa: E402 - the bench folder is on the path from here
     ADMIN_TOKEN,
     ours,
-    process_cpu_seconds,
     quantile,
     send_on_schedule,
     write_section,
@@ -152,15 +151,36 @@ def request_path(model_uri: str, challenger: str, sor_url: str, cases, blocks: i
     return out
 
 
-def turn(url: str, pgid: int, reqs: list[tuple[str, bytes]], rate: float, shadow: tuple[str, str] | None) -> dict:
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every process descending from it (Linux): the serving process
+    and its helpers, the evaluation worker included (it runs in a session of its own, out of the
+    server's process group)."""
+    tick, stats = os.sysconf("SC_CLK_TCK"), {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    wanted, grew = {pid}, True
+    while grew:  # parents before children whatever the order /proc lists them in
+        grew = False
+        for p, (ppid, _) in stats.items():
+            if ppid in wanted and p not in wanted:
+                wanted.add(p)
+                grew = True
+    return sum(cpu for p, (_, cpu) in stats.items() if p in wanted)
+
+
+def turn(url: str, pid: int, reqs: list[tuple[str, bytes]], rate: float, shadow: tuple[str, str] | None) -> dict:
     """One measured turn of ``reqs`` at ``rate`` on one server, ``shadow`` (model URI, version)
     loaded for it or not: latency quantiles, the process group's CPU, what the challenger compared."""
     if shadow:
         admin(url, {"action": "load", "model_uri": shadow[0], "version": shadow[1]})
-    load0, cpu0, t0 = os.getloadavg()[0], process_cpu_seconds(pgid) or 0.0, time.perf_counter()
+    load0, cpu0, t0 = os.getloadavg()[0], tree_cpu_seconds(pid), time.perf_counter()
     latency, status, outcome = open_loop(url, reqs, rate)
     wall = time.perf_counter() - t0
-    cpu = ((process_cpu_seconds(pgid) or 0.0) - cpu0) / wall
+    cpu = (tree_cpu_seconds(pid) - cpu0) / wall
     summary = admin(url, {"action": "unload", "record": False})["shadow"] if shadow else None
     done = [v for v in latency if v is not None]
     outcomes: dict = {}
@@ -235,19 +255,19 @@ def main(argv: list[str] | None = None) -> int:
         for i, (name, code, sor_url) in enumerate(servers):
             env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "AGENTOPS_SOR_URL": sor_url,
                    "AGENTOPS_HOME": str(work)}
-            url, pgid = stack.enter_context(ours(f"models:/{AGENT}/{versions[0]}", versions[0], work,
+            url, pid = stack.enter_context(ours(f"models:/{AGENT}/{versions[0]}", versions[0], work,
                                                  name=f"serving-{i}", env=env, code=code))
             warm = [(f"warm{i}-{j}", body(c)) for j, c in enumerate(cases[:200])]
             open_loop(url, warm, 50.0)
-            running.append((name, url, pgid))
+            running.append((name, url, pid))
         for k in range(args.rounds):
             order = running[k % len(running):] + running[:k % len(running)]
-            for s, (name, url, pgid) in enumerate(order):
+            for s, (name, url, pid) in enumerate(order):
                 for shadow in (None, (f"models:/{AGENT}/{versions[1]}", versions[1])):
                     t = 2 * (k * len(running) + s) + bool(shadow)
                     reqs = [(f"{name[:1]}{k}-{t}-{i}", body(cases[(t * per_round + i) % len(cases)]))
                             for i in range(per_round)]
-                    row = {"server": name, "round": k, **turn(url, pgid, reqs, args.rate, shadow)}
+                    row = {"server": name, "round": k, **turn(url, pid, reqs, args.rate, shadow)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     names = [name for name, _, _ in servers]

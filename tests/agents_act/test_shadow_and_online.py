@@ -249,18 +249,27 @@ def test_a_snapshot_shares_one_transaction_until_a_database_error(sor):
 
 
 def test_the_evaluation_worker_is_background_work():
-    """SCHED_IDLE: the worker runs only on a CPU no request wants, and gives it up at once."""
+    """SCHED_IDLE in a session of its own (its own autogroup): the worker runs only on a CPU no
+    request wants, gives it up at once, and its CPU does not count against the serving process's
+    session."""
     import os
+    from pathlib import Path
 
     from agentops_pipelines.serving.online_eval import EvalWorker
 
     worker = EvalWorker("support_agent", "dev", "", 100.0, 0.0).start()
+    pid = worker._process.pid
     try:
         worker.command({"kind": "flush"}, timeout=60)  # it answers from its loop: set up by then
-        assert os.sched_getscheduler(worker._process.pid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
         assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the serving process is not
+        assert os.getsid(pid) == pid != os.getsid(0)
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():  # a kernel with autogroups
+            assert autogroup.read_text().split()[0] != Path("/proc/self/autogroup").read_text().split()[0]
     finally:
         worker.close()
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
 def test_the_worker_gathers_a_batch_while_jobs_keep_coming_and_a_command_ends_the_wait():
@@ -296,3 +305,34 @@ def test_the_worker_gathers_a_batch_while_jobs_keep_coming_and_a_command_ends_th
     assert gather(ours, pickle.dumps({"request_id": "r6"}), linger_s=0.0) == [{"request_id": "r6"}]
     ours.close()
     theirs.close()
+
+
+def test_the_evaluation_worker_stops_when_the_serving_process_is_killed():
+    """Out of the serving process's process group, the worker is no longer reaped with it: it
+    notices its parent is gone and stops by itself."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from agentops_pipelines.serving.online_eval import EvalWorker\n"
+        "w = EvalWorker('support_agent', 'dev', '', 100.0, 0.0).start()\n"
+        "w.command({'kind': 'flush'}, timeout=60)\n"
+        "print(w._process.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert Path(f"/proc/{pid}").exists()
+        os.kill(parent.pid, signal.SIGKILL)  # as the supervisor's SIGKILL, or the OOM killer
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists(), "the evaluation worker outlived the serving process"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
