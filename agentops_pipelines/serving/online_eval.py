@@ -46,6 +46,7 @@ FLUSH_ROWS = 50
 MAX_DATAGRAM = 1 << 20
 BATCH_JOBS = 64  # jobs read at once by the worker (the challenger runs them as one batch)
 LINGER_S = 0.25  # while a challenger runs: how long the worker gathers jobs into one batch
+AUTOGROUP_NICE = 10  # the weight of the worker's own session where the kernel groups by session
 
 
 def dataset_name(agent: str) -> str:
@@ -433,25 +434,29 @@ def background_priority() -> str:
     """Make the calling process (and the threads it starts later) background work; say what was
     set. Needs no privilege, and cannot be undone without one.
 
-    - A session of its own (``setsid``): where Linux shares CPU time between sessions first
-      ("autogroups": processes in the root cgroup, as on a plain host or VM), the worker's CPU
-      would otherwise count against the serving process's session, and a waking request thread
-      would wait behind other sessions whatever the worker's own priority
+    - A session of its own (``setsid``) at autogroup ``nice`` 10: where Linux shares CPU time
+      between sessions first ("autogroups": processes in the root cgroup, as on a plain host or
+      VM), the worker's CPU would otherwise count against the serving process's session, and a
+      waking request thread would wait behind other sessions whatever the worker's own priority
       (bench/background_wakeup.py: a busy loop at ``nice`` 10 or ``SCHED_IDLE`` in the waking
-      thread's session made it 1.9 ms late at the median; in a session of its own, 0). Its
-      session keeps the default weight, so on a saturated machine it still gets a fair share
-      (at ``nice`` 19 it starved for minutes beside a load average of 9). Inside a container's
-      cgroup there are no autogroups and this changes nothing. The worker so leaves the serving
-      process's process group: it stops by itself within a second of the serving process's end
-      (``_worker_main``), not by a signal to the group.
-    - ``SCHED_IDLE`` (Linux): beside the serving process's threads it runs only on a CPU they do
-      not want and gives it up the moment one wakes; ``nice`` 19 elsewhere.
+      thread's session made it 1.9 ms late at the median; in a session of its own, 0). At the
+      default weight its session would compete with the serving process's as an equal on a
+      saturated machine; at ``nice`` 19 it starved for minutes beside a load average of 9;
+      ``nice`` 10 gives it about what it had inside the serving process's session before.
+      Inside a container's cgroup there are no autogroups and this changes nothing. The worker
+      so leaves the serving process's process group: it stops by itself within a second of the
+      serving process's end (``_worker_main``), not by a signal to the group.
+    - ``SCHED_IDLE`` (Linux): beside the serving process's threads (in a container) it runs only
+      on a CPU they do not want and gives it up the moment one wakes; ``nice`` 19 elsewhere.
     """
     done = []
     try:
         os.setsid()
         done.append("its own session")
-    except OSError:  # already a session leader
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write(str(AUTOGROUP_NICE))
+        done.append(f"autogroup nice {AUTOGROUP_NICE}")
+    except OSError:  # already a session leader, or a kernel without autogroups
         pass
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -497,6 +502,10 @@ def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, exper
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # What every job needs, imported at the serving process's priority (seconds of CPU a starved
+    # background process would take minutes to get); mlflow's datasets load at the first flush.
+    from agentops_pipelines.agent.scorers import live_scores  # noqa: F401
+
     priority = background_priority()  # scores can wait: requests cannot
     logging.basicConfig(level=log_level,
                         format="%(asctime)s %(levelname)s %(name)s [eval worker]: %(message)s")

@@ -265,8 +265,9 @@ def test_the_evaluation_worker_is_background_work():
         assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the serving process is not
         assert os.getsid(pid) == pid != os.getsid(0)
         autogroup = Path(f"/proc/{pid}/autogroup")
-        if autogroup.exists():  # a kernel with autogroups
+        if autogroup.exists():  # a kernel with autogroups: its own, at a lower weight
             assert autogroup.read_text().split()[0] != Path("/proc/self/autogroup").read_text().split()[0]
+            assert autogroup.read_text().split()[-1] == "10"
     finally:
         worker.close()
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
