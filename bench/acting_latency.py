@@ -4,6 +4,8 @@ Usage (from the project root)::
 
     .venv/bin/python bench/acting_latency.py                 # ~3 minutes
     .venv/bin/python bench/acting_latency.py --write         # also update BENCHMARKS.md
+    git archive main agentops_pipelines | tar -x -C /tmp/before
+    .venv/bin/python bench/acting_latency.py --baseline before=/tmp/before   # A/B against main
 
 Set-up (a temporary folder): the support-desk router trained on a generated day and registered
 twice (versions 1 and 2, the same router), the demo system of record (SQLite, seeded), and one
@@ -19,13 +21,20 @@ writes, idempotency row included) → observe → answer.
 
 Shadow on vs off: the same process, version 2 loaded in shadow (``POST /admin/shadow``) for one
 round and unloaded for the next, alternating (off, on, off, on ...), so machine noise hits both
-alike. Reported: per-round p50/p99, the medians, the p99 difference and ratio, and the serving
-process group's CPU (the evaluation worker included).
+alike. Reported: per-round p50/p99, the medians, the p99 difference and ratio, and the CPU of the
+serving process and its helpers (the evaluation worker included).
+
+``--baseline NAME=FOLDER`` adds a serving process run from another copy of the package (``git
+archive`` of an older commit's ``agentops_pipelines/`` into FOLDER), with its own copy of the
+system of record, measured in the same rounds: each round serves every server's off and on turns
+in turn (the order rotating from round to round), so the before/after comparison of "what shadow
+adds" is paired round by round. Only one server has traffic at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -43,7 +52,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serving_latency import (  # noqa: E402 - the bench folder is on the path from here
     ADMIN_TOKEN,
     ours,
-    process_cpu_seconds,
     quantile,
     send_on_schedule,
     write_section,
@@ -93,7 +101,7 @@ def submit_cost(sor_url: str, cases, n: int = 2000) -> float:
         times = []
         for i in range(n):
             t = trajectories[i % len(trajectories)]
-            job = {"request_id": t["request_id"], "version": "1", "trajectory": t, "features": {},
+            job = {"request_id": t["request_id"], "version": "1", "trajectory": t,
                    "score": False, "shadow": False}
             t0 = time.perf_counter()
             worker.submit(job)
@@ -143,14 +151,83 @@ def request_path(model_uri: str, challenger: str, sor_url: str, cases, blocks: i
     return out
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every process descending from it (Linux): the serving process
+    and its helpers, the evaluation worker included (it runs in a session of its own, out of the
+    server's process group)."""
+    tick, stats = os.sysconf("SC_CLK_TCK"), {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    wanted, grew = {pid}, True
+    while grew:  # parents before children whatever the order /proc lists them in
+        grew = False
+        for p, (ppid, _) in stats.items():
+            if ppid in wanted and p not in wanted:
+                wanted.add(p)
+                grew = True
+    return sum(cpu for p, (_, cpu) in stats.items() if p in wanted)
+
+
+def turn(url: str, pid: int, reqs: list[tuple[str, bytes]], rate: float, shadow: tuple[str, str] | None) -> dict:
+    """One measured turn of ``reqs`` at ``rate`` on one server, ``shadow`` (model URI, version)
+    loaded for it or not: latency quantiles, the process group's CPU, what the challenger compared."""
+    if shadow:
+        admin(url, {"action": "load", "model_uri": shadow[0], "version": shadow[1]})
+    load0, cpu0, t0 = os.getloadavg()[0], tree_cpu_seconds(pid), time.perf_counter()
+    latency, status, outcome = open_loop(url, reqs, rate)
+    wall = time.perf_counter() - t0
+    cpu = (tree_cpu_seconds(pid) - cpu0) / wall
+    summary = admin(url, {"action": "unload", "record": False})["shadow"] if shadow else None
+    done = [v for v in latency if v is not None]
+    outcomes: dict = {}
+    for o in outcome:
+        outcomes[o] = outcomes.get(o, 0) + 1
+    return {"shadow": bool(shadow), "sent": len(reqs), "ok": sum(1 for s in status if s == 200),
+            "p50_ms": quantile(done, 0.5), "p99_ms": quantile(done, 0.99), "max_ms": max(done),
+            "server_cpu": cpu, "cpu_ms_per_request": cpu * wall / len(reqs) * 1000,
+            "achieved_rps": sum(1 for s in status if s == 200) / wall, "outcomes": outcomes,
+            "shadowed": summary["requests"] if summary else 0,
+            "load": (load0, os.getloadavg()[0])}
+
+
+def ab_lines(rows: list[dict], names: list[str]) -> list[str]:
+    """Per server: medians off/on and the paired per-round p99 difference (median, range)."""
+    out = ["| server | p99 off (median) | p99 on (median) | p99 added by shadow, per round | median added | "
+           "CPU ms/request off → on | shadowed / sent |", "|---|---|---|---|---|---|---|"]
+    for name in names:
+        mine = [r for r in rows if r["server"] == name]
+        rounds = sorted({r["round"] for r in mine})
+        added = [next(r["p99_ms"] for r in mine if r["round"] == k and r["shadow"])
+                 - next(r["p99_ms"] for r in mine if r["round"] == k and not r["shadow"]) for k in rounds]
+        off = [r for r in mine if not r["shadow"]]
+        on = [r for r in mine if r["shadow"]]
+        out.append(
+            f"| {name} | {statistics.median(r['p99_ms'] for r in off):.2f} | "
+            f"{statistics.median(r['p99_ms'] for r in on):.2f} | {', '.join(f'{a:+.2f}' for a in added)} | "
+            f"{statistics.median(added):+.2f} | {statistics.median(r['cpu_ms_per_request'] for r in off):.2f} → "
+            f"{statistics.median(r['cpu_ms_per_request'] for r in on):.2f} | "
+            f"{sum(r['shadowed'] for r in on)} / {sum(r['sent'] for r in on)} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--duration", type=float, default=15.0, help="seconds per round")
     p.add_argument("--rounds", type=int, default=3, help="rounds per configuration (off and on alternate)")
+    p.add_argument("--baseline", action="append", default=[], metavar="NAME=FOLDER",
+                   help="a server run from another copy of the package (git archive of an older commit "
+                        "into FOLDER/agentops_pipelines), measured in the same rounds")
+    p.add_argument("--skip-in-process", action="store_true", help="skip the in-process request-path blocks")
     p.add_argument("--write", action="store_true", help="write the results into BENCHMARKS.md")
     args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
+
+    import shutil
 
     import mlflow
 
@@ -164,92 +241,90 @@ def main(argv: list[str] | None = None) -> int:
     versions = register_versions(uri, 2)
     sor = SystemOfRecord(f"sqlite:///{work}/system_of_record.db").ensure()
     cases = golden_cases(sor, 1500)
-    sor.dispose()
+    sor.dispose()  # checkpoints the WAL into the file: each baseline gets a copy of it
     per_round = int(args.rate * args.duration)
-    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "AGENTOPS_SOR_URL": sor.url,
-           "AGENTOPS_HOME": str(work)}
+    servers = [("this checkout", None, sor.url)]
+    for i, baseline in enumerate(args.baseline):
+        name, _, folder = baseline.partition("=")
+        copy = work / f"system_of_record-{i}.db"
+        shutil.copy(work / "system_of_record.db", copy)
+        servers.append((name, str(Path(folder).resolve()), f"sqlite:///{copy}"))
     rows: list[dict] = []
-    with ours(f"models:/{AGENT}/{versions[0]}", versions[0], work, name="serving", env=env) as (url, pgid):
-        warm = [(f"warm-{i}", json.dumps({"dataframe_records": [{"text": c.text, "customer_id": c.customer_id}]}).encode())
-                for i, c in enumerate(cases[:200])]
-        open_loop(url, warm, 50.0)
-        for k in range(2 * args.rounds):
-            shadow = k % 2 == 1
-            if shadow:
-                admin(url, {"action": "load", "model_uri": f"models:/{AGENT}/{versions[1]}", "version": versions[1]})
-            reqs = []
-            for i in range(per_round):
-                c = cases[(k * per_round + i) % len(cases)]
-                reqs.append((f"r{k}-{i}", json.dumps({"dataframe_records": [{"text": c.text, "customer_id": c.customer_id}]}).encode()))
-            cpu0, t0 = process_cpu_seconds(pgid) or 0.0, time.perf_counter()
-            latency, status, outcome = open_loop(url, reqs, args.rate)
-            wall = time.perf_counter() - t0
-            cpu = ((process_cpu_seconds(pgid) or 0.0) - cpu0) / wall
-            summary = admin(url, {"action": "unload", "record": False})["shadow"] if shadow else None
-            done = [v for v in latency if v is not None]
-            outcomes: dict = {}
-            for o in outcome:
-                outcomes[o] = outcomes.get(o, 0) + 1
-            row = {"round": k, "shadow": shadow, "sent": len(reqs), "ok": sum(1 for s in status if s == 200),
-                   "p50_ms": quantile(done, 0.5), "p99_ms": quantile(done, 0.99), "max_ms": max(done),
-                   "server_cpu": cpu, "cpu_ms_per_request": cpu * wall / len(reqs) * 1000,
-                   "achieved_rps": sum(1 for s in status if s == 200) / wall, "outcomes": outcomes,
-                   "shadowed": summary["requests"] if summary else 0}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    with contextlib.ExitStack() as stack:
+        running = []
+        for i, (name, code, sor_url) in enumerate(servers):
+            env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "AGENTOPS_SOR_URL": sor_url,
+                   "AGENTOPS_HOME": str(work)}
+            url, pid = stack.enter_context(ours(f"models:/{AGENT}/{versions[0]}", versions[0], work,
+                                                 name=f"serving-{i}", env=env, code=code))
+            warm = [(f"warm{i}-{j}", body(c)) for j, c in enumerate(cases[:200])]
+            open_loop(url, warm, 50.0)
+            running.append((name, url, pid))
+        for i, (_, url, _) in enumerate(running):  # an unmeasured turn at the full rate each:
+            n = int(args.rate * min(args.duration, 5.0))  # the first turn was always the slowest
+            open_loop(url, [(f"hot{i}-{j}", body(cases[j % len(cases)])) for j in range(n)], args.rate)
+        for k in range(args.rounds):
+            order = running[k % len(running):] + running[:k % len(running)]
+            for s, (name, url, pid) in enumerate(order):
+                for shadow in (None, (f"models:/{AGENT}/{versions[1]}", versions[1])):
+                    t = 2 * (k * len(running) + s) + bool(shadow)
+                    reqs = [(f"{name[:1]}{k}-{t}-{i}", body(cases[(t * per_round + i) % len(cases)]))
+                            for i in range(per_round)]
+                    row = {"server": name, "round": k, **turn(url, pid, reqs, args.rate, shadow)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    names = [name for name, _, _ in servers]
+    mine = [r for r in rows if r["server"] == names[0]]
     submit_us = submit_cost(sor.url, cases)
-    blocks = request_path(f"models:/{AGENT}/{versions[0]}", versions[1], sor.url, cases)
-    ip = {name: {k: statistics.median(r[k] for r in blocks if r["shadow"] == flag) for k in ("cpu_ms", "p50_ms", "p99_ms")}
-          for name, flag in (("off", False), ("on", True))}
-    off = [r for r in rows if not r["shadow"]]
-    on = [r for r in rows if r["shadow"]]
-    med = {name: {k: statistics.median(r[k] for r in group)
-                  for k in ("p50_ms", "p99_ms", "server_cpu", "cpu_ms_per_request")}
-           for name, group in (("off", off), ("on", on))}
-    load = os.getloadavg()
+    blocks = [] if args.skip_in_process else request_path(f"models:/{AGENT}/{versions[0]}", versions[1], sor.url, cases)
+    loads = [x for r in rows for x in r["load"]]
     lines = [
         f"Command: `.venv/bin/python bench/acting_latency.py --rate {args.rate:g} --duration {args.duration:g} "
-        f"--rounds {args.rounds}` (one interleaved run: shadow off, on, off, on ...; measured "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at the end "
-        f"{load[0]:.1f} on {os.cpu_count()} cores: **the machine was shared and noisy**, other engineers "
-        "were building and testing; read the ratio more than the absolute figures).", "",
+        f"--rounds {args.rounds}{''.join(f' --baseline {b}' for b in args.baseline)}` (measured "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-minute load average "
+        f"{min(loads):.1f}–{max(loads):.1f} during the turns, on {os.cpu_count()} cores).", "",
         "Each request: fetch context → decide (trained router) → extract arguments → tool against "
         "SQLite (reads, and writes with their idempotency row) → observe → answer; a golden case's "
         "text, a new `X-Request-Id` each. Served as deployed (inference log, 1% traces, online "
         "evaluation of 10%).", "",
-        "| round | shadow | sent | ok | achieved req/s | p50 ms | p99 ms | max ms | server CPU (cores) | "
-        "CPU ms/request | shadowed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['round']} | {'on' if r['shadow'] else 'off'} | {r['sent']} | {r['ok']} | {r['achieved_rps']:.0f} | "
-          f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['server_cpu']:.2f} | "
-          f"{r['cpu_ms_per_request']:.2f} | {r['shadowed']} |" for r in rows],
-        "",
-        f"Medians: shadow off p50 {med['off']['p50_ms']:.2f} ms, p99 {med['off']['p99_ms']:.2f} ms, "
-        f"{med['off']['server_cpu']:.2f} cores; shadow on p50 {med['on']['p50_ms']:.2f} ms, p99 "
-        f"{med['on']['p99_ms']:.2f} ms, {med['on']['server_cpu']:.2f} cores. Shadow adds "
-        f"{med['on']['p99_ms'] - med['off']['p99_ms']:+.2f} ms to the primary's p99 "
-        f"(ratio {med['on']['p99_ms'] / med['off']['p99_ms']:.2f}). Server-side CPU per request (the "
-        f"serving process and its helpers, the evaluation worker included): off "
-        f"{med['off']['cpu_ms_per_request']:.2f} ms, on {med['on']['cpu_ms_per_request']:.2f} ms. On the "
-        f"request path, handing a request to the evaluation worker (pickle + one non-blocking send of "
-        f"its trajectory) takes {submit_us:.0f} µs (median of 2,000, in process).", "",
-        "**The primary's request path in process** (no HTTP: parse → executor with real SQLite reads "
-        "and writes → JSON → metrics, inference-log-free; 400 requests per block, shadow off and on "
-        "alternating, the challenger in the worker process):", "",
-        "| block | shadow | thread CPU ms/request | wall p50 ms | wall p99 ms |", "|---|---|---|---|---|",
-        *[f"| {r['block']} | {'on' if r['shadow'] else 'off'} | {r['cpu_ms']:.2f} | {r['p50_ms']:.2f} | "
-          f"{r['p99_ms']:.2f} |" for r in blocks], "",
-        f"Medians: off {ip['off']['cpu_ms']:.2f} ms CPU, p99 {ip['off']['p99_ms']:.2f} ms; on "
-        f"{ip['on']['cpu_ms']:.2f} ms CPU, p99 {ip['on']['p99_ms']:.2f} ms: shadow adds "
-        f"{ip['on']['cpu_ms'] - ip['off']['cpu_ms']:+.3f} ms of CPU and "
-        f"{ip['on']['p99_ms'] - ip['off']['p99_ms']:+.2f} ms of p99 to the primary's request path.", "",
+        "| server | round | shadow | sent | ok | achieved req/s | p50 ms | p99 ms | max ms | server CPU (cores) | "
+        "CPU ms/request | shadowed | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {r['server']} | {r['round']} | {'on' if r['shadow'] else 'off'} | {r['sent']} | {r['ok']} | "
+          f"{r['achieved_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | "
+          f"{r['server_cpu']:.2f} | {r['cpu_ms_per_request']:.2f} | {r['shadowed']} | "
+          f"{r['load'][0]:.1f}–{r['load'][1]:.1f} |" for r in rows],
+        "", *ab_lines(rows, names), "",
+        f"Medians for {names[0]}: p50 off {statistics.median(r['p50_ms'] for r in mine if not r['shadow']):.2f} ms, "
+        f"on {statistics.median(r['p50_ms'] for r in mine if r['shadow']):.2f} ms. On the request path, handing a "
+        f"request to the evaluation worker (pickle + one non-blocking send of its trajectory) takes "
+        f"{submit_us:.0f} µs (median of 2,000, in process).", "",
     ]
+    if blocks:
+        ip = {name: {k: statistics.median(r[k] for r in blocks if r["shadow"] == flag)
+                     for k in ("cpu_ms", "p50_ms", "p99_ms")} for name, flag in (("off", False), ("on", True))}
+        lines += [
+            "**The primary's request path in process** (no HTTP: parse → executor with real SQLite reads "
+            "and writes → JSON → metrics, inference-log-free; 400 requests per block, shadow off and on "
+            "alternating, the challenger in the worker process):", "",
+            "| block | shadow | thread CPU ms/request | wall p50 ms | wall p99 ms |", "|---|---|---|---|---|",
+            *[f"| {r['block']} | {'on' if r['shadow'] else 'off'} | {r['cpu_ms']:.2f} | {r['p50_ms']:.2f} | "
+              f"{r['p99_ms']:.2f} |" for r in blocks], "",
+            f"Medians: off {ip['off']['cpu_ms']:.2f} ms CPU, p99 {ip['off']['p99_ms']:.2f} ms; on "
+            f"{ip['on']['cpu_ms']:.2f} ms CPU, p99 {ip['on']['p99_ms']:.2f} ms: shadow adds "
+            f"{ip['on']['cpu_ms'] - ip['off']['cpu_ms']:+.3f} ms of CPU and "
+            f"{ip['on']['p99_ms'] - ip['off']['p99_ms']:+.2f} ms of p99 to the primary's request path.", "",
+        ]
     text = "\n".join(lines)
     print(f"{SECTION}\n\n{text}")
     if args.write:
         write_section(text, SECTION)
     mlflow.set_tracking_uri(None)
     return 0
+
+
+def body(case) -> bytes:
+    return json.dumps({"dataframe_records": [{"text": case.text, "customer_id": case.customer_id}]}).encode()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@ on (an alert about a version already replaced is stale). The run key names the e
 version and when its serving process started: one rollback per serving episode of a bad version,
 however many of its alerts fire (error rate, latency, online scorer failures), across daemon
 restarts; the cursor remembers each alert (its labels' hash and start time) it has handled.
+
+An alert labelled ``rollback: "false"`` is for a person, not for this sensor: its cause is outside
+the version (``AgentLLMCallFailures``: the LLM endpoint is down, and an older version calls the
+same endpoint). While one fires for a version, the version's other alerts are taken as its
+symptoms and not acted on either (every request handed over to a person also fires
+``AgentEscalationSpike``): rolling back would only walk back through good versions.
 """
 
 import hashlib
@@ -37,6 +43,9 @@ def build_prometheus_alert_sensor(agent, rollback_job: dg.JobDefinition) -> dg.S
         except PrometheusUnreachable as exc:
             return dg.SkipReason(f"{exc}; cursor kept")
         requests, notes = [], []
+        held = {(a["labels"].get("environment"), a["labels"].get("version", "")): a["labels"].get("alertname")
+                for a in alerts if a.get("labels", {}).get("agent") == agent.name
+                and a["labels"].get("rollback") == "false"}
         for alert in alerts:
             labels = alert.get("labels", {})
             if labels.get("agent") != agent.name or not labels.get("environment"):
@@ -44,6 +53,12 @@ def build_prometheus_alert_sensor(agent, rollback_job: dg.JobDefinition) -> dg.S
             env, version = labels["environment"], labels.get("version", "")
             key = f"rollback-{fingerprint(labels)}-{alert.get('activeAt', '')}"
             if key in seen:
+                continue
+            if (env, version) in held:  # remembered: a symptom now does not roll back later either
+                why = ("is for a person (rollback: false)" if labels.get("rollback") == "false" else
+                       f"no rollback while {held[(env, version)]} fires (its cause is outside the version)")
+                notes.append(f"{labels.get('alertname')} for version {version} in {env}: {why}")
+                seen.append(key)
                 continue
             current = deployer.status(env, agent=agent.name)  # this agent's process, never another's
             if current is None or (version and current.version != version):

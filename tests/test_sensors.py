@@ -75,3 +75,25 @@ def test_prometheus_sensor_skips_clearly(defs, instance):
     _, kept, skip = evaluate(defs, instance, "prometheus_alert_sensor", cursor=cursor,
                              prometheus=PrometheusResource(url="http://127.0.0.1:9", timeout_seconds=1))
     assert "unreachable" in skip and kept == cursor
+
+
+def test_prometheus_sensor_leaves_an_llm_outage_and_its_symptoms_to_a_person(defs, instance):
+    """AgentLLMCallFailures (labelled rollback: "false") rolls nothing back, nor do the alerts of
+    the same version that it causes (every request handed over fires AgentEscalationSpike)."""
+    from agentops_pipelines.resources.prometheus import PrometheusResource
+    from tests.isolation.test_serving import AlertsAPI
+
+    def firing(name: str, **extra) -> dict:
+        return {"state": "firing", "activeAt": "2026-12-01T00:00:00Z", "annotations": {},
+                "labels": {"alertname": name, "agent": AGENT, "environment": "prod", "version": "3", **extra}}
+
+    api = AlertsAPI([firing("AgentLLMCallFailures", rollback="false", severity="page"),
+                     firing("AgentEscalationSpike", severity="warning")])
+    try:
+        requests, cursor, skip = evaluate(defs, instance, "prometheus_alert_sensor",
+                                          prometheus=PrometheusResource(url=api.url))
+    finally:
+        api.close()
+    assert requests == [], requests
+    assert "AgentEscalationSpike for version 3 in prod: no rollback while AgentLLMCallFailures fires" in skip
+    assert len(json.loads(cursor)) == 2  # both remembered: the symptom does not roll back later

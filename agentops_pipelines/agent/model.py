@@ -241,14 +241,20 @@ class AgentModel(mlflow.pyfunc.PythonModel):
                            columns=[*ACT_COLUMNS, TRAJECTORY_COLUMN])
         return out, _object_frame(self.feature_columns, [columns[c] for c in self.feature_columns], n), []
 
-    def trajectories(self, executor, columns: dict[str, list], request_ids: Sequence[str]) -> list:
+    def trajectories(self, executor, columns: dict[str, list], request_ids: Sequence[str],
+                     contexts: Sequence[dict | None] | None = None) -> list:
         """Each row of ``columns`` through ``executor``: the router asked once and the customers
-        read once for the whole micro-batch (serving and the shadow challenger alike)."""
+        read once for the whole micro-batch (serving and the shadow challenger alike).
+        ``contexts``: per row, the customer as a primary's ``fetch_context`` already read it (a
+        shadow challenger replaying the primary's requests: no second read, and the customer as
+        the primary saw it before its own writes), or None to read it here."""
         n = len(columns["text"])
         customers = columns.get("customer_id") or [""] * n
         decisions = self._decide_batch(columns, n)
-        # one read for the batch's customers (one query per row was ~8% of a saturated server)
-        found = executor.customers([str(c or "") for c in customers]) if n > 1 else None
+        if contexts is not None:
+            found = [(c, 0.0) if c is not None else None for c in contexts]
+        else:  # one read for the batch's customers (one query per row was ~8% of a saturated server)
+            found = executor.customers([str(c or "") for c in customers]) if n > 1 else None
         return [executor.run(request_ids[i], str(columns["text"][i]), str(customers[i] or ""),
                              features={c: _plain(columns[c][i]) for c in self.feature_columns},
                              decision=decisions[i] if decisions else None,

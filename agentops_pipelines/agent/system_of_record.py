@@ -200,6 +200,7 @@ class SystemOfRecord:
         self.engine = self._engine(url)
         self._ready = False
         self._lock = threading.Lock()
+        self._snapshot = threading.local()  # conn: the read transaction of snapshot(), per thread
         # SQLite has one writer at a time. Threads of this process queue here (woken at once)
         # instead of in SQLite's busy handler, which sleeps in steps of up to 100 ms: under 8
         # writing threads that handler alone made the p99 ~160 ms. Other processes still wait in
@@ -238,10 +239,34 @@ class SystemOfRecord:
     # -- transactions ----------------------------------------------------------------------------
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        pinned = getattr(self._snapshot, "conn", None)
+        if pinned is not None:  # inside this thread's snapshot(): its transaction
+            try:
+                yield pinned
+            except sa.exc.DBAPIError:
+                self._snapshot.conn = None  # a failed statement may abort it (Postgres): no more sharing
+                raise
+            return
         self.ensure()
         with self.engine.connect() as conn:
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every :meth:`read` of this thread inside shares one read transaction: one connection
+        checked out and one ``BEGIN`` for a batch of reads instead of one each (a dry-run
+        challenger's batch: about a fifth of its CPU). Reads only: writes keep their own
+        transactions. After a database error the remaining reads get their own again."""
+        if getattr(self._snapshot, "conn", None) is not None:  # nested: the outer one holds
+            yield
+            return
+        with self.read() as conn:
+            self._snapshot.conn = conn
+            try:
+                yield
+            finally:
+                self._snapshot.conn = None
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

@@ -220,11 +220,13 @@ class Executor:
     def run(self, request_id: str, text: str, customer_id: str, *, confirmed: bool = False,
             features: Mapping[str, Any] | None = None,
             decision: tuple[str, float, float] | None = None,
-            customer: tuple[Any, float] | None = None) -> Trajectory:
+            customer: tuple[dict | None, float] | None = None) -> Trajectory:
         """Serve one request. ``decision``: (tool, confidence, milliseconds) when the router was
         already asked for a whole micro-batch at once (``AgentModel.predict_acting``); the decide
         step then records it, with the row's share of the batch's routing time as its latency.
-        ``customer``: (row or None, milliseconds) likewise, from :meth:`customers`."""
+        ``customer``: (the customer as ``fetch_context`` shows it, or None for no such customer;
+        milliseconds) when it was read already: by :meth:`customers` for a micro-batch, or by the
+        primary whose request a shadow challenger replays."""
         t0 = time.perf_counter()
         traj = Trajectory(request_id, customer_id, text)
 
@@ -301,9 +303,9 @@ class Executor:
         traj.latency_ms = (time.perf_counter() - t0) * 1000
         return traj
 
-    def customers(self, customer_ids: Sequence[str]) -> list[tuple[Any, float]] | None:
-        """The customers of a micro-batch in one query: (row or None, this row's share of the
-        milliseconds) per id, for :meth:`run`'s ``customer``. None when the read fails: each
+    def customers(self, customer_ids: Sequence[str]) -> list[tuple[dict | None, float]] | None:
+        """The customers of a micro-batch in one query: (customer or None, this row's share of
+        the milliseconds) per id, for :meth:`run`'s ``customer``. None when the read fails: each
         request then reads (and records its failure) on its own."""
         start = time.perf_counter()
         try:
@@ -314,21 +316,20 @@ class Executor:
         except Exception:  # noqa: BLE001 - the rows' own fetch_context steps record the error
             return None
         share = (time.perf_counter() - start) * 1000 / max(1, len(customer_ids))
-        return [(found.get(c), share) for c in customer_ids]
+        return [(_customer_view(found[c]) if c in found else None, share) for c in customer_ids]
 
     def _context(self, customer_id: str, features: Mapping[str, Any] | None,
-                 customer: tuple[Any, float] | None = None) -> dict:
+                 customer: tuple[dict | None, float] | None = None) -> dict:
         if customer is not None:
-            row = customer[0]
+            view = customer[0]
         else:
             with self.actions.sor.read() as conn:
                 row = conn.execute(_CONTEXT, {"cid": customer_id}).first()
-        if row is None:
+            view = _customer_view(row) if row is not None else None
+        if view is None:
             raise LookupError(f"customer_id: no customer {customer_id}")
         feats = dict(features) if features is not None else self._features(customer_id)
-        return {"customer": {"customer_id": row.customer_id, "name": row.name, "plan": row.plan_tier,
-                             "subscription": row.status, "open_orders": int(row.open_orders or 0)},
-                "features": feats}
+        return {"customer": dict(view), "features": feats}
 
     def _features(self, customer_id: str) -> dict:
         if self.feature_lookup is None:
@@ -341,6 +342,12 @@ class Executor:
     def _decide(self, text: str, features: Mapping[str, Any]) -> dict:
         tool, confidence, *usage = self.router(text, features)  # an LLM router adds tokens, latency
         return {"tool": str(tool), "confidence": float(confidence), **({"llm": usage[0]} if usage else {})}
+
+
+def _customer_view(row: Any) -> dict:
+    """A customer row of ``_CUSTOMER`` as the ``fetch_context`` step shows it."""
+    return {"customer_id": row.customer_id, "name": row.name, "plan": row.plan_tier,
+            "subscription": row.status, "open_orders": int(row.open_orders or 0)}
 
 
 def _plain(value: Any) -> Any:

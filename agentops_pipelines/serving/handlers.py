@@ -197,15 +197,9 @@ def _evaluate(state: ServingState, served: Served, role: str, trajectories: list
     score = state.evaluator.sample()
     if not (shadow or score):
         return
-    for t in trajectories:
+    for t in trajectories:  # the worker finds the features and the customer in the trajectory
         state.evaluator.submit({"request_id": t["request_id"], "version": served.model.version,
-                                "trajectory": t, "features": _features_of(t), "score": score,
-                                "shadow": shadow})
-
-
-def _features_of(trajectory: dict) -> dict:
-    steps = trajectory.get("steps") or []
-    return dict((steps[0].get("outputs") or {}).get("features") or {}) if steps else {}
+                                "trajectory": t, "score": score, "shadow": shadow})
 
 
 def handle_invocations(

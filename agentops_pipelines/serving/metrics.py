@@ -18,6 +18,13 @@ Series (labels ``agent``, ``environment``, ``version`` on each, plus the ones li
   reached the app (``connections``: over the connection cap, answered 503 with ``Retry-After``;
   ``header_timeout``, ``body_timeout``: 408; ``header_too_large``: 431). Requests refused for
   overload by the app are ``agentops_errors_total{error_code="OVERLOADED"}``.
+- ``agentops_llm_calls_total`` and ``agentops_llm_call_failures_total{reason}``: the LLM calls a
+  served LLM agent made (a memoised decision is none) and those that failed, by reason class
+  (``agent.llm.endpoint.FAILURE_REASONS``: timeout, unreachable, auth, rate_limited, ...; never
+  the URL or the key). A failed call still answers 200 with a hand-over to a person, so the
+  request counts as ``ok``: these series are what shows an endpoint outage (alert rule
+  ``AgentLLMCallFailures``). Read from the served models' routers when ``/metrics`` is scraped;
+  only models whose router calls an LLM have them.
 
 A request that fails before a model is chosen (unparseable body, oversized, wrong content type) is
 counted against the stable version; before any model is loaded, against version ``none``.
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -39,6 +46,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+
+from agentops_pipelines.agent.llm.endpoint import FAILURE_REASONS
 
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04,
@@ -78,6 +88,34 @@ class _ModelSeries:
         if child is None:
             child = self._errors[code] = self._m.errors.labels(*self._labels, code)
         return child
+
+
+class LLMCalls:
+    """``agentops_llm_calls_total`` and ``agentops_llm_call_failures_total{reason}`` of the served
+    models whose router counts its LLM calls (``llm_call_counts``: ``agent/llm/router.py``), read
+    at scrape time. ``served`` returns (agent, version, router) for each model served now; every
+    reason is exported, at 0 until it happens, so the first failure is a visible increase."""
+
+    def __init__(self, environment: str):
+        self.environment = environment
+        self.served: Callable[[], Iterable[tuple[str, str, Any]]] = lambda: ()
+
+    def collect(self):
+        calls = CounterMetricFamily("agentops_llm_calls", "LLM calls made by the served LLM agents.",
+                                    labels=["agent", "environment", "version"])
+        failures = CounterMetricFamily(
+            "agentops_llm_call_failures", "LLM calls that failed (answered with a hand-over), by reason.",
+            labels=["agent", "environment", "version", "reason"])
+        for agent, version, router in self.served():
+            counts = getattr(router, "llm_call_counts", None)
+            if not callable(counts):
+                continue
+            made, failed = counts()
+            calls.add_metric([agent, self.environment, version], made)
+            for reason in FAILURE_REASONS:
+                failures.add_metric([agent, self.environment, version, reason], failed.get(reason, 0))
+        yield calls
+        yield failures
 
 
 class ServingMetrics:
@@ -139,6 +177,8 @@ class ServingMetrics:
             ["environment", "reason"],
             registry=r,
         )
+        self.llm_calls = LLMCalls(environment)
+        r.register(self.llm_calls)
         if process_metrics:
             ProcessCollector(registry=r)
         self._series: dict[tuple[str, str], _ModelSeries] = {}

@@ -14,7 +14,9 @@ than ``max_concurrent`` requests in flight, or a model queue longer than its lim
 
 One thread does all the Python work: the event loop reads requests, and between two polls of its
 sockets predicts what arrived meanwhile as one micro-batch per served model (``batching.py``,
-inline). Nothing waits for the GIL, and no thread is started per request or connection.
+inline). Nothing waits for the GIL, and no thread is started per request or connection. A model
+that waits on another service for each request (an LLM agent's endpoint) predicts on a bounded
+pool of threads of its own (``--predict-threads``), apart from the pool admin loads use.
 
 ``main`` refuses to start without an admin token (``--admin-token-file``, else the environment
 variable ``AGENTOPS_SERVING_ADMIN_TOKEN``). On SIGTERM the process stops accepting connections,
@@ -99,6 +101,7 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_KEEP_ALIVE = 30
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_PREDICT_THREADS = 32  # io-bound predictions (LLM calls) in flight at once
 _KNOWN = {"/invocations", "/health", "/ping", "/livez", "/readyz", "/metrics", "/admin/stats",
           *ADMIN_POST}  # fmt: skip
 
@@ -116,9 +119,20 @@ class _Disconnected(Exception):
 
 
 class ServingApp:
-    def __init__(self, state: ServingState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    def __init__(self, state: ServingState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 predict_threads: int = DEFAULT_PREDICT_THREADS):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.state = state
         self.max_body_bytes = max_body_bytes
+        # Predictions that wait on another service (an LLM agent's endpoint, io_bound: never
+        # batched) run here, not in the loop's default pool that /admin/load and /admin/shadow
+        # use: a slow or hanging endpoint then cannot hold up a load, a rollback's hot swap or
+        # the shadow's commands, and at most ``predict_threads`` such calls are in flight.
+        self.predict_pool = ThreadPoolExecutor(predict_threads, thread_name_prefix="agentops-predict")
+
+    def close(self) -> None:
+        self.predict_pool.shutdown(wait=False, cancel_futures=True)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":  # uvicorn runs with lifespan "off"
@@ -236,7 +250,7 @@ class ServingApp:
                 result, error = await future
         if batcher is None or (not queued and error is None):
             try:
-                result = await loop.run_in_executor(None, pending.served.infer_now, pending.frame)
+                result = await loop.run_in_executor(self.predict_pool, pending.served.infer_now, pending.frame)
             except Exception as e:
                 error = e
         return finish_invocation(state, pending, result, error)
@@ -436,6 +450,13 @@ def remove_state_file(path: Path, pid: int) -> None:
         pass
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
 def _share(value: str) -> float:
     rate = float(value)
     if not 0.0 <= rate <= 1.0:
@@ -480,6 +501,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-alive-timeout", type=int, default=DEFAULT_KEEP_ALIVE,
                    help="seconds an idle keep-alive connection stays open")  # fmt: skip
     p.add_argument("--max-header-bytes", type=int, default=DEFAULT_MAX_HEADER_BYTES)
+    p.add_argument("--predict-threads", type=_positive, default=DEFAULT_PREDICT_THREADS,
+                   help="threads for predictions that wait on another service (an LLM endpoint)")  # fmt: skip
     p.add_argument(
         "--http", choices=("httptools", "h11"), default="httptools",
         help="HTTP parser; h11 (benchmarks only) runs without the connection cap and deadlines",
@@ -614,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
             },
         )  # fmt: skip
 
-    server = uvicorn_server(ServingApp(state, args.max_body_bytes), args, metrics)
+    app = ServingApp(state, args.max_body_bytes, args.predict_threads)
+    server = uvicorn_server(app, args, metrics)
     exit_code = [0]
 
     def initial_load() -> None:
@@ -646,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         server.run(sockets=[sock])
     finally:
         state.draining = True
+        app.close()
         state.close()
         if inference_log is not None:
             inference_log.close(timeout=5.0)

@@ -126,16 +126,40 @@ class Challenger:
         self.executor = python_model.executor(Actions(self.sor, Policy(refund_limit), dry_run=True))
         self.load_seconds = time.perf_counter() - started
 
-    def run(self, request_id: str, text: str, customer_id: str, features: dict) -> dict:
-        return self.run_many([(request_id, text, customer_id, features)])[0]
-
-    def run_many(self, requests: list[tuple[str, str, str, dict]]) -> list[dict]:
-        """The challenger on several requests (request id, text, customer, features) at once, as
-        the serving path runs a micro-batch (``AgentModel.trajectories``); each one's trajectory."""
-        columns = {"text": [r[1] for r in requests], "customer_id": [r[2] for r in requests],
-                   **{c: [r[3].get(c) for r in requests] for c in self.model.feature_columns}}
-        ids = [f"shadow-{r[0]}" for r in requests]
-        return [t.to_dict() for t in self.model.trajectories(self.executor, columns, ids)]
+    def replay(self, primaries: list[dict]) -> list[dict]:
+        """The challenger on the requests the primary served (their trajectories), as one batch
+        the way the serving path runs a micro-batch (``AgentModel.trajectories``): the same text,
+        customer and features, and the customer as the primary's ``fetch_context`` read it (no
+        second read; the challenger sees the customer as the primary did, before its writes).
+        Each request's trajectory, its id prefixed ``shadow-``."""
+        columns = {"text": [p.get("text") or "" for p in primaries],
+                   "customer_id": [p.get("customer_id") or "" for p in primaries]}
+        features = [primary_features(p) for p in primaries]
+        columns.update({c: [f.get(c) for f in features] for c in self.model.feature_columns})
+        ids = [f"shadow-{p['request_id']}" for p in primaries]
+        contexts = [primary_customer(p) for p in primaries]
+        with self.sor.snapshot():  # it only reads: one read transaction for the batch
+            done = self.model.trajectories(self.executor, columns, ids, contexts)
+        return [t.to_dict() for t in done]
 
     def close(self) -> None:
         self.sor.dispose()
+
+
+def _fetched(trajectory: dict) -> dict | None:
+    """The outputs of a trajectory's ``fetch_context`` step, when it is first and succeeded."""
+    steps = trajectory.get("steps") or []
+    if not steps or steps[0].get("name") != "fetch_context" or steps[0].get("error"):
+        return None
+    return steps[0].get("outputs") or None
+
+
+def primary_features(trajectory: dict) -> dict:
+    """The features the primary decided with (``fetch_context``'s), or none."""
+    return dict((_fetched(trajectory) or {}).get("features") or {})
+
+
+def primary_customer(trajectory: dict) -> dict | None:
+    """The customer as the primary's ``fetch_context`` read it; None when it did not (no such
+    customer, a failed read): the challenger then reads, and fails, on its own."""
+    return (_fetched(trajectory) or {}).get("customer") or None

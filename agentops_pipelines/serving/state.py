@@ -192,8 +192,15 @@ class ServingState:
         self.evaluator = evaluator
         self.shadow_version: str | None = None  # the challenger running in shadow, if any
         self.shadow_share = 1.0  # the share of the stable version's requests it also answers
+        self.metrics.llm_calls.served = self._routers  # LLM calls and failures, read at scrape time
 
     # -- reading
+
+    def _routers(self) -> list[tuple[str, str, Any]]:
+        """(agent, version, router) of each model served now (the router: None for a model that
+        is no ``AgentModel``)."""
+        return [(s.model.agent, s.model.version, getattr(s.model.python_model, "router", None))
+                for _, s in self.routing.served()]
 
     @property
     def routing(self) -> Routing:

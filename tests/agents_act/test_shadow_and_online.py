@@ -186,3 +186,154 @@ def test_the_worker_runs_requests_that_arrive_together_as_one_shadow_batch(sor, 
     assert summary["requests"] == 4 and summary["challenger_errors"] == 0
     assert summary["same_tool"] == 3  # the refund request: the challenger chose request_refund
     assert writes(sor) == before
+
+
+def _statements(sor):
+    """The SQL statements run on ``sor`` (as sent to the driver), collected in a list."""
+    seen: list[str] = []
+    sa.event.listen(sor.engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *args: seen.append(statement))
+    return seen
+
+
+def _comparable(trajectory: dict) -> dict:
+    """A trajectory without its timings (the part two runs of the same request share)."""
+    steps = [{k: v for k, v in s.items() if k not in ("latency_ms", "started_ns")} for s in trajectory["steps"]]
+    return {**{k: v for k, v in trajectory.items() if k != "latency_ms"}, "steps": steps}
+
+
+def test_the_challenger_replays_the_primarys_requests_in_one_read_transaction(sor):
+    """The challenger takes the customer the primary's fetch_context read (no second read) and
+    runs its batch in one read transaction; its trajectories are what reading on its own gives."""
+    from agentops_pipelines.serving.shadow import Challenger
+    from tests.agents_act.test_trajectory import _acting_model, _KeywordRouter
+
+    model = _acting_model(_KeywordRouter())
+    challenger = Challenger.__new__(Challenger)  # as loaded from the registry, minus the loading
+    challenger.model, challenger.sor, challenger.version = model, sor, "2"
+    challenger.executor = model.executor(Actions(sor, Policy(), dry_run=True))
+    primary = Executor(Actions(sor, Policy(refund_limit=1_000_000)), lambda text, f: ("track_order", 0.7))
+    row = delivered(sor)
+    texts = ["where is my order", f"refund order #{row.order_id} please", "where is it", "refund it"]
+    customers = [row.customer_id, row.customer_id, "C99999", "C00002"]  # C99999: no such customer
+    primaries = [primary.run(f"r-{i}", t, c).to_dict() for i, (t, c) in enumerate(zip(texts, customers, strict=True))]
+    # what the challenger gives reading everything itself, one request at a time
+    alone = [challenger.model.trajectories(challenger.executor, {"text": [p["text"]], "customer_id": [p["customer_id"]]},
+                                           [f"shadow-{p['request_id']}"])[0].to_dict() for p in primaries]
+    statements = _statements(sor)
+    replayed = challenger.replay(primaries)
+    statements = list(statements)  # what the replay ran
+    assert [_comparable(t) for t in replayed] == [_comparable(t) for t in alone]
+    handover = replayed[1]["tool_calls"][1]  # dry run: the ticket it would open, none opened
+    assert handover["data"]["dry_run"] is True and handover["data"]["ticket_id"] == "TK-shadow-r-1"
+    assert replayed[2]["steps"][0]["error"] == "LookupError: customer_id: no customer C99999"
+    assert sor.count("tickets") == 0
+    # one BEGIN for the batch; a customer read only for C99999, whose context the primary lacks
+    assert [q.split()[0] for q in statements].count("BEGIN") == 1, statements
+    assert sum(1 for q in statements if "AS open_orders" in q) == 1, statements
+
+
+def test_a_snapshot_shares_one_transaction_until_a_database_error(sor):
+    sor.ensure()  # its schema check is a transaction of its own
+    statements = _statements(sor)
+    with sor.snapshot():
+        with sor.read() as a, sor.read() as b:
+            assert a is b
+        with sor.snapshot(), sor.read() as c:  # nested: the same transaction
+            assert c is a
+        with pytest.raises(sa.exc.OperationalError), sor.read() as conn:
+            conn.execute(sa.text("select * from no_such_table"))
+        with sor.read() as d:  # after a database error: a transaction of its own
+            assert d is not a and d.execute(sa.text("select 1")).scalar() == 1
+    assert [q.split()[0] for q in statements].count("BEGIN") == 2
+
+
+def test_the_evaluation_worker_is_background_work():
+    """SCHED_IDLE in a session of its own (its own autogroup): the worker runs only on a CPU no
+    request wants, gives it up at once, and its CPU does not count against the serving process's
+    session."""
+    import os
+    from pathlib import Path
+
+    from agentops_pipelines.serving.online_eval import EvalWorker
+
+    worker = EvalWorker("support_agent", "dev", "", 100.0, 0.0).start()
+    pid = worker._process.pid
+    try:
+        worker.command({"kind": "flush"}, timeout=60)  # it answers from its loop: set up by then
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the serving process is not
+        assert os.getsid(pid) == pid != os.getsid(0)
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():  # a kernel with autogroups: its own, at a lower weight
+            assert autogroup.read_text().split()[0] != Path("/proc/self/autogroup").read_text().split()[0]
+            assert autogroup.read_text().split()[-1] == "10"
+    finally:
+        worker.close()
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_the_worker_gathers_a_batch_while_jobs_keep_coming_and_a_command_ends_the_wait():
+    import pickle
+    import socket
+    import threading
+    import time
+
+    from agentops_pipelines.serving.online_eval import gather
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def send_later(jobs, every_s):
+        for job in jobs:
+            time.sleep(every_s)
+            theirs.send(pickle.dumps(job))
+
+    later = threading.Thread(target=send_later, args=([{"request_id": f"r{i}"} for i in range(1, 4)], 0.03))
+    later.start()
+    started = time.monotonic()
+    batch = gather(ours, pickle.dumps({"request_id": "r0"}), linger_s=0.5)
+    later.join()
+    assert [j["request_id"] for j in batch] == ["r0", "r1", "r2", "r3"]
+    assert time.monotonic() - started >= 0.5  # it waited the whole linger for more
+    theirs.send(pickle.dumps({"request_id": "r4"}))
+    theirs.send(pickle.dumps({"kind": "flush"}))
+    theirs.send(pickle.dumps({"request_id": "r5"}))
+    started = time.monotonic()
+    batch = gather(ours, ours.recv(1 << 20), linger_s=5.0)
+    assert [j.get("kind", j.get("request_id")) for j in batch] == ["r4", "flush"]  # the command: no wait
+    assert time.monotonic() - started < 1.0
+    assert [pickle.loads(ours.recv(1 << 20))["request_id"]] == ["r5"]  # left for the next batch
+    assert gather(ours, pickle.dumps({"request_id": "r6"}), linger_s=0.0) == [{"request_id": "r6"}]
+    ours.close()
+    theirs.close()
+
+
+def test_the_evaluation_worker_stops_when_the_serving_process_is_killed():
+    """Out of the serving process's process group, the worker is no longer reaped with it: it
+    notices its parent is gone and stops by itself."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from agentops_pipelines.serving.online_eval import EvalWorker\n"
+        "w = EvalWorker('support_agent', 'dev', '', 100.0, 0.0).start()\n"
+        "w.command({'kind': 'flush'}, timeout=60)\n"
+        "print(w._process.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert Path(f"/proc/{pid}").exists()
+        os.kill(parent.pid, signal.SIGKILL)  # as the supervisor's SIGKILL, or the OOM killer
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists(), "the evaluation worker outlived the serving process"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -29,8 +29,54 @@ RESPONSE_FORMATS = ("json_schema", "json_object")
 KEY_VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*_(KEY|TOKEN)")
 
 
+#: Why an LLM call failed: the ``reason`` label of ``agentops_llm_call_failures_total`` in the
+#: serving process. A closed set, so the label never carries the URL, the answer or the key.
+FAILURE_REASONS = (
+    "timeout",  # no answer within the endpoint's timeout
+    "unreachable",  # connection refused, DNS, TLS: nothing answered
+    "auth",  # 401/403: a wrong or missing key
+    "rate_limited",  # 429
+    "server_error",  # 5xx
+    "client_error",  # another 4xx: e.g. a model name the endpoint does not serve
+    "bad_response",  # an answer that is not the asked-for JSON
+    "off_schema",  # JSON naming no tool the agent has
+    "agent_error",  # an agent's own code (a ResponsesAgent) raised something else
+)
+
+
 class EndpointError(RuntimeError):
-    """The endpoint failed or answered something that is not the asked-for JSON."""
+    """The endpoint failed or answered something that is not the asked-for JSON; ``reason`` is
+    one of :data:`FAILURE_REASONS`."""
+
+    def __init__(self, message: str, reason: str = "bad_response"):
+        super().__init__(message)
+        self.reason = reason
+
+
+def http_reason(status: int) -> str:
+    """The :data:`FAILURE_REASONS` class of an HTTP error status."""
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "rate_limited"
+    return "server_error" if status >= 500 else "client_error"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The :data:`FAILURE_REASONS` class of what an LLM call raised, whichever client made it
+    (ours, or e.g. the ``openai`` package inside a ResponsesAgent: its errors carry a
+    ``status_code`` or are named ``APITimeoutError``/``APIConnectionError``)."""
+    if isinstance(exc, EndpointError):
+        return exc.reason
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and status >= 400:
+        return http_reason(status)
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError) or "Timeout" in name:
+        return "timeout"
+    if isinstance(exc, ConnectionError) or "Connection" in name:
+        return "unreachable"
+    return "agent_error"
 
 
 @dataclass(frozen=True)
@@ -88,25 +134,30 @@ class Endpoint:
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = json.loads(response.read())
+                raw = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace")
-            raise EndpointError(f"{self.base_url}/chat/completions answered {exc.code}: {detail}") from None
+            raise EndpointError(f"{self.base_url}/chat/completions answered {exc.code}: {detail}",
+                                http_reason(exc.code)) from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise EndpointError(f"{self.base_url}/chat/completions unreachable: {exc}") from None
+            timed_out = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+            raise EndpointError(f"{self.base_url}/chat/completions {'timed out' if timed_out else 'unreachable'}: "
+                                f"{exc}", "timeout" if timed_out else "unreachable") from None
         latency = (time.perf_counter() - started) * 1000
         # Whatever the endpoint answers is untrusted: anything but a JSON object with sane token
-        # counts is the endpoint failing (the router hands over), never an exception that fails
-        # the request (a 5xx the rollback loop would act on).
+        # counts is the endpoint failing (the router hands over, counted as bad_response), never
+        # an exception that fails the request (a 5xx the rollback loop would act on).
+        payload: object = raw[:200]
         try:
+            payload = json.loads(raw)
             content = json.loads(payload["choices"][0]["message"]["content"])
             if not isinstance(content, dict):
                 raise TypeError(f"a JSON {type(content).__name__}, not an object")
             usage = payload.get("usage") or {}
             tokens = [_token_count(usage.get(k)) for k in ("prompt_tokens", "completion_tokens")]
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:  # ValueError: JSON, UTF-8
             raise EndpointError(f"{self.base_url}: not the JSON asked for ({type(exc).__name__}): "
-                                f"{str(payload)[:200]}") from None
+                                f"{str(payload)[:200]}", "bad_response") from None
         return Completion(content, *tokens, latency, str(payload.get("model") or self.model)[:200])
 
 

@@ -17,8 +17,9 @@ models-from-code loader where the model is used.
 The protocol between the pipeline and the agent is the Responses API's: each request is one user
 message, with the agent's tools as ``tools`` and ``tool_choice="required"``; the agent answers a
 ``function_call`` output item naming the tool, and ``usage`` (input and output tokens). An answer
-without a known tool, or an agent that raises, falls back to the hand-over (counted in
-``failures``, kept in ``last_error``), as the LLM router does when its endpoint fails.
+without a known tool, or an agent that raises, falls back to the hand-over (counted by reason,
+``endpoint.failure_reason``, kept in ``last_error``), as the LLM router does when its endpoint
+fails.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentops_pipelines.agent.interface import Agent
-from agentops_pipelines.agent.llm.endpoint import Endpoint, active_span
+from agentops_pipelines.agent.llm.endpoint import Endpoint, active_span, failure_reason
 from agentops_pipelines.agent.llm.router import DecidingRouter
 from agentops_pipelines.agent.tools import ESCALATE, TOOL_NAMES, TOOLS
 
@@ -74,8 +75,6 @@ class ResponsesAgentRouter(DecidingRouter):
         self.tool_descriptions = dict(tools)
         self.classes = list(tools)
         self.fallback_tool = fallback_tool
-        self.calls = self.failures = 0
-        self.last_error: str | None = None
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -83,7 +82,7 @@ class ResponsesAgentRouter(DecidingRouter):
         self._agent = None
 
     def _runtime_names(self) -> tuple[str, ...]:
-        return ("_lock", "_agent")
+        return (*super()._runtime_names(), "_agent")
 
     def agent(self):
         """The ResponsesAgent, loaded from the code on first use (once per process)."""
@@ -109,12 +108,12 @@ class ResponsesAgentRouter(DecidingRouter):
         predict = agent.predict
         if active_span() is None:
             predict = inspect.unwrap(type(agent).predict).__get__(agent)
-        self.calls += 1
+        self._called()
         started = time.perf_counter()
         try:
             response = predict(ResponsesAgentRequest(**self.request(str(text))))
         except Exception as exc:  # noqa: BLE001 - the author's code failed: hand over, counted
-            return self._failed(f"{type(exc).__name__}: {exc}"[:500])
+            return self._failed(f"{type(exc).__name__}: {exc}"[:500], failure_reason(exc))
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
                  "latency_ms": round((time.perf_counter() - started) * 1000, 2),
                  "model": str(response.model or self.model_config.get("model") or "")}
@@ -125,7 +124,7 @@ class ResponsesAgentRouter(DecidingRouter):
         tool = getattr(calls[0], "name", None) if calls else None
         if tool not in self.classes:
             return self._failed(f"answered {'tool ' + repr(tool) if calls else 'no tool call'}, "
-                                f"not one of the tools", usage)
+                                f"not one of the tools", "off_schema", usage)
         return str(tool), 1.0, usage
 
 
