@@ -10,9 +10,11 @@ mode refuses every embedded fallback: ``load_settings()`` raises, naming the mis
 unless the Dagster instance (``DAGSTER_PG_*``), MLflow (``MLFLOW_TRACKING_URI``, not SQLite;
 ``AGENTOPS_MLFLOW_ARTIFACT_ROOT``) and Feast (``AGENTOPS_FEAST_REDIS``,
 ``AGENTOPS_FEAST_REGISTRY``) are all configured, so a half-configured deployment does not load
-and quietly write to a local SQLite file. :func:`check` then connects to every configured
-service (``agentops check``; ``agentops demo`` runs it first in production mode) and returns one
-line per service, naming the problem: wrong credentials, unreachable host, missing database.
+and quietly write to a local SQLite file; nor does one where dev's or staging's system of record
+(``AGENTOPS_SOR_URL_DEV``/``_STAGING``) is prod's (``AGENTOPS_SOR_URL``). :func:`check` then
+connects to every configured service (``agentops check``; ``agentops demo`` runs it first in
+production mode) and returns one line per service, naming the problem: wrong credentials,
+unreachable host, missing database.
 
 Service clients (psycopg, SQLAlchemy, redis) are imported inside :func:`check` only: loading
 settings stays free of I/O beyond reading variables.
