@@ -32,9 +32,11 @@ def sor_url_variable(environment: str) -> str:
     """The variable naming ``environment``'s system of record: ``AGENTOPS_SOR_URL`` for prod
     (the name existing deployments already set), ``AGENTOPS_SOR_URL_<ENVIRONMENT>`` for every
     other one, so an environment never acts on another's data by sharing a variable."""
-    if environment == Environment.PROD:
-        return "AGENTOPS_SOR_URL"
-    return "AGENTOPS_SOR_URL_" + re.sub(r"[^A-Za-z0-9]", "_", environment).upper()
+    known = {Environment.PROD: EnvVar.SOR_URL, Environment.DEV: EnvVar.SOR_URL_DEV,
+             Environment.STAGING: EnvVar.SOR_URL_STAGING}
+    if environment in known:
+        return known[environment].value
+    return f"{EnvVar.SOR_URL}_{re.sub(r'[^A-Za-z0-9]', '_', environment).upper()}"
 
 
 def sor_file_name(environment: str) -> str:
