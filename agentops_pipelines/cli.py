@@ -103,12 +103,16 @@ def _invoke(url: str, text: str, customer_id: str, request_id: str | None = None
 
 
 def _seed_system_of_record(settings) -> str:
-    """Create and seed the support desk's system of record (the tools' database; once) and
-    return a demo request about a real order of customer C00042."""
+    """Create and seed each environment's system of record (the tools' databases, one per
+    environment so dev never acts on prod's; once each) and return a demo request about a real
+    order of customer C00042 in prod's."""
     import sqlalchemy as sa
 
     from agentops_pipelines.agent import system_of_record as db
 
+    for environment, url in settings.sor_urls.items():
+        if environment != "prod" and url.lower() != "off":
+            db.SystemOfRecord(url).ensure().dispose()
     sor = db.SystemOfRecord(settings.sor_url).ensure()
     try:
         with sor.read() as conn:

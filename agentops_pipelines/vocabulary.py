@@ -13,6 +13,7 @@ Two words that sound alike are kept apart on purpose:
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
@@ -25,6 +26,25 @@ class Environment(StrEnum):
 ENVIRONMENTS: tuple[str, ...] = tuple(e.value for e in Environment)
 # Environments that serve only versions a reviewer approved (the approval policy names them).
 GUARDED_ENVIRONMENTS: tuple[str, ...] = (Environment.STAGING.value, Environment.PROD.value)
+
+
+def sor_url_variable(environment: str) -> str:
+    """The variable naming ``environment``'s system of record: ``AGENTOPS_SOR_URL`` for prod
+    (the name existing deployments already set), ``AGENTOPS_SOR_URL_<ENVIRONMENT>`` for every
+    other one, so an environment never acts on another's data by sharing a variable."""
+    known = {Environment.PROD: EnvVar.SOR_URL, Environment.DEV: EnvVar.SOR_URL_DEV,
+             Environment.STAGING: EnvVar.SOR_URL_STAGING}
+    if environment in known:
+        return known[environment].value
+    return f"{EnvVar.SOR_URL}_{re.sub(r'[^A-Za-z0-9]', '_', environment).upper()}"
+
+
+def sor_file_name(environment: str) -> str:
+    """``environment``'s own SQLite system of record under the state folder (the local default):
+    ``system_of_record.db`` for prod (existing demos' data), ``system_of_record_<environment>.db``."""
+    if environment == Environment.PROD:
+        return "system_of_record.db"
+    return f"system_of_record_{re.sub(r'[^A-Za-z0-9_.-]', '_', environment)}.db"
 
 
 def environment(value: str) -> Environment:
@@ -115,11 +135,15 @@ class EnvVar(StrEnum):
     SERVING_ADMIN_TOKEN = "AGENTOPS_SERVING_ADMIN_TOKEN"
     SERVING_ROLE = "AGENTOPS_SERVING_ROLE"
     MINILM_DIR = "AGENTOPS_MINILM_DIR"  # the MiniLM weights' folder (default: the installed package)
-    # Agents that act (agent/actions.py): the system of record's database URL (a secret in
-    # production; default a SQLite file under AGENTOPS_HOME), "off" to serve without running
-    # tools, the refund limit above which a person decides, and the share of live requests the
-    # serving process scores with the code scorers (online evaluation).
+    # Agents that act (agent/actions.py): the system of record's database URL, one per
+    # environment (:func:`sor_url_variable`; a secret in production; default a SQLite file per
+    # environment under AGENTOPS_HOME), "off" to serve without running tools, the refund limit
+    # above which a person decides, and the share of live requests the serving process scores
+    # with the code scorers (online evaluation). AGENTOPS_SOR_URL is prod's, and the one variable
+    # a serving process reads: the deployer puts its own environment's URL there.
     SOR_URL = "AGENTOPS_SOR_URL"
+    SOR_URL_DEV = "AGENTOPS_SOR_URL_DEV"
+    SOR_URL_STAGING = "AGENTOPS_SOR_URL_STAGING"
     REFUND_LIMIT = "AGENTOPS_REFUND_LIMIT"
     ONLINE_EVAL_SAMPLE_RATE = "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE"
     # LLM agents (agent/llm): an OpenAI-compatible endpoint. The key is read by name where a call

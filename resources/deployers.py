@@ -56,7 +56,7 @@ from typing import Any
 
 import dagster as dg
 
-from agentops_pipelines.vocabulary import EnvVar
+from agentops_pipelines.vocabulary import EnvVar, sor_file_name, sor_url_variable
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,10 @@ SERVING_ENV_NAMES = frozenset({
     EnvVar.HOME.value, EnvVar.MLFLOW_ARTIFACT_ROOT.value, EnvVar.FEAST_DIR.value, EnvVar.FEAST_REDIS.value,
     EnvVar.FEAST_REGISTRY.value, EnvVar.FEAST_PROJECT.value, EnvVar.MINILM_DIR.value,
     EnvVar.SERVING_ROLE.value, "FEAST_USAGE",
-    EnvVar.SOR_URL.value, EnvVar.REFUND_LIMIT.value, EnvVar.ONLINE_EVAL_SAMPLE_RATE.value,
+    EnvVar.REFUND_LIMIT.value, EnvVar.ONLINE_EVAL_SAMPLE_RATE.value,
 })  # fmt: skip
+# Not the system-of-record URLs (AGENTOPS_SOR_URL and AGENTOPS_SOR_URL_<ENVIRONMENT>): a process
+# gets its own environment's only, from sor_url_of (a dev process never holds prod's).
 SERVING_ENV_PREFIXES = ("LC_", "PYTHON", "MLFLOW_", "AWS_")
 SERVING_ENV_EXCLUDED = frozenset({"MLFLOW_BACKEND_STORE_URI"})  # the MLflow server's, not a client's
 
@@ -189,6 +191,16 @@ def serving_environment(source: Mapping[str, str]) -> dict[str, str]:
         if name not in SERVING_ENV_EXCLUDED
         and (name in SERVING_ENV_NAMES or name.startswith(SERVING_ENV_PREFIXES))
     }
+
+
+def sor_url_of(environment: str, source: Mapping[str, str]) -> str:
+    """``environment``'s system of record as ``source`` names it (``sor_url_variable``), else its
+    own SQLite file under the state folder ``source`` names (what the serving process would pick):
+    never another environment's."""
+    from agentops_pipelines.features.online import default_home
+
+    configured = source.get(sor_url_variable(environment), "").strip()
+    return configured or f"sqlite:///{default_home(source) / sor_file_name(environment)}"
 
 
 def agent_serving_environment(source: Mapping[str, str], agent: str) -> dict[str, str]:
@@ -708,18 +720,22 @@ class LocalProcessDeployer(Deployer):
         ]  # fmt: skip
         if log_dir := self.inference_log_path(environment, model_uri):
             command += ["--inference-log-dir", str(log_dir)]
-        env = self.process_environment(files.agent, os.environ)
+        env = self.process_environment(files.agent, os.environ, environment)
         if self.admin_token:  # configured (compose): it wins, as this server's own derived token
             env[ADMIN_TOKEN_ENV] = serving_admin_token(self.admin_token, files.agent, files.environment)
         else:  # a fresh token per deployment, in a file only this user reads
             command += ["--admin-token-file", str(self._new_token_file(files))]
         return self._supervise(files, command, env, model_uri, version, port)
 
-    def process_environment(self, agent: str, source: Mapping[str, str]) -> dict[str, str]:
-        """What ``agent``'s serving process gets from ``source`` (this process's environment):
-        the allowlist, the agent's own Feast settings and secrets, this deployer's MLflow store;
-        never the parent's admin token (a configured one is added by the caller)."""
+    def process_environment(self, agent: str, source: Mapping[str, str], environment: str) -> dict[str, str]:
+        """What ``agent``'s serving process in ``environment`` gets from ``source`` (this
+        process's environment): the allowlist, the agent's own Feast settings and secrets, this
+        deployer's MLflow store, ``environment``'s system of record as ``AGENTOPS_SOR_URL`` (the
+        one variable the server reads; no other environment's URL); never the parent's admin
+        token (a configured one is added by the caller)."""
+        self._validate(environment)
         env = serving_environment(source)
+        env[EnvVar.SOR_URL.value] = sor_url_of(environment, source)
         env.update(agent_serving_environment(env, agent))
         env.update(agent_secrets(source, self.agent_secret_env.get(agent, ())))
         if self.mlflow_tracking_uri:

@@ -156,6 +156,9 @@ class KubernetesDeployer(Deployer):
     # the key of the LLM endpoint an agent declares (definitions.py fills it from the agents)
     agent_secret_env: dict[str, list[str]] = {}
     agent_secret: str = _SPEC.agent_secret
+    # each environment's system-of-record Secret, key "url" (see ServingSpec): pods only, never
+    # read by this deployer; without it the environment's pods do not act
+    sor_secret: str = _SPEC.sor_secret
 
     _dynamic: Any = PrivateAttr(default=None)
 

@@ -10,9 +10,11 @@ mode refuses every embedded fallback: ``load_settings()`` raises, naming the mis
 unless the Dagster instance (``DAGSTER_PG_*``), MLflow (``MLFLOW_TRACKING_URI``, not SQLite;
 ``AGENTOPS_MLFLOW_ARTIFACT_ROOT``) and Feast (``AGENTOPS_FEAST_REDIS``,
 ``AGENTOPS_FEAST_REGISTRY``) are all configured, so a half-configured deployment does not load
-and quietly write to a local SQLite file. :func:`check` then connects to every configured
-service (``agentops check``; ``agentops demo`` runs it first in production mode) and returns one
-line per service, naming the problem: wrong credentials, unreachable host, missing database.
+and quietly write to a local SQLite file; nor does one where dev's or staging's system of record
+(``AGENTOPS_SOR_URL_DEV``/``_STAGING``) is prod's (``AGENTOPS_SOR_URL``). :func:`check` then
+connects to every configured service (``agentops check``; ``agentops demo`` runs it first in
+production mode) and returns one line per service, naming the problem: wrong credentials,
+unreachable host, missing database.
 
 Service clients (psycopg, SQLAlchemy, redis) are imported inside :func:`check` only: loading
 settings stays free of I/O beyond reading variables.
@@ -27,7 +29,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-from agentops_pipelines.vocabulary import DEFAULT_REFUND_LIMIT, SQL_URL_SCHEMES, EnvVar
+from agentops_pipelines.vocabulary import (
+    DEFAULT_REFUND_LIMIT,
+    ENVIRONMENTS,
+    SQL_URL_SCHEMES,
+    EnvVar,
+    sor_file_name,
+    sor_url_variable,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"
@@ -107,10 +116,13 @@ class Settings:
     # processes get a port chosen at their first deploy and kept in the state folder
     serving_ports: Mapping[str, int] = field(default_factory=dict)
     serving_admin_token: bool = False  # AGENTOPS_SERVING_ADMIN_TOKEN is set (the value stays there)
-    # The support desk's system of record (agent/system_of_record.py): a SQLAlchemy URL (a
-    # secret in production: never logged, passed to serving processes through their allowlist),
-    # by default a SQLite file under the state folder; and the refund limit of its policy.
+    # The support desk's system of record (agent/system_of_record.py), one per environment
+    # (environment -> SQLAlchemy URL or "off"; a secret in production: never logged; the deployer
+    # passes each serving process its own environment's only), by default a SQLite file per
+    # environment under the state folder; ``sor_url`` is prod's (the demo seeds it). And the
+    # refund limit of its policy.
     sor_url: str = ""
+    sor_urls: Mapping[str, str] = field(default_factory=dict)
     refund_limit: float = 100.0
     agents_dir: Path = DEFAULT_AGENTS_DIR  # AGENTOPS_AGENTS_DIR: the agents declared by configuration
     # LLM agents (agent/llm): an OpenAI-compatible endpoint; empty: no LLM agent in the code
@@ -202,6 +214,45 @@ def _refund_limit(value: str, problems: list[str]) -> float:
     return limit
 
 
+def _sor_urls(env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """Each environment's system of record: its variable (:func:`sor_url_variable`), else its own
+    SQLite file under the state folder (``system_of_record.db`` for prod keeps the demo's data)."""
+    return {environment: env.get(sor_url_variable(environment), "").strip()
+            or f"sqlite:///{home / sor_file_name(environment)}"
+            for environment in ENVIRONMENTS}
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def _database_identity(url: str) -> tuple:
+    """What names one database whatever the credentials: (host, port, database) of a server URL,
+    the resolved file of a SQLite one. Two users of one database are still one database."""
+    if url.startswith("sqlite:"):
+        path = url.split(":///", 1)[-1].split("?", 1)[0]
+        return ("sqlite", str(Path(path).resolve()) if path not in ("", ":memory:") else url)
+    try:
+        parts = urlparse(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.split("+", 1)[0])
+        return (parts.hostname or "", port, parts.path.rstrip("/"), parts.query)
+    except ValueError:
+        return (url,)
+
+
+def _shared_sor_problems(urls: Mapping[str, str]) -> list[str]:
+    """dev or staging acting on prod's system of record: versions nobody approved (every version
+    reaches dev) would refund and cancel production customers' orders."""
+    prod = urls.get("prod", "")
+    if prod.lower() == "off":
+        return []
+    return [f"{sor_url_variable(environment)} names the same database as {EnvVar.SOR_URL} (prod's system "
+            f"of record): {environment} serves versions before prod approves them, so it must act on "
+            f"its own database; set {sor_url_variable(environment)} to another database, or to 'off'"
+            for environment in ENVIRONMENTS
+            if environment != "prod" and urls[environment].lower() != "off"
+            and _database_identity(urls[environment]) == _database_identity(prod)]
+
+
 def load_settings(strict: bool = True) -> Settings:
     """Settings for the current environment. Cheap: no I/O beyond reading variables.
 
@@ -236,6 +287,8 @@ def load_settings(strict: bool = True) -> Settings:
     serving_ports = _serving_ports(env.get("AGENTOPS_SERVING_PORTS", ""), problems)
     admin_token = bool(env.get("AGENTOPS_SERVING_ADMIN_TOKEN"))
     refund_limit = _refund_limit(env.get(EnvVar.REFUND_LIMIT, ""), problems)
+    sor_urls = _sor_urls(env, home)
+    problems += _shared_sor_problems(sor_urls)
     if mode == "production":
         problems += _production_problems(env, tracking)
         if serving_host not in ("127.0.0.1", "localhost", "::1") and not admin_token:
@@ -282,7 +335,8 @@ def load_settings(strict: bool = True) -> Settings:
         serving_host=serving_host,
         serving_ports=serving_ports,
         serving_admin_token=admin_token,
-        sor_url=env.get(EnvVar.SOR_URL) or f"sqlite:///{home / 'system_of_record.db'}",
+        sor_url=sor_urls["prod"],
+        sor_urls=sor_urls,
         refund_limit=refund_limit,
         agents_dir=Path(env.get(EnvVar.AGENTS_DIR) or DEFAULT_AGENTS_DIR).resolve(),
         llm_base_url=env.get(EnvVar.LLM_BASE_URL, "").rstrip("/"),

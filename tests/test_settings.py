@@ -22,6 +22,7 @@ VARIABLES = ("AGENTOPS_MODE", "AGENTOPS_DAGSTER_YAML", "DAGSTER_HOME", "MLFLOW_T
              "AGENTOPS_SERVING_MLFLOW_URI", "AGENTOPS_SERVING_HOST", "AGENTOPS_SERVING_PORTS",
              "AGENTOPS_SERVING_ADMIN_TOKEN", "AGENTOPS_K8S_INFERENCE_LOG_CLAIM",
              "AGENTOPS_AUDIT_KEY_FILE", "AGENTOPS_AUDIT_ANCHOR", "AGENTOPS_APPROVERS_FILE",
+             "AGENTOPS_SOR_URL", "AGENTOPS_SOR_URL_DEV", "AGENTOPS_SOR_URL_STAGING",
              *settings_module.DAGSTER_PG_VARS)
 PG = {"DAGSTER_PG_HOST": "db.internal", "DAGSTER_PG_PORT": "5433", "DAGSTER_PG_USER": "dagster",
       "DAGSTER_PG_PASSWORD": "s3cret", "DAGSTER_PG_DB": "agentops"}
@@ -58,6 +59,47 @@ def test_local_defaults_live_under_the_state_folder(env, tmp_path):
     assert (s.feast_online_store, s.feast_project) == ("sqlite", "agentops")
     assert s.dagster_postgres is None and s.dagster_yaml == EMBEDDED_DAGSTER_YAML
     assert not s.secret_env and not s.problems
+
+
+def test_each_environment_has_its_own_system_of_record_by_default(env, tmp_path):
+    s = load_settings()
+    home = tmp_path / "agentops"
+    assert dict(s.sor_urls) == {"prod": f"sqlite:///{home}/system_of_record.db",  # the demo's data
+                                "dev": f"sqlite:///{home}/system_of_record_dev.db",
+                                "staging": f"sqlite:///{home}/system_of_record_staging.db"}
+    assert s.sor_url == s.sor_urls["prod"]
+    env(AGENTOPS_SOR_URL="postgresql://agent:pw@db/sor", AGENTOPS_SOR_URL_DEV="off",
+        AGENTOPS_SOR_URL_STAGING="postgresql://agent:pw@db/sor_staging")
+    s = load_settings()
+    assert dict(s.sor_urls) == {"prod": "postgresql://agent:pw@db/sor", "dev": "off",
+                                "staging": "postgresql://agent:pw@db/sor_staging"}
+
+
+@pytest.mark.parametrize("dev", [
+    "postgresql://agent:Pr0dSecret@db:5432/sor",  # the same URL
+    "postgresql+psycopg://dev_user:D3vSecret@db/sor",  # the same database, other credentials
+])
+def test_production_refuses_dev_acting_on_prods_system_of_record(env, dev):
+    production(env, AGENTOPS_SOR_URL="postgresql://agent:Pr0dSecret@db:5432/sor", AGENTOPS_SOR_URL_DEV=dev)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "AGENTOPS_SOR_URL_DEV" in message and "AGENTOPS_SOR_URL " in message
+    assert "Secret" not in message and "db" not in message  # names the variables, never the URLs
+    assert "STAGING" not in message  # staging's own default SQLite file is its own
+
+
+def test_a_sqlite_file_shared_with_prod_is_refused_however_spelt(env, tmp_path):
+    shared = tmp_path / "sor.db"
+    production(env, AGENTOPS_SOR_URL=f"sqlite:///{shared}",
+               AGENTOPS_SOR_URL_STAGING=f"sqlite:///{tmp_path}/x/../sor.db")
+    with pytest.raises(SettingsError, match="AGENTOPS_SOR_URL_STAGING names the same database"):
+        load_settings()
+    env(AGENTOPS_SOR_URL_STAGING="off", AGENTOPS_SOR_URL_DEV=f"sqlite:///{tmp_path}/dev.db")
+    assert dict(load_settings().sor_urls)["staging"] == "off"  # 'off' shares nothing
+    # Local mode reports it too (agentops check), without refusing to load.
+    env(AGENTOPS_MODE="local", AGENTOPS_SOR_URL_DEV=f"sqlite:///{shared}")
+    assert any("AGENTOPS_SOR_URL_DEV" in p for p in load_settings().problems)
 
 
 def test_mode_is_explicit(env):

@@ -288,8 +288,11 @@ def test_serving_processes_get_an_explicit_environment(deployer, registry):
         assert not set(PLANTED) & set(env)
         assert not any(value in PLANTED.values() for value in env.values())
         assert env["MLFLOW_TRACKING_URI"] == os.environ["MLFLOW_TRACKING_URI"] and "PATH" in env
-        # plus the agent's own Feast store (its project, folder and file registry)
-        assert set(env) <= set(serving_environment(os.environ)) | set(agent_serving_environment(os.environ, ALPHA))
+        # plus the agent's own Feast store (its project, folder and file registry) and dev's own
+        # system of record (deployers.sor_url_of), never prod's
+        assert set(env) <= (set(serving_environment(os.environ)) | set(agent_serving_environment(os.environ, ALPHA))
+                            | {"AGENTOPS_SOR_URL"})
+        assert env.get("AGENTOPS_SOR_URL", "").endswith("system_of_record_dev.db")
         assert env["AGENTOPS_FEAST_PROJECT"].endswith("_sup_alpha")
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from agentops_pipelines.vocabulary import sor_file_name
+
 SCHEMA_VERSION = "1"
 SCHEMA_LOCK_KEY = 0x5EED_0012  # Postgres advisory lock held while the schema is created and seeded
 ORDER_STATUSES = ("placed", "shipped", "in_transit", "delivered", "cancelled")
@@ -137,8 +139,9 @@ class RecordedCall:
     replayed: bool  # True when this request id had already executed the tool
 
 
-def default_url(home: str | Path) -> str:
-    return f"sqlite:///{Path(home) / 'system_of_record.db'}"
+def default_url(home: str | Path, environment: str = "prod") -> str:
+    """``environment``'s own SQLite file under the state folder (:func:`sor_file_name`)."""
+    return f"sqlite:///{Path(home) / sor_file_name(environment)}"
 
 
 def _rng(*parts: object) -> random.Random:
@@ -294,6 +297,9 @@ class SystemOfRecord:
             return self
         with self._lock:
             if not self._ready:
+                database = self.engine.url.database if self.is_sqlite else None
+                if database and database != ":memory:":  # a serving process may come first on a fresh state folder
+                    Path(database).parent.mkdir(parents=True, exist_ok=True)
                 self._create_and_seed()
                 self._ready = True
         return self

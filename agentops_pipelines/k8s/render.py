@@ -40,6 +40,13 @@ from agentops_pipelines.vocabulary import EnvVar
 # --------------------------------------------------------------------------------------------
 # Rendering (pure)
 
+SOR_SECRET_KEY = "url"  # the key of the system-of-record Secret (ServingSpec.sor_secret)
+
+
+def sor_secret_name(template: str, environment: str) -> str:
+    """The system-of-record Secret of ``environment`` ("{environment}" in ``template``)."""
+    return template.replace("{environment}", environment)
+
 
 @dataclass(frozen=True)
 class ServingSpec:
@@ -78,6 +85,12 @@ class ServingSpec:
     # DNS name), under a key of the variable's name. Other agents' pods never reference it.
     agent_secret_env: tuple[tuple[str, str], ...] = ()
     agent_secret: str = "agentops-{agent}-secrets"
+    # The environment's system of record: the Secret ("{environment}" becomes the environment's
+    # name) whose key ``url`` the pods read as AGENTOPS_SOR_URL. One per environment, so dev's
+    # pods (serving versions nobody approved yet) never hold prod's URL. Optional: without it the
+    # pods do not act (``--sor-fallback off``: one-step answers, no tools), never on a throwaway
+    # SQLite file of their own that replicas would not share and a restart would lose.
+    sor_secret: str = "agentops-sor-{environment}"
 
     def __post_init__(self) -> None:
         if not self.admin_token_secret.strip():
@@ -86,6 +99,9 @@ class ServingSpec:
                 "versions) would have no token. Name a Secret with a non-empty key "
                 f"{ADMIN_TOKEN_KEY!r} in each serving namespace (deploy/k8s/README.md)"
             )
+        if "{environment}" not in self.sor_secret:
+            raise ValueError(f"sor_secret {self.sor_secret!r} must contain '{{environment}}': one system "
+                             f"of record per environment, so dev's pods never hold prod's URL")
         if self.replicas < 1 or self.max_replicas < self.replicas:
             raise ValueError(
                 f"need 1 <= replicas ({self.replicas}) <= max_replicas ({self.max_replicas})"
@@ -158,6 +174,8 @@ def _container(
     env += [{"name": variable, "valueFrom": {"secretKeyRef": {
         "name": admin_token_secret_name(spec.agent_secret, agent), "key": variable, "optional": False}}}
         for owner, variable in spec.agent_secret_env if owner == agent]
+    env.append({"name": EnvVar.SOR_URL.value, "valueFrom": {"secretKeyRef": {
+        "name": sor_secret_name(spec.sor_secret, environment), "key": SOR_SECRET_KEY, "optional": True}}})
     container: dict[str, Any] = {
         "name": "serving",
         "image": spec.image,
@@ -169,6 +187,7 @@ def _container(
             "--environment", environment,
             "--host", "0.0.0.0",
             "--port", str(spec.port),
+            "--sor-fallback", "off",  # no Secret: do not act (see ServingSpec.sor_secret)
         ],
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
         "env": env,

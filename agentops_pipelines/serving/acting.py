@@ -18,8 +18,11 @@ the ``call_tool`` step; the request still answers 200 with the agent asking for 
 requests are always traced (reason ``flagged``) within the tracer's rate cap.
 
 Configuration, read once by the serving process's ``main`` (:meth:`ActSettings.from_environ`):
-``AGENTOPS_SOR_URL`` (default: ``<AGENTOPS_HOME>/system_of_record.db``; ``off``: serve without
-running tools), ``AGENTOPS_REFUND_LIMIT``, ``AGENTOPS_ONLINE_EVAL_SAMPLE_RATE``. The URL is never
+``AGENTOPS_SOR_URL``: the system of record of this process's environment only, which the deployer
+puts there (default: that environment's SQLite file under ``<AGENTOPS_HOME>``,
+``system_of_record.db`` for prod, ``system_of_record_<environment>.db`` otherwise; with
+``--sor-fallback off``, as on Kubernetes, no URL means no acting; ``off``: serve without running
+tools), ``AGENTOPS_REFUND_LIMIT``, ``AGENTOPS_ONLINE_EVAL_SAMPLE_RATE``. The URL is never
 logged (it may hold a password).
 """
 
@@ -50,15 +53,22 @@ class ActSettings:
     online_eval_sample_rate: float = DEFAULT_ONLINE_EVAL_SAMPLE_RATE
 
     @classmethod
-    def from_environ(cls, env: Mapping[str, str]) -> ActSettings:
+    def from_environ(cls, env: Mapping[str, str], environment: str = "prod",
+                     fallback: str = "local") -> ActSettings:
+        """Read once by the serving process of ``environment``. Without ``AGENTOPS_SOR_URL``,
+        ``fallback`` decides: ``local``, that environment's own SQLite file under the state
+        folder (never another environment's); ``off``, do not act (a Kubernetes pod whose
+        environment has no system-of-record Secret must not act on a throwaway file)."""
         from agentops_pipelines.agent.system_of_record import default_url
         from agentops_pipelines.features.online import default_home
 
+        if fallback not in ("local", "off"):
+            raise ValueError(f"the system-of-record fallback must be 'local' or 'off', not {fallback!r}")
         url = env.get(EnvVar.SOR_URL, "").strip()
-        if url.lower() == "off":
+        if url.lower() == "off" or (not url and fallback == "off"):
             url = ""
         elif not url:
-            url = default_url(default_home(env))
+            url = default_url(default_home(env), environment)
         try:
             limit = float(env.get(EnvVar.REFUND_LIMIT) or DEFAULT_REFUND_LIMIT)
             rate = float(env.get(EnvVar.ONLINE_EVAL_SAMPLE_RATE) or DEFAULT_ONLINE_EVAL_SAMPLE_RATE)

@@ -548,6 +548,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the role this process reports (env AGENTOPS_SERVING_ROLE; set on the canary pods "
         "of a Kubernetes rollout, where each pod serves one model)",
     )  # fmt: skip
+    p.add_argument("--sor-fallback", choices=("local", "off"), default="local",
+                   help="without AGENTOPS_SOR_URL: act on this environment's own SQLite file under "
+                        "AGENTOPS_HOME (local), or do not act (off: Kubernetes pods)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -601,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             max_per_second=args.trace_max_per_second,
             experiment=args.trace_experiment or None, on_result=metrics.trace, mode="process",
         ).start()  # fmt: skip
-    acting, evaluator = _acting(args.environment, registered_name(args.model_uri))
+    acting, evaluator = _acting(args.environment, registered_name(args.model_uri), args.sor_fallback)
     state = ServingState(
         args.environment, admin_token=admin_token, agent=registered_name(args.model_uri),
         max_rows=args.max_rows, max_text_chars=args.max_text_chars or None,
@@ -683,13 +686,13 @@ def main(argv: list[str] | None = None) -> int:
     return exit_code[0]
 
 
-def _acting(environment: str, agent: str | None):
+def _acting(environment: str, agent: str | None, sor_fallback: str = "local"):
     """Agents that act (serving/acting.py) and their evaluation worker (online_eval.py), from
     this process's environment (read here, once)."""
     from agentops_pipelines.serving.acting import Acting, ActSettings
     from agentops_pipelines.serving.online_eval import EvalWorker
 
-    settings = ActSettings.from_environ(os.environ)
+    settings = ActSettings.from_environ(os.environ, environment, sor_fallback)
     if not settings.enabled:
         return None, None
     evaluator = EvalWorker(agent or "agent", environment, settings.sor_url, settings.refund_limit,

@@ -115,6 +115,12 @@ def test_act_settings_from_the_environment(tmp_path):
     default = ActSettings.from_environ({"AGENTOPS_HOME": str(tmp_path)})
     assert default.sor_url == f"sqlite:///{tmp_path.resolve() / 'system_of_record.db'}" and default.enabled
     assert not ActSettings.from_environ({"AGENTOPS_SOR_URL": "off"}).enabled
+    # A dev server started without a URL acts on dev's own file, never prod's.
+    dev = ActSettings.from_environ({"AGENTOPS_HOME": str(tmp_path)}, "dev")
+    assert dev.sor_url == f"sqlite:///{tmp_path.resolve() / 'system_of_record_dev.db'}"
+    # A Kubernetes pod without its environment's Secret does not act (no throwaway SQLite).
+    assert not ActSettings.from_environ({"AGENTOPS_HOME": str(tmp_path)}, "prod", "off").enabled
+    assert ActSettings.from_environ({"AGENTOPS_SOR_URL": "sqlite:///x.db"}, "prod", "off").sor_url == "sqlite:///x.db"
     custom = ActSettings.from_environ({"AGENTOPS_SOR_URL": "postgresql://u:secret@h/db",
                                        "AGENTOPS_REFUND_LIMIT": "250", "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE": "0.5"})
     assert (custom.refund_limit, custom.online_eval_sample_rate) == (250.0, 0.5)
@@ -138,9 +144,10 @@ def test_code_location_settings_and_the_serving_allowlist(monkeypatch, tmp_path)
     s = load_settings(strict=False)
     assert s.secret_env["sor_url"] == "AGENTOPS_SOR_URL"  # passed as a dagster.EnvVar, never shown
     assert any("AGENTOPS_REFUND_LIMIT" in p for p in s.problems)
-    child = serving_environment({"AGENTOPS_SOR_URL": "x", "AGENTOPS_REFUND_LIMIT": "5",
+    child = serving_environment({"AGENTOPS_SOR_URL": "x", "AGENTOPS_SOR_URL_DEV": "z", "AGENTOPS_REFUND_LIMIT": "5",
                                  "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE": "0.1", "AGENTOPS_AUDIT_DB_URL": "y"})
-    assert set(child) == {"AGENTOPS_SOR_URL", "AGENTOPS_REFUND_LIMIT", "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE"}
+    # No system-of-record URL through the allowlist: the deployer adds its environment's own.
+    assert set(child) == {"AGENTOPS_REFUND_LIMIT", "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE"}
 
 
 def test_status_shows_the_shadow_evidence_to_reviewers():

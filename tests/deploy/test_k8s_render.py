@@ -162,6 +162,25 @@ def test_rendering_refuses_an_empty_admin_secret(secret):
         committed_manifests(KubernetesDeployer(admin_token_secret=secret), agents=[AGENT])
 
 
+def test_each_environments_pods_read_their_own_system_of_record_secret():
+    """Rendered prod and dev pods reference different Secrets, and with the Secret absent a pod
+    does not act (no throwaway SQLite per pod). The RBAC of the run pods never reads them."""
+    deployer = KubernetesDeployer()
+    refs = {}
+    for environment in ENVIRONMENTS:
+        manifests = render_manifests(AGENT, environment, "7", f"models:/{AGENT}/7",
+                                     spec=deployer.spec_for(environment))
+        (container,) = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+        (sor,) = [e for e in container["env"] if e["name"] == "AGENTOPS_SOR_URL"]
+        refs[environment] = sor["valueFrom"]["secretKeyRef"]
+        args = container["args"]
+        assert args[args.index("--sor-fallback") + 1] == "off"
+    assert refs["prod"] == {"name": "agentops-sor-prod", "key": "url", "optional": True}
+    assert refs["dev"]["name"] == "agentops-sor-dev" and refs["staging"]["name"] == "agentops-sor-staging"
+    rbac = str(render_rbac(ENVIRONMENTS, agents=[AGENT]))
+    assert "agentops-sor" not in rbac
+
+
 def test_rbac_grants_what_the_executor_does(helm_values):
     manifests = render_rbac(ENVIRONMENTS, agents=[AGENT])
     for m in manifests:

@@ -47,7 +47,8 @@ def test_two_agents_manifests_do_not_collide(namespace):
         secrets = {env_var["valueFrom"]["secretKeyRef"]["name"]
                    for m in mine + theirs if m["kind"] == "Deployment"
                    for env_var in m["spec"]["template"]["spec"]["containers"][0]["env"] if "valueFrom" in env_var}
-        assert secrets == {"support-agent-serving-admin", "billing-agent-serving-admin"}  # a token each
+        # a token each; the environment's system of record (the same for every agent of it, never another environment's)
+        assert secrets == {"support-agent-serving-admin", "billing-agent-serving-admin", f"agentops-sor-{env}"}
         logs = {arg for m in mine + theirs if m["kind"] == "Deployment"
                 for arg in m["spec"]["template"]["spec"]["containers"][0]["args"] if "inference_log" in arg}
         assert not logs  # no claim configured; with one, each agent logs under its own folder:

@@ -262,3 +262,36 @@ def test_shadow_never_answers_never_writes_and_leaves_evidence(acting):
     assert tags["agentops.shadow.primary_version"] == acting.versions[0]
     assert tags["agentops.shadow.verdict"] == "too_few"  # under 30 paired requests
     assert float(tags["agentops.shadow.mcnemar_p"]) == 1.0
+
+
+def test_a_dev_serving_process_acts_on_devs_system_of_record_only(acting, tmp_path, monkeypatch):
+    """Every registered version reaches dev without approval: its refunds must land in dev's own
+    system of record, never prod's, and the dev process must not even hold prod's URL (it may
+    carry a password). The deployer and the server are the real ones."""
+    from agentops_pipelines.agent.system_of_record import SystemOfRecord
+    from agentops_pipelines.resources.deployers import LocalProcessDeployer
+
+    home = tmp_path / "agentops"
+    prod = SystemOfRecord(f"sqlite:///{tmp_path}/prod-only-sor.db").ensure()
+    monkeypatch.setenv("AGENTOPS_HOME", str(home))
+    monkeypatch.setenv("AGENTOPS_SOR_URL", prod.url)  # prod's, set in the deployer's environment
+    monkeypatch.delenv("AGENTOPS_SOR_URL_DEV", raising=False)  # dev: its own file under the state folder
+    deployer = LocalProcessDeployer(state_dir=str(tmp_path / "serving"), mlflow_tracking_uri=acting.tracking_uri,
+                                    trace_sample_rate=0.0, health_timeout_s=120)
+    deployed = deployer.deploy("dev", f"models:/{AGENT}/{acting.versions[1]}", acting.versions[1])
+    dev = SystemOfRecord(f"sqlite:///{home}/system_of_record_dev.db")
+    try:
+        environ = dict(item.split("=", 1) for item in
+                       open(f"/proc/{deployed.pid}/environ", "rb").read().decode().split("\0") if "=" in item)
+        assert environ["AGENTOPS_SOR_URL"] == dev.url
+        assert prod.url not in environ.values() and not any("prod-only-sor" in v for v in environ.values())
+        c = case(acting, "refund", 2)
+        order = c.expected["arguments"]["order_id"]
+        status, _, answer = ask(deployed.url, f"refund order #{order} please", c.customer_id, "dev-refund-1")
+        assert status == 200 and (answer["tool"], answer["outcome"]) == ("request_refund", "resolved"), answer
+        assert count(dev, "select count(*) from refunds where order_id = :o", o=order) == 1  # seeded like prod's
+        assert count(prod, "select count(*) from refunds") == 0  # prod's customers untouched
+    finally:
+        deployer.stop("dev", agent=AGENT)
+        prod.dispose()
+        dev.dispose()

@@ -43,13 +43,30 @@ def test_serving_processes_get_the_deployers_mlflow_store_and_no_parent_secrets(
     parent = {"PATH": "/usr/bin", "MLFLOW_TRACKING_URI": "sqlite:////elsewhere/mlflow.db",
               "AGENTOPS_SERVING_ADMIN_TOKEN": "the-parents", "DAGSTER_PG_PASSWORD": "secret"}
     configured = LocalProcessDeployer(state_dir="/tmp/x", mlflow_tracking_uri="postgresql://db:5432/mlflow")
-    env = configured.process_environment("support_agent", parent)
+    env = configured.process_environment("support_agent", parent, "prod")
     assert env["MLFLOW_TRACKING_URI"] == "postgresql://db:5432/mlflow"  # explicit, whatever the parent has
     assert env["PATH"] == "/usr/bin"
     assert "AGENTOPS_SERVING_ADMIN_TOKEN" not in env and "DAGSTER_PG_PASSWORD" not in env
     # A deployer built without a store (a test, a script) passes the variable its caller set.
-    unset = LocalProcessDeployer(state_dir="/tmp/x").process_environment("support_agent", parent)
+    unset = LocalProcessDeployer(state_dir="/tmp/x").process_environment("support_agent", parent, "prod")
     assert unset["MLFLOW_TRACKING_URI"] == "sqlite:////elsewhere/mlflow.db"
+
+
+def test_each_serving_process_gets_its_own_environments_system_of_record_only():
+    prod_url = "postgresql://agent:prod-pw@db/sor"
+    parent = {"PATH": "/usr/bin", "AGENTOPS_HOME": "/state", "AGENTOPS_SOR_URL": prod_url,
+              "AGENTOPS_SOR_URL_STAGING": "postgresql://agent:staging-pw@db/sor_staging"}
+    deployer = LocalProcessDeployer(state_dir="/tmp/x")
+    dev = deployer.process_environment("support_agent", parent, "dev")
+    assert dev["AGENTOPS_SOR_URL"] == "sqlite:////state/system_of_record_dev.db"  # its own, seeded on use
+    assert not any("pw" in value for value in dev.values())  # neither prod's URL nor staging's
+    assert not any(name.startswith("AGENTOPS_SOR_URL_") for name in dev)
+    staging = deployer.process_environment("support_agent", parent, "staging")
+    assert staging["AGENTOPS_SOR_URL"] == parent["AGENTOPS_SOR_URL_STAGING"] and prod_url not in staging.values()
+    prod = deployer.process_environment("support_agent", parent, "prod")
+    assert prod["AGENTOPS_SOR_URL"] == prod_url and "staging-pw" not in str(prod)
+    off = deployer.process_environment("support_agent", {**parent, "AGENTOPS_SOR_URL_DEV": "off"}, "dev")
+    assert off["AGENTOPS_SOR_URL"] == "off"  # dev serves without running tools
 
 
 def test_the_code_locations_deployer_serves_from_the_settings_mlflow_store(home):
