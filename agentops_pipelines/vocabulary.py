@@ -14,7 +14,9 @@ Two words that sound alike are kept apart on purpose:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 
 
 class Environment(StrEnum):
@@ -45,6 +47,13 @@ def sor_file_name(environment: str) -> str:
     if environment == Environment.PROD:
         return "system_of_record.db"
     return f"system_of_record_{re.sub(r'[^A-Za-z0-9_.-]', '_', environment)}.db"
+
+
+def sor_url(environment: str, env: Mapping[str, str], home: Path) -> str:
+    """``environment``'s system of record: the URL its variable names in ``env``
+    (:func:`sor_url_variable`), else its own SQLite file under the state folder ``home``; never
+    another environment's. What settings report and what the deployer hands a serving process."""
+    return env.get(sor_url_variable(environment), "").strip() or f"sqlite:///{home / sor_file_name(environment)}"
 
 
 def environment(value: str) -> Environment:

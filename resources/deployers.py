@@ -56,7 +56,7 @@ from typing import Any
 
 import dagster as dg
 
-from agentops_pipelines.vocabulary import EnvVar, sor_file_name, sor_url_variable
+from agentops_pipelines.vocabulary import EnvVar, sor_url
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ SERVING_ENV_NAMES = frozenset({
     EnvVar.REFUND_LIMIT.value, EnvVar.ONLINE_EVAL_SAMPLE_RATE.value,
 })  # fmt: skip
 # Not the system-of-record URLs (AGENTOPS_SOR_URL and AGENTOPS_SOR_URL_<ENVIRONMENT>): a process
-# gets its own environment's only, from sor_url_of (a dev process never holds prod's).
+# gets its own environment's only, from vocabulary.sor_url (a dev process never holds prod's).
 SERVING_ENV_PREFIXES = ("LC_", "PYTHON", "MLFLOW_", "AWS_")
 SERVING_ENV_EXCLUDED = frozenset({"MLFLOW_BACKEND_STORE_URI"})  # the MLflow server's, not a client's
 
@@ -191,16 +191,6 @@ def serving_environment(source: Mapping[str, str]) -> dict[str, str]:
         if name not in SERVING_ENV_EXCLUDED
         and (name in SERVING_ENV_NAMES or name.startswith(SERVING_ENV_PREFIXES))
     }
-
-
-def sor_url_of(environment: str, source: Mapping[str, str]) -> str:
-    """``environment``'s system of record as ``source`` names it (``sor_url_variable``), else its
-    own SQLite file under the state folder ``source`` names (what the serving process would pick):
-    never another environment's."""
-    from agentops_pipelines.features.online import default_home
-
-    configured = source.get(sor_url_variable(environment), "").strip()
-    return configured or f"sqlite:///{default_home(source) / sor_file_name(environment)}"
 
 
 def agent_serving_environment(source: Mapping[str, str], agent: str) -> dict[str, str]:
@@ -735,7 +725,9 @@ class LocalProcessDeployer(Deployer):
         token (a configured one is added by the caller)."""
         self._validate(environment)
         env = serving_environment(source)
-        env[EnvVar.SOR_URL.value] = sor_url_of(environment, source)
+        from agentops_pipelines.features.online import default_home
+
+        env[EnvVar.SOR_URL.value] = sor_url(environment, source, default_home(source))
         env.update(agent_serving_environment(env, agent))
         env.update(agent_secrets(source, self.agent_secret_env.get(agent, ())))
         if self.mlflow_tracking_uri:

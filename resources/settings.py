@@ -34,7 +34,7 @@ from agentops_pipelines.vocabulary import (
     ENVIRONMENTS,
     SQL_URL_SCHEMES,
     EnvVar,
-    sor_file_name,
+    sor_url,
     sor_url_variable,
 )
 
@@ -214,14 +214,6 @@ def _refund_limit(value: str, problems: list[str]) -> float:
     return limit
 
 
-def _sor_urls(env: Mapping[str, str], home: Path) -> dict[str, str]:
-    """Each environment's system of record: its variable (:func:`sor_url_variable`), else its own
-    SQLite file under the state folder (``system_of_record.db`` for prod keeps the demo's data)."""
-    return {environment: env.get(sor_url_variable(environment), "").strip()
-            or f"sqlite:///{home / sor_file_name(environment)}"
-            for environment in ENVIRONMENTS}
-
-
 _DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306}
 
 
@@ -287,7 +279,7 @@ def load_settings(strict: bool = True) -> Settings:
     serving_ports = _serving_ports(env.get("AGENTOPS_SERVING_PORTS", ""), problems)
     admin_token = bool(env.get("AGENTOPS_SERVING_ADMIN_TOKEN"))
     refund_limit = _refund_limit(env.get(EnvVar.REFUND_LIMIT, ""), problems)
-    sor_urls = _sor_urls(env, home)
+    sor_urls = {environment: sor_url(environment, env, home) for environment in ENVIRONMENTS}
     problems += _shared_sor_problems(sor_urls)
     if mode == "production":
         problems += _production_problems(env, tracking)

@@ -289,7 +289,7 @@ def test_serving_processes_get_an_explicit_environment(deployer, registry):
         assert not any(value in PLANTED.values() for value in env.values())
         assert env["MLFLOW_TRACKING_URI"] == os.environ["MLFLOW_TRACKING_URI"] and "PATH" in env
         # plus the agent's own Feast store (its project, folder and file registry) and dev's own
-        # system of record (deployers.sor_url_of), never prod's
+        # system of record (vocabulary.sor_url), never prod's
         assert set(env) <= (set(serving_environment(os.environ)) | set(agent_serving_environment(os.environ, ALPHA))
                             | {"AGENTOPS_SOR_URL"})
         assert env.get("AGENTOPS_SOR_URL", "").endswith("system_of_record_dev.db")
