@@ -1,17 +1,18 @@
 """Online evaluation and shadow traffic, off the request path: one worker process per server.
 
 The serving process hands a finished request to the worker as one datagram on a Unix socket
-(``EvalWorker.submit``: the request's trajectory, whose steps hold the features and the customer it
-read, about 20-40 us of pickling and one non-blocking ``send``); when the socket's buffer is full the job is dropped and counted,
-never waited for. The worker (a child process importing mlflow but no served model) is background
-work: it runs under Linux's ``SCHED_IDLE`` policy in a session of its own
-(:func:`background_priority`), so it gets a CPU only when no request's thread wants it and gives
-it up the moment one wakes, and it reads the jobs that arrive within ``LINGER_S`` as one batch
-while a challenger runs (a challenger's batch costs
-about half as much CPU per request as one request alone, and the worker wakes a few times a
-second instead of once per request). On a machine with no idle CPU for seconds on end the
-socket's buffer fills up and jobs are dropped (counted, see below) rather than slowing requests.
-The worker
+(``EvalWorker.submit``: the request's trajectory, whose steps hold the features and the customer
+it read; about 20-40 us of pickling and one non-blocking ``send``); when the socket's buffer is
+full the job is dropped and counted, never waited for.
+
+The worker (a child process importing mlflow but no served model) is background work: it runs
+under Linux's ``SCHED_IDLE`` policy in a session of its own (:func:`background_priority`), so it
+gets a CPU only when no request's thread wants it and gives it up the moment one wakes. While a
+challenger runs it reads the jobs that arrive within ``LINGER_S`` as one batch (a challenger's
+batch costs about half as much CPU per request as one request alone, and the worker wakes a few
+times a second instead of once per request). On a machine with no idle CPU for seconds on end
+the socket's buffer fills up and jobs are dropped (counted, see below) rather than slowing
+requests. The worker:
 
 - scores a sample of requests (``sample_rate``) with the live code scorers
   (``agent.scorers.LIVE_SCORERS``: they need no expectations) and counts failures per scorer;
