@@ -66,11 +66,18 @@ dev: install  ## Dagster UI + daemon (sensors, schedules) and the MLflow UI
 status: install
 	$(BIN)/agentops status
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; `auto`: one per CPU), a test file per worker at
+# a time (--dist loadfile: a file's module fixtures are built once). Most of the suite waits on
+# servers and subprocesses, so two workers on two cores take about 0.6 of the serial time.
+# TEST_WORKERS=0 runs them serially, in one process.
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install  ## set up and pass every test (real Postgres, Redis, Prometheus where installed)
-	$(BIN)/python -m pytest -q --durations=30
+	$(PYTEST) --durations=30
 
 test-fast: install  ## the quick loop: everything but the slow and end-to-end tests (under 3 minutes)
-	$(BIN)/python -m pytest -q -m "not slow and not e2e" --ignore=tests/e2e
+	$(PYTEST) -m "not slow and not e2e" --ignore=tests/e2e
 
 lint: install
 	$(BIN)/ruff check .

@@ -126,6 +126,8 @@ def test_banking77_by_configuration_alone(lifecycle_defs, instance, tmp_path):
     }})
     report = meta(instance, "banking77", "evaluation_report")
     assert report["accuracy"] >= 0.85, report["accuracy"]
+    assert report["holdout_rows"] == pytest.approx(2000, rel=0.08)  # a stable 20% by request id
+    assert report["gate_passed"] is True
     assert not [k for k in report if "escalation" in k]
     assert meta(instance, "banking77", "registered_version")["version"] == "1"
     store = defs.resources["mlflow_store"]
