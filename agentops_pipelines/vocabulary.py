@@ -189,7 +189,8 @@ class EnvVar(StrEnum):
 
 class ShadowTag(StrEnum):
     """Model-version tags the shadow comparison leaves on the challenger version, for its
-    reviewers (``agentops status`` shows them): evidence before any canary."""
+    reviewers: context before any canary. A serving process writes them and holds no audit key,
+    so ``agentops status`` shows them marked unverified, never as evidence."""
 
     PRIMARY = "agentops.shadow.primary_version"
     REQUESTS = "agentops.shadow.requests"
