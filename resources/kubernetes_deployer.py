@@ -94,7 +94,7 @@ from agentops_pipelines.k8s.stats import (
     role_stats,
     stats_queries,
 )
-from agentops_pipelines.resources.deployers import Deployer, Deployment, DeploymentError
+from agentops_pipelines.resources.deployers import Deployer, Deployment, DeploymentError, pinned
 from agentops_pipelines.vocabulary import ENVIRONMENTS, pinned_version
 
 logger = logging.getLogger(__name__)
@@ -222,10 +222,7 @@ class KubernetesDeployer(Deployer):
         """The agent ``model_uri`` is a version of; DeploymentError if it does not pin ``version``
         (``models:/<agent>/<version>``), if this resource serves another agent, or if the URI
         names no registered model and no agent is configured."""
-        try:
-            pinned_version(model_uri, version)
-        except ValueError as e:
-            raise DeploymentError(str(e)) from None
+        pinned(model_uri, version)
         name = self._agent_of_uri(model_uri)
         if name and self.agent and name != self.agent:
             raise DeploymentError(
