@@ -337,9 +337,10 @@ def status(agent_name: str | None = None) -> int:
     verified audit log), then the newest registered versions with their approval state.
 
     Evaluation figures come from the pipeline's registration record in the verified audit log;
-    a model-version tag that says otherwise, or a figure with no such record, and the shadow
-    comparison (written by a serving process, which holds no audit key) are shown marked
-    ``unverified: set outside the pipeline``: anyone with MLflow write access can set tags."""
+    a model-version tag that says otherwise, or a figure with no such record, an approval state
+    the log does not back, and the shadow comparison (written by a serving process, which holds
+    no audit key) are shown marked ``unverified: set outside the pipeline``: anyone with MLflow
+    write access can set tags."""
     from agentops_pipelines.governance.eligibility import recorded_metrics, serving_now
     from agentops_pipelines.vocabulary import ENVIRONMENTS
 
@@ -373,13 +374,27 @@ def status(agent_name: str | None = None) -> int:
         print(f"  aliases: {dict(model.aliases)}")
         for mv in client.search_model_versions(f"name='{name}'", order_by=["version_number DESC"], max_results=10):
             refusal = mv.tags.get(VersionTag.REFUSAL)
-            print(f"  v{mv.version}: {mv.tags.get(VersionTag.STATUS, '-')}" + (f" ({refusal})" if refusal else "")
+            actions = {e.action for e in evidence if e.agent == name and e.version == str(mv.version)}
+            print(f"  v{mv.version}: {_status_note(mv.tags, actions)}" + (f" ({refusal})" if refusal else "")
                   + f"; {_figure_note('accuracy', mv.tags, recorded_metrics(evidence, name, mv.version))}"
                   + f"; run {mv.run_id}" + _shadow_note(mv.tags))
     return 0
 
 
 UNVERIFIED = "unverified: set outside the pipeline"
+# What an approval_status tag claims (its first word) and the audit action that backs the claim.
+_STATUS_BACKED_BY = {"approved": "approve", "promoted": "promote", "rejected": "reject", "refused": "approval_refused"}
+
+
+def _status_note(tags: dict, actions: set[str]) -> str:
+    """The ``approval_status`` tag (the view the pipeline keeps), marked unverified when it claims
+    a decision no entry of the verified audit log (``actions``: the version's) records: a tag
+    set by hand approves nothing. ``pending`` claims nothing."""
+    status = tags.get(VersionTag.STATUS, "-")
+    claim = status.split(" ", 1)[0]
+    if status == "-" or claim == "pending" or _STATUS_BACKED_BY.get(claim) in actions:
+        return status
+    return f"{status} ({UNVERIFIED})"
 
 
 def _figure_note(metric: str, tags: dict, recorded: dict[str, str] | None) -> str:

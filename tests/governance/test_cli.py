@@ -129,13 +129,17 @@ def test_status_presents_only_figures_the_pipeline_recorded(setup, capsys):
     record_registration(client, audit, AGENT, recorded, run_id, gate_passed=True,
                         actor="registered_version:fixture", metrics={"eval_accuracy": "0.9100"})
     client.set_model_version_tag(AGENT, recorded, "eval_accuracy", "0.9100")
+    promoted(audit, recorded)  # the promotion job's record, and its view
+    client.set_model_version_tag(AGENT, recorded, "approval_status", "promoted")
     assert main(["status"]) == 0
     honest = capsys.readouterr().out
-    assert f"v{recorded}: pending; accuracy 0.9100; run" in honest and "unverified" not in honest
+    assert f"v{recorded}: promoted; accuracy 0.9100; run" in honest and "unverified" not in honest
 
-    # forged: a better figure on both versions, and a shadow verdict nobody measured
+    # forged: a better figure on both versions, an approval nobody signed, and a shadow verdict
+    # nobody measured
     for version in (recorded, unrecorded):
         client.set_model_version_tag(AGENT, version, "eval_accuracy", "0.9999")
+    client.set_model_version_tag(AGENT, unrecorded, "approval_status", "approved for prod")
     for key, value in {ShadowTag.PRIMARY: recorded, ShadowTag.VERDICT: "better", ShadowTag.REQUESTS: "5000",
                        ShadowTag.CHALLENGER_PASS: "0.99", ShadowTag.PRIMARY_PASS: "0.5",
                        ShadowTag.MCNEMAR_P: "0.0001"}.items():
@@ -145,6 +149,7 @@ def test_status_presents_only_figures_the_pipeline_recorded(setup, capsys):
              if line.strip().startswith("v")}
     assert "accuracy 0.9100 (tag eval_accuracy=0.9999: unverified: set outside the pipeline)" in lines[f"v{recorded}"]
     forged = lines[f"v{unrecorded}"]
+    assert forged.startswith(f"  v{unrecorded}: approved for prod (unverified: set outside the pipeline)")
     assert "accuracy 0.9999 (unverified: set outside the pipeline)" in forged
     assert "shadow (unverified: set outside the pipeline) vs v" in forged
     assert all("0.9999;" not in line for line in lines.values())  # never shown as a plain figure
