@@ -334,8 +334,14 @@ def backfill(agent_name: str | None, first: str, last: str) -> int:
 def status(agent_name: str | None = None) -> int:
     """``agentops status``: per agent (``--agent``: that one) and environment, what serves
     (version, canary share, restarts), when it was deployed and who approved it (from the
-    verified audit log), then the newest registered versions with their approval state."""
-    from agentops_pipelines.governance.eligibility import serving_now
+    verified audit log), then the newest registered versions with their approval state.
+
+    Evaluation figures come from the pipeline's registration record in the verified audit log;
+    a model-version tag that says otherwise, or a figure with no such record, an approval state
+    the log does not back, and the shadow comparison (written by a serving process, which holds
+    no audit key) are shown marked ``unverified: set outside the pipeline``: anyone with MLflow
+    write access can set tags."""
+    from agentops_pipelines.governance.eligibility import recorded_metrics, serving_now
     from agentops_pipelines.vocabulary import ENVIRONMENTS
 
     try:
@@ -350,6 +356,7 @@ def status(agent_name: str | None = None) -> int:
     log = resources["audit"].store.verify()
     if not log.ok:
         print(f"WARNING: {log.summary()}", file=sys.stderr)
+    evidence = log.entries if log.ok else []  # a log that does not verify backs no figure
     for name in names:
         print(f"{name}")
         now = serving_now(log.entries, name)
@@ -367,18 +374,51 @@ def status(agent_name: str | None = None) -> int:
         print(f"  aliases: {dict(model.aliases)}")
         for mv in client.search_model_versions(f"name='{name}'", order_by=["version_number DESC"], max_results=10):
             refusal = mv.tags.get(VersionTag.REFUSAL)
-            print(f"  v{mv.version}: {mv.tags.get(VersionTag.STATUS, '-')}" + (f" ({refusal})" if refusal else "")
-                  + f"; accuracy {mv.tags.get('eval_accuracy', '-')}; run {mv.run_id}" + _shadow_note(mv.tags))
+            actions = {e.action for e in evidence if e.agent == name and e.version == str(mv.version)}
+            print(f"  v{mv.version}: {_status_note(mv.tags, actions)}" + (f" ({refusal})" if refusal else "")
+                  + f"; {_figure_note('accuracy', mv.tags, recorded_metrics(evidence, name, mv.version))}"
+                  + f"; run {mv.run_id}" + _shadow_note(mv.tags))
     return 0
 
 
+UNVERIFIED = "unverified: set outside the pipeline"
+# What an approval_status tag claims (its first word) and the audit action that backs the claim.
+_STATUS_BACKED_BY = {"approved": "approve", "promoted": "promote", "rejected": "reject", "refused": "approval_refused"}
+
+
+def _status_note(tags: dict, actions: set[str]) -> str:
+    """The ``approval_status`` tag (the view the pipeline keeps), marked unverified when it claims
+    a decision no entry of the verified audit log (``actions``: the version's) records: a tag
+    set by hand approves nothing. ``pending`` claims nothing."""
+    status = tags.get(VersionTag.STATUS, "-")
+    claim = status.split(" ", 1)[0]
+    if status == "-" or claim == "pending" or _STATUS_BACKED_BY.get(claim) in actions:
+        return status
+    return f"{status} ({UNVERIFIED})"
+
+
+def _figure_note(metric: str, tags: dict, recorded: dict[str, str] | None) -> str:
+    """``<metric> <value>`` as the pipeline recorded it at registration (``recorded``: the audit
+    log's figures); the ``eval_<metric>`` tag only when no record backs it, marked unverified, and
+    named as such when it disagrees with the record."""
+    key = f"eval_{metric}"
+    tagged, backed = tags.get(key), (recorded or {}).get(key)
+    if backed is None:
+        return f"{metric} {tagged} ({UNVERIFIED})" if tagged is not None else f"{metric} -"
+    if tagged is not None and tagged != backed:
+        return f"{metric} {backed} (tag {key}={tagged}: {UNVERIFIED})"
+    return f"{metric} {backed}"
+
+
 def _shadow_note(tags: dict) -> str:
-    """The shadow comparison a version's reviewers should see (serving/shadow.py), if any."""
+    """The shadow comparison a version's reviewers should see (serving/shadow.py), if any. A
+    serving process writes it as tags and holds no audit key, so nothing backs it: it is context
+    for a reviewer, marked unverified, never evidence."""
     from agentops_pipelines.vocabulary import ShadowTag
 
     if ShadowTag.VERDICT not in tags:
         return ""
-    return (f"; shadow vs v{tags.get(ShadowTag.PRIMARY, '?')}: {tags[ShadowTag.VERDICT]} over "
+    return (f"; shadow ({UNVERIFIED}) vs v{tags.get(ShadowTag.PRIMARY, '?')}: {tags[ShadowTag.VERDICT]} over "
             f"{tags.get(ShadowTag.REQUESTS, '?')} requests (pass {tags.get(ShadowTag.CHALLENGER_PASS)} vs "
             f"{tags.get(ShadowTag.PRIMARY_PASS)}, McNemar p={tags.get(ShadowTag.MCNEMAR_P)})")
 

@@ -81,6 +81,30 @@ class Alias(StrEnum):
     CHALLENGER = "challenger"  # the newest registered candidate
 
 
+_PINNED_MODEL = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,255})/(?P<version>[0-9]{1,18})$")
+
+
+def pinned_version(model_uri: str, version: str | int | None = None) -> str:
+    """The registry version ``model_uri`` pins (``models:/<agent>/<digits>``), as a label.
+
+    Metrics, canary health, traces, shadow tags and the audit log name a served model by this
+    label, so it is read from the URI, never taken beside it: a ``version`` given too must be the
+    same number (else version 3's errors would count against 2). An alias
+    (``models:/<agent>@champion``) pins nothing: whoever can move it would decide what serves,
+    outside the audit log. ValueError naming what is wrong."""
+    match = _PINNED_MODEL.match(model_uri) if isinstance(model_uri, str) else None
+    if match is None:
+        alias = " (an alias moves outside the audit log)" if "@" in str(model_uri) else ""
+        raise ValueError(f"model_uri {model_uri!r} does not pin a version{alias}: expected "
+                         "models:/<agent>/<version number>")
+    pinned = str(int(match["version"]))
+    given = None if version is None or isinstance(version, bool) else str(version)
+    if version is not None and given not in (pinned, match["version"]):
+        raise ValueError(f"'version' {version!r} does not match model_uri {model_uri!r}, which is "
+                         f"version {pinned}: the version reported is the one the URI loads")
+    return pinned
+
+
 class VersionTag(StrEnum):
     """MLflow model-version tags. They are a view for people and the MLflow UI: the pipeline's
     decisions read the audit log and signed statements, never these."""
@@ -165,7 +189,8 @@ class EnvVar(StrEnum):
 
 class ShadowTag(StrEnum):
     """Model-version tags the shadow comparison leaves on the challenger version, for its
-    reviewers (``agentops status`` shows them): evidence before any canary."""
+    reviewers: context before any canary. A serving process writes them and holds no audit key,
+    so ``agentops status`` shows them marked unverified, never as evidence."""
 
     PRIMARY = "agentops.shadow.primary_version"
     REQUESTS = "agentops.shadow.requests"

@@ -56,7 +56,7 @@ from typing import Any
 
 import dagster as dg
 
-from agentops_pipelines.vocabulary import EnvVar, sor_url
+from agentops_pipelines.vocabulary import EnvVar, pinned_version, sor_url
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,16 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never 
 
 class DeploymentError(RuntimeError):
     """A deploy or stop that did not happen; the previous deployment is left serving."""
+
+
+def pinned(model_uri: str, version: str | int) -> str:
+    """``version`` as the label of ``model_uri``, which must pin it (``models:/<agent>/<version>``,
+    ``vocabulary.pinned_version``): refused before anything starts or is applied, so no deployer
+    serves an alias or reports one version under another's number. DeploymentError otherwise."""
+    try:
+        return pinned_version(model_uri, str(version))
+    except ValueError as e:
+        raise DeploymentError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -566,7 +576,7 @@ class LocalProcessDeployer(Deployer):
         return {**record, "alive": self._supervisor_pid(files) is not None, "log": str(files.log)}
 
     def deploy(self, environment: str, model_uri: str, version: str) -> Deployment:
-        version = str(version)
+        version = pinned(model_uri, version)
         files = self.files(environment, self._agent_of(model_uri))
         self._migrate(files)
         state = self._server_state(files)
@@ -596,7 +606,7 @@ class LocalProcessDeployer(Deployer):
             raise ValueError(f"canary share must be in [0, 1], got {share!r}")
         payload = {
             "model_uri": model_uri,
-            "version": str(version),
+            "version": pinned(model_uri, version),
             "role": "canary",
             "canary_share": float(share),
         }

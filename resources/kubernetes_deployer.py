@@ -84,6 +84,7 @@ from agentops_pipelines.k8s.render import (
     Release,
     ServingSpec,
     canary_replicas,
+    render_bootstrap,
     render_environment,
     render_rbac,
     replica_share,
@@ -93,8 +94,8 @@ from agentops_pipelines.k8s.stats import (
     role_stats,
     stats_queries,
 )
-from agentops_pipelines.resources.deployers import Deployer, Deployment, DeploymentError
-from agentops_pipelines.vocabulary import ENVIRONMENTS
+from agentops_pipelines.resources.deployers import Deployer, Deployment, DeploymentError, pinned
+from agentops_pipelines.vocabulary import ENVIRONMENTS, pinned_version
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +218,11 @@ class KubernetesDeployer(Deployer):
             return re.split(r"[/@]", model_uri.removeprefix("models:/"), maxsplit=1)[0]
         return None
 
-    def _check_model_uri(self, model_uri: str) -> str:
-        """The agent ``model_uri`` is a version of; DeploymentError if this resource serves
-        another one, or if the URI names no registered model and no agent is configured."""
+    def _check_model_uri(self, model_uri: str, version: str) -> str:
+        """The agent ``model_uri`` is a version of; DeploymentError if it does not pin ``version``
+        (``models:/<agent>/<version>``), if this resource serves another agent, or if the URI
+        names no registered model and no agent is configured."""
+        pinned(model_uri, version)
         name = self._agent_of_uri(model_uri)
         if name and self.agent and name != self.agent:
             raise DeploymentError(
@@ -238,7 +241,7 @@ class KubernetesDeployer(Deployer):
     def deploy(self, environment: str, model_uri: str, version: str) -> Deployment:
         """Roll the stable Deployment to ``version`` (ending any canary) and wait until it is
         available; if it does not become available, re-apply what was there before."""
-        agent = self._check_model_uri(model_uri)
+        agent = self._check_model_uri(model_uri, version)
         current = self._live(environment, agent)
         self._rollout(environment, agent, current,
                       self.target(environment, Release(str(version), model_uri), agent=agent))
@@ -255,13 +258,18 @@ class KubernetesDeployer(Deployer):
         (0 < share < 1) of the requests: the Service splits by ready pods (module docstring).
         Again with the same version, only the canary's replica count changes. A canary that
         does not become ready is removed (or the previous canary restored)."""
-        agent = self._check_model_uri(model_uri)
+        agent = self._check_model_uri(model_uri, version)
         current = self._live(environment, agent)
         stable_obj = current.get(self._deployment_key(environment, "stable", agent))
         stable = release_of(stable_obj)
         if stable_obj is None or stable is None:
             raise DeploymentError(f"{environment}: no stable version to run a canary next to; "
                                   "deploy one first")
+        try:  # a Deployment from an old bootstrap serves an alias: never render it again
+            pinned_version(stable.model_uri, stable.version)
+        except ValueError as e:
+            raise DeploymentError(f"{environment}: the stable Deployment does not serve a pinned "
+                                  f"version ({e}); deploy one first") from None
         stable_count = (stable_obj.get("spec") or {}).get("replicas") or self.replicas.get(environment, 1)
         count = canary_replicas(share, stable_count)
         canary = Release(str(version), model_uri)
@@ -561,9 +569,10 @@ _HEADER = (
 
 def committed_manifests(deployer: KubernetesDeployer | None = None,
                         agents: Sequence[str] | None = None) -> dict[str, str]:
-    """{relative path: YAML}: per environment, each agent's stable bundle serving its
-    ``champion`` alias (the bootstrap before the pipeline deploys a pinned version), and the
-    RBAC (which reads each agent's admin token Secret). ``agents``: the code location's."""
+    """{relative path: YAML}: per environment, each agent's bootstrap (ServiceAccount, Service,
+    PodDisruptionBudget, and no Deployment: no pod serves until the pipeline's deployer renders
+    a pinned version, ``render_bootstrap``), and the RBAC (which reads each agent's admin token
+    Secret). ``agents``: the code location's."""
     deployer = deployer or KubernetesDeployer()
     if agents is None:
         agents = [deployer.agent] if deployer.agent else _code_location_agents()
@@ -571,8 +580,8 @@ def committed_manifests(deployer: KubernetesDeployer | None = None,
     for environment in COMMITTED_ENVIRONMENTS:
         manifests = []
         for agent in agents:
-            release = Release("champion", f"models:/{agent}@champion")
-            manifests += deployer.target(environment, release, agent=agent)
+            manifests += render_bootstrap(agent, environment, spec=deployer.spec_for(environment),
+                                          namespace=deployer.namespace_of(environment))
         secrets = ", ".join(deployer.admin_secret_of(a) for a in agents)
         files[f"serving/{environment}.yaml"] = to_yaml(
             manifests,

@@ -61,6 +61,20 @@ def registration(entries: Iterable[AuditEntry], agent: str, version: str) -> Reg
                         str(d.get("artifacts_sha256", "")), str(d.get("report_sha256", "")), latest.seq)
 
 
+def recorded_metrics(entries: Iterable[AuditEntry], agent: str, version: str) -> dict[str, str] | None:
+    """The evaluation figures (``eval_<metric>``) the pipeline recorded with the latest
+    registration of ``version``, None if the pipeline never registered it. The tags of the same
+    name are a view anyone with MLflow write access can set; these are the evidence."""
+    latest = None
+    for e in _for(entries, agent, version):
+        if e.action == "register":
+            latest = e
+    if latest is None:
+        return None
+    metrics = latest.details.get("metrics")
+    return {str(k): str(v) for k, v in metrics.items()} if isinstance(metrics, dict) else {}
+
+
 def decisions(entries: Iterable[AuditEntry], policy: ApprovalPolicy, agent: str, version: str,
               reg: Registration) -> tuple[dict[str, Decision], list[str]]:
     """Each approver's latest valid signed decision on ``reg`` (reviewer -> decision), and why

@@ -35,7 +35,7 @@ from agentops_pipelines.k8s.naming import (
     object_name,
     selector_labels,
 )
-from agentops_pipelines.vocabulary import EnvVar
+from agentops_pipelines.vocabulary import EnvVar, pinned_version
 
 # --------------------------------------------------------------------------------------------
 # Rendering (pure)
@@ -324,17 +324,38 @@ def render_manifests(
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     spec = spec or ServingSpec()
     namespace = namespace or namespace_for(environment)
-    release = Release(str(version), model_uri)
+    # A pod serves a pinned version, labelled as the URI names it: never an alias, which whoever
+    # can move it in MLflow would point elsewhere at the next pod restart.
+    release = Release(pinned_version(model_uri, version), model_uri)
     if role == "canary":
         if canary_replicas < 1:
             raise ValueError("a canary needs at least one replica")
         return [_deployment(agent, environment, release, "canary", spec, namespace,
                             canary_replicas, canary_share)]
+    manifests = _shared_objects(agent, environment, spec, namespace)
+    manifests.append(_deployment(agent, environment, release, "stable", spec, namespace,
+                                 None if spec.autoscaling else spec.replicas, None))
+    if spec.autoscaling:
+        manifests.append(_autoscaler(agent, environment, spec, namespace))
+    return [m if m["kind"] == "Deployment" else _stamp(m) for m in manifests]
 
+
+def render_bootstrap(agent: str, environment: str, *, spec: ServingSpec | None = None,
+                     namespace: str | None = None) -> list[dict[str, Any]]:
+    """What may exist before the pipeline's first deploy: ServiceAccount, Service and
+    PodDisruptionBudget, with no Deployment (so no pod): a pod starts only when the deployer
+    renders a pinned version, never from an alias nobody audited."""
+    spec = spec or ServingSpec()
+    namespace = namespace or namespace_for(environment)
+    return [_stamp(m) for m in _shared_objects(agent, environment, spec, namespace)]
+
+
+def _shared_objects(agent: str, environment: str, spec: ServingSpec, namespace: str) -> list[dict[str, Any]]:
+    """The objects both roles' pods share: ServiceAccount, Service, PodDisruptionBudget."""
     name = object_name(agent, environment)
     labels = _common_labels(agent, environment)
     everyone = selector_labels(agent, environment)  # stable and canary pods
-    manifests: list[dict[str, Any]] = [
+    return [
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
@@ -363,27 +384,28 @@ def render_manifests(
                 "unhealthyPodEvictionPolicy": "AlwaysAllow",
             },
         },
-        _deployment(agent, environment, release, "stable", spec, namespace,
-                    None if spec.autoscaling else spec.replicas, None),
     ]
-    if spec.autoscaling:
-        manifests.append({
-            "apiVersion": "autoscaling/v2",
-            "kind": "HorizontalPodAutoscaler",
-            "metadata": _metadata(name, namespace, labels),
-            "spec": {
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                "minReplicas": spec.replicas,
-                "maxReplicas": spec.max_replicas,
-                "metrics": [{
-                    "type": "Resource",
-                    "resource": {"name": "cpu", "target": {
-                        "type": "Utilization", "averageUtilization": spec.target_cpu_utilization}},
-                }],
-                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
-            },
-        })
-    return [m if m["kind"] == "Deployment" else _stamp(m) for m in manifests]
+
+
+def _autoscaler(agent: str, environment: str, spec: ServingSpec, namespace: str) -> dict[str, Any]:
+    """The stable Deployment's HorizontalPodAutoscaler."""
+    name = object_name(agent, environment)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(name, namespace, _common_labels(agent, environment)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": spec.replicas,
+            "maxReplicas": spec.max_replicas,
+            "metrics": [{
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {
+                    "type": "Utilization", "averageUtilization": spec.target_cpu_utilization}},
+            }],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        },
+    }
 
 
 def render_environment(

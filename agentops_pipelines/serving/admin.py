@@ -4,12 +4,14 @@
 token refuses every admin call (the server refuses to start without one).
 
 - ``POST /admin/load`` ``{"model_uri", "version", "role": "stable"|"canary", "canary_share",
-  "keep_canary", "force"}``: ``model_uri`` must be ``models:/<agent>/<version digits>`` or
-  ``models:/<agent>@<alias>`` for the registered model the process started with; anything else
-  (a path, ``runs:/``, ``file:``, another agent) is refused before anything is loaded.
+  "keep_canary", "force"}``: ``model_uri`` must be ``models:/<agent>/<version digits>`` for the
+  registered model the process started with; anything else (an alias, a path, ``runs:/``,
+  ``file:``, another agent) is refused before anything is loaded. The version every metric,
+  trace and health answer reports is the one the URI names: ``version`` is optional, and one
+  that names another is refused (400), so version 3's errors never count against version 2.
 - ``POST /admin/promote``, ``POST /admin/abort``, ``GET /admin/stats?window=60``.
 - ``POST /admin/shadow`` ``{"action": "load", "model_uri", "version", "share": 1.0}`` runs a
-  version of the same agent in shadow (``shadow.py``) on ``share`` of the stable version's requests; ``{"action": "status"}``, ``{"action": "record"}`` (the
+  pinned version of the same agent (``version`` as for a load) in shadow (``shadow.py``) on ``share`` of the stable version's requests; ``{"action": "status"}``, ``{"action": "record"}`` (the
   comparison as tags of the challenger's version) and ``{"action": "unload", "record": true}``.
 """
 
@@ -32,8 +34,8 @@ from agentops_pipelines.serving.protocol import (
 )
 from agentops_pipelines.serving.state import (
     ServingState,
-    allowed_model_uri,
     health_payload,
+    pinned_model,
     stats_payload,
 )
 from agentops_pipelines.serving.traffic import CANARY, ROLES, STABLE
@@ -65,15 +67,20 @@ def _admin_json(body: bytes, content_type: str | None, required: bool = True) ->
     return payload
 
 
+def _version_field(payload: dict[str, Any]) -> str | int | None:
+    """The optional ``version`` a caller sends beside ``model_uri``, checked against it later."""
+    version = payload.get("version")
+    if version is not None and (not isinstance(version, str | int) or isinstance(version, bool)):
+        raise RequestError(400, "BAD_REQUEST", f"'version' must be a string, got {version!r}")
+    return version
+
+
 def _load_request(payload: dict[str, Any], agent: str | None) -> dict[str, Any]:
-    usage = ('expected {"model_uri": str, "version": str, "role": "stable"|"canary", '
-             '"canary_share": 0..1, "keep_canary": bool, "force": bool}')  # fmt: skip
+    usage = ('expected {"model_uri": "models:/<agent>/<version>", "version": str (optional), '
+             '"role": "stable"|"canary", "canary_share": 0..1, "keep_canary": bool, "force": bool}')  # fmt: skip
     if not isinstance(payload.get("model_uri"), str) or not payload["model_uri"]:
         raise RequestError(400, "BAD_REQUEST", usage)
-    allowed_model_uri(payload["model_uri"], agent)
-    version = payload.get("version")
-    if not isinstance(version, str | int) or isinstance(version, bool) or str(version) == "":
-        raise RequestError(400, "BAD_REQUEST", "'version' must be a non-empty string")
+    uri, version = pinned_model(payload["model_uri"], agent, _version_field(payload))
     role = payload.get("role", STABLE)
     if role not in ROLES:
         raise RequestError(400, "BAD_REQUEST", f"'role' must be one of {list(ROLES)}, got {role!r}")
@@ -94,8 +101,8 @@ def _load_request(payload: dict[str, Any], agent: str | None) -> dict[str, Any]:
         if not isinstance(payload.get(flag, False), bool):
             raise RequestError(400, "BAD_REQUEST", f"'{flag}' must be true or false")
     return {
-        "model_uri": payload["model_uri"],
-        "version": str(version),
+        "model_uri": uri,
+        "version": version,
         "role": role,
         "canary_share": None if share is None else float(share),
         "force": payload.get("force", False),
@@ -226,13 +233,14 @@ def handle_admin_shadow(
         if action not in SHADOW_ACTIONS:
             raise RequestError(400, "BAD_REQUEST", f"'action' must be one of {list(SHADOW_ACTIONS)}")
         if action == "load":
-            uri, version = payload.get("model_uri"), payload.get("version")
-            if not isinstance(uri, str) or not isinstance(version, str | int) or isinstance(version, bool):
-                raise RequestError(400, "BAD_REQUEST", 'expected {"action": "load", "model_uri": str, "version": str}')
+            if not isinstance(payload.get("model_uri"), str):
+                raise RequestError(400, "BAD_REQUEST", 'expected {"action": "load", "model_uri": '
+                                   '"models:/<agent>/<version>", "version": str (optional)}')
+            uri, version = pinned_model(payload["model_uri"], state.agent, _version_field(payload))
             share = payload.get("share", 1.0)
             if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share <= 1.0:
                 raise RequestError(400, "BAD_REQUEST", f"'share' must be in (0, 1], got {share!r}")
-            snap = state.shadow_load(allowed_model_uri(uri, state.agent), str(version), float(share))
+            snap = state.shadow_load(uri, version, float(share))
             logger.info("shadow: %s version %s runs beside the stable version", uri, version)
         elif action == "unload":
             record = payload.get("record", True)

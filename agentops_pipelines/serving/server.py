@@ -90,7 +90,7 @@ from agentops_pipelines.serving.state import (
 )
 from agentops_pipelines.serving.tracing import Tracer
 from agentops_pipelines.serving.traffic import ROLES, STABLE
-from agentops_pipelines.vocabulary import EnvVar
+from agentops_pipelines.vocabulary import EnvVar, pinned_version
 
 logger = logging.getLogger("agentops_pipelines.serving")
 
@@ -468,8 +468,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m agentops_pipelines.serving", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--model-uri", required=True, help="e.g. models:/support-agent/3")
-    p.add_argument("--version", required=True, help="the model version being served (reported)")
+    p.add_argument("--model-uri", required=True, help="e.g. models:/support_agent/3 (an alias is refused)")
+    p.add_argument(
+        "--version", default=None,
+        help="the version reported; for models:/<agent>/<version> it is read from the URI (a "
+        "different one is refused), required for any other URI",
+    )  # fmt: skip
     p.add_argument("--environment", required=True, help="dev, staging, production, ...")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 binds an ephemeral port")
@@ -566,11 +570,28 @@ def read_admin_token(path: str) -> str:
     return os.environ.get(ADMIN_TOKEN_ENV, "").strip()
 
 
+def served_version(model_uri: str, version: str | None) -> str:
+    """The version label of the model the process starts with. A registered model's must be a
+    pinned version (``vocabulary.pinned_version``): a pod started from ``@champion`` would serve
+    whatever whoever can move the alias chose, at every restart, outside the audit log. Any other
+    URI (a path, ``runs:/``: admin loads are then refused) needs ``--version``. ValueError."""
+    if model_uri.startswith("models:/"):
+        return pinned_version(model_uri, version)
+    if not version:
+        raise ValueError(f"--version is required for {model_uri!r} (not a registered model version)")
+    return version
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        args.version = served_version(args.model_uri, args.version)
+    except ValueError as e:
+        logger.error("refusing to start: %s", e)
+        return 2
     try:
         admin_token = read_admin_token(args.admin_token_file)
     except OSError as e:

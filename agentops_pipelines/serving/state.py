@@ -9,9 +9,10 @@ requests already running finish on the model they started with, a failed load ke
 served. The role a request was served by is for the admin (stats, metrics, inference log,
 traces), never told to the client.
 
-Which models may be loaded: only versions or aliases of the registered model the process started
-with (``models:/<agent>/<digits>`` or ``models:/<agent>@<alias>``, ``allowed_model_uri``); never a
-path, a ``runs:/``, ``file:`` or any other URI, and never another agent's model.
+Which models may be loaded: only pinned versions of the registered model the process started
+with (``models:/<agent>/<digits>``, ``pinned_model``), labelled with the version the URI names;
+never an alias (it moves outside the audit log), a path, a ``runs:/``, ``file:`` or any other URI,
+and never another agent's model.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from agentops_pipelines.serving.protocol import (
 )
 from agentops_pipelines.serving.tracing import TraceJob, Tracer
 from agentops_pipelines.serving.traffic import CANARY, ROLES, STABLE, OutcomeRing
+from agentops_pipelines.vocabulary import pinned_version
 
 logger = logging.getLogger("agentops_pipelines.serving")
 
@@ -79,6 +81,17 @@ def allowed_model_uri(model_uri: str, agent: str | None) -> str:
             403, "FORBIDDEN", f"this process serves {agent!r}: it does not load another agent"
         )
     return model_uri
+
+
+def pinned_model(model_uri: str, agent: str | None, version: str | int | None = None) -> tuple[str, str]:
+    """``(model_uri, version)`` when ``model_uri`` pins a version of the registered model ``agent``:
+    the version label comes from the URI (``vocabulary.pinned_version``), a ``version`` sent beside
+    it must agree and an alias is refused; a 4xx ``RequestError`` naming what is wrong otherwise."""
+    allowed_model_uri(model_uri, agent)
+    try:
+        return model_uri, pinned_version(model_uri, version)
+    except ValueError as e:
+        raise RequestError(400, "BAD_REQUEST", str(e)) from None
 
 
 class Served:

@@ -141,7 +141,7 @@ def test_rendering_options():
         validate_k8s(m)
     with pytest.raises(ValueError, match="role"):
         render_manifests(AGENT, "dev", "1", V1.model_uri, role="blue")
-    with pytest.raises(ValueError, match="label value"):
+    with pytest.raises(ValueError, match="does not match model_uri"):  # the version is the URI's
         render_manifests(AGENT, "dev", "not a version!", V1.model_uri)
     with pytest.raises(ValueError, match="replicas"):
         ServingSpec(replicas=3, max_replicas=2)

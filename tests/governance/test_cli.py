@@ -113,3 +113,43 @@ def test_audit_verify_and_served_history(setup, reviewers):
     conn.execute("DROP TRIGGER agentops_audit_log_no_update")
     bad = cli("audit")
     assert bad.returncode == 1 and "AUDIT LOG NOT INTACT" in bad.stderr
+
+
+def test_status_presents_only_figures_the_pipeline_recorded(setup, capsys):
+    """Anyone with MLflow write access can set a model-version tag: `status` shows the evaluation
+    figures the registration recorded in the verified audit log, and marks a forged or
+    unbacked figure, and the shadow verdict (a serving process writes it), as unverified."""
+    from agentops_pipelines.governance.approvals import record_registration
+    from agentops_pipelines.vocabulary import ShadowTag
+
+    client, audit, uri = setup
+    recorded, unrecorded = register_versions(uri, 2, audit=audit)
+    # the registry asset's record and view of version `recorded`: its figures in both
+    run_id = client.get_model_version(AGENT, recorded).run_id
+    record_registration(client, audit, AGENT, recorded, run_id, gate_passed=True,
+                        actor="registered_version:fixture", metrics={"eval_accuracy": "0.9100"})
+    client.set_model_version_tag(AGENT, recorded, "eval_accuracy", "0.9100")
+    promoted(audit, recorded)  # the promotion job's record, and its view
+    client.set_model_version_tag(AGENT, recorded, "approval_status", "promoted")
+    assert main(["status"]) == 0
+    honest = capsys.readouterr().out
+    assert f"v{recorded}: promoted; accuracy 0.9100; run" in honest and "unverified" not in honest
+
+    # forged: a better figure on both versions, an approval nobody signed, and a shadow verdict
+    # nobody measured
+    for version in (recorded, unrecorded):
+        client.set_model_version_tag(AGENT, version, "eval_accuracy", "0.9999")
+    client.set_model_version_tag(AGENT, unrecorded, "approval_status", "approved for prod")
+    for key, value in {ShadowTag.PRIMARY: recorded, ShadowTag.VERDICT: "better", ShadowTag.REQUESTS: "5000",
+                       ShadowTag.CHALLENGER_PASS: "0.99", ShadowTag.PRIMARY_PASS: "0.5",
+                       ShadowTag.MCNEMAR_P: "0.0001"}.items():
+        client.set_model_version_tag(AGENT, unrecorded, key, value)
+    assert main(["status"]) == 0
+    lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines()
+             if line.strip().startswith("v")}
+    assert "accuracy 0.9100 (tag eval_accuracy=0.9999: unverified: set outside the pipeline)" in lines[f"v{recorded}"]
+    forged = lines[f"v{unrecorded}"]
+    assert forged.startswith(f"  v{unrecorded}: approved for prod (unverified: set outside the pipeline)")
+    assert "accuracy 0.9999 (unverified: set outside the pipeline)" in forged
+    assert "shadow (unverified: set outside the pipeline) vs v" in forged
+    assert all("0.9999;" not in line for line in lines.values())  # never shown as a plain figure

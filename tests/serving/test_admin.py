@@ -140,3 +140,53 @@ def test_the_server_refuses_to_start_without_a_token(registry, tmp_path):
         assert "refusing to start without an admin token" in server.log()
         assert not server.state_file.exists()
     assert MODEL_NAME in registry["1"]
+
+
+@pytest.mark.slow
+def test_the_version_reported_is_the_one_the_model_uri_names(deployer, deployment, registry):
+    """A load that labels version 2 as "1" would count 2's errors against 1 (a canary that
+    cannot fail, a rollback that blames the wrong version): refused, naming both; without a
+    label, the version comes from the URI."""
+    auth = _auth(deployer, "test")
+
+    def admin(path: str, payload: dict) -> tuple[int, dict]:
+        status, _, answer = request(deployment.url, "POST", path, json.dumps(payload).encode(), JSON, auth)
+        return status, answer
+
+    mislabelled = [
+        ("/admin/load", {"model_uri": registry["2"], "version": "1", "role": "canary", "canary_share": 0.5}),
+        ("/admin/load", {"model_uri": registry["2"], "version": 1, "role": "stable"}),
+        ("/admin/shadow", {"action": "load", "model_uri": registry["2"], "version": "1"}),
+    ]
+    for path, payload in mislabelled:
+        status, answer = admin(path, payload)
+        assert (status, answer["error_code"]) == (400, "BAD_REQUEST"), (path, answer)
+        message = answer["message"]  # names both: the label sent and the version the URI loads
+        assert "'version' " in message and "does not match" in message, answer
+        assert registry["2"] in message and "version 2" in message, answer
+    for path, payload in [("/admin/load", {"model_uri": f"models:/{MODEL_NAME}@champion", "version": "1"}),
+                          ("/admin/shadow", {"action": "load", "model_uri": f"models:/{MODEL_NAME}@champion"})]:
+        status, answer = admin(path, payload)
+        assert status == 400 and "does not pin a version" in answer["message"], answer
+    health = request(deployment.url, "GET", "/health")[2]
+    assert (health["version"], health.get("canary_version")) == ("1", None)  # nothing was loaded
+
+    status, answer = admin("/admin/load", {"model_uri": registry["2"], "role": "canary", "canary_share": 0.5})
+    try:
+        assert status == 200, answer
+        assert request(deployment.url, "GET", "/health")[2]["canary_version"] == "2"
+        stats = request(deployment.url, "GET", "/admin/stats?window=5", None, None, auth)[2]
+        assert (stats["stable"]["version"], stats["canary"]["version"]) == ("1", "2")
+    finally:
+        request(deployment.url, "POST", "/admin/abort", b"", None, auth)
+
+
+@pytest.mark.slow
+def test_a_server_refuses_to_start_with_a_version_its_uri_does_not_name(registry, tmp_path):
+    server = Server(tmp_path / "mislabelled", registry["2"], "1", wait=False)
+    try:
+        assert server.process.wait(60) == 2
+    finally:
+        server.process.kill()  # never left running, whatever the outcome
+    assert "does not match model_uri" in server.log() and "version 2" in server.log()
+    assert not server.state_file.exists()

@@ -39,6 +39,17 @@ def test_deployer_is_a_resource():
         d.deploy_canary("dev", "models:/x/1", "1", 1.5)
 
 
+@pytest.mark.parametrize(("model_uri", "version"), [("models:/support_agent@champion", "champion"),
+                                                    ("models:/support_agent/3", "2")])
+def test_an_alias_or_a_mislabel_is_refused_before_anything_starts(tmp_path, model_uri, version):
+    d = LocalProcessDeployer(state_dir=str(tmp_path / "serving"), health_timeout_s=5)
+    for call in (lambda: d.deploy("dev", model_uri, version),
+                 lambda: d.deploy_canary("dev", model_uri, version, 0.1)):
+        with pytest.raises(DeploymentError, match="does not pin a version|does not match model_uri"):
+            call()
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no process, token or log
+
+
 def test_serving_processes_get_the_deployers_mlflow_store_and_no_parent_secrets():
     parent = {"PATH": "/usr/bin", "MLFLOW_TRACKING_URI": "sqlite:////elsewhere/mlflow.db",
               "AGENTOPS_SERVING_ADMIN_TOKEN": "the-parents", "DAGSTER_PG_PASSWORD": "secret"}

@@ -135,7 +135,8 @@ def test_endpoints_without_socket():
     for body, status in [
         (b"nope", 400),
         (b'{"version": "2"}', 400),
-        (b'{"model_uri": "models:/fake/1"}', 400),
+        (b'{"model_uri": "models:/fake/1", "version": "2"}', 400),  # the URI names version 1
+        (b'{"model_uri": "models:/fake@champion"}', 400),  # an alias pins nothing
         (b'{"model_uri": "models:/fake/1", "version": "1", "role": "blue"}', 400),
         (b'{"model_uri": "models:/fake/1", "version": "1", "canary_share": 0.5}', 400),
         (b'{"model_uri": "m", "version": "1", "role": "canary", "canary_share": 1.5}', 400),
