@@ -33,9 +33,10 @@ def test_int8_embeddings_are_close_and_do_not_depend_on_the_batch(reference):
     int8 = get_encoder(backend="onnx-int8")
     together = int8.encode(TEXTS)
     cosine = (together * reference).sum(axis=1)
-    # int8 noise depends on the CPU's int8 kernels: the worst of these texts ("ok") is 0.971 on a
-    # CPU with VNNI, 0.9695 on an AMD EPYC with AVX2 only (2026-12-02); accuracy itself is judged
-    # on BANKING77 (tests/recipe/test_recipe.py).
+    # int8 noise depends on the CPU's int8 kernels: above 0.97 on earlier sessions' machines, the
+    # worst of these texts ("ok") 0.9695 on an AMD EPYC with AVX2 and no VNNI (2026-12-02;
+    # reduce_range=True made it worse, 0.9646). Accuracy itself is judged on BANKING77
+    # (tests/recipe/test_recipe.py: 0.925 floor with MiniLM, passed on that machine).
     assert cosine.min() > 0.96, cosine
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
     # A served request (one text) gets exactly the features the model was trained on (a batch).
