@@ -44,6 +44,8 @@ class RolloutConfig(dg.Config):
     check_interval_seconds: float = Field(default=_POLICY.check_interval_seconds, gt=0.0)
     max_error_rate: float = Field(default=_POLICY.max_error_rate, ge=0.0, le=1.0,
                                   description="canary server errors / requests")
+    max_llm_failure_rate: float = Field(default=_POLICY.max_llm_failure_rate, ge=0.0, le=1.0,
+                                        description="canary failed LLM calls / LLM calls (LLM agents)")
     max_p99_ms: float = Field(default=_POLICY.max_p99_ms, gt=0.0, description="canary p99 latency ceiling")
     min_requests: int = Field(default=_POLICY.min_requests, ge=1,
                               description="requests the canary must serve before it is judged")

@@ -37,6 +37,9 @@ class RolloutPolicy:
     bake_seconds: float = 60.0  # how long the canary must stay healthy
     check_interval_seconds: float = 5.0
     max_error_rate: float = 0.05  # server errors / requests on the canary
+    # failed LLM calls / LLM calls on the canary (an LLM agent answers a failed call with a
+    # hand-over, so its requests succeed): the threshold of the AgentLLMCallFailures alert
+    max_llm_failure_rate: float = 0.1
     max_p99_ms: float = 250.0
     min_requests: int = 20  # requests the canary must serve (4xx not counted) before it is judged
     max_bake_seconds: float | None = None  # keep baking this long for min_requests (default 4x bake)
@@ -95,10 +98,28 @@ def health_problem(canary: dict | None, policy: RolloutPolicy) -> str | None:
     if error_rate > policy.max_error_rate:
         return (f"canary error rate {error_rate:.1%} (server errors) over {served} requests exceeds "
                 f"{policy.max_error_rate:.1%}")
+    llm_problem = _llm_failure_problem(canary, policy)
+    if llm_problem:
+        return llm_problem
     p99 = canary.get("p99_ms")
     if p99 is not None and float(p99) > policy.max_p99_ms:
         return f"canary p99 latency {float(p99):.1f} ms exceeds {policy.max_p99_ms:.0f} ms"
     return None
+
+
+def _llm_failure_problem(canary: dict, policy: RolloutPolicy) -> str | None:
+    """Why the canary's LLM calls make it unhealthy (``llm_calls``/``llm_failures`` in its stats,
+    for an LLM agent), or None. Judged from ``min_requests`` calls on, like the error rate. An
+    endpoint outage fails the stable version's calls too: the canary is still not promoted, since
+    nothing can be judged about it while its calls fail."""
+    calls, failures = int(canary.get("llm_calls") or 0), int(canary.get("llm_failures") or 0)
+    if calls < policy.min_requests or failures / calls <= policy.max_llm_failure_rate:
+        return None
+    reasons = canary.get("llm_failure_reasons") or {}
+    why = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return (f"canary LLM calls failing: {failures} of {calls} ({failures / calls:.1%}) exceed "
+            f"{policy.max_llm_failure_rate:.1%}" + (f" ({why})" if why else "")
+            + "; each was answered with a hand-over")
 
 
 def rollout(deployer, environment: str, model_uri: str, version: str, policy: RolloutPolicy | None,

@@ -534,6 +534,20 @@ def health_payload(state: ServingState) -> dict[str, Any]:
     }
 
 
+def llm_call_stats(router: Any) -> dict[str, Any]:
+    """An LLM agent's calls to its endpoint since this process loaded the version: llm_calls,
+    llm_failures and llm_failure_reasons ({reason: count}); {} for a router that makes none.
+
+    A failed call is answered with a hand-over, so the request succeeds and the error rate does
+    not see it: canary health reads these (``rollout.health_problem``)."""
+    counts = getattr(router, "llm_call_counts", None)
+    if not callable(counts):
+        return {}
+    made, failed = counts()
+    return {"llm_calls": int(made), "llm_failures": int(sum(failed.values())),
+            "llm_failure_reasons": {reason: int(n) for reason, n in failed.items() if n}}
+
+
 def stats_payload(state: ServingState, window_s: float) -> dict[str, Any]:
     routing = state.routing
     versions = {
@@ -543,6 +557,7 @@ def stats_payload(state: ServingState, window_s: float) -> dict[str, Any]:
     stats = state.outcomes.stats(window_s, versions)
     for role, served in routing.served():
         stats[role]["model_uri"] = served.model.model_uri
+        stats[role] |= llm_call_stats(getattr(served.model.python_model, "router", None))
     if state.pod_role == CANARY:  # a canary pod: its one model is the environment's canary
         stats[CANARY], stats[STABLE] = stats[STABLE], None
     return {

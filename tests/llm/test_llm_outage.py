@@ -219,3 +219,51 @@ def test_failure_reasons_are_classes_never_the_url_or_the_answer():
 
     copy = pickle.loads(pickle.dumps(router))  # the counts are this process's, never pickled
     assert copy.llm_call_counts() == (0, {}) and copy.last_error is None
+
+
+@pytest.mark.slow
+def test_a_canary_whose_llm_calls_fail_is_unhealthy_though_every_request_succeeds(tmp_path, monkeypatch):
+    """The canary's calls fail (its endpoint answers 500), each is answered with a hand-over: no
+    server error, so the error rate alone would promote it. Its stats carry the failed calls and
+    canary health refuses it; the stable version beside it, whose calls succeed, stays healthy."""
+    from agentops_pipelines.agent.system_of_record import SystemOfRecord
+    from agentops_pipelines.rollout import RolloutPolicy, health_problem
+
+    good, bad = FakeEndpoint("ok"), FakeEndpoint("500")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, uri)
+    stable, = register_versions(uri, 1, wrap=lambda _: llm_router(Endpoint(good.base_url, "m", timeout_s=30.0)))
+    canary, = register_versions(uri, 1, wrap=lambda _: llm_router(Endpoint(bad.base_url, "m", timeout_s=30.0)))
+    sor = SystemOfRecord(f"sqlite:///{tmp_path}/system_of_record.db").ensure()
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "AGENTOPS_SOR_URL": sor.url,
+           "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE": "0", EnvVar.LLM_API_KEY.value: KEY}
+    server = Server(tmp_path / "server", f"models:/{AGENT}/{stable}", stable, env=env)
+    try:
+        load = json.dumps({"model_uri": f"models:/{AGENT}/{canary}", "role": "canary", "canary_share": 0.5})
+        status, _, answer = request(server.url, "POST", "/admin/load", load.encode(), JSON, AUTH)
+        assert status == 200, answer
+        served_by = set()
+        for i in range(60):  # a share sticky per customer: many customers reach both versions
+            body = json.dumps({"dataframe_records": [{"text": f"where is my order {i}?", "customer_id": f"C{i:05d}"}]})
+            status, headers, _ = request(server.url, "POST", "/invocations", body.encode(), JSON,
+                                         {"X-Request-Id": f"canary-llm-{i}"})
+            assert status == 200
+            served_by.add(headers["X-Model-Version"])
+        assert served_by == {stable, canary}
+        status, _, stats = request(server.url, "GET", "/admin/stats?window=300", None, None, AUTH)
+        assert status == 200, stats
+    finally:
+        server.stop()
+        good.close()
+        bad.close()
+        sor.dispose()
+
+    policy = RolloutPolicy(min_requests=10)
+    on_canary, on_stable = stats["canary"], stats["stable"]
+    assert on_canary["errors"] == 0 and on_canary["served"] >= 10  # every request answered
+    assert on_canary["llm_failures"] >= on_canary["served"] and on_canary["llm_failure_reasons"].keys() == {"server_error"}
+    problem = health_problem(on_canary, policy)
+    assert problem and "LLM calls failing" in problem and "server_error" in problem, problem
+    assert on_stable["llm_calls"] >= 10 and on_stable["llm_failures"] == 0
+    assert health_problem(on_stable, policy) is None

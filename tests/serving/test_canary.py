@@ -283,6 +283,16 @@ def test_health_is_decided_on_server_errors_and_latency_after_enough_requests():
     assert served_requests({"requests": 30, "client_errors": 12}) == 18
 
 
+def test_an_llm_agents_failed_calls_fail_its_canary_though_its_requests_succeed():
+    policy = RolloutPolicy(min_requests=20, max_llm_failure_rate=0.1)
+    llm = {"llm_calls": 40, "llm_failures": 6, "llm_failure_reasons": {"timeout": 5, "auth": 1}}
+    problem = health_problem(_stats(40) | llm, policy)
+    assert problem.startswith("canary LLM calls failing: 6 of 40 (15.0%)") and "timeout 5, auth 1" in problem
+    assert health_problem(_stats(40) | llm | {"llm_failures": 4}, policy) is None  # 10%: at the bar
+    assert health_problem(_stats(40) | llm | {"llm_calls": 19, "llm_failures": 19}, policy) is None  # too few
+    assert health_problem(_stats(40), policy) is None  # a trained router makes no LLM calls
+
+
 class _Recorded:
     """A deployer whose canary sees the given stats, recording what the rollout does."""
 
