@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,8 +93,10 @@ def isolation(policy: Policy) -> str:
         log.warning("NO LANDLOCK on this kernel: model code runs with a scrubbed environment only "
                     "and can read every file this user can (the audit key included)")
         return ENV_ONLY
-    if abi < 4 and policy.require_landlock:
-        raise SandboxError(f"Landlock ABI {abi} cannot restrict TCP (ABI 4+, Linux 6.7): refusing to run model code")
+    if abi < 4:
+        if policy.require_landlock:
+            raise SandboxError(f"Landlock ABI {abi} cannot restrict TCP (ABI 4+, Linux 6.7): refusing to run model code")
+        log.warning("Landlock ABI %d restricts files but not TCP: model code may connect to any port", abi)
     return LANDLOCK_SECCOMP if seccomp.supported() else LANDLOCK
 
 
@@ -121,11 +123,12 @@ class Run:
     """One child's folder: inputs go in before :meth:`call`, the child writes only here."""
 
     policy: Policy
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="agentops-sandbox-")))
+    workdir: Path = Path()
     isolation: str = ""
 
     def __enter__(self) -> Run:
-        self.isolation = isolation(self.policy)
+        self.isolation = isolation(self.policy)  # refuses before anything is made
+        self.workdir = Path(tempfile.mkdtemp(prefix="agentops-sandbox-"))
         return self
 
     def __exit__(self, *exc) -> None:
