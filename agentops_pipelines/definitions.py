@@ -117,7 +117,8 @@ def build_resources(settings: Settings, agents: Sequence[Agent] | None = None) -
         "llm": LLMEndpointResource(base_url=settings.llm_base_url, model=settings.llm_model,
                                    response_format=settings.llm_response_format),
         "sandbox": ModelSandbox(require_landlock=settings.sandbox_require_landlock,
-                                read=[settings.minilm_dir] if settings.minilm_dir else []),
+                                read=[settings.minilm_dir] if settings.minilm_dir else [],
+                                hidden=[str(settings.home), str(settings.audit_key_file), str(settings.audit_anchor)]),
     }
 
 

@@ -13,10 +13,12 @@ class ModelSandbox(dg.ConfigurableResource):
     """``require_landlock``: refuse to run model code where the kernel has no Landlock (ABI 4+:
     files and TCP), rather than run it with a scrubbed environment only (on in production).
     ``read``: extra read-only paths a model needs (the MiniLM weights' folder when it is not in
-    the virtual environment)."""
+    the virtual environment). ``hidden``: paths model code must never read (the state folder, the
+    audit key and anchor): evaluation refuses to run if one lies under a readable folder."""
 
     require_landlock: bool = False
     read: list[str] = []
+    hidden: list[str] = []
     timeout_s: float = 1800.0
 
     def policy(self, agent: object) -> Policy:
@@ -32,4 +34,4 @@ class ModelSandbox(dg.ConfigurableResource):
             ports = (url.port or (443 if url.scheme == "https" else 80),)
             names.append(endpoint.api_key_env)
         return Policy(require_landlock=self.require_landlock, connect_ports=ports, pass_env=tuple(names),
-                      read=tuple(self.read), timeout_s=self.timeout_s)
+                      read=tuple(self.read), hidden=tuple(self.hidden), timeout_s=self.timeout_s)

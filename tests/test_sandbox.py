@@ -96,9 +96,14 @@ def test_the_childs_environment_holds_no_secret(tmp_path):
 def test_the_project_root_is_not_readable_only_its_packages():
     from agentops_pipelines.resources.settings import PROJECT_ROOT
 
-    paths = sandbox.read_paths(sandbox.Policy())
+    paths = sandbox.read_paths(sandbox.Policy(hidden=(str(PROJECT_ROOT / ".agentops"),)))
     assert str(PROJECT_ROOT) not in paths
     assert str(PROJECT_ROOT / "agentops_pipelines") in paths and str(PROJECT_ROOT / "assets") in paths
+
+
+def test_a_secret_under_a_readable_folder_is_refused_by_name():
+    with pytest.raises(sandbox.SandboxError, match="/usr/local/agentops/audit.key would be readable by model code"):
+        sandbox.read_paths(sandbox.Policy(hidden=("/usr/local/agentops/audit.key",)))
 
 
 def child(code: str) -> subprocess.Popen:

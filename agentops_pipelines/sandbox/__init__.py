@@ -76,6 +76,7 @@ class Policy:
     connect_ports: tuple[int, ...] = ()
     pass_env: tuple[str, ...] = ()
     read: tuple[str, ...] = ()
+    hidden: tuple[str, ...] = ()  # never readable (the state folder, the audit key): checked, not assumed
     timeout_s: float = 1800.0
     max_answer_bytes: int = 64 << 20
 
@@ -115,7 +116,17 @@ def read_paths(policy: Policy) -> list[str]:
 
     pythons = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     packages = {p for name in PACKAGES for p in importlib.util.find_spec(name).submodule_search_locations}
-    return sorted(pythons | packages | set(SYSTEM_READ) | set(policy.read))
+    paths = sorted(pythons | packages | set(SYSTEM_READ) | set(policy.read))
+    for secret in map(_resolved, policy.hidden):
+        exposed = [p for p in paths if secret.is_relative_to(_resolved(p))]
+        if exposed:
+            raise SandboxError(f"{secret} would be readable by model code (it is under {exposed[0]}): "
+                               f"move it out of Python's and the project's folders")
+    return paths
+
+
+def _resolved(path: str) -> Path:
+    return Path(path).resolve()
 
 
 @dataclass
@@ -128,6 +139,7 @@ class Run:
 
     def __enter__(self) -> Run:
         self.isolation = isolation(self.policy)  # refuses before anything is made
+        read_paths(self.policy)
         self.workdir = Path(tempfile.mkdtemp(prefix="agentops-sandbox-"))
         return self
 
