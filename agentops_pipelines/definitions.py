@@ -23,6 +23,7 @@ from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.llm import LLMEndpointResource
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.resources.prometheus import PrometheusResource
+from agentops_pipelines.resources.sandbox import ModelSandbox
 from agentops_pipelines.resources.settings import Settings, load_settings
 from agentops_pipelines.vocabulary import EnvVar
 
@@ -115,6 +116,9 @@ def build_resources(settings: Settings, agents: Sequence[Agent] | None = None) -
         "governance": GovernanceResource(approvers_file=str(settings.approvers_file)),
         "llm": LLMEndpointResource(base_url=settings.llm_base_url, model=settings.llm_model,
                                    response_format=settings.llm_response_format),
+        "sandbox": ModelSandbox(require_landlock=settings.sandbox_require_landlock,
+                                read=[settings.minilm_dir] if settings.minilm_dir else [],
+                                hidden=[str(settings.home), str(settings.audit_key_file), str(settings.audit_anchor)]),
     }
 
 

@@ -90,8 +90,13 @@ def latency_ms(predict, requests: pd.DataFrame, n: int = 200) -> dict:
         t0 = time.perf_counter()
         predict(row)
         times.append((time.perf_counter() - t0) * 1000)
-    arr = np.asarray(times) if times else np.zeros(1)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "samples": times}
+    return latency_summary(times)
+
+
+def latency_summary(samples: list[float]) -> dict:
+    """p50 and p99 (ms) of single-request latencies, and the samples."""
+    arr = np.asarray(samples) if samples else np.zeros(1)
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "samples": list(samples)}
 
 
 HEADLINE = ("accuracy", "macro_f1", "escalation_precision", "escalation_recall", "in_scope_accuracy",

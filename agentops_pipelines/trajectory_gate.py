@@ -16,7 +16,8 @@ than the champion on whole cases (all scorers passed), by McNemar's paired test.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from agentops_pipelines.agent.scorers import GoldenCase, TrajectoryEvaluation
+    from agentops_pipelines.sandbox import Decided
 
 #: Minimum mean per scorer. The trained support desk scores about 0.98 on each (BENCHMARKS.md);
 #: a write the policy forbids is never acceptable.
@@ -63,14 +65,60 @@ def evaluate_route(route: Callable, cases: list[GoldenCase], template: Path, nam
     them with the code scorers and ``judges`` (the optional LLM judge)."""
     from agentops_pipelines.agent.actions import Actions
     from agentops_pipelines.agent.scorers import evaluate_trajectories, runner
-    from agentops_pipelines.agent.system_of_record import SystemOfRecord
     from agentops_pipelines.agent.trajectory import Executor
+
+    with _fresh_copy(template, name) as sor:
+        return evaluate_trajectories(cases, runner(Executor(Actions(sor), route, feature_lookup)), judges=judges)
+
+
+def evaluate_decided(decided: Mapping[str, Decided], features: Mapping[str, Mapping[str, Any]],
+                     cases: list[GoldenCase], template: Path, name: str,
+                     judges: Mapping[str, Callable] | None = None) -> TrajectoryEvaluation:
+    """:func:`evaluate_route` with each case's routing decided beforehand, by case id (by the
+    model in its sandbox, on ``features``: the features the executor then shows for the case).
+    The decide step replays the decision and reports the model's own milliseconds."""
+    from agentops_pipelines.agent.actions import Actions
+    from agentops_pipelines.agent.scorers import evaluate_trajectories
+    from agentops_pipelines.agent.trajectory import Executor
+
+    with _fresh_copy(template, name) as sor:
+        actions = Actions(sor)
+
+        def run(case: GoldenCase):
+            decision = decided[case.case_id]
+            trajectory = Executor(actions, _replay(decision)).run(
+                case.request_id, case.text, case.customer_id, features=features[case.case_id])
+            for step in trajectory.steps:
+                if step.name == "decide":
+                    step.latency_ms = decision.ms
+                    trajectory.latency_ms += decision.ms
+            return trajectory
+
+        return evaluate_trajectories(cases, run, judges=judges)
+
+
+class RouteError(RuntimeError):
+    """The model's router raised (in its sandbox); the message is its error."""
+
+
+def _replay(decision: Decided) -> Callable:
+    def route(text: str, features: Mapping[str, Any]) -> tuple:
+        if decision.error is not None:
+            raise RouteError(decision.error)
+        return (decision.tool, decision.confidence, *([decision.usage] if decision.usage else []))
+
+    return route
+
+
+@contextmanager
+def _fresh_copy(template: Path, name: str):
+    from agentops_pipelines.agent.system_of_record import SystemOfRecord
 
     copy = template.parent / f"{name}.db"
     shutil.copy(template, copy)
     sor = SystemOfRecord(f"sqlite:///{copy}")
     try:
-        return evaluate_trajectories(cases, runner(Executor(Actions(sor), route, feature_lookup)), judges=judges)
+        yield sor
     finally:
         sor.dispose()
 
@@ -79,10 +127,14 @@ def applicable(router: Any, cases: list[GoldenCase]) -> str | None:
     """Why the golden cases cannot judge this router (None when they can): a router trained on
     another label set (Banking77's categories, say) knows none of the support desk's tools."""
     known = getattr(router, "classes", None) or getattr(router, "tools", None)
+    return applicable_labels(known, [c.expected["tool"] for c in cases])
+
+
+def applicable_labels(known: Sequence[Any] | None, expected_tools: Sequence[str]) -> str | None:
+    """:func:`applicable` on the router's labels (None or empty: it does not say, so it may)."""
     if not known:
         return None
-    expected = {c.expected["tool"] for c in cases}
-    missing = sorted(expected - {str(t) for t in known})
+    missing = sorted(set(expected_tools) - {str(t) for t in known})
     if missing:  # another agent's label set, even one sharing a name (BANKING77 has request_refund)
         return (f"the router does not know the golden cases' tools {missing[:5]}"
                 f"{' ...' if len(missing) > 5 else ''} ({len(known)} labels of its own)")

@@ -185,6 +185,8 @@ class EnvVar(StrEnum):
     LLM_MODEL = "AGENTOPS_LLM_MODEL"
     LLM_API_KEY = "AGENTOPS_LLM_API_KEY"
     LLM_RESPONSE_FORMAT = "AGENTOPS_LLM_RESPONSE_FORMAT"
+    # true: refuse to run a candidate's model code where the kernel has no Landlock (sandbox/)
+    SANDBOX_REQUIRE_LANDLOCK = "AGENTOPS_SANDBOX_REQUIRE_LANDLOCK"
 
 
 class ShadowTag(StrEnum):

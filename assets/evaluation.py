@@ -19,6 +19,7 @@ from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.resources.sandbox import ModelSandbox
 from agentops_pipelines.vocabulary import Environment
 
 
@@ -50,6 +51,17 @@ def champion_version(client, name: str, audit: AuditLog):
         raise dg.Failure(f"the audit log does not verify, so what serves in prod is unknown: {log.summary()}")
     row = serving_now(log.entries, name).get(Environment.PROD.value)
     return client.get_model_version(name, str(row["version"])) if row else None
+
+
+def _classify(model_uri: str, what: str, sets: dict, latency_samples: int, policy):
+    """The model's outputs on ``sets`` (and its latency on the first), from its sandbox; a
+    Failure naming ``what`` when the sandbox fails, times out or answers garbage."""
+    from agentops_pipelines.sandbox import SandboxError, classify
+
+    try:
+        return classify(model_uri, sets, next(iter(sets)), latency_samples, policy)
+    except SandboxError as exc:
+        raise dg.Failure(f"{what}: {exc}") from None
 
 
 def _evidently_html(holdout, predicted, path: Path) -> None:
@@ -116,8 +128,8 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                     "`plots` metadata and in MLflow beside the HTML report.",
     )
     def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, trained: dict | None,
-                          lake: LakeResource, mlflow_store: MlflowResource, audit: AuditLog) -> dg.MaterializeResult:
-        import mlflow
+                          lake: LakeResource, mlflow_store: MlflowResource, audit: AuditLog,
+                          sandbox: ModelSandbox) -> dg.MaterializeResult:
         import numpy as np
 
         from agentops_pipelines import plots
@@ -129,7 +141,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             comparison_markdown,
             gate,
             gate_minimums_for,
-            latency_ms,
+            latency_summary,
             load_golden,
             mcnemar,
             per_tool_comparison,
@@ -157,9 +169,8 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             except DataSourceError as exc:
                 raise dg.Failure(f"{agent.name}: {exc}") from None
 
-        def score(model, cases):
-            out = model.predict(None, cases)
-            return out, classification_metrics(
+        def score(out, cases):
+            return classification_metrics(
                 cases["tool"], out["tool"], agent.escalation_tool, out_of_scope_label=agent.out_of_scope_label,
                 fallback_tool=agent.answer_when_unsure, confidence=out["confidence"])
 
@@ -169,13 +180,18 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                 expected = np.where(expected == agent.out_of_scope_label, agent.answer_when_unsure, expected)
             return out["tool"].astype(str).to_numpy() == expected
 
-        candidate = mlflow.pyfunc.load_model(f"runs:/{run_id}/agent").unwrap_python_model()
-        cand_out, cand = score(candidate, holdout)
+        # The model's code runs in its sandbox, never here (it could read the audit key and forge a gate).
+        policy = sandbox.policy(agent)
+        sets = {"holdout": holdout} | ({"golden": golden} if golden is not None else {})
+        candidate = _classify(f"runs:/{run_id}/agent", f"candidate run {run_id}", sets, config.latency_samples, policy)
+        cand_out = candidate.outputs["holdout"]
+        cand = score(cand_out, holdout)
         cand_pred = cand_out["tool"]
         gold = None
         if golden is not None:
-            gold_out, gold = score(candidate, golden)
-        lat = latency_ms(lambda row: candidate.predict(None, row), holdout, config.latency_samples)
+            gold_out = candidate.outputs["golden"]
+            gold = score(gold_out, golden)
+        lat = latency_summary(candidate.latency_ms)
 
         # The champion is compared on the golden set when there is one, else on the held-out split.
         versus_cases, versus_out, versus_cand = ((golden, gold_out, gold) if golden is not None
@@ -183,8 +199,10 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         champ_mv = champion_version(client, agent.name, audit)
         champ, test = None, None
         if champ_mv is not None and champ_mv.run_id != run_id:
-            champion = mlflow.pyfunc.load_model(f"models:/{agent.name}/{champ_mv.version}").unwrap_python_model()
-            champ_out, champ = score(champion, versus_cases)
+            champion = _classify(f"models:/{agent.name}/{champ_mv.version}", f"champion v{champ_mv.version}",
+                                 {"versus": versus_cases}, 0, policy)
+            champ_out = champion.outputs["versus"]
+            champ = score(champ_out, versus_cases)
             test = mcnemar(right(versus_out, versus_cases), right(champ_out, versus_cases))
         judged = dict(cand) | ({f"golden_{k}": v for k, v in gold.items()} if gold else {})
         verdict = gate(judged, champ, test, gate_minimums_for(minimums, judged), config.alpha)
@@ -198,7 +216,8 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             summary |= {f"golden_{k}": round(v, 4) if isinstance(v, float) else v
                         for k, v in gold.items() if isinstance(v, float | int)}
         summary |= {"latency_p50_ms": round(lat["p50"], 2), "latency_p99_ms": round(lat["p99"], 2),
-                    "candidate_run_id": run_id, "compared_on": "golden" if golden is not None else "held-out"}
+                    "candidate_run_id": run_id, "compared_on": "golden" if golden is not None else "held-out",
+                    "sandbox": candidate.isolation}
         if champ is not None:
             summary |= {"champion_version": str(champ_mv.version),
                         **{f"champion_{m}": r["champion"] for m, r in versus.items()},
@@ -246,7 +265,8 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         record = gate_record(run_id, verdict.passed, verdict.reasons, champion, numbers,
                              {"candidate_vs_champion": comparison_markdown(versus)})
         metadata = {"candidate_run_id": run_id, **numbers, "holdout_rows": len(holdout),
-                    "champion_version": champion, "compared_on": summary["compared_on"]}
+                    "champion_version": champion, "compared_on": summary["compared_on"],
+                    "sandbox": candidate.isolation}
         if golden is not None:
             metadata |= {"golden_rows": len(golden),
                          "golden_test_set": dg.MetadataValue.path(str(resolve_path(agent.golden_test_set.path))),

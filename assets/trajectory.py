@@ -25,6 +25,7 @@ from agentops_pipelines.resources.feast import FeastResource
 from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER
 from agentops_pipelines.resources.llm import LLMEndpointResource
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.resources.sandbox import ModelSandbox
 
 ARTIFACTS = "evaluation/trajectory"
 
@@ -61,12 +62,27 @@ def _feature_lookup(feast: FeastResource, customer_ids: list[str], log):
     return lambda ids: {n: [found[n][index[i]] for i in ids if i in index] for n in names}
 
 
-def _load_router(model_uri: str):
-    import mlflow
+def _route(model_uri: str, what: str, cases, features: dict, policy, *, champion: bool = False):
+    """The model's decisions on the golden cases, made in its sandbox (never in this process:
+    model code could read the audit key and forge a gate); a Failure naming ``what`` if that fails.
+    The candidate decides only if the cases apply to it; the champion always (it is compared)."""
+    from agentops_pipelines.sandbox import SandboxError, route
 
-    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-    # A model logged outside the pipeline may not wrap a router: nothing to run paths with.
-    return getattr(model, "router", None), tuple(getattr(model, "feature_columns", ()))
+    expected = () if champion else sorted({c.expected["tool"] for c in cases})
+    try:
+        return route(model_uri, [(c.text, features[c.case_id]) for c in cases], expected, policy)
+    except SandboxError as exc:
+        raise dg.Failure(f"{what}: {exc}") from None
+
+
+def _evaluate(routed, what: str, cases, features: dict, template: Path, name: str, judges):
+    """The golden cases through the executor on the model's sandboxed decisions."""
+    from agentops_pipelines import trajectory_gate as tg
+
+    if not routed.router or routed.decisions is None:
+        raise dg.Failure(f"{what}: {'it wraps no router' if not routed.router else 'no decisions on cases that apply to it'}")
+    decided = dict(zip((c.case_id for c in cases), routed.decisions, strict=True))
+    return tg.evaluate_decided(decided, features, cases, template, name, judges)
 
 
 def baseline_model(agent: Agent) -> str:
@@ -86,10 +102,10 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
     )
     def trajectory_evaluation(context: dg.AssetExecutionContext, config: TrajectoryConfig, trained: dict | None,
                               mlflow_store: MlflowResource, feast: FeastResource,
-                              llm: LLMEndpointResource, audit: AuditLog) -> dg.MaterializeResult:
+                              llm: LLMEndpointResource, audit: AuditLog, sandbox: ModelSandbox) -> dg.MaterializeResult:
         from agentops_pipelines import trajectory_gate as tg
         from agentops_pipelines.agent.llm.judge import judges_for
-        from agentops_pipelines.agent.trajectory import router_from_model
+        from agentops_pipelines.agent.trajectory import features_of
         from agentops_pipelines.assets.evaluation import champion_version
 
         client = mlflow_store.configure()
@@ -99,25 +115,31 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
         if config.llm_judge and llm.endpoint() is None:
             raise dg.Failure("llm_judge needs an endpoint: set AGENTOPS_LLM_BASE_URL (README, 'LLM agents')")
         judges = judges_for(llm.endpoint() if config.llm_judge else None)  # none unless asked for
-        router, columns = _load_router(f"runs:/{run_id}/agent")
         baseline = baseline_model(agent)
+        policy = sandbox.policy(agent)
         with tempfile.TemporaryDirectory(prefix="agentops-trajectory-") as tmp:
             template = tg.seeded_template(Path(tmp))
             cases = tg.golden_cases_from(template, config.cases)
-            reason = "the model wraps no router" if router is None else tg.applicable(router, cases)
+            # Features are looked up here and handed to the model: its sandbox reaches no store.
+            lookup = _feature_lookup(feast.for_agent(agent.name), [c.customer_id for c in cases], context.log)
+            features = {c.case_id: features_of(lookup, c.customer_id) for c in cases}
+            routed = _route(f"runs:/{run_id}/agent", f"candidate run {run_id}", cases, features, policy)
+            # A model logged outside the pipeline may not wrap a router: nothing to run paths with.
+            reason = ("the model wraps no router" if not routed.router
+                      else tg.applicable_labels(routed.labels, [c.expected["tool"] for c in cases]))
             if reason:
                 client.set_tag(run_id, "agentops.trajectory_gate", "not_applicable")
                 reasons = [f"not applicable: {reason}"]
                 return dg.MaterializeResult(value=gate_record(run_id, True, reasons, "none", {}, {}), metadata={
                     "candidate_run_id": run_id, "applicable": False, "gate_passed": True,
-                    "gate_reasons": dg.MetadataValue.json(reasons)})
-            lookup = _feature_lookup(feast.for_agent(agent.name), [c.customer_id for c in cases], context.log)
-            cand = tg.evaluate_route(router_from_model(router, columns), cases, template, "candidate", lookup, judges)
+                    "gate_reasons": dg.MetadataValue.json(reasons), "sandbox": routed.isolation})
+            cand = _evaluate(routed, f"candidate run {run_id}", cases, features, template, "candidate", judges)
             champ, champ_mv = None, champion_version(client, baseline, audit) if config.compare_champion else None
             if champ_mv is not None and champ_mv.run_id != run_id:
-                champ_router, champ_columns = _load_router(f"models:/{baseline}/{champ_mv.version}")
-                champ = tg.evaluate_route(router_from_model(champ_router, champ_columns), cases, template,
-                                          "champion", lookup, judges)
+                what = f"champion {baseline} v{champ_mv.version}"
+                champ_routed = _route(f"models:/{baseline}/{champ_mv.version}", what, cases, features, policy,
+                                      champion=True)
+                champ = _evaluate(champ_routed, what, cases, features, template, "champion", judges)
         result = tg.verdict(cand, champ, config.minimums(), config.alpha)
         fails = tg.failures(cand)
         title = f"{agent.name}: trajectories of run {run_id}" + (
@@ -148,7 +170,7 @@ def build_trajectory_asset(agent: Agent, trained: dg.AssetsDefinition) -> dg.Ass
         record = gate_record(run_id, result.passed, result.reasons, champion, numbers, {"per_scorer": per_scorer})
         metadata = {
             "candidate_run_id": run_id, "applicable": True, "cases": len(cases), **numbers,
-            "champion_version": champion,
+            "champion_version": champion, "sandbox": routed.isolation,
             "gate_passed": result.passed,
             **{f"{name}_judge_calls": judge.calls for name, judge in judges.items()},
             **{f"{name}_judge_failures": judge.failures for name, judge in judges.items()},

@@ -56,6 +56,7 @@ from typing import Any
 
 import dagster as dg
 
+from agentops_pipelines.sandbox import PROCESS_ENV_NAMES, PROCESS_ENV_PREFIXES
 from agentops_pipelines.vocabulary import EnvVar, pinned_version, sor_url
 
 logger = logging.getLogger(__name__)
@@ -170,16 +171,16 @@ def _http_json(
 # -- the serving processes' environment
 
 # Variables a serving process may receive from the deployer's environment, by exact name or
-# prefix: what Python needs to start and import, locale and certificates, proxies, MLflow (its
+# prefix: any child process's basics (PROCESS_ENV_NAMES: what a sandboxed model gets), what
+# Python needs to start and import, certificates, proxies, MLflow (its
 # tracking URI, credentials and artifact-store settings), the Feast settings the model's online
 # lookups read (agentops_pipelines.agent.model), the embedding weights, the serving role. Not
 # AGENTOPS_MODE: in production mode load_settings() wants the code location's database settings,
 # which a serving process must not get; the variables it does get work on their own.
-SERVING_ENV_NAMES = frozenset({
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV",
+SERVING_ENV_NAMES = PROCESS_ENV_NAMES | frozenset({
+    "HOME", "USER", "LOGNAME", "TMPDIR", "VIRTUAL_ENV",
     "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
     "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_STORAGE_ACCESS_KEY",  # MLflow artifact stores other than S3 (AWS_*)
     EnvVar.HOME.value, EnvVar.MLFLOW_ARTIFACT_ROOT.value, EnvVar.FEAST_DIR.value, EnvVar.FEAST_REDIS.value,
@@ -189,7 +190,7 @@ SERVING_ENV_NAMES = frozenset({
 })  # fmt: skip
 # Not the system-of-record URLs (AGENTOPS_SOR_URL and AGENTOPS_SOR_URL_<ENVIRONMENT>): a process
 # gets its own environment's only, from vocabulary.sor_url (a dev process never holds prod's).
-SERVING_ENV_PREFIXES = ("LC_", "PYTHON", "MLFLOW_", "AWS_")
+SERVING_ENV_PREFIXES = (*PROCESS_ENV_PREFIXES, "PYTHON", "MLFLOW_", "AWS_")
 SERVING_ENV_EXCLUDED = frozenset({"MLFLOW_BACKEND_STORE_URI"})  # the MLflow server's, not a client's
 
 

@@ -130,6 +130,11 @@ class Settings:
     llm_base_url: str = ""
     llm_model: str = ""
     llm_response_format: str = "json_schema"  # or "json_object" (llama-cpp-python's server)
+    # Where candidates' model code runs (agentops_pipelines/sandbox): refuse to run it without
+    # Landlock (AGENTOPS_SANDBOX_REQUIRE_LANDLOCK; default: on in production mode only), and the
+    # MiniLM weights' folder it may read (AGENTOPS_MINILM_DIR; default: inside the venv).
+    sandbox_require_landlock: bool = False
+    minilm_dir: str = ""
 
     @property
     def dagster_home(self) -> Path:
@@ -199,6 +204,17 @@ def _serving_ports(value: str, problems: list[str]) -> dict[str, int]:
             continue
         ports[environment.strip()] = int(port)
     return ports
+
+
+def _flag(name: str, value: str, default: bool, problems: list[str]) -> bool:
+    if not value.strip():
+        return default
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    problems.append(f"{name} must be true or false, not {value!r}")
+    return default
 
 
 def _refund_limit(value: str, problems: list[str]) -> float:
@@ -280,6 +296,8 @@ def load_settings(strict: bool = True) -> Settings:
     admin_token = bool(env.get("AGENTOPS_SERVING_ADMIN_TOKEN"))
     refund_limit = _refund_limit(env.get(EnvVar.REFUND_LIMIT, ""), problems)
     sor_urls = {environment: sor_url(environment, env, home) for environment in ENVIRONMENTS}
+    require_landlock = _flag(EnvVar.SANDBOX_REQUIRE_LANDLOCK, env.get(EnvVar.SANDBOX_REQUIRE_LANDLOCK, ""),
+                             mode == "production", problems)
     problems += _shared_sor_problems(sor_urls)
     if mode == "production":
         problems += _production_problems(env, tracking)
@@ -334,6 +352,8 @@ def load_settings(strict: bool = True) -> Settings:
         llm_base_url=env.get(EnvVar.LLM_BASE_URL, "").rstrip("/"),
         llm_model=env.get(EnvVar.LLM_MODEL, ""),
         llm_response_format=env.get(EnvVar.LLM_RESPONSE_FORMAT) or "json_schema",
+        sandbox_require_landlock=require_landlock,
+        minilm_dir=env.get(EnvVar.MINILM_DIR, ""),
     )
     if settings.llm_response_format not in ("json_schema", "json_object"):
         problems.append(f"{EnvVar.LLM_RESPONSE_FORMAT} must be json_schema or json_object, "

@@ -23,7 +23,7 @@ VARIABLES = ("AGENTOPS_MODE", "AGENTOPS_DAGSTER_YAML", "DAGSTER_HOME", "MLFLOW_T
              "AGENTOPS_SERVING_ADMIN_TOKEN", "AGENTOPS_K8S_INFERENCE_LOG_CLAIM",
              "AGENTOPS_AUDIT_KEY_FILE", "AGENTOPS_AUDIT_ANCHOR", "AGENTOPS_APPROVERS_FILE",
              "AGENTOPS_SOR_URL", "AGENTOPS_SOR_URL_DEV", "AGENTOPS_SOR_URL_STAGING",
-             *settings_module.DAGSTER_PG_VARS)
+             "AGENTOPS_SANDBOX_REQUIRE_LANDLOCK", *settings_module.DAGSTER_PG_VARS)
 PG = {"DAGSTER_PG_HOST": "db.internal", "DAGSTER_PG_PORT": "5433", "DAGSTER_PG_USER": "dagster",
       "DAGSTER_PG_PASSWORD": "s3cret", "DAGSTER_PG_DB": "agentops"}
 
@@ -138,6 +138,20 @@ def test_complete_production_settings(env):
     assert s.secret_env == {"mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
                             "feast_registry": "AGENTOPS_FEAST_REGISTRY",
                             "feast_online_store": "AGENTOPS_FEAST_REDIS"}
+
+
+def test_production_refuses_to_run_model_code_without_landlock_unless_told_otherwise(env):
+    from agentops_pipelines.definitions import build_resources
+
+    assert load_settings().sandbox_require_landlock is False  # local mode
+    production(env)
+    assert load_settings().sandbox_require_landlock is True
+    assert build_resources(load_settings())["sandbox"].require_landlock is True
+    production(env, AGENTOPS_SANDBOX_REQUIRE_LANDLOCK="false")
+    assert load_settings().sandbox_require_landlock is False
+    production(env, AGENTOPS_SANDBOX_REQUIRE_LANDLOCK="maybe")
+    with pytest.raises(SettingsError, match="AGENTOPS_SANDBOX_REQUIRE_LANDLOCK must be true or false, not 'maybe'"):
+        load_settings()
 
 
 def test_a_partial_dagster_postgres_config_is_a_problem_in_any_mode(env):

@@ -332,16 +332,22 @@ class Executor:
         return {"customer": dict(view), "features": feats}
 
     def _features(self, customer_id: str) -> dict:
-        if self.feature_lookup is None:
-            return {}
-        found = self.feature_lookup([customer_id])
-        if hasattr(found, "iloc"):  # a DataFrame
-            return {k: _plain(v) for k, v in found.iloc[0].to_dict().items()} if len(found) else {}
-        return {k: _plain(v[0]) for k, v in dict(found).items() if len(v)}
+        return features_of(self.feature_lookup, customer_id)
 
     def _decide(self, text: str, features: Mapping[str, Any]) -> dict:
         tool, confidence, *usage = self.router(text, features)  # an LLM router adds tokens, latency
         return {"tool": str(tool), "confidence": float(confidence), **({"llm": usage[0]} if usage else {})}
+
+
+def features_of(feature_lookup: FeatureLookupFn | None, customer_id: str) -> dict:
+    """A customer's features as ``fetch_context`` shows them (and the router reads them): plain
+    values, {} without a lookup or without the customer."""
+    if feature_lookup is None:
+        return {}
+    found = feature_lookup([customer_id])
+    if hasattr(found, "iloc"):  # a DataFrame
+        return {k: _plain(v) for k, v in found.iloc[0].to_dict().items()} if len(found) else {}
+    return {k: _plain(v[0]) for k, v in dict(found).items() if len(v)}
 
 
 def _customer_view(row: Any) -> dict:

@@ -13,6 +13,7 @@ from agentops_pipelines.resources.audit import AuditLog
 from agentops_pipelines.resources.io_manager import LAKE_IO_MANAGER, LakeIOManager
 from agentops_pipelines.resources.lake import LakeResource
 from agentops_pipelines.resources.mlflow import MlflowResource
+from agentops_pipelines.resources.sandbox import ModelSandbox
 from agentops_pipelines.vocabulary import Alias
 from tests.helpers import promoted
 
@@ -100,7 +101,7 @@ def evaluate(agent: Agent, stores, instance, run_id: str, **config) -> tuple[boo
     result = dg.materialize(
         [trained, report, build_evaluation_gate(report)], instance=instance, raise_on_error=False,
         resources={"lake": lake, LAKE_IO_MANAGER: LakeIOManager(root=lake.root), "mlflow_store": store,
-                   "audit": audit},
+                   "audit": audit, "sandbox": ModelSandbox()},
         run_config={"ops": {f"{agent.name}__evaluation_report": {"config": {
             "candidate_run_id": run_id, "evidently_report": False, "latency_samples": 5, **config}}}})
     (materialization,) = result.asset_materializations_for_node(f"{agent.name}__evaluation_report")
@@ -165,7 +166,7 @@ def test_a_golden_file_without_the_named_column_fails_naming_file_and_column(sto
         trained, training_set = (dg.AssetSpec([agent.name, n]) for n in ("trained_agent", "training_set"))
         dg.materialize([trained, build_evaluation_asset(agent, trained, training_set)], instance=instance,
                        resources={"lake": lake, LAKE_IO_MANAGER: LakeIOManager(root=lake.root), "mlflow_store": store,
-                                  "audit": audit},
+                                  "audit": audit, "sandbox": ModelSandbox()},
                        run_config={"ops": {f"{agent.name}__evaluation_report": {"config": {
                            "candidate_run_id": run_id, "evidently_report": False, "latency_samples": 5}}}})
 
