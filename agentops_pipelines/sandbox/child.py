@@ -99,4 +99,16 @@ def main(workdir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    try:
+        main(Path(sys.argv[1]))
+    except BaseException:  # noqa: BLE001 - the model's error, for the parent's message
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        # Exit now: an interpreter teardown after a model's failure can abort in a native
+        # library's thread ("terminate called without an active exception", SIGABRT), which
+        # would hide the traceback's exit code behind a signal.
+        os._exit(1)
+    sys.stderr.flush()
+    os._exit(0)  # the answer is written and closed: no teardown for the same reason

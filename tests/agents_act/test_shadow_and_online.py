@@ -150,15 +150,17 @@ def test_code_location_settings_and_the_serving_allowlist(monkeypatch, tmp_path)
     assert set(child) == {"AGENTOPS_REFUND_LIMIT", "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE"}
 
 
-def test_status_shows_the_shadow_evidence_to_reviewers():
-    from agentops_pipelines.cli import _shadow_note
+def test_status_shows_the_shadow_comparison_to_reviewers_marked_unverified():
+    from agentops_pipelines.cli import UNVERIFIED, _shadow_note
     from agentops_pipelines.serving.shadow import evidence_tags
 
     few = Comparison("3", "4")
     for _ in range(40):
         few.add(True, True, True)
     note = _shadow_note(evidence_tags(few.summary()))
-    assert note.startswith("; shadow vs v3: no_difference over 40 requests") and "McNemar p=1.0" in note
+    # tags a serving process wrote: context for a reviewer, never evidence (nothing backs them)
+    assert note.startswith(f"; shadow ({UNVERIFIED}) vs v3: no_difference over 40 requests"), note
+    assert "McNemar p=1.0" in note
     assert _shadow_note({"approval_status": "pending"}) == ""
 
 

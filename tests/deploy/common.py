@@ -88,7 +88,9 @@ def prometheus_answers(**by_version) -> dict[str, dict]:
         p99.append(({"version": version}, q99))
         escalations.append(({"version": version}, esc))
     return {"requests": vector(requests), "p50": vector(p50), "p99": vector(p99),
-            "escalations": vector(escalations)}
+            "escalations": vector(escalations),
+            # trained routers make no LLM calls: no series
+            "llm_calls": vector([]), "llm_failures": vector([])}
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
