@@ -68,8 +68,8 @@ status: install
 
 # Tests run in TEST_WORKERS processes (pytest-xdist; `auto`: one per CPU), a test file per worker at
 # a time (--dist loadfile: a file's module fixtures are built once). Much of the suite waits on
-# servers and subprocesses: with two workers a full run kept 1.7 of 2 cores busy on average
-# (2026-12-02). TEST_WORKERS=0 runs them serially, in one process.
+# servers and subprocesses: on 2 cores a full run took 24:41 with two workers and 35:42 serially
+# (0.69x; 2026-12-02, same clean clone). TEST_WORKERS=0 runs them serially, in one process.
 TEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
