@@ -111,18 +111,17 @@ def child(code: str) -> subprocess.Popen:
 
 
 def test_a_child_that_answers_too_much_or_too_late_is_stopped():
-    proc = child("import sys; sys.stdout.write('x' * 100000)")
-    with pytest.raises(sandbox.SandboxError, match="more than 1000 bytes"):
+    def answer(proc, timeout_s):
         try:
-            sandbox._read_answer(proc, 30, 1000)
+            return sandbox._read_answer(proc, timeout_s, 1000)
         finally:
             sandbox._stop(proc)
+
+    with pytest.raises(sandbox.SandboxError, match="more than 1000 bytes"):
+        answer(child("import sys; sys.stdout.write('x' * 100000)"), 30)
     proc = child("import time; time.sleep(60)")
     with pytest.raises(sandbox.SandboxError, match="did not finish within 0.5 s"):
-        try:
-            sandbox._read_answer(proc, 0.5, 1000)
-        finally:
-            sandbox._stop(proc)
+        answer(proc, 0.5)
     assert proc.returncode is not None
 
 

@@ -48,12 +48,18 @@ def _for(entries: Iterable[AuditEntry], agent: str, version: str) -> list[AuditE
     return [e for e in entries if e.agent == agent and e.version == str(version)]
 
 
-def registration(entries: Iterable[AuditEntry], agent: str, version: str) -> Registration | None:
-    """The latest registration of ``version`` by the pipeline (re-registering replaces it)."""
+def _latest_registration(entries: Iterable[AuditEntry], agent: str, version: str) -> AuditEntry | None:
+    """The audit entry of the latest registration of ``version`` (re-registering replaces it)."""
     latest = None
     for e in _for(entries, agent, version):
         if e.action == "register":
             latest = e
+    return latest
+
+
+def registration(entries: Iterable[AuditEntry], agent: str, version: str) -> Registration | None:
+    """The latest registration of ``version`` by the pipeline (re-registering replaces it)."""
+    latest = _latest_registration(entries, agent, version)
     if latest is None:
         return None
     d = latest.details
@@ -65,10 +71,7 @@ def recorded_metrics(entries: Iterable[AuditEntry], agent: str, version: str) ->
     """The evaluation figures (``eval_<metric>``) the pipeline recorded with the latest
     registration of ``version``, None if the pipeline never registered it. The tags of the same
     name are a view anyone with MLflow write access can set; these are the evidence."""
-    latest = None
-    for e in _for(entries, agent, version):
-        if e.action == "register":
-            latest = e
+    latest = _latest_registration(entries, agent, version)
     if latest is None:
         return None
     metrics = latest.details.get("metrics")

@@ -51,8 +51,8 @@ def role_stats(answers: Mapping[str, Mapping[str, Any]], version: str) -> dict[s
         values = [v for m, v in _samples(answers[name]) if m.get("version") == version]
         return round(values[0] * scale, 3) if values else None
 
-    llm = [v for m, v in _samples(answers.get("llm_calls") or {}) if m.get("version") == version]
-    failed = {m.get("reason", "?"): round(v) for m, v in _samples(answers.get("llm_failures") or {})
+    llm = [v for m, v in _samples(answers["llm_calls"]) if m.get("version") == version]
+    failed = {m.get("reason", "?"): round(v) for m, v in _samples(answers["llm_failures"])
               if m.get("version") == version}
     calls = {"llm_calls": round(llm[0]), "llm_failures": sum(failed.values()),
              "llm_failure_reasons": {r: n for r, n in failed.items() if n}} if llm else {}

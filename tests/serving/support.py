@@ -282,6 +282,13 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"the server did not serve in time:\n{self.log()}")
 
+    def exit_code(self, timeout: float = 60.0) -> int:
+        """How a server that must refuse to start ended; it is never left running."""
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.process.kill()
+
     @property
     def port(self) -> int:
         return urlsplit(self.url).port
