@@ -54,6 +54,17 @@ def test_writes_change_rows_and_business_rules_reject(actions, sor):
     assert r.outcome == "not_found" and r.error.startswith("order_id:")
 
 
+def _strings(value) -> list[str]:
+    """Every string in a nested dict/list: keys and text values."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def _refund_in_process(url, args, request_id, barrier):
     barrier.wait()
     sor = SystemOfRecord(url)
@@ -162,7 +173,7 @@ def test_a_reused_request_id_never_shows_another_customers_call(actions, sor):
     assert first.outcome == "handed_over"
     other = executor.run("shared-1", "I would like to talk to a person", "C00002")
     assert other.outcome == "rejected" and "request_id" in other.answer
-    seen = repr(other.to_dict())
+    seen = " ".join(_strings(other.to_dict()))  # the text it reads, not timings (digits by chance)
     assert "C00001" not in seen and "4242" not in seen and "07700" not in seen, other.answer
     # A write tool names its customer: the same leak through update_payment_method is closed too.
     actions.call("update_payment_method", {"customer_id": "C00003", "payment_method": "amex ending 9876"},
