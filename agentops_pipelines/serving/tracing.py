@@ -26,7 +26,12 @@ exists, else to the experiment of the run that logged the model.
 Where the export runs (``mode``):
 
 - ``"process"`` (the server's default): a small child process that imports mlflow but no model
-  and never predicts. MLflow's export to its SQL store costs ~60-100 ms of CPU per trace (a
+  and never predicts. It is started before the serving process confines itself (``confine.py``)
+  and is the one process of a deployment that writes to MLflow: traces, and the evaluation
+  worker's flagged requests and shadow evidence (``mlflow_writes.py``, on a second socket). What
+  it receives comes from a process that runs a model nobody may have reviewed, so it arrives as
+  JSON datagrams (never pickles: unpickling runs code) and :meth:`TraceJob.from_plain` checks
+  each field. MLflow's export to its SQL store costs ~60-100 ms of CPU per trace (a
   transaction per span, measured here): on a thread of the serving process that GIL time showed
   in every request (p50 3.3 -> 8.0 ms at 200 requests/s with 1% traced). The child exits when the
   serving process is gone (it checks its parent every second), so it is never orphaned.
@@ -37,15 +42,17 @@ Imports nothing from the rest of the serving package.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import pandas as pd
@@ -55,6 +62,7 @@ from agentops_pipelines.serving.batching import plain_rows
 logger = logging.getLogger("agentops_pipelines.serving.tracing")
 
 MAX_OUTPUT_ROWS = 20
+MAX_JOB_BYTES = 1 << 20  # one job's datagram
 MODES = ("process", "thread")
 _EXPORT_LOGGERS = ("mlflow.tracing.export.mlflow_v3", "mlflow.tracing.export", "mlflow.tracing")
 
@@ -94,6 +102,28 @@ class TraceJob:
             steps=[tuple(step) for step in steps or []],
         )  # fmt: skip
 
+    @classmethod
+    def from_plain(cls, value: Any) -> TraceJob:
+        """A job as the serving process sent it (JSON), every field checked: ValueError."""
+        if not isinstance(value, dict) or set(value) != {f.name for f in fields(cls)}:
+            raise ValueError("not a trace job (its exact fields)")
+        kinds = {"model_uri": str, "version": str, "agent": str, "request_id": str, "role": str, "reason": str,
+                 "status": int, "rows": int, "latency_ms": (int, float), "inputs": list, "outputs": list,
+                 "features": list, "marks": dict, "steps": list, "error": (str, type(None)),
+                 "run_id": (str, type(None)), "model_id": (str, type(None))}
+        for name, kind in kinds.items():
+            if not isinstance(value[name], kind) or isinstance(value[name], bool):
+                raise ValueError(f"{name}: not a {kind}")
+            if isinstance(value[name], str) and len(value[name]) > 10_000:
+                raise ValueError(f"{name}: longer than 10,000 characters")
+        if not all(isinstance(k, str) and isinstance(v, int) for k, v in value["marks"].items()):
+            raise ValueError("marks: not names and nanoseconds")
+        for step in value["steps"]:
+            if (not isinstance(step, list) or len(step) not in (4, 5) or not all(isinstance(x, str) for x in step[:2])
+                    or not all(isinstance(x, int) for x in step[2:4]) or (len(step) == 5 and not isinstance(step[4], dict))):
+                raise ValueError("steps: not (name, span type, start ns, end ns[, details])")
+        return cls(**{**value, "steps": [tuple(step) for step in value["steps"]]})
+
 
 class _ExportFailures(logging.Handler):
     """Counts the warnings MLflow's exporter logs on the tracer thread (it never raises)."""
@@ -118,6 +148,8 @@ class Tracer:
         experiment: str | None = None,
         on_result: Callable[[str, str], None] | None = None,
         mode: str = "thread",
+        agent: str = "agent",
+        enabled: bool = True,
     ):
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"trace sample rate must be in [0, 1], got {sample_rate}")
@@ -129,6 +161,9 @@ class Tracer:
         self.max_queue = max_queue
         self.max_per_second = max_per_second
         self.experiment = experiment or None
+        self.agent = agent  # whose dataset and versions the exporter may write (mlflow_writes.py)
+        self.enabled = enabled  # False: no traces at all (the exporter still makes the worker's writes)
+        self._writes: socket.socket | None = None
         self._on_result = on_result or (lambda reason, result: None)
         self._random = random.random
         self._queue: Any = None
@@ -146,7 +181,7 @@ class Tracer:
     def admit(self, reason: str) -> bool:
         """Whether a trace may be made now (under the rate cap); a refused one is counted as
         dropped. Called before the job is built, so a dropped trace costs the request nothing."""
-        if self._queue is None:
+        if self._queue is None or not self.enabled:
             return False
         now = time.monotonic()
         if now < self._next_at:
@@ -174,15 +209,20 @@ class Tracer:
             self._thread.start()
             return self
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
-        self._queue = ctx.Queue(maxsize=self.max_queue)
-        self._results = ctx.Queue()
+        jobs, jobs_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._writes, writes_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        jobs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self._queue = _Datagrams(jobs)
+        self._results, results_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._process = ctx.Process(
             target=_exporter_main,
-            args=(self._queue, self._results, self.environment, self.experiment, os.getpid(),
-                  logging.getLogger().getEffectiveLevel()),
+            args=(jobs_child, writes_child, results_child, self.environment, self.experiment, self.agent,
+                  os.getpid(), logging.getLogger().getEffectiveLevel()),
             name="agentops-trace-exporter", daemon=True,
         )  # fmt: skip
         self._process.start()
+        for end in (jobs_child, writes_child, results_child):
+            end.close()
         self._results_thread = threading.Thread(target=self._read_results, name="tracer-results",
                                                 daemon=True)  # fmt: skip
         self._results_thread.start()
@@ -207,8 +247,11 @@ class Tracer:
         if self._results_thread is not None:
             self._results_thread.join(max(0.0, deadline - time.monotonic()) + 1)
         if self._process is not None:
-            self._queue.cancel_join_thread()  # never block the exit on jobs nobody will read
             self._queue.close()
+
+    def writes_channel(self) -> socket.socket | None:
+        """The exporter's write socket, for the evaluation worker (``mlflow_writes.py``)."""
+        return self._writes
 
     @property
     def alive(self) -> bool:
@@ -218,7 +261,7 @@ class Tracer:
     def _read_results(self) -> None:
         while True:
             try:
-                item = self._results.get()
+                item = json.loads(self._results.recv(1024))
             except (EOFError, OSError, ValueError):
                 return
             if item is None:
@@ -416,8 +459,66 @@ def _step_span(agent, name, span_type, t0, t1, details: dict) -> None:
     span.end(outputs=details.get("outputs"), status=status, end_time_ns=max(t0, t1))
 
 
-def _exporter_main(jobs, results, environment, experiment, parent, log_level) -> None:
-    """The exporter process: builds and exports the traces it receives; never loads a model."""
+class _Datagrams:
+    """The serving process's end of the exporter's job socket, used like a queue: each job one
+    JSON datagram (``None``: stop); a full buffer is ``queue.Full``."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        sock.setblocking(False)
+
+    def put_nowait(self, job: TraceJob | None) -> None:
+        data = b"null" if job is None else json.dumps(asdict(job), default=str).encode()
+        if len(data) > MAX_JOB_BYTES:
+            raise queue.Full
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            raise queue.Full from None
+
+    def put(self, job: TraceJob | None, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.put_nowait(job)
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Inbox:
+    """The exporter's end of the job socket: ``get`` as on a queue, each job parsed and checked
+    (a job that is not one is logged and skipped)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def get(self, timeout: float) -> TraceJob | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(MAX_JOB_BYTES)
+            except TimeoutError:
+                raise queue.Empty from None
+            try:
+                value = json.loads(data)
+                return None if value is None else TraceJob.from_plain(value)
+            except ValueError as e:
+                logger.warning("skipped a trace job that is not one: %s", str(e)[:200])
+                if time.monotonic() > deadline:
+                    raise queue.Empty from None
+
+
+def _exporter_main(jobs, writes, results, environment, experiment, agent, parent, log_level) -> None:
+    """The exporter process: builds and exports the traces it receives and makes the evaluation
+    worker's MLflow writes (on a thread); never loads a model, never unpickles their input."""
+    from agentops_pipelines.serving import mlflow_writes
+
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
@@ -432,12 +533,14 @@ def _exporter_main(jobs, results, environment, experiment, parent, log_level) ->
         level=log_level, format="%(asctime)s %(levelname)s %(name)s [trace exporter]: %(message)s"
     )
     tracer = Tracer(environment, experiment=experiment)
+    threading.Thread(target=mlflow_writes.serve, name="mlflow-writes", daemon=True,
+                     args=(writes, mlflow_writes.DirectWrites(agent, experiment), lambda: os.getppid() == parent),
+                     ).start()  # fmt: skip
     try:
-        tracer._serve(jobs, lambda reason, result: results.put((reason, result)), parent)
+        tracer._serve(_Inbox(jobs), lambda reason, result: results.send(json.dumps([reason, result]).encode()), parent)
     finally:
-        results.put(None)
+        results.send(b"null")
         results.close()
-        results.join_thread()
 
 
 def _records(frame: Any) -> list:
