@@ -131,7 +131,7 @@ def test_ports_are_chosen_once_per_agent_and_environment(tmp_path):
     anonymous = LocalProcessDeployer(state_dir=str(tmp_path))
     assert anonymous.status("dev") is None and anonymous.supervision("nowhere") is None
     for agent in (ALPHA, BETA):
-        (tmp_path / agent / "dev").mkdir(parents=True)
+        (tmp_path / agent / "dev").mkdir(parents=True, exist_ok=True)
         (tmp_path / agent / "dev" / "supervisor.json").write_text("{}")
     with pytest.raises(DeploymentError, match="several agents"):
         anonymous.status("dev")

@@ -72,6 +72,7 @@ def serving_policy(environ: Mapping[str, str], *, own_folder: Path | None, tmp: 
     readable = [*read, *_local_paths(environ.get("MLFLOW_TRACKING_URI", ""), environ.get("MLFLOW_REGISTRY_URI", ""),
                                      environ.get(EnvVar.MLFLOW_ARTIFACT_ROOT) or str(home / "mlflow" / "artifacts"),
                                      model_uri, environ.get(EnvVar.MINILM_DIR, ""))]
+    readable += artifact_locations(environ.get("MLFLOW_TRACKING_URI", ""))
     readable.append(str(feast.repo_dir))
     if not is_sql_url(feast.registry) and "://" not in feast.registry:
         readable.append(feast.registry)
@@ -87,6 +88,18 @@ def serving_policy(environ: Mapping[str, str], *, own_folder: Path | None, tmp: 
                            tuple(sorted({_resolved(p) for p in writable})), tuple(sorted(ports)), require_landlock)
     _refuse_the_state_folder(policy, Path(_resolved(str(home))))
     return policy
+
+
+def artifact_locations(tracking_uri: str) -> list[str]:
+    """The local artifact folders of the experiments in a local (SQLite) MLflow store: each
+    experiment keeps its own (``./mlruns`` for one created without one), and any of them may hold
+    a version this process is asked to load. A remote store's artifacts are reached over TCP."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return []
+    import mlflow
+
+    experiments = mlflow.MlflowClient(tracking_uri).search_experiments(view_type=3)  # ViewType.ALL
+    return _local_paths(*(e.artifact_location for e in experiments))
 
 
 def private_tmp() -> Path:

@@ -69,7 +69,7 @@ def test_each_serving_process_gets_its_own_environments_system_of_record_only():
               "AGENTOPS_SOR_URL_STAGING": "postgresql://agent:staging-pw@db/sor_staging"}
     deployer = LocalProcessDeployer(state_dir="/tmp/x")
     dev = deployer.process_environment("support_agent", parent, "dev")
-    assert dev["AGENTOPS_SOR_URL"] == "sqlite:////state/system_of_record_dev.db"  # its own, seeded on use
+    assert dev["AGENTOPS_SOR_URL"] == "sqlite:////state/system_of_record/dev/system_of_record.db"  # its own, seeded on use
     assert not any("pw" in value for value in dev.values())  # neither prod's URL nor staging's
     assert not any(name.startswith("AGENTOPS_SOR_URL_") for name in dev)
     staging = deployer.process_environment("support_agent", parent, "staging")
