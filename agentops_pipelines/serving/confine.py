@@ -72,7 +72,8 @@ def serving_policy(environ: Mapping[str, str], *, own_folder: Path | None, tmp: 
     readable = [*read, *_local_paths(environ.get("MLFLOW_TRACKING_URI", ""), environ.get("MLFLOW_REGISTRY_URI", ""),
                                      environ.get(EnvVar.MLFLOW_ARTIFACT_ROOT) or str(home / "mlflow" / "artifacts"),
                                      model_uri, environ.get(EnvVar.MINILM_DIR, ""))]
-    readable += artifact_locations(environ.get("MLFLOW_TRACKING_URI", ""))
+    for uri in {environ.get("MLFLOW_TRACKING_URI", ""), environ.get("MLFLOW_REGISTRY_URI", "")}:
+        readable += artifact_locations(uri)
     readable.append(str(feast.repo_dir))
     if not is_sql_url(feast.registry) and "://" not in feast.registry:
         readable.append(feast.registry)
