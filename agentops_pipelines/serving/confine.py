@@ -23,6 +23,16 @@ layer (:mod:`agentops_pipelines.sandbox.landlock`, :mod:`~agentops_pipelines.san
 No folder granted may hold the state folder (``AGENTOPS_HOME``): it keeps the secrets. Where
 the kernel has no Landlock the process serves ``unconfined`` (a loud log line, ``isolation`` in
 ``/health`` and the state file), unless ``--require-landlock`` (production): then it refuses.
+
+Landlock and seccomp restrict the calling thread and the threads it starts later, not a thread
+that already runs: a model could hand its code to such a thread (replace a callback it calls)
+and run it unconfined. So :func:`apply` refuses while another Python thread runs: the serving
+process starts its threads after confining itself (threads of native libraries, which run no
+Python, remain: OpenBLAS's, jemalloc's).
+
+For a test of the refusal, ``AGENTOPS_SERVING_ASSUME_NO_LANDLOCK=true`` has :func:`apply` take
+the kernel for one without Landlock, but only where Landlock is required: it can make a server
+refuse, never serve less confined than it would.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from agentops_pipelines.vocabulary import EnvVar
 logger = logging.getLogger("agentops_pipelines.serving")
 
 UNCONFINED = "unconfined"
+ASSUME_NO_LANDLOCK = "AGENTOPS_SERVING_ASSUME_NO_LANDLOCK"  # a test's seam: see the module's docstring
 #: The port a URL's scheme implies when it names none.
 DEFAULT_PORTS = {"http": 80, "https": 443, "s3": 443, "gs": 443, "wasbs": 443, "abfss": 443,
                  "postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306,
@@ -57,6 +68,7 @@ class ServingPolicy:
     write: tuple[str, ...]
     connect_ports: tuple[int, ...]
     require_landlock: bool = False
+    assume_no_landlock: bool = False  # honoured only with require_landlock: a refusal
 
 
 def serving_policy(environ: Mapping[str, str], *, own_folder: Path | None, tmp: Path,
@@ -85,8 +97,10 @@ def serving_policy(environ: Mapping[str, str], *, own_folder: Path | None, tmp: 
                 environ.get("MLFLOW_S3_ENDPOINT_URL", ""), environ.get(EnvVar.MLFLOW_ARTIFACT_ROOT, ""),
                 sor_url, feast.registry, _redis_url(feast.online_store)):
         ports |= set(_url_port(url))
+    assume_no_landlock = environ.get(ASSUME_NO_LANDLOCK, "").strip().lower() in ("1", "true", "yes", "on")
     policy = ServingPolicy(tuple(sorted({_resolved(p) for p in readable if p})),
-                           tuple(sorted({_resolved(p) for p in writable})), tuple(sorted(ports)), require_landlock)
+                           tuple(sorted({_resolved(p) for p in writable})), tuple(sorted(ports)), require_landlock,
+                           assume_no_landlock)
     _refuse_the_state_folder(policy, Path(_resolved(str(home))))
     return policy
 
@@ -117,8 +131,13 @@ def apply(policy: ServingPolicy) -> str:
     from agentops_pipelines import sandbox
     from agentops_pipelines.sandbox import landlock, seccomp
 
+    _refuse_other_threads()
+    if policy.assume_no_landlock and not policy.require_landlock:
+        logger.warning("%s ignored: it is honoured only where Landlock is required (it may only make "
+                       "a server refuse)", ASSUME_NO_LANDLOCK)
     try:
-        isolation = sandbox.isolation(sandbox.Policy(require_landlock=policy.require_landlock))
+        abi = 0 if policy.assume_no_landlock and policy.require_landlock else None
+        isolation = sandbox.isolation(sandbox.Policy(require_landlock=policy.require_landlock), abi)
         if isolation == sandbox.ENV_ONLY:
             logger.warning("NOT CONFINED: this kernel has no Landlock; the served model's code can read and "
                            "write every file this user can (the audit key, the signing keys, other "
@@ -135,6 +154,16 @@ def apply(policy: ServingPolicy) -> str:
     logger.info("confined (%s): writes %s; TCP to ports %s", isolation, ", ".join(policy.write),
                 ", ".join(map(str, policy.connect_ports)) or "none")
     return isolation
+
+
+def _refuse_other_threads() -> None:
+    """ConfinementError while a Python thread besides this one runs: it would stay unconfined."""
+    import threading
+
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    if others:
+        raise ConfinementError(f"threads started before confinement would stay unconfined: {', '.join(others)}; "
+                               f"start them after confining the process")
 
 
 def _refuse_the_state_folder(policy: ServingPolicy, home: Path) -> None:

@@ -7,9 +7,12 @@ rewrite a registered version's source and have prod load its code), so :class:`E
 hands each write, as one JSON datagram, to the trace exporter (``tracing.py``), which was started
 before the serving process confined itself. The exporter treats it as hostile input:
 :func:`handle` checks every field (:func:`flagged_rows`, :func:`evidence_summary`), writes only
-this agent's dataset and only the ``agentops.shadow.*`` tags, computes the tags itself, and
-answers ``{"ok": ...}``. :class:`DirectWrites` is what the exporter (and an unconfined worker,
-in tests and benchmarks) runs.
+this agent's dataset (rows of its own environment) and only the ``agentops.shadow.*`` tags of
+its own registered model's versions, computes the tags itself, and answers ``{"ok": ...}``. The
+agent and environment are the exporter's own arguments, never the datagram's. A flood is bounded
+(:class:`Budget`: writes over it are refused and counted), and the exporter never waits on the
+serving process (an answer it will not read is dropped). :class:`DirectWrites` is what the
+exporter (and an unconfined worker, in tests and benchmarks) runs.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import select
 import socket
 import time
+from collections import Counter
 from typing import Any
 
 logger = logging.getLogger("agentops_pipelines.serving.mlflow_writes")
@@ -26,7 +31,9 @@ logger = logging.getLogger("agentops_pipelines.serving.mlflow_writes")
 MAX_DATAGRAM = 1 << 20
 MAX_ROWS = 200  # flagged requests per write (the worker flushes every 50)
 MAX_TEXT = 20_000
+WRITES_PER_SECOND, WRITES_BURST = 2.0, 20  # the worker writes every 50 flagged requests at most
 _VERSION = re.compile(r"^[0-9]{1,18}$")
+_LABEL = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")  # a served version's label (a path's --version)
 _VERDICTS = frozenset({"better", "worse", "no_difference", "too_few"})
 _COUNTS = ("requests", "both_pass", "primary_only", "challenger_only", "both_fail", "same_tool", "challenger_errors")
 _SHARES = ("primary_pass_rate", "challenger_pass_rate", "tool_agreement", "mcnemar_p")
@@ -40,11 +47,52 @@ def dataset_name(agent: str) -> str:
     return f"{agent}-flagged"
 
 
-class DirectWrites:
-    """The writes made here, with this process's MLflow client."""
+class Budget:
+    """At most ``rate`` items a second on average, ``burst`` at once (a token bucket): what an
+    exporter does for an untrusted process however fast that process sends."""
 
-    def __init__(self, agent: str, experiment: str | None = None):
-        self.agent, self.experiment = agent, experiment
+    def __init__(self, rate: float, burst: int, clock=time.monotonic):
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens, self._at = float(burst), clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class Tally:
+    """Counts of what the exporter refused or dropped, logged at most every ``every_s`` seconds
+    (a flood of bad input must not become a flood of log lines)."""
+
+    def __init__(self, what: str, every_s: float = 10.0, clock=time.monotonic):
+        self.what, self.every_s, self._clock = what, every_s, clock
+        self.counts: Counter[str] = Counter()
+        self._unlogged: Counter[str] = Counter()
+        self._logged_at = -every_s
+        self._last = ""
+
+    def add(self, outcome: str, detail: str = "") -> None:
+        self.counts[outcome] += 1
+        self._unlogged[outcome] += 1
+        self._last = detail or self._last
+        if self._clock() - self._logged_at >= self.every_s:
+            logger.warning("%s: %s (last: %s)", self.what,
+                           ", ".join(f"{n} {k}" for k, n in sorted(self._unlogged.items())), self._last[:300])
+            self._unlogged.clear()
+            self._logged_at = self._clock()
+
+
+class DirectWrites:
+    """The writes made here, with this process's MLflow client; ``environment``: the only one
+    whose flagged requests it takes (None: any, for an unconfined worker)."""
+
+    def __init__(self, agent: str, experiment: str | None = None, environment: str | None = None):
+        self.agent, self.experiment, self.environment = agent, experiment, environment
         self._dataset = None
 
     def add_flagged(self, rows: list[dict]) -> None:
@@ -101,48 +149,78 @@ class ExporterWrites:
         raise TimeoutError(f"the trace exporter did not answer within {self.timeout_s:.0f} s")
 
 
-def serve(sock: socket.socket, writes: DirectWrites, alive) -> None:
-    """The exporter's side: answer each write until the socket closes or ``alive()`` is False."""
-    sock.settimeout(1.0)
+def serve(sock: socket.socket, writes: DirectWrites, alive, budget: Budget | None = None,
+          tally: Tally | None = None) -> None:
+    """The exporter's side: answer each write until the socket closes or ``alive()`` is False.
+    Writes over ``budget`` are refused unread; an answer the other side does not take (its
+    buffer full) is dropped: the exporter never waits on the serving process."""
+    budget = budget or Budget(WRITES_PER_SECOND, WRITES_BURST)
+    tally = tally or Tally("the evaluation worker's writes")
+    sock.setblocking(False)  # a send that would wait fails at once (a timeout would wait it out)
     while alive():
         try:
+            if not select.select([sock], [], [], 1.0)[0]:
+                continue
             data = sock.recv(MAX_DATAGRAM)
-        except TimeoutError:
+        except BlockingIOError:
             continue
         except OSError:
             return
         if not data:
             return
-        answer = handle(data, writes)
+        answer = handle(data, writes, tally) if budget.take() else _refusal(data, "over the exporter's write budget", tally)
         try:
             sock.send(json.dumps(answer).encode())
+        except BlockingIOError:
+            tally.add("answers dropped", "the serving side does not read its answers")
         except OSError:
             return
 
 
-def handle(data: bytes, writes: DirectWrites) -> dict:
-    """One write from an untrusted process: checked, made, answered (never raises)."""
+def handle(data: bytes, writes: DirectWrites, tally: Tally | None = None) -> dict:
+    """One write from an untrusted process: checked, made, answered; never raises. A refused
+    or failed write is counted in ``tally`` (``refused``, ``failed``)."""
+    tally = tally or Tally("the evaluation worker's writes")
     message = None
     try:
         message = json.loads(data)
-        if not isinstance(message, dict) or not isinstance(message.get("id"), int):
+        if not isinstance(message, dict) or not isinstance(message.get("id"), int) or isinstance(message["id"], bool):
             raise WriteError("not a write (an object with an integer id)")
         answer: dict[str, Any] = {"id": message["id"], "ok": True}
         if message.get("kind") == "flagged":
-            writes.add_flagged(flagged_rows(message.get("rows"), writes.agent))
+            rows = flagged_rows(message.get("rows"), writes.agent, writes.environment)
         elif message.get("kind") == "evidence":
-            answer["tags"] = writes.record_evidence(evidence_summary(message.get("summary")))
+            summary = evidence_summary(message.get("summary"))
         else:
             raise WriteError(f"unknown write {str(message.get('kind'))[:40]!r}")
+    except Exception as e:  # noqa: BLE001 - any bad input is refused, never a crash of the exporter
+        return _refusal(data, f"{type(e).__name__}: {e}", tally, message)
+    try:
+        if message["kind"] == "flagged":
+            writes.add_flagged(rows)
+        else:
+            answer["tags"] = writes.record_evidence(summary)
         return answer
-    except Exception as e:  # noqa: BLE001 - the writer's error, for the worker that asked
-        logger.warning("refused or failed a write of the evaluation worker: %s: %s", type(e).__name__, e)
-        return {"id": message.get("id") if isinstance(message, dict) else None, "ok": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+    except Exception as e:  # noqa: BLE001 - MLflow's error, for the worker that asked
+        tally.add("failed", f"{type(e).__name__}: {e}")
+        return {"id": message["id"], "ok": False, "error": f"{type(e).__name__}: {str(e)[:500]}"}
 
 
-def flagged_rows(value: Any, agent: str) -> list[dict]:
+def _refusal(data: bytes, error: str, tally: Tally, message: Any = None) -> dict:
+    """The answer to a write that is not made (counted as refused)."""
+    if message is None:
+        try:
+            message = json.loads(data)
+        except (ValueError, RecursionError):
+            message = None
+    tally.add("refused", error)
+    ident = message.get("id") if isinstance(message, dict) and isinstance(message.get("id"), int) else None
+    return {"id": ident, "ok": False, "error": error[:500]}
+
+
+def flagged_rows(value: Any, agent: str, environment: str | None = None) -> list[dict]:
     """Flagged requests as the worker collects them (``online_eval._Worker.request``), rebuilt
-    from checked strings only."""
+    from checked strings only: of ``environment`` (when given) and a version label each."""
     if not isinstance(value, list) or not 0 < len(value) <= MAX_ROWS:
         raise WriteError(f"rows: not a list of 1 to {MAX_ROWS} flagged requests")
     rows = []
@@ -151,6 +229,11 @@ def flagged_rows(value: Any, agent: str) -> list[dict]:
         failed = expectations.get("failed_scorers")
         if not isinstance(failed, list) or not all(isinstance(f, str) and len(f) <= 100 for f in failed[:20]):
             raise WriteError("expectations.failed_scorers: not a list of scorer names")
+        version, served_in = tags.get("agentops.model_version"), tags.get("agentops.environment")
+        if not isinstance(version, str) or not _LABEL.match(version):
+            raise WriteError("tags.agentops.model_version: not a version label")
+        if environment is not None and served_in != environment:
+            raise WriteError(f"tags.agentops.environment: not this exporter's environment {environment!r}")
         rows.append({
             "inputs": {k: _text(inputs.get(k), k) for k in ("request_id", "customer_id", "text")},
             "expectations": {"failed_scorers": failed[:20]},
@@ -179,7 +262,7 @@ def evidence_summary(value: Any) -> dict:
         if share is not None and (isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1):
             raise WriteError(f"summary.{key}: not a share in [0, 1]")
         summary[key] = share
-    if value.get("verdict") not in _VERDICTS:
+    if not isinstance(value.get("verdict"), str) or value["verdict"] not in _VERDICTS:
         raise WriteError(f"summary.verdict: not one of {sorted(_VERDICTS)}")
     summary["verdict"] = value["verdict"]
     return summary

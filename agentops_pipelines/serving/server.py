@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     tracer = Tracer(
         args.environment, sample_rate=args.trace_sample_rate, max_per_second=args.trace_max_per_second,
         experiment=args.trace_experiment or None, on_result=metrics.trace, mode="process",
-        agent=agent or "agent", enabled=not args.no_tracing,
+        agent=agent, enabled=not args.no_tracing,
     ).start() if not args.no_tracing or evaluator is not None else None  # fmt: skip
     if evaluator is not None:
         evaluator.writer = tracer.writes_channel()
@@ -650,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
             tracer.close(timeout=1.0)
         shutil.rmtree(tmp, ignore_errors=True)
         return 3
+    if tracer is not None:
+        tracer.listen()  # its thread starts confined, like every thread from here on
     inference_log = None
     if args.inference_log_dir:  # its process starts confined, like the models' code
         inference_log = InferenceLogWriter(

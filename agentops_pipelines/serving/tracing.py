@@ -31,7 +31,11 @@ Where the export runs (``mode``):
   worker's flagged requests and shadow evidence (``mlflow_writes.py``, on a second socket). What
   it receives comes from a process that runs a model nobody may have reviewed, so it arrives as
   JSON datagrams (never pickles: unpickling runs code) and :meth:`TraceJob.from_plain` checks
-  each field. MLflow's export to its SQL store costs ~60-100 ms of CPU per trace (a
+  each field. It writes only where its (agent, environment) may (:class:`Scope`): traces of
+  versions of its own registered model, to the configured experiment or their runs' (the run and
+  logged model come from the registry, never from the datagram); and at most ``max_per_second``
+  traces whatever the serving process sends (the rest dropped and counted, in its log). It never
+  waits on the serving process. MLflow's export to its SQL store costs ~60-100 ms of CPU per trace (a
   transaction per span, measured here): on a thread of the serving process that GIL time showed
   in every request (p50 3.3 -> 8.0 ms at 200 requests/s with 1% traced). The child exits when the
   serving process is gone (it checks its parent every second), so it is never orphaned.
@@ -42,6 +46,7 @@ Imports nothing from the rest of the serving package.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -52,7 +57,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import pandas as pd
@@ -63,6 +68,7 @@ logger = logging.getLogger("agentops_pipelines.serving.tracing")
 
 MAX_OUTPUT_ROWS = 20
 MAX_JOB_BYTES = 1 << 20  # one job's datagram
+MAX_EXPORTS_PER_SECOND = 50.0  # the exporter's own cap when the server's is off (0)
 MODES = ("process", "thread")
 _EXPORT_LOGGERS = ("mlflow.tracing.export.mlflow_v3", "mlflow.tracing.export", "mlflow.tracing")
 
@@ -148,7 +154,7 @@ class Tracer:
         experiment: str | None = None,
         on_result: Callable[[str, str], None] | None = None,
         mode: str = "thread",
-        agent: str = "agent",
+        agent: str | None = None,
         enabled: bool = True,
     ):
         if not 0.0 <= sample_rate <= 1.0:
@@ -161,7 +167,9 @@ class Tracer:
         self.max_queue = max_queue
         self.max_per_second = max_per_second
         self.experiment = experiment or None
-        self.agent = agent  # whose dataset and versions the exporter may write (mlflow_writes.py)
+        # the registered model whose versions' traces, dataset and tags the exporter may write
+        # (None: a model served from a path: traces to the configured experiment only)
+        self.agent = agent
         self.enabled = enabled  # False: no traces at all (the exporter still makes the worker's writes)
         self._writes: socket.socket | None = None
         self._on_result = on_result or (lambda reason, result: None)
@@ -217,15 +225,21 @@ class Tracer:
         self._process = ctx.Process(
             target=_exporter_main,
             args=(jobs_child, writes_child, results_child, self.environment, self.experiment, self.agent,
-                  os.getpid(), logging.getLogger().getEffectiveLevel()),
+                  self.max_per_second, os.getpid(), logging.getLogger().getEffectiveLevel()),
             name="agentops-trace-exporter", daemon=True,
         )  # fmt: skip
         self._process.start()
         for end in (jobs_child, writes_child, results_child):
             end.close()
-        self._results_thread = threading.Thread(target=self._read_results, name="tracer-results",
-                                                daemon=True)  # fmt: skip
-        self._results_thread.start()
+        return self
+
+    def listen(self) -> Tracer:
+        """Start reading the exporter's results (process mode). A separate step because the
+        serving process confines itself between ``start`` and this: Landlock restricts the
+        calling thread and the threads it starts later, so no thread may exist before then."""
+        if self._process is not None and self._results_thread is None:
+            self._results_thread = threading.Thread(target=self._read_results, name="tracer-results", daemon=True)
+            self._results_thread.start()
         return self
 
     def close(self, timeout: float = 5.0) -> None:
@@ -490,12 +504,54 @@ class _Datagrams:
         self.sock.close()
 
 
-class _Inbox:
-    """The exporter's end of the job socket: ``get`` as on a queue, each job parsed and checked
-    (a job that is not one is logged and skipped)."""
+class Scope:
+    """Where an exporter may write a trace: for ``agent``'s registered versions only, each job
+    checked against the registry (its ``models:/<agent>/...`` URI and version) and given that
+    version's run and logged model (its experiment is the run's, unless the exporter has one
+    configured), whatever run or model the job names. With no registered model (a model served
+    from a path) no run or logged model is named at all: the configured (or default) experiment.
+    ``check`` raises ValueError for a job of any other model."""
 
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
+    def __init__(self, agent: str | None, client: Any = None):
+        self.agent = agent
+        self._client = client
+        self._versions: dict[str, tuple[str | None, str | None]] = {}  # version -> (run id, model id)
+
+    def check(self, job: TraceJob) -> TraceJob:
+        if self.agent is None:
+            return replace(job, run_id=None, model_id=None)
+        if not job.model_uri.startswith((f"models:/{self.agent}/", f"models:/{self.agent}@")):
+            raise ValueError(f"model_uri: not a version of {self.agent!r}")
+        run_id, model_id = self._version(job.version)
+        return replace(job, run_id=run_id, model_id=model_id)
+
+    def _version(self, version: str) -> tuple[str | None, str | None]:
+        if version not in self._versions:
+            if not version.isdigit() or len(version) > 18:
+                raise ValueError(f"version: not a version number: {version[:40]!r}")
+            try:
+                found = self.client().get_model_version(self.agent, version)
+            except Exception as e:  # noqa: BLE001 - MLflow's error for a version that does not exist
+                raise ValueError(f"version {version} of {self.agent!r}: {str(e)[:200]}") from None
+            self._versions[version] = (found.run_id or None, getattr(found, "model_id", None) or None)
+        return self._versions[version]
+
+    def client(self):
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient()
+        return self._client
+
+
+class _Inbox:
+    """The exporter's end of the job socket: ``get`` as on a queue. Each datagram is spent from
+    ``budget`` before anything else (over it: dropped), then parsed, checked
+    (:meth:`TraceJob.from_plain`) and scoped (:class:`Scope`: else refused); ``tally`` counts
+    and logs what was dropped or refused, never a line per datagram."""
+
+    def __init__(self, sock: socket.socket, scope: Scope, budget, tally):
+        self.sock, self.scope, self.budget, self.tally = sock, scope, budget, tally
 
     def get(self, timeout: float) -> TraceJob | None:
         deadline = time.monotonic() + timeout
@@ -505,18 +561,31 @@ class _Inbox:
                 data = self.sock.recv(MAX_JOB_BYTES)
             except TimeoutError:
                 raise queue.Empty from None
-            try:
-                value = json.loads(data)
-                return None if value is None else TraceJob.from_plain(value)
-            except ValueError as e:
-                logger.warning("skipped a trace job that is not one: %s", str(e)[:200])
-                if time.monotonic() > deadline:
-                    raise queue.Empty from None
+            job = self.job(data)
+            if job is not False:
+                return job
+            if time.monotonic() > deadline:
+                raise queue.Empty from None
+
+    def job(self, data: bytes) -> TraceJob | None | bool:
+        """The checked job in ``data``, None for the stop message, False for one not taken."""
+        if data == b"null":
+            return None
+        if not self.budget.take():
+            self.tally.add("dropped", "over the exporter's trace budget")
+            return False
+        try:
+            return self.scope.check(TraceJob.from_plain(json.loads(data)))
+        except Exception as e:  # noqa: BLE001 - any bad input is refused, never a crash of the exporter
+            self.tally.add("refused", f"{type(e).__name__}: {e}")
+            return False
 
 
-def _exporter_main(jobs, writes, results, environment, experiment, agent, parent, log_level) -> None:
+def _exporter_main(jobs, writes, results, environment, experiment, agent, max_per_second, parent,
+                   log_level) -> None:
     """The exporter process: builds and exports the traces it receives and makes the evaluation
-    worker's MLflow writes (on a thread); never loads a model, never unpickles their input."""
+    worker's MLflow writes (on a thread); never loads a model, never unpickles their input, never
+    waits on the serving process (a result it does not read is dropped)."""
     from agentops_pipelines.serving import mlflow_writes
 
     import signal
@@ -533,13 +602,22 @@ def _exporter_main(jobs, writes, results, environment, experiment, agent, parent
         level=log_level, format="%(asctime)s %(levelname)s %(name)s [trace exporter]: %(message)s"
     )
     tracer = Tracer(environment, experiment=experiment)
+    direct = mlflow_writes.DirectWrites(agent or "agent", experiment, environment)
     threading.Thread(target=mlflow_writes.serve, name="mlflow-writes", daemon=True,
-                     args=(writes, mlflow_writes.DirectWrites(agent, experiment), lambda: os.getppid() == parent),
-                     ).start()  # fmt: skip
+                     args=(writes, direct, lambda: os.getppid() == parent)).start()  # fmt: skip
+    rate = max_per_second if max_per_second > 0 else MAX_EXPORTS_PER_SECOND
+    inbox = _Inbox(jobs, Scope(agent), mlflow_writes.Budget(rate, max(1, int(rate))),
+                   mlflow_writes.Tally("trace jobs from the serving process"))
+
+    def report(reason: str, result: str) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError: the serving process does not read
+            results.send(json.dumps([reason, result]).encode(), socket.MSG_DONTWAIT)
+
     try:
-        tracer._serve(_Inbox(jobs), lambda reason, result: results.send(json.dumps([reason, result]).encode()), parent)
+        tracer._serve(inbox, report, parent)
     finally:
-        results.send(b"null")
+        with contextlib.suppress(OSError):
+            results.send(b"null", socket.MSG_DONTWAIT)
         results.close()
 
 

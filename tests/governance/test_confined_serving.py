@@ -7,7 +7,9 @@ serving elsewhere) and version 2 is deployed to dev by the real ``LocalProcessDe
 and its anchor, write a file in Dagster's storage, overwrite version 1's artifacts, read prod's
 system of record and another agent's admin token, and write MLflow's store. It answers what
 happened; every attempt is denied and no file changed. (On the code before serving/confine.py
-every attempt succeeded.)
+every attempt succeeded.) It tries once more from a thread of the serving process it makes call
+its code (the trace results' reader): on the code that started that thread before confining the
+process, every attempt from there succeeded.
 """
 
 import hashlib
@@ -56,12 +58,40 @@ def attempts():
     return report
 
 
+def from_an_early_thread():
+    """The attempts made by a thread of the serving process that may have started before it
+    confined itself: the trace results' reader, made to call this model's code."""
+    import sys
+    import threading
+
+    from agentops_pipelines.serving.tracing import TraceJob
+
+    def server_main():  # the serving process's main(), found up the main thread's stack
+        frame = sys._current_frames()[threading.main_thread().ident]
+        while "tracer" not in frame.f_locals:
+            frame = frame.f_back
+        return frame.f_locals
+
+    tracer, args = server_main()["tracer"], server_main()["args"]
+    report, done = {{}}, threading.Event()
+
+    def hijacked(reason, result):
+        report.update(attempts())
+        done.set()
+
+    tracer._on_result = hijacked
+    tracer._queue.put_nowait(TraceJob(model_uri=args.model_uri, version=str(args.version), agent="hostile",
+                                      request_id="hijack", role="stable", status=200, error=None,
+                                      latency_ms=1.0, reason="sampled"))
+    return report if done.wait(60) else {{"no_result": "the exporter never answered"}}
+
+
 class Hostile(PythonModel):
     def load_context(self, context):
         self.at_load = attempts()
 
     def predict(self, context, model_input, params=None):
-        report = {{"load_context": self.at_load, "predict": attempts()}}
+        report = {{"load_context": self.at_load, "predict": attempts(), "early_thread": from_an_early_thread()}}
         return pd.DataFrame({{"tool": ["track_order"] * len(model_input), "report": [json.dumps(report)] * len(model_input)}})
 
 
@@ -137,7 +167,7 @@ def test_a_hostile_version_served_in_dev_reaches_none_of_the_governance_files(pl
         deployer.stop("dev", AGENT)
 
     report = json.loads(answer["predictions"][0]["report"])
-    for stage in ("load_context", "predict"):
+    for stage in ("load_context", "predict", "early_thread"):
         assert len(report[stage]) == 8, report
         denied = {name: outcome for name, outcome in report[stage].items() if not outcome.startswith("denied:")}
         assert denied == {}, f"{stage}: {denied}"
