@@ -256,8 +256,11 @@ class Tracer:
         if worker.is_alive():
             logger.warning("the tracer did not finish within %.0fs", timeout)
             if self._process is not None:
-                self._process.terminate()
-                self._process.join(2)
+                try:
+                    self._process.terminate()
+                    self._process.join(2)
+                except PermissionError:  # a confined process may not signal it (Landlock scopes
+                    pass  # signals): it exits within a second of its parent (it checks)
         if self._results_thread is not None:
             self._results_thread.join(max(0.0, deadline - time.monotonic()) + 1)
         if self._process is not None:
