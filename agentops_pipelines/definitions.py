@@ -91,7 +91,7 @@ def build_resources(settings: Settings, agents: Sequence[Agent] | None = None) -
     ``agentops status`` calls the resource outside a run, where an EnvVar cannot be read. Keep
     passwords out of URLs altogether with libpq's PGPASSFILE (README, 'Production mode')."""
 
-    from agentops_pipelines.agent.llm.endpoint import serving_secrets
+    from agentops_pipelines.agent.llm.endpoint import serving_connect_ports, serving_secrets
 
     agents = AGENTS if agents is None else agents
 
@@ -108,7 +108,8 @@ def build_resources(settings: Settings, agents: Sequence[Agent] | None = None) -
         "mlflow_store": MlflowResource(tracking_uri=settings.mlflow_tracking_uri,
                                        artifact_root=settings.mlflow_artifact_root,
                                        ui_url=settings.mlflow_ui_url),
-        "deployer": build_deployer(settings, [a.name for a in agents], serving_secrets(agents)),
+        "deployer": build_deployer(settings, [a.name for a in agents], serving_secrets(agents),
+                                   serving_connect_ports(agents)),
         "audit": AuditLog(url=from_env("audit_db_url") if settings.audit_db_url else f"sqlite:///{settings.home / 'audit.db'}",
                           key_file=str(settings.audit_key_file), anchor_path=str(settings.audit_anchor),
                           create_key=not settings.production),
@@ -123,7 +124,8 @@ def build_resources(settings: Settings, agents: Sequence[Agent] | None = None) -
 
 
 def build_deployer(settings: Settings, agents: Sequence[str] | None = None,
-                   agent_secret_env: Mapping[str, Sequence[str]] | None = None):
+                   agent_secret_env: Mapping[str, Sequence[str]] | None = None,
+                   agent_connect_ports: Mapping[str, Sequence[int]] | None = None):
     """The local serving processes (default), or Kubernetes with ``AGENTOPS_DEPLOYER=kubernetes``.
     One deployer serves every agent, each in its own process (pods) per environment; each call
     names its agent, so the resource has no agent of its own. ``agent_secret_env``: the variables
@@ -149,6 +151,8 @@ def build_deployer(settings: Settings, agents: Sequence[str] | None = None,
         host=settings.serving_host, ports=ports,
         admin_token=dg.EnvVar(EnvVar.SERVING_ADMIN_TOKEN) if settings.serving_admin_token else None,
         agent_secret_env={agent: list(names) for agent, names in (agent_secret_env or {}).items()},
+        agent_connect_ports={agent: list(ports) for agent, ports in (agent_connect_ports or {}).items()},
+        require_landlock=settings.sandbox_require_landlock,
     )
 
 

@@ -42,18 +42,34 @@ def sor_url_variable(environment: str) -> str:
 
 
 def sor_file_name(environment: str) -> str:
-    """``environment``'s own SQLite system of record under the state folder (the local default):
-    ``system_of_record.db`` for prod (existing demos' data), ``system_of_record_<environment>.db``."""
+    """Where ``environment``'s own SQLite system of record used to live, directly in the state
+    folder: ``system_of_record.db`` for prod, ``system_of_record_<environment>.db``."""
     if environment == Environment.PROD:
         return "system_of_record.db"
     return f"system_of_record_{re.sub(r'[^A-Za-z0-9_.-]', '_', environment)}.db"
 
 
+def sor_file(home: Path, environment: str) -> Path:
+    """``environment``'s own SQLite system of record (the local default), in a folder of its own,
+    ``<home>/system_of_record/<environment>/system_of_record.db``: a confined serving process
+    (serving/confine.py) may write that folder (SQLite makes its journal beside the file) and
+    nothing else of the state folder. A file left at the old place (:func:`sor_file_name`) is
+    moved there the first time its path is asked for."""
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", environment)
+    path = Path(home) / "system_of_record" / folder / "system_of_record.db"
+    legacy = Path(home) / sor_file_name(environment)
+    if legacy.is_file() and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        legacy.rename(path)
+    return path
+
+
 def sor_url(environment: str, env: Mapping[str, str], home: Path) -> str:
     """``environment``'s system of record: the URL its variable names in ``env``
-    (:func:`sor_url_variable`), else its own SQLite file under the state folder ``home``; never
-    another environment's. What settings report and what the deployer hands a serving process."""
-    return env.get(sor_url_variable(environment), "").strip() or f"sqlite:///{home / sor_file_name(environment)}"
+    (:func:`sor_url_variable`), else its own SQLite file under the state folder ``home``
+    (:func:`sor_file`); never another environment's. What settings report and what the deployer
+    hands a serving process."""
+    return env.get(sor_url_variable(environment), "").strip() or f"sqlite:///{sor_file(home, environment)}"
 
 
 def environment(value: str) -> Environment:

@@ -11,9 +11,10 @@ environment (the agent is the registered model's name in ``models:/<agent>/...``
 supervisor (``agentops_pipelines.serving.supervisor``) started detached so it outlives the run:
 the supervisor restarts a server that dies on the same port (with backoff; a crash loop stops
 it), and the server dies with the supervisor. Everything for one (agent, environment) lives in
-``<state_dir>/<agent>/``: ``<environment>.json`` (the server's state file, written by the server),
-``<environment>.log`` (both processes' output), ``<environment>.supervisor.json`` (restarts and
-status, written by the supervisor) and ``<environment>.port``: the port, chosen once (outside the
+its own folder ``<state_dir>/<agent>/<environment>/`` (the only one of them its confined server
+may write, serving/confine.py): ``state.json`` (the server's state file, written by the server),
+``serving.log`` (both processes' output), ``supervisor.json`` (restarts and status, written by
+the supervisor), ``admin-token`` and ``port``: the port, chosen once (outside the
 OS's ephemeral range) and kept, so restarts and redeploys never move the URL; an entry in
 ``ports`` (``"<agent>/<environment>"``, or ``"<environment>"`` for the deployer's own ``agent``)
 wins. A deploy to a healthy running server hot-swaps the model through ``POST /admin/load`` (same
@@ -22,7 +23,8 @@ process, same port); otherwise a new process starts. Canary operations need a ru
 serving there, and refuse when several do (the pipeline always names the agent; the resource's
 ``agent`` field is for a deployer of one agent, e.g. in a test). A server started by an older version of this deployer
 (``<state_dir>/<environment>.json``) is still reported and stopped, and the next deploy replaces
-it by a supervised one on the same port.
+it by a supervised one on the same port; so does a deploy to a server whose files are in the
+agent's folder (``<state_dir>/<agent>/<environment>.json``, before each had its own folder).
 
 Serving processes get an explicit environment (:func:`serving_environment`), never the
 deployer's: no database password, audit-log URL or other secret of the code location reaches
@@ -319,7 +321,7 @@ def _can_bind(host: str, port: int) -> bool:
 
 @dataclass(frozen=True)
 class ServingFiles:
-    """Where one (agent, environment) keeps its files, all in ``<state_dir>/<agent>/``."""
+    """Where one (agent, environment) keeps its files, all in ``<state_dir>/<agent>/<environment>/``."""
 
     agent: str
     environment: str
@@ -359,6 +361,11 @@ class LocalProcessDeployer(Deployer):
     # of the LLM endpoint an agent declares (definitions.py fills it from the agents). Names only:
     # the values stay in this process's environment and are read when a process starts.
     agent_secret_env: dict[str, list[str]] = {}
+    # agent -> TCP ports its confined serving processes may connect to besides their stores' (an
+    # LLM agent's endpoint; definitions.py fills it from the agents). serving/confine.py.
+    agent_connect_ports: dict[str, list[int]] = {}
+    # Refuse to serve where the kernel has no Landlock instead of serving unconfined (production).
+    require_landlock: bool = False
 
     # -- files
 
@@ -373,11 +380,10 @@ class LocalProcessDeployer(Deployer):
         """The files of ``agent`` (default: this deployer's) in ``environment``."""
         self._validate(environment)
         name = _agent_folder(agent or self.agent or "agent")
-        folder = self._root() / name
+        folder = self._root() / name / environment
         return ServingFiles(
-            agent=name, environment=environment, state=folder / f"{environment}.json",
-            log=folder / f"{environment}.log", supervision=folder / f"{environment}.supervisor.json",
-            port=folder / f"{environment}.port",
+            agent=name, environment=environment, state=folder / "state.json", log=folder / "serving.log",
+            supervision=folder / "supervisor.json", port=folder / "port",
         )  # fmt: skip
 
     def _agent_of(self, model_uri: str) -> str:
@@ -401,7 +407,7 @@ class LocalProcessDeployer(Deployer):
         if agent or self.agent:
             return self.files(environment, agent)
         root = self._root()
-        found = {p.parent.name for pattern in (f"*/{environment}.json", f"*/{environment}.supervisor.json")
+        found = {p.parent.parent.name for pattern in (f"*/{environment}/state.json", f"*/{environment}/supervisor.json")
                  for p in root.glob(pattern)}
         legacy = self._read_state(self._legacy_file(environment))
         if legacy is not None:
@@ -413,7 +419,7 @@ class LocalProcessDeployer(Deployer):
 
     @staticmethod
     def _token_file(files: ServingFiles) -> Path:
-        return files.state.with_name(f"{files.environment}.admin-token")
+        return files.state.with_name("admin-token")
 
     def _token(self, environment: str, state: dict[str, Any]) -> str | None:
         """The admin token of the server whose ``state`` this is: the configured one, else the
@@ -497,7 +503,7 @@ class LocalProcessDeployer(Deployer):
         kept = self._read_port(files.port)
         if kept:
             return kept
-        taken = {p for p in map(self._read_port, self._root().glob("*/*.port")) if p}
+        taken = {p for p in map(self._read_port, self._root().glob("*/*/port")) if p}
         taken |= set(self.ports.values())
         low, _ = _local_port_range()
         # below the ephemeral range: no outgoing connection takes the port while it is free
@@ -671,8 +677,9 @@ class LocalProcessDeployer(Deployer):
 
     def _migrate(self, files: ServingFiles) -> None:
         """Replace a server started before servers were kept per agent (``<environment>.json`` in
-        the state folder): its port becomes the stable port, it stops, the deploy starts a
-        supervised one."""
+        the state folder) or before each (agent, environment) had a folder of its own: its port
+        becomes the stable port, it stops, the deploy starts a supervised one."""
+        self._migrate_agent_folder(files)
         legacy_file = self._legacy_file(files.environment)
         legacy = self._legacy_state(files.agent, files.environment)
         if legacy is None:
@@ -685,6 +692,28 @@ class LocalProcessDeployer(Deployer):
                         files.environment, legacy["pid"], legacy_file, legacy.get("port"))
             self._terminate(legacy["pid"])
         legacy_file.unlink(missing_ok=True)
+
+    def _migrate_agent_folder(self, files: ServingFiles) -> None:
+        """Files of ``files``' (agent, environment) left directly in the agent's folder
+        (``<environment>.json``, ``.supervisor.json``, ``.port``, ``.admin-token``): the port moves
+        to the new folder, the supervisor and the server stop, the rest is removed (the log stays)."""
+        old = files.state.parent.parent
+        port, supervision, state = (old / f"{files.environment}{suffix}"
+                                    for suffix in (".port", ".supervisor.json", ".json"))
+        if port.exists() and not files.port.exists():
+            files.port.parent.mkdir(parents=True, exist_ok=True)
+            port.rename(files.port)
+        try:
+            pid = json.loads(supervision.read_text()).get("supervisor_pid")
+        except (OSError, ValueError, AttributeError):
+            pid = None
+        if isinstance(pid, int) and _is_supervisor(pid, supervision):
+            self._terminate(pid, self.stop_timeout_s + 5.0)
+        server = self._read_state(state)
+        if server is not None and _is_server_process(server["pid"], state):
+            self._terminate(server["pid"])
+        for path in (port, supervision, state, old / f"{files.environment}.admin-token"):
+            path.unlink(missing_ok=True)
 
     def _stop(self, files: ServingFiles) -> None:
         """Stop the supervisor (it stops the server), then any server left (one from before
@@ -721,6 +750,10 @@ class LocalProcessDeployer(Deployer):
         ]  # fmt: skip
         if log_dir := self.inference_log_path(environment, model_uri):
             command += ["--inference-log-dir", str(log_dir)]
+        for port in self.agent_connect_ports.get(files.agent, ()):
+            command += ["--connect-port", str(int(port))]
+        if self.require_landlock:
+            command.append("--require-landlock")
         env = self.process_environment(files.agent, os.environ, environment)
         if self.admin_token:  # configured (compose): it wins, as this server's own derived token
             env[ADMIN_TOKEN_ENV] = serving_admin_token(self.admin_token, files.agent, files.environment)

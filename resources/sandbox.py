@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 import dagster as dg
 
 from agentops_pipelines.sandbox import Policy
@@ -24,14 +22,13 @@ class ModelSandbox(dg.ConfigurableResource):
     def policy(self, agent: object) -> Policy:
         """The policy for ``agent``'s models: an LLM agent's may reach its declared endpoint's
         port and read its key's variable; no other agent's model gets a port or a secret."""
-        from agentops_pipelines.agent.llm.endpoint import declared_endpoint
+        from agentops_pipelines.agent.llm.endpoint import declared_endpoint, endpoint_port
         from agentops_pipelines.vocabulary import EnvVar
 
         ports, names = (), [EnvVar.MINILM_DIR.value]
         endpoint = declared_endpoint(agent)
         if endpoint is not None:
-            url = urlparse(endpoint.base_url)
-            ports = (url.port or (443 if url.scheme == "https" else 80),)
+            ports = (endpoint_port(endpoint),)
             names.append(endpoint.api_key_env)
         return Policy(require_landlock=self.require_landlock, connect_ports=ports, pass_env=tuple(names),
                       read=tuple(self.read), hidden=tuple(self.hidden), timeout_s=self.timeout_s)

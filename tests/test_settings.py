@@ -64,9 +64,9 @@ def test_local_defaults_live_under_the_state_folder(env, tmp_path):
 def test_each_environment_has_its_own_system_of_record_by_default(env, tmp_path):
     s = load_settings()
     home = tmp_path / "agentops"
-    assert dict(s.sor_urls) == {"prod": f"sqlite:///{home}/system_of_record.db",  # the demo's data
-                                "dev": f"sqlite:///{home}/system_of_record_dev.db",
-                                "staging": f"sqlite:///{home}/system_of_record_staging.db"}
+    assert dict(s.sor_urls) == {"prod": f"sqlite:///{home}/system_of_record/prod/system_of_record.db",  # the demo's data
+                                "dev": f"sqlite:///{home}/system_of_record/dev/system_of_record.db",
+                                "staging": f"sqlite:///{home}/system_of_record/staging/system_of_record.db"}
     assert s.sor_url == s.sor_urls["prod"]
     env(AGENTOPS_SOR_URL="postgresql://agent:pw@db/sor", AGENTOPS_SOR_URL_DEV="off",
         AGENTOPS_SOR_URL_STAGING="postgresql://agent:pw@db/sor_staging")

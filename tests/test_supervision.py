@@ -120,7 +120,7 @@ def test_ports_are_chosen_once_per_agent_and_environment(tmp_path):
     dev = d.port("dev")
     assert 1024 <= dev < 65536 and dev not in (8083, 8093)
     assert d.port("dev") == dev  # kept
-    assert (tmp_path / ALPHA / "dev.port").read_text().strip() == str(dev)
+    assert (tmp_path / ALPHA / "dev" / "port").read_text().strip() == str(dev)
     assert LocalProcessDeployer(state_dir=str(tmp_path), agent=ALPHA).port("dev") == dev
     beta = d.port("dev", BETA)
     assert beta != dev and d.port("staging") not in (dev, beta)
@@ -131,7 +131,8 @@ def test_ports_are_chosen_once_per_agent_and_environment(tmp_path):
     anonymous = LocalProcessDeployer(state_dir=str(tmp_path))
     assert anonymous.status("dev") is None and anonymous.supervision("nowhere") is None
     for agent in (ALPHA, BETA):
-        (tmp_path / agent / "dev.supervisor.json").write_text("{}")
+        (tmp_path / agent / "dev").mkdir(parents=True, exist_ok=True)
+        (tmp_path / agent / "dev" / "supervisor.json").write_text("{}")
     with pytest.raises(DeploymentError, match="several agents"):
         anonymous.status("dev")
 
@@ -292,7 +293,7 @@ def test_serving_processes_get_an_explicit_environment(deployer, registry):
         # system of record (vocabulary.sor_url), never prod's
         assert set(env) <= (set(serving_environment(os.environ)) | set(agent_serving_environment(os.environ, ALPHA))
                             | {"AGENTOPS_SOR_URL"})
-        assert env.get("AGENTOPS_SOR_URL", "").endswith("system_of_record_dev.db")
+        assert env.get("AGENTOPS_SOR_URL", "").endswith("system_of_record/dev/system_of_record.db")
         assert env["AGENTOPS_FEAST_PROJECT"].endswith("_sup_alpha")
 
 

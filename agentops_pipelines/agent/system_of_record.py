@@ -29,7 +29,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from agentops_pipelines.vocabulary import sor_file_name
+from agentops_pipelines.vocabulary import sor_file
 
 SCHEMA_VERSION = "1"
 SCHEMA_LOCK_KEY = 0x5EED_0012  # Postgres advisory lock held while the schema is created and seeded
@@ -140,8 +140,8 @@ class RecordedCall:
 
 
 def default_url(home: str | Path, environment: str = "prod") -> str:
-    """``environment``'s own SQLite file under the state folder (:func:`sor_file_name`)."""
-    return f"sqlite:///{Path(home) / sor_file_name(environment)}"
+    """``environment``'s own SQLite file under the state folder (:func:`vocabulary.sor_file`)."""
+    return f"sqlite:///{sor_file(Path(home), environment)}"
 
 
 def _rng(*parts: object) -> random.Random:

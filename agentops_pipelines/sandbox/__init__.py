@@ -81,12 +81,12 @@ class Policy:
     max_answer_bytes: int = 64 << 20
 
 
-def isolation(policy: Policy) -> str:
-    """What the child will be confined by on this machine; a :class:`SandboxError` when the
-    policy requires Landlock and the kernel has none."""
+def isolation(policy: Policy, abi: int | None = None) -> str:
+    """What the child will be confined by on this machine (its Landlock ABI, unless ``abi`` says
+    it has less); a :class:`SandboxError` when the policy requires Landlock and the kernel has none."""
     from agentops_pipelines.sandbox import landlock, seccomp
 
-    abi = landlock.abi_version()
+    abi = landlock.abi_version() if abi is None else min(abi, landlock.abi_version())
     if abi < 1:
         if policy.require_landlock:
             raise SandboxError("this kernel has no Landlock and the sandbox policy requires it "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import tempfile
 import logging
 import time
 from collections.abc import Callable
@@ -156,7 +157,9 @@ def load_pyfunc(model_uri: str, version: str) -> LoadedModel:
     import mlflow.pyfunc
 
     started = time.perf_counter()
-    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    # into a fresh copy: MLflow writes beside a registered model it loads, and the store is
+    # read-only to a confined serving process (confine.py)
+    pyfunc = mlflow.pyfunc.load_model(model_uri, dst_path=tempfile.mkdtemp(prefix="model-"))
     direct = _direct_predict(pyfunc)
     required, strings = _signature_columns(pyfunc)
     inputs, numeric = _signature_inputs(pyfunc)

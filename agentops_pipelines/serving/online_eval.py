@@ -17,7 +17,9 @@ requests. The worker:
 - scores a sample of requests (``sample_rate``) with the live code scorers
   (``agent.scorers.LIVE_SCORERS``: they need no expectations) and counts failures per scorer;
 - collects the flagged requests (any scorer failed) into an MLflow evaluation dataset
-  (``mlflow.genai.datasets``, named ``<agent>-flagged``), in batches, for the next evaluation;
+  (``mlflow.genai.datasets``, named ``<agent>-flagged``), in batches, for the next evaluation
+  (written by the trace exporter on its behalf, ``mlflow_writes.py``: a confined serving process
+  and its worker cannot write to MLflow);
 - runs the shadow challenger, when one is loaded (``shadow.py``), on every request, scores both
   trajectories with the same scorers and keeps the paired comparison.
 
@@ -39,6 +41,8 @@ import threading
 import time
 from typing import Any
 
+from agentops_pipelines.serving.mlflow_writes import DirectWrites, ExporterWrites, dataset_name
+
 logger = logging.getLogger("agentops_pipelines.serving.online_eval")
 
 SNAPSHOT_EVERY_S = 0.2
@@ -48,10 +52,6 @@ MAX_DATAGRAM = 1 << 20
 BATCH_JOBS = 64  # jobs read at once by the worker (the challenger runs them as one batch)
 LINGER_S = 0.25  # while a challenger runs: how long the worker gathers jobs into one batch
 AUTOGROUP_NICE = 10  # the weight of the worker's own session where the kernel groups by session
-
-
-def dataset_name(agent: str) -> str:
-    return f"{agent}-flagged"
 
 
 class EvalWorker:
@@ -65,6 +65,9 @@ class EvalWorker:
         self.sor_url, self.refund_limit = sor_url, refund_limit
         self.sample_rate = sample_rate
         self.experiment = experiment
+        # The trace exporter's write socket (tracing.py): the worker's MLflow writes go there,
+        # made by a process that is not confined. None: the worker writes itself (unconfined).
+        self.writer: socket.socket | None = None
         self.dropped = 0
         self.snapshot: dict[str, Any] = {}
         self._process = None
@@ -92,7 +95,8 @@ class EvalWorker:
         self._process = ctx.Process(
             target=_worker_main, name="agentops-eval-worker", daemon=True,
             args=(jobs_child, results_child, self.agent, self.environment, self.sor_url,
-                  self.refund_limit, self.experiment, os.getpid(), logging.getLogger().getEffectiveLevel()),
+                  self.refund_limit, self.experiment, os.getpid(), logging.getLogger().getEffectiveLevel(),
+                  self.writer),
         )  # fmt: skip
         self._process.start()
         jobs_child.close()
@@ -231,7 +235,7 @@ class EvalWorker:
 
 class _Worker:
     def __init__(self, results: socket.socket, agent: str, environment: str, sor_url: str,
-                 refund_limit: float, experiment: str | None):
+                 refund_limit: float, experiment: str | None, writer: socket.socket | None = None):
         self.results, self.agent, self.environment = results, agent, environment
         self.sor_url, self.refund_limit, self.experiment = sor_url, refund_limit, experiment
         self.state: dict[str, Any] = {"scored": {}, "failures": {}, "flagged": 0, "dataset_rows": 0,
@@ -243,7 +247,7 @@ class _Worker:
         self.sent_at = 0.0
         self.challenger = None
         self.comparison = None
-        self._dataset = None
+        self.writes = ExporterWrites(writer) if writer is not None else DirectWrites(agent, experiment)
 
     draining = False  # set by SIGTERM: queued requests are skipped, commands still run
 
@@ -372,10 +376,8 @@ class _Worker:
         if self.comparison is None:
             self.state["shadow_error"] = "no shadow comparison to record"
             return
-        from agentops_pipelines.serving.shadow import record_evidence
-
         try:
-            self.state["evidence"] = record_evidence(self.agent, self.comparison.summary())
+            self.state["evidence"] = self.writes.record_evidence(self.comparison.summary())
             self.state["shadow_error"] = None
         except Exception as e:  # noqa: BLE001
             self.state["shadow_error"] = f"recording the evidence failed: {type(e).__name__}: {e}"
@@ -386,31 +388,12 @@ class _Worker:
             return
         rows, self.pending = self.pending, []
         try:
-            self.dataset().merge_records(rows)
+            self.writes.add_flagged(rows)
             self.state["dataset_rows"] += len(rows)
         except Exception as e:  # noqa: BLE001 - counted; the scores were counted already
             logger.warning("adding %d flagged requests to %s failed: %s: %s", len(rows),
                            self.state["dataset"], type(e).__name__, e)
             self.state["dataset_errors"] += len(rows)
-
-    def dataset(self):
-        """The agent's flagged-requests dataset, created on first use."""
-        if self._dataset is None:
-            from mlflow.genai.datasets import create_dataset, get_dataset
-
-            name = self.state["dataset"]
-            try:
-                self._dataset = get_dataset(name=name)
-            except Exception:  # noqa: BLE001 - MLflow raises when there is none yet
-                experiment = None
-                if self.experiment:
-                    import mlflow
-
-                    found = mlflow.get_experiment_by_name(self.experiment)
-                    experiment = [found.experiment_id] if found else None
-                self._dataset = create_dataset(name=name, experiment_id=experiment,
-                                               tags={"agentops.agent": self.agent, "source": "online_evaluation"})
-        return self._dataset
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -498,7 +481,8 @@ def gather(jobs: socket.socket, first: bytes, linger_s: float) -> list[dict]:
         jobs.settimeout(1.0)
 
 
-def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, experiment, parent, log_level) -> None:
+def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, experiment, parent, log_level,
+                 writer=None) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
@@ -511,7 +495,7 @@ def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, exper
     logging.basicConfig(level=log_level,
                         format="%(asctime)s %(levelname)s %(name)s [eval worker]: %(message)s")
     logger.debug("the evaluation worker runs at %s", priority)
-    worker = _Worker(results, agent, environment, sor_url, refund_limit, experiment)
+    worker = _Worker(results, agent, environment, sor_url, refund_limit, experiment, writer)
 
     def drain(*_):
         worker.draining = True

@@ -52,15 +52,18 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from agentops_pipelines.serving.admin import ADMIN_POST, handle_admin_stats
+from agentops_pipelines.serving.confine import ConfinementError, apply, private_tmp, serving_policy
 from agentops_pipelines.serving.handlers import (
     RETRY_AFTER,
     begin_invocation,
@@ -555,8 +558,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sor-fallback", choices=("local", "off"), default="local",
                    help="without AGENTOPS_SOR_URL: act on this environment's own SQLite file under "
                         "AGENTOPS_HOME (local), or do not act (off: Kubernetes pods)")
+    p.add_argument("--read", action="append", default=[], metavar="PATH",
+                   help="a further path the model may read (confinement: serving/confine.py)")
+    p.add_argument("--connect-port", action="append", type=int, default=[], metavar="PORT",
+                   help="a further TCP port the model may connect to (an LLM agent's endpoint)")
+    p.add_argument("--require-landlock", action="store_true",
+                   default=_flag(os.environ.get(EnvVar.SANDBOX_REQUIRE_LANDLOCK, "")),
+                   help="refuse to serve where the kernel has no Landlock (ABI 4+) instead of serving "
+                        "unconfined (env AGENTOPS_SANDBOX_REQUIRE_LANDLOCK; on in production)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def read_admin_token(path: str) -> str:
@@ -610,35 +625,49 @@ def main(argv: list[str] | None = None) -> int:
     # interval bounds how long the event loop waits for it.
     sys.setswitchinterval(0.001)
     metrics = ServingMetrics(args.environment)
+    agent = registered_name(args.model_uri)
+    acting, evaluator = _acting(args.environment, agent, args.sor_fallback)
+    # The exporter is the one process that writes to MLflow (traces, and the evaluation worker's
+    # flagged requests and shadow evidence): started before this process confines itself.
+    tracer = Tracer(
+        args.environment, sample_rate=args.trace_sample_rate, max_per_second=args.trace_max_per_second,
+        experiment=args.trace_experiment or None, on_result=metrics.trace, mode="process",
+        agent=agent, enabled=not args.no_tracing,
+    ).start() if not args.no_tracing or evaluator is not None else None  # fmt: skip
+    if evaluator is not None:
+        evaluator.writer = tracer.writes_channel()
+    sock = bind(args.host, args.port)
+    port = sock.getsockname()[1]
+    url = url_of(args.host, port)
+    pid, started_at = os.getpid(), _now()
+    state_file = Path(args.state_file).resolve() if args.state_file else None
+    tmp = private_tmp()
+    try:
+        isolation = _confine(args, state_file, acting, tmp)
+    except ConfinementError as e:
+        logger.error("refusing to serve: %s", e)
+        if tracer is not None:
+            tracer.close(timeout=1.0)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 3
+    if tracer is not None:
+        tracer.listen()  # its thread starts confined, like every thread from here on
     inference_log = None
-    if args.inference_log_dir:
+    if args.inference_log_dir:  # its process starts confined, like the models' code
         inference_log = InferenceLogWriter(
             args.inference_log_dir, args.environment,
             flush_seconds=args.inference_log_flush_seconds,
             flush_rows=args.inference_log_flush_rows, on_rows=metrics.log_rows,
             process=not args.inference_log_thread,
         ).start()  # fmt: skip
-    tracer = None
-    if not args.no_tracing:
-        tracer = Tracer(
-            args.environment, sample_rate=args.trace_sample_rate,
-            max_per_second=args.trace_max_per_second,
-            experiment=args.trace_experiment or None, on_result=metrics.trace, mode="process",
-        ).start()  # fmt: skip
-    acting, evaluator = _acting(args.environment, registered_name(args.model_uri), args.sor_fallback)
     state = ServingState(
-        args.environment, admin_token=admin_token, agent=registered_name(args.model_uri),
+        args.environment, admin_token=admin_token, agent=agent,
         max_rows=args.max_rows, max_text_chars=args.max_text_chars or None,
         max_request_chars=args.max_request_chars, max_concurrent=args.max_concurrent_requests,
         batch_max_rows=args.batch_max_rows, metrics=metrics, inference_log=inference_log,
         tracer=tracer, freeze_gc=True, pod_role=args.pod_role,
-        inline_batching=not args.predict_thread, acting=acting, evaluator=evaluator,
+        inline_batching=not args.predict_thread, acting=acting, evaluator=evaluator, isolation=isolation,
     )  # fmt: skip
-    sock = bind(args.host, args.port)
-    port = sock.getsockname()[1]
-    url = url_of(args.host, port)
-    pid, started_at = os.getpid(), _now()
-    state_file = Path(args.state_file).resolve() if args.state_file else None
 
     def write_state(model: LoadedModel | None) -> None:
         if state_file is None:
@@ -657,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
                 "canary_version": canary.version if canary else None,
                 "canary_share": state.routing.canary_share if canary else 0.0,
                 "inference_log_dir": args.inference_log_dir or None,
-                "trace_sample_rate": args.trace_sample_rate if tracer else 0.0,
+                "trace_sample_rate": args.trace_sample_rate if tracer and tracer.enabled else 0.0,
+                "isolation": isolation,
             },
         )  # fmt: skip
 
@@ -703,8 +733,22 @@ def main(argv: list[str] | None = None) -> int:
             tracer.close(timeout=2.0)
         if state_file is not None:
             remove_state_file(state_file, pid)
+        shutil.rmtree(tmp, ignore_errors=True)
         logger.info("stopped (exit code %d)", exit_code[0])
     return exit_code[0]
+
+
+def _confine(args: argparse.Namespace, state_file: Path | None, acting, tmp: Path) -> str:
+    """Confine this process (serving/confine.py) before any model loads; its isolation."""
+    os.environ["TMPDIR"] = str(tmp)  # MLflow downloads a model's artifacts there
+    tempfile.tempdir = str(tmp)
+    policy = serving_policy(
+        os.environ, own_folder=state_file.parent if state_file else None, tmp=tmp,
+        inference_log_dir=args.inference_log_dir, sor_url=acting.settings.sor_url if acting else "",
+        model_uri=args.model_uri, read=args.read, connect_ports=args.connect_port,
+        require_landlock=args.require_landlock,
+    )  # fmt: skip
+    return apply(policy)
 
 
 def _acting(environment: str, agent: str | None, sor_fallback: str = "local"):

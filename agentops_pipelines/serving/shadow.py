@@ -21,6 +21,7 @@ flow's reviewers see it before any canary.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -117,7 +118,9 @@ class Challenger:
         from agentops_pipelines.agent.system_of_record import SystemOfRecord
 
         started = time.perf_counter()
-        python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+        # a copy (MLflow writes beside a model it loads from the registry; the store is read-only here)
+        copy = tempfile.mkdtemp(prefix="challenger-")
+        python_model = mlflow.pyfunc.load_model(model_uri, dst_path=copy).unwrap_python_model()
         if not callable(getattr(python_model, "can_act", None)) or not python_model.can_act():
             raise ValueError(f"{model_uri} is not an agent that acts (its tools are not the support desk's)")
         self.model_uri, self.version = model_uri, str(version)

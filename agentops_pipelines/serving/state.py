@@ -168,6 +168,7 @@ class ServingState:
         inline_batching: bool = False,
         acting: Acting | None = None,
         evaluator: EvalWorker | None = None,
+        isolation: str = "unconfined",
     ):
         if pod_role not in ROLES:
             raise ValueError(f"pod_role must be one of {list(ROLES)}, got {pod_role!r}")
@@ -205,6 +206,8 @@ class ServingState:
         self.evaluator = evaluator
         self.shadow_version: str | None = None  # the challenger running in shadow, if any
         self.shadow_share = 1.0  # the share of the stable version's requests it also answers
+        # What confines the models' code (serving/confine.py): reported in /health and the state file
+        self.isolation = isolation
         self.metrics.llm_calls.served = self._routers  # LLM calls and failures, read at scrape time
 
     # -- reading
@@ -531,6 +534,7 @@ def health_payload(state: ServingState) -> dict[str, Any]:
         "canary_loaded_at": canary.loaded_at if canary else None,
         "pod_role": state.pod_role,
         "pid": os.getpid(),
+        "isolation": state.isolation,
     }
 
 

@@ -26,7 +26,16 @@ exists, else to the experiment of the run that logged the model.
 Where the export runs (``mode``):
 
 - ``"process"`` (the server's default): a small child process that imports mlflow but no model
-  and never predicts. MLflow's export to its SQL store costs ~60-100 ms of CPU per trace (a
+  and never predicts. It is started before the serving process confines itself (``confine.py``)
+  and is the one process of a deployment that writes to MLflow: traces, and the evaluation
+  worker's flagged requests and shadow evidence (``mlflow_writes.py``, on a second socket). What
+  it receives comes from a process that runs a model nobody may have reviewed, so it arrives as
+  JSON datagrams (never pickles: unpickling runs code) and :meth:`TraceJob.from_plain` checks
+  each field. It writes only where its (agent, environment) may (:class:`Scope`): traces of
+  versions of its own registered model, to the configured experiment or their runs' (the run and
+  logged model come from the registry, never from the datagram); and at most ``max_per_second``
+  traces whatever the serving process sends (the rest dropped and counted, in its log). It never
+  waits on the serving process. MLflow's export to its SQL store costs ~60-100 ms of CPU per trace (a
   transaction per span, measured here): on a thread of the serving process that GIL time showed
   in every request (p50 3.3 -> 8.0 ms at 200 requests/s with 1% traced). The child exits when the
   serving process is gone (it checks its parent every second), so it is never orphaned.
@@ -37,15 +46,18 @@ Imports nothing from the rest of the serving package.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import multiprocessing
 import os
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import pandas as pd
@@ -55,6 +67,8 @@ from agentops_pipelines.serving.batching import plain_rows
 logger = logging.getLogger("agentops_pipelines.serving.tracing")
 
 MAX_OUTPUT_ROWS = 20
+MAX_JOB_BYTES = 1 << 20  # one job's datagram
+MAX_EXPORTS_PER_SECOND = 50.0  # the exporter's own cap when the server's is off (0)
 MODES = ("process", "thread")
 _EXPORT_LOGGERS = ("mlflow.tracing.export.mlflow_v3", "mlflow.tracing.export", "mlflow.tracing")
 
@@ -94,6 +108,28 @@ class TraceJob:
             steps=[tuple(step) for step in steps or []],
         )  # fmt: skip
 
+    @classmethod
+    def from_plain(cls, value: Any) -> TraceJob:
+        """A job as the serving process sent it (JSON), every field checked: ValueError."""
+        if not isinstance(value, dict) or set(value) != {f.name for f in fields(cls)}:
+            raise ValueError("not a trace job (its exact fields)")
+        kinds = {"model_uri": str, "version": str, "agent": str, "request_id": str, "role": str, "reason": str,
+                 "status": int, "rows": int, "latency_ms": (int, float), "inputs": list, "outputs": list,
+                 "features": list, "marks": dict, "steps": list, "error": (str, type(None)),
+                 "run_id": (str, type(None)), "model_id": (str, type(None))}
+        for name, kind in kinds.items():
+            if not isinstance(value[name], kind) or isinstance(value[name], bool):
+                raise ValueError(f"{name}: not a {kind}")
+            if isinstance(value[name], str) and len(value[name]) > 10_000:
+                raise ValueError(f"{name}: longer than 10,000 characters")
+        if not all(isinstance(k, str) and isinstance(v, int) for k, v in value["marks"].items()):
+            raise ValueError("marks: not names and nanoseconds")
+        for step in value["steps"]:
+            if (not isinstance(step, list) or len(step) not in (4, 5) or not all(isinstance(x, str) for x in step[:2])
+                    or not all(isinstance(x, int) for x in step[2:4]) or (len(step) == 5 and not isinstance(step[4], dict))):
+                raise ValueError("steps: not (name, span type, start ns, end ns[, details])")
+        return cls(**{**value, "steps": [tuple(step) for step in value["steps"]]})
+
 
 class _ExportFailures(logging.Handler):
     """Counts the warnings MLflow's exporter logs on the tracer thread (it never raises)."""
@@ -118,6 +154,8 @@ class Tracer:
         experiment: str | None = None,
         on_result: Callable[[str, str], None] | None = None,
         mode: str = "thread",
+        agent: str | None = None,
+        enabled: bool = True,
     ):
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"trace sample rate must be in [0, 1], got {sample_rate}")
@@ -129,6 +167,11 @@ class Tracer:
         self.max_queue = max_queue
         self.max_per_second = max_per_second
         self.experiment = experiment or None
+        # the registered model whose versions' traces, dataset and tags the exporter may write
+        # (None: a model served from a path: traces to the configured experiment only)
+        self.agent = agent
+        self.enabled = enabled  # False: no traces at all (the exporter still makes the worker's writes)
+        self._writes: socket.socket | None = None
         self._on_result = on_result or (lambda reason, result: None)
         self._random = random.random
         self._queue: Any = None
@@ -146,7 +189,7 @@ class Tracer:
     def admit(self, reason: str) -> bool:
         """Whether a trace may be made now (under the rate cap); a refused one is counted as
         dropped. Called before the job is built, so a dropped trace costs the request nothing."""
-        if self._queue is None:
+        if self._queue is None or not self.enabled:
             return False
         now = time.monotonic()
         if now < self._next_at:
@@ -174,18 +217,29 @@ class Tracer:
             self._thread.start()
             return self
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
-        self._queue = ctx.Queue(maxsize=self.max_queue)
-        self._results = ctx.Queue()
+        jobs, jobs_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._writes, writes_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        jobs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self._queue = _Datagrams(jobs)
+        self._results, results_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._process = ctx.Process(
             target=_exporter_main,
-            args=(self._queue, self._results, self.environment, self.experiment, os.getpid(),
-                  logging.getLogger().getEffectiveLevel()),
+            args=(jobs_child, writes_child, results_child, self.environment, self.experiment, self.agent,
+                  self.max_per_second, os.getpid(), logging.getLogger().getEffectiveLevel()),
             name="agentops-trace-exporter", daemon=True,
         )  # fmt: skip
         self._process.start()
-        self._results_thread = threading.Thread(target=self._read_results, name="tracer-results",
-                                                daemon=True)  # fmt: skip
-        self._results_thread.start()
+        for end in (jobs_child, writes_child, results_child):
+            end.close()
+        return self
+
+    def listen(self) -> Tracer:
+        """Start reading the exporter's results (process mode). A separate step because the
+        serving process confines itself between ``start`` and this: Landlock restricts the
+        calling thread and the threads it starts later, so no thread may exist before then."""
+        if self._process is not None and self._results_thread is None:
+            self._results_thread = threading.Thread(target=self._read_results, name="tracer-results", daemon=True)
+            self._results_thread.start()
         return self
 
     def close(self, timeout: float = 5.0) -> None:
@@ -202,13 +256,19 @@ class Tracer:
         if worker.is_alive():
             logger.warning("the tracer did not finish within %.0fs", timeout)
             if self._process is not None:
-                self._process.terminate()
-                self._process.join(2)
+                try:
+                    self._process.terminate()
+                    self._process.join(2)
+                except PermissionError:  # a confined process may not signal it (Landlock scopes
+                    pass  # signals): it exits within a second of its parent (it checks)
         if self._results_thread is not None:
             self._results_thread.join(max(0.0, deadline - time.monotonic()) + 1)
         if self._process is not None:
-            self._queue.cancel_join_thread()  # never block the exit on jobs nobody will read
             self._queue.close()
+
+    def writes_channel(self) -> socket.socket | None:
+        """The exporter's write socket, for the evaluation worker (``mlflow_writes.py``)."""
+        return self._writes
 
     @property
     def alive(self) -> bool:
@@ -218,7 +278,7 @@ class Tracer:
     def _read_results(self) -> None:
         while True:
             try:
-                item = self._results.get()
+                item = json.loads(self._results.recv(1024))
             except (EOFError, OSError, ValueError):
                 return
             if item is None:
@@ -416,8 +476,121 @@ def _step_span(agent, name, span_type, t0, t1, details: dict) -> None:
     span.end(outputs=details.get("outputs"), status=status, end_time_ns=max(t0, t1))
 
 
-def _exporter_main(jobs, results, environment, experiment, parent, log_level) -> None:
-    """The exporter process: builds and exports the traces it receives; never loads a model."""
+class _Datagrams:
+    """The serving process's end of the exporter's job socket, used like a queue: each job one
+    JSON datagram (``None``: stop); a full buffer is ``queue.Full``."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        sock.setblocking(False)
+
+    def put_nowait(self, job: TraceJob | None) -> None:
+        data = b"null" if job is None else json.dumps(asdict(job), default=str).encode()
+        if len(data) > MAX_JOB_BYTES:
+            raise queue.Full
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            raise queue.Full from None
+
+    def put(self, job: TraceJob | None, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.put_nowait(job)
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Scope:
+    """Where an exporter may write a trace: for ``agent``'s registered versions only, each job
+    checked against the registry (its ``models:/<agent>/...`` URI and version) and given that
+    version's run and logged model (its experiment is the run's, unless the exporter has one
+    configured), whatever run or model the job names. With no registered model (a model served
+    from a path) no run or logged model is named at all: the configured (or default) experiment.
+    ``check`` raises ValueError for a job of any other model."""
+
+    def __init__(self, agent: str | None, client: Any = None):
+        self.agent = agent
+        self._client = client
+        self._versions: dict[str, tuple[str | None, str | None]] = {}  # version -> (run id, model id)
+
+    def check(self, job: TraceJob) -> TraceJob:
+        if self.agent is None:
+            return replace(job, run_id=None, model_id=None)
+        if not job.model_uri.startswith((f"models:/{self.agent}/", f"models:/{self.agent}@")):
+            raise ValueError(f"model_uri: not a version of {self.agent!r}")
+        run_id, model_id = self._version(job.version)
+        return replace(job, run_id=run_id, model_id=model_id)
+
+    def _version(self, version: str) -> tuple[str | None, str | None]:
+        if version not in self._versions:
+            if not version.isdigit() or len(version) > 18:
+                raise ValueError(f"version: not a version number: {version[:40]!r}")
+            try:
+                found = self.client().get_model_version(self.agent, version)
+            except Exception as e:  # noqa: BLE001 - MLflow's error for a version that does not exist
+                raise ValueError(f"version {version} of {self.agent!r}: {str(e)[:200]}") from None
+            self._versions[version] = (found.run_id or None, getattr(found, "model_id", None) or None)
+        return self._versions[version]
+
+    def client(self):
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient()
+        return self._client
+
+
+class _Inbox:
+    """The exporter's end of the job socket: ``get`` as on a queue. Each datagram is spent from
+    ``budget`` before anything else (over it: dropped), then parsed, checked
+    (:meth:`TraceJob.from_plain`) and scoped (:class:`Scope`: else refused); ``tally`` counts
+    and logs what was dropped or refused, never a line per datagram."""
+
+    def __init__(self, sock: socket.socket, scope: Scope, budget, tally):
+        self.sock, self.scope, self.budget, self.tally = sock, scope, budget, tally
+
+    def get(self, timeout: float) -> TraceJob | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(MAX_JOB_BYTES)
+            except TimeoutError:
+                raise queue.Empty from None
+            job = self.job(data)
+            if job is not False:
+                return job
+            if time.monotonic() > deadline:
+                raise queue.Empty from None
+
+    def job(self, data: bytes) -> TraceJob | None | bool:
+        """The checked job in ``data``, None for the stop message, False for one not taken."""
+        if data == b"null":
+            return None
+        if not self.budget.take():
+            self.tally.add("dropped", "over the exporter's trace budget")
+            return False
+        try:
+            return self.scope.check(TraceJob.from_plain(json.loads(data)))
+        except Exception as e:  # noqa: BLE001 - any bad input is refused, never a crash of the exporter
+            self.tally.add("refused", f"{type(e).__name__}: {e}")
+            return False
+
+
+def _exporter_main(jobs, writes, results, environment, experiment, agent, max_per_second, parent,
+                   log_level) -> None:
+    """The exporter process: builds and exports the traces it receives and makes the evaluation
+    worker's MLflow writes (on a thread); never loads a model, never unpickles their input, never
+    waits on the serving process (a result it does not read is dropped)."""
+    from agentops_pipelines.serving import mlflow_writes
+
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
@@ -432,12 +605,23 @@ def _exporter_main(jobs, results, environment, experiment, parent, log_level) ->
         level=log_level, format="%(asctime)s %(levelname)s %(name)s [trace exporter]: %(message)s"
     )
     tracer = Tracer(environment, experiment=experiment)
+    direct = mlflow_writes.DirectWrites(agent or "agent", experiment, environment)
+    threading.Thread(target=mlflow_writes.serve, name="mlflow-writes", daemon=True,
+                     args=(writes, direct, lambda: os.getppid() == parent)).start()  # fmt: skip
+    rate = max_per_second if max_per_second > 0 else MAX_EXPORTS_PER_SECOND
+    inbox = _Inbox(jobs, Scope(agent), mlflow_writes.Budget(rate, max(1, int(rate))),
+                   mlflow_writes.Tally("trace jobs from the serving process"))
+
+    def report(reason: str, result: str) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError: the serving process does not read
+            results.send(json.dumps([reason, result]).encode(), socket.MSG_DONTWAIT)
+
     try:
-        tracer._serve(jobs, lambda reason, result: results.put((reason, result)), parent)
+        tracer._serve(inbox, report, parent)
     finally:
-        results.put(None)
+        with contextlib.suppress(OSError):
+            results.send(b"null", socket.MSG_DONTWAIT)
         results.close()
-        results.join_thread()
 
 
 def _records(frame: Any) -> list:

@@ -113,11 +113,11 @@ def test_step_tables_and_trace_steps(sor):
 
 def test_act_settings_from_the_environment(tmp_path):
     default = ActSettings.from_environ({"AGENTOPS_HOME": str(tmp_path)})
-    assert default.sor_url == f"sqlite:///{tmp_path.resolve() / 'system_of_record.db'}" and default.enabled
+    assert default.sor_url == f"sqlite:///{tmp_path.resolve() / 'system_of_record' / 'prod' / 'system_of_record.db'}" and default.enabled
     assert not ActSettings.from_environ({"AGENTOPS_SOR_URL": "off"}).enabled
     # A dev server started without a URL acts on dev's own file, never prod's.
     dev = ActSettings.from_environ({"AGENTOPS_HOME": str(tmp_path)}, "dev")
-    assert dev.sor_url == f"sqlite:///{tmp_path.resolve() / 'system_of_record_dev.db'}"
+    assert dev.sor_url == f"sqlite:///{tmp_path.resolve() / 'system_of_record' / 'dev' / 'system_of_record.db'}"
     # A Kubernetes pod without its environment's Secret does not act (no throwaway SQLite).
     assert not ActSettings.from_environ({"AGENTOPS_HOME": str(tmp_path)}, "prod", "off").enabled
     assert ActSettings.from_environ({"AGENTOPS_SOR_URL": "sqlite:///x.db"}, "prod", "off").sor_url == "sqlite:///x.db"

@@ -133,7 +133,7 @@ def test_an_agent_file_cannot_read_the_pipelines_own_state(tmp_path, monkeypatch
     traffic.parent.mkdir(parents=True)
     pd.DataFrame({"text": ["refund order #100123, card visa ending 4242"], "tool": ["request_refund"],
                   "customer_id": ["C00001"]}).to_parquet(traffic)
-    token = home / "serving" / "support_agent" / "prod.admin-token"
+    token = home / "serving" / "support_agent" / "prod" / "admin-token"
     token.parent.mkdir(parents=True)
     token.write_text("s3cret-token\n")
     folder = tmp_path / "agents"
@@ -144,8 +144,8 @@ def test_an_agent_file_cannot_read_the_pipelines_own_state(tmp_path, monkeypatch
             ("data.path", traffic, data / "labels.txt"),
             ("data.path", str(tmp_path / "logs/support_agent/prod/date={date}/day.parquet"), data / "labels.txt"),
             ("data.labels_file", data / "requests.csv", token),
-            ("data.labels_file", data / "requests.csv", data / "link" / "serving" / "support_agent" / "prod.admin-token"),
-            ("data.labels_file", data / "requests.csv", f"{folder}/../state/serving/support_agent/prod.admin-token")):
+            ("data.labels_file", data / "requests.csv", data / "link" / "serving" / "support_agent" / "prod" / "admin-token"),
+            ("data.labels_file", data / "requests.csv", f"{folder}/../state/serving/support_agent/prod/admin-token")):
         write(folder, "reader", BANKING.format(name="reader", path=path, labels=labels))
         with pytest.raises(AgentConfigError, match=f"reader.yaml: field {field}: .*the pipeline's own state"):
             load_agents(folder)

@@ -279,7 +279,7 @@ def test_a_dev_serving_process_acts_on_devs_system_of_record_only(acting, tmp_pa
     deployer = LocalProcessDeployer(state_dir=str(tmp_path / "serving"), mlflow_tracking_uri=acting.tracking_uri,
                                     trace_sample_rate=0.0, health_timeout_s=120)
     deployed = deployer.deploy("dev", f"models:/{AGENT}/{acting.versions[1]}", acting.versions[1])
-    dev = SystemOfRecord(f"sqlite:///{home}/system_of_record_dev.db")
+    dev = SystemOfRecord(f"sqlite:///{home}/system_of_record/dev/system_of_record.db")
     try:
         environ = dict(item.split("=", 1) for item in
                        open(f"/proc/{deployed.pid}/environ", "rb").read().decode().split("\0") if "=" in item)

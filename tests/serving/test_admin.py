@@ -91,13 +91,13 @@ def test_a_refused_uri_is_never_loaded():
 
 
 def _auth(deployer, environment: str) -> dict[str, str]:
-    token = (Path(deployer.state_dir) / MODEL_NAME / f"{environment}.admin-token").read_text()
+    token = (Path(deployer.state_dir) / MODEL_NAME / environment / "admin-token").read_text()
     return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.mark.slow
 def test_admin_over_http_needs_the_deployers_token(deployer, deployment):
-    token_file = Path(deployer.state_dir) / MODEL_NAME / "test.admin-token"
+    token_file = Path(deployer.state_dir) / MODEL_NAME / "test" / "admin-token"
     assert token_file.stat().st_mode & 0o777 == 0o600 and len(token_file.read_text()) >= 32
     for method, path, payload in [
         ("POST", "/admin/load", b'{"model_uri": "models:/x/1", "version": "1"}'),

@@ -219,7 +219,7 @@ def test_canary_through_the_deployer(deployer, registry):
     )  # fmt: skip
     assert canary.canary_model_uri == registry["2"]
     assert deployer.status("canary") == canary
-    state = json.loads((Path(deployer.state_dir) / MODEL_NAME / "canary.json").read_text())
+    state = json.loads((Path(deployer.state_dir) / MODEL_NAME / "canary" / "state.json").read_text())
     assert (state["canary_version"], state["canary_share"]) == ("2", 0.5)
 
     def serve(customer: str) -> tuple[str, str, str]:

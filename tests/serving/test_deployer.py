@@ -69,7 +69,7 @@ def test_each_serving_process_gets_its_own_environments_system_of_record_only():
               "AGENTOPS_SOR_URL_STAGING": "postgresql://agent:staging-pw@db/sor_staging"}
     deployer = LocalProcessDeployer(state_dir="/tmp/x")
     dev = deployer.process_environment("support_agent", parent, "dev")
-    assert dev["AGENTOPS_SOR_URL"] == "sqlite:////state/system_of_record_dev.db"  # its own, seeded on use
+    assert dev["AGENTOPS_SOR_URL"] == "sqlite:////state/system_of_record/dev/system_of_record.db"  # its own, seeded on use
     assert not any("pw" in value for value in dev.values())  # neither prod's URL nor staging's
     assert not any(name.startswith("AGENTOPS_SOR_URL_") for name in dev)
     staging = deployer.process_environment("support_agent", parent, "staging")
@@ -92,7 +92,7 @@ def test_the_code_locations_deployer_serves_from_the_settings_mlflow_store(home)
 def test_deploy_writes_state_and_serves_health(deployer, deployment, registry):
     assert deployment.version == "1" and deployment.model_uri == registry["1"]
     assert (deployment.canary_version, deployment.canary_share) == (None, 0.0)
-    state = json.loads((Path(deployer.state_dir) / MODEL_NAME / "test.json").read_text())
+    state = json.loads((Path(deployer.state_dir) / MODEL_NAME / "test" / "state.json").read_text())
     assert state["pid"] == deployment.pid and state["port"] > 0
     assert state["url"] == deployment.url == f"http://127.0.0.1:{state['port']}"
     assert {k: state[k] for k in ("host", "model_uri", "version", "environment", "started_at")} == {
@@ -133,7 +133,7 @@ def test_hot_swap_and_failed_load(deployer, deployment, registry):
             "confidence": 0,
             "answer": "v2",
         }
-        state = json.loads((Path(deployer.state_dir) / MODEL_NAME / "test.json").read_text())
+        state = json.loads((Path(deployer.state_dir) / MODEL_NAME / "test" / "state.json").read_text())
         assert (state["pid"], state["version"], state["model_uri"]) == (
             deployment.pid,
             "2",
@@ -160,7 +160,7 @@ def test_failed_start_reports_the_log(deployer, registry):
         deployer.deploy("broken", f"models:/{MODEL_NAME}/99", "99")
     assert "could not load" in str(info.value)  # the tail of the server's log
     assert deployer.status("broken") is None
-    assert not (Path(deployer.state_dir) / MODEL_NAME / "broken.json").exists()
+    assert not (Path(deployer.state_dir) / MODEL_NAME / "broken" / "state.json").exists()
 
 
 @pytest.mark.slow
@@ -168,7 +168,7 @@ def test_second_environment_and_stop(deployer, deployment, registry):
     second = deployer.deploy("second", registry["2"], "2")
     assert second.pid != deployment.pid and second.url != deployment.url
     assert deployer.status("test").version == "1"  # environments are independent
-    state_file = Path(deployer.state_dir) / MODEL_NAME / "second.json"
+    state_file = Path(deployer.state_dir) / MODEL_NAME / "second" / "state.json"
     assert state_file.exists()
 
     deployer.stop("second")
@@ -176,7 +176,7 @@ def test_second_environment_and_stop(deployer, deployment, registry):
     with pytest.raises(ProcessLookupError):
         os.kill(second.pid, 0)
     assert deployer.status("second") is None
-    log = (Path(deployer.state_dir) / MODEL_NAME / "second.log").read_text()
+    log = (Path(deployer.state_dir) / MODEL_NAME / "second" / "serving.log").read_text()
     assert "stopped (exit code 0)" in log
     deployer.stop("second")  # a no-op now
     with pytest.raises(OSError):
@@ -192,7 +192,7 @@ def test_a_configured_token_wins_over_the_token_file(tmp_path):
     own = LocalProcessDeployer(state_dir=str(tmp_path))
     assert own._token("prod", state) is None
     path = own._new_token_file(own.files("prod", "support_agent"))
-    assert path == tmp_path / "support_agent" / "prod.admin-token"
+    assert path == tmp_path / "support_agent" / "prod" / "admin-token"
     assert path.stat().st_mode & 0o777 == 0o600
     assert own._token("prod", state) == path.read_text() and len(path.read_text()) >= 40
     first = own._token("prod", state)

@@ -199,7 +199,7 @@ def test_inference_log_is_flushed_on_stop_and_errors_are_traced(deployer, regist
     )  # fmt: skip
     assert row["confidence"] == 0.9 and row["status"] == 200 and row["environment"] == "second"
     assert df.set_index("request_id").loc["log-boom", "status"] == 500
-    log = (Path(deployer.state_dir) / MODEL_NAME / "second.log").read_text()
+    log = deployer.files("second", MODEL_NAME).log.read_text()
     assert "inference log:" in log and "stopped (exit code 0)" in log
 
 def test_a_bad_row_is_cleaned_alone_and_never_costs_its_batch(tmp_path):

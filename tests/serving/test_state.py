@@ -110,6 +110,7 @@ def test_endpoints_without_socket():
         "canary_loaded_at": None,
         "pod_role": "stable",
         "pid": None,
+        "isolation": "unconfined",  # a state made in a test process: nothing confined it
     }
 
     r = handle_invocations(

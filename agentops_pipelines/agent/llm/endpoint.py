@@ -183,6 +183,22 @@ def serving_secrets(agents: Iterable[object]) -> dict[str, list[str]]:
             if (endpoint := declared_endpoint(agent)) is not None}
 
 
+def endpoint_port(endpoint: Endpoint) -> int:
+    """The TCP port a process must reach ``endpoint`` on (for the sandbox's and the serving
+    process's confinement: Landlock allows ports, not hosts)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint.base_url)
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
+def serving_connect_ports(agents: Iterable[object]) -> dict[str, list[int]]:
+    """Agent name -> the port of the LLM endpoint it declares: its confined serving processes may
+    connect there (serving/confine.py); other agents' may not."""
+    return {agent.name: [endpoint_port(endpoint)] for agent in agents
+            if (endpoint := declared_endpoint(agent)) is not None}
+
+
 def active_span():
     """The MLflow span active in this thread, if mlflow is in use here (no import cost otherwise)."""
     import sys
