@@ -239,15 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     uri = f"sqlite:///{work}/mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_REGISTRY_URI"] = uri
     versions = register_versions(uri, 2)
-    sor = SystemOfRecord(f"sqlite:///{work}/system_of_record.db").ensure()
+    # Each system of record in a folder of its own: a confined server may write its database's
+    # folder (the journal), never the state folder itself (serving/confine.py).
+    (work / "sor").mkdir()
+    sor = SystemOfRecord(f"sqlite:///{work}/sor/system_of_record.db").ensure()
     cases = golden_cases(sor, 1500)
     sor.dispose()  # checkpoints the WAL into the file: each baseline gets a copy of it
     per_round = int(args.rate * args.duration)
     servers = [("this checkout", None, sor.url)]
     for i, baseline in enumerate(args.baseline):
         name, _, folder = baseline.partition("=")
-        copy = work / f"system_of_record-{i}.db"
-        shutil.copy(work / "system_of_record.db", copy)
+        copy = work / f"sor-{i}" / "system_of_record.db"
+        copy.parent.mkdir()
+        shutil.copy(work / "sor" / "system_of_record.db", copy)
         servers.append((name, str(Path(folder).resolve()), f"sqlite:///{copy}"))
     rows: list[dict] = []
     with contextlib.ExitStack() as stack:

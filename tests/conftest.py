@@ -36,6 +36,21 @@ def mlflow_db(tmp_path, empty_mlflow_db) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_do_not_leak():
+    """MLflow keeps the tracking and registry URIs a test's code set (resources/mlflow.py sets
+    both) in module globals, which win over the environment: a later test in the same worker would
+    talk to a store that is gone (a dropped Postgres database). Reset after each test."""
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch, empty_mlflow_db):
     """A fresh AGENTOPS_HOME: everything the embedded default writes goes here. Its MLflow

@@ -55,7 +55,7 @@ SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ssl", "/etc/ca-
                "/etc/pki", "/etc/localtime", "/etc/locale.alias", "/etc/mime.types", "/etc/ld.so.cache",
                "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/passwd",
                "/etc/group", "/dev/urandom", "/dev/random", "/dev/null", "/proc/self", "/proc/cpuinfo",
-               "/sys/devices/system/cpu", "/sys/fs/cgroup")
+               "/proc/meminfo", "/sys/devices/system/cpu", "/sys/fs/cgroup")
 PACKAGES = ("agentops_pipelines", "agentops_pipelines.assets", "agentops_pipelines.resources",
             "agentops_pipelines.sensors")
 MAX_TOOL_CHARS = 200

@@ -50,6 +50,9 @@ logger = logging.getLogger("agentops_pipelines.serving")
 
 UNCONFINED = "unconfined"
 ASSUME_NO_LANDLOCK = "AGENTOPS_SERVING_ASSUME_NO_LANDLOCK"  # a test's seam: see the module's docstring
+#: Devices any process may write: libraries open /dev/null read-write at import (dill, which Feast
+#: imports on a server's first feature lookup, opens it with ``r+b``).
+WRITABLE_DEVICES = ("/dev/null",)
 #: The port a URL's scheme implies when it names none.
 DEFAULT_PORTS = {"http": 80, "https": 443, "s3": 443, "gs": 443, "wasbs": 443, "abfss": 443,
                  "postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306,
@@ -146,7 +149,7 @@ def apply(policy: ServingPolicy) -> str:
         read = [*sandbox.read_paths(sandbox.Policy()), *policy.read]
         for folder in policy.write:  # a rule needs the path to exist
             Path(folder).mkdir(parents=True, exist_ok=True)
-        landlock.restrict(read=read, write=policy.write, connect_ports=policy.connect_ports)
+        landlock.restrict(read=read, write=[*policy.write, *WRITABLE_DEVICES], connect_ports=policy.connect_ports)
         if isolation == sandbox.LANDLOCK_SECCOMP:
             seccomp.install()
     except (sandbox.SandboxError, landlock.LandlockError, seccomp.SeccompError) as e:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import gc
 import inspect
-import tempfile
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

@@ -589,9 +589,9 @@ def _exporter_main(jobs, writes, results, environment, experiment, agent, max_pe
     """The exporter process: builds and exports the traces it receives and makes the evaluation
     worker's MLflow writes (on a thread); never loads a model, never unpickles their input, never
     waits on the serving process (a result it does not read is dropped)."""
-    from agentops_pipelines.serving import mlflow_writes
-
     import signal
+
+    from agentops_pipelines.serving import mlflow_writes
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -49,7 +49,7 @@ CONFINE = textwrap.dedent("""
     if sys.argv[2] == "thread":
         threading.Thread(target=threading.Event().wait, daemon=True).start()
     try:
-        isolation = apply(ServingPolicy(read=(), write=(), connect_ports=(), require_landlock=False,
+        isolation = apply(ServingPolicy(read=(), write=(os.environ["TMPDIR"],), connect_ports=(), require_landlock=False,
                                         assume_no_landlock=True))
     except ConfinementError as e:
         print(json.dumps({"refused": str(e)}))
@@ -59,7 +59,16 @@ CONFINE = textwrap.dedent("""
         read = "read"
     except PermissionError:
         read = "denied"
-    print(json.dumps({"isolation": isolation, "secret": read}))
+    result = {"isolation": isolation, "secret": read}
+    if sys.argv[2] == "libraries":
+        # What a served model's first feature lookup imports: Feast, whose dill opens /dev/null
+        # read-write and whose Dask offline store reads /proc/meminfo (psutil); the secret beside
+        # them stays out of reach.
+        import feast.infra.offline_stores.dask  # noqa: F401
+        with open(os.devnull, "r+b") as f:
+            f.write(b"x")
+        result["devnull"] = "written"
+    print(json.dumps(result))
 """)
 
 
@@ -69,7 +78,7 @@ def _confine(tmp_path, mode: str) -> dict:
     secret = tmp_path / "secret"
     secret.write_text("key")
     done = subprocess.run([sys.executable, "-c", CONFINE, str(secret), mode], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, ASSUME_NO_LANDLOCK: "true"})
+                          timeout=120, env={**os.environ, ASSUME_NO_LANDLOCK: "true", "TMPDIR": str(tmp_path / "tmp")})
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -77,6 +86,12 @@ def _confine(tmp_path, mode: str) -> dict:
 @pytest.mark.skipif(landlock.abi_version() < 1, reason="needs Landlock")
 def test_the_seam_never_leaves_a_process_unconfined_where_landlock_is_not_required(tmp_path):
     assert _confine(tmp_path, "alone") == {"isolation": "landlock+seccomp", "secret": "denied"}
+
+
+@pytest.mark.skipif(landlock.abi_version() < 1, reason="needs Landlock")
+def test_a_confined_process_can_import_what_opens_dev_null_for_writing(tmp_path):
+    assert _confine(tmp_path, "libraries") == {"isolation": "landlock+seccomp", "secret": "denied",
+                                               "devnull": "written"}
 
 
 def test_a_thread_started_before_confinement_is_a_refusal(tmp_path):
