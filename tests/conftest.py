@@ -38,17 +38,26 @@ def mlflow_db(tmp_path, empty_mlflow_db) -> str:
 
 @pytest.fixture(autouse=True)
 def _mlflow_uris_do_not_leak():
-    """MLflow keeps the tracking and registry URIs a test's code set (resources/mlflow.py sets
-    both) in module globals, which win over the environment: a later test in the same worker would
-    talk to a store that is gone (a dropped Postgres database). Reset after each test."""
-    yield
+    """MLflow keeps the tracking and registry URIs that code sets (resources/mlflow.py sets both)
+    in module globals, which win over the environment: a later test in the same worker would talk
+    to a store that is gone (a dropped Postgres database). Each test leaves them as it found them
+    (after its module's fixtures, which may set them for all their tests)."""
     import sys
 
-    if "mlflow" in sys.modules:
-        import mlflow
+    def uris():
+        if "mlflow" not in sys.modules:
+            return None, None
+        from mlflow.tracking._model_registry import utils as registry
+        from mlflow.tracking._tracking_service import utils as tracking
 
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+        return tracking, registry
+
+    tracking, registry = uris()
+    saved = (tracking._tracking_uri, registry._registry_uri) if tracking else (None, None)
+    yield
+    tracking, registry = uris()
+    if tracking:
+        tracking._tracking_uri, registry._registry_uri = saved
 
 
 @pytest.fixture

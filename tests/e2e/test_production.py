@@ -172,6 +172,7 @@ def production(tmp_path_factory):
                     pass
             instance.dispose()
             mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)  # resources/mlflow.py set both; the databases are dropped next
 
 
 @pytest.mark.slow

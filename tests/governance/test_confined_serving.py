@@ -122,9 +122,11 @@ def planted(tmp_path, monkeypatch):
     for name in ("AGENTOPS_SOR_URL", "AGENTOPS_SOR_URL_DEV", "AGENTOPS_SANDBOX_REQUIRE_LANDLOCK"):
         monkeypatch.delenv(name, raising=False)
     mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(tracking)  # a URI an earlier test's code set would win over the environment
     experiment = mlflow.create_experiment(AGENT, artifact_location=str(home / "mlflow" / "artifacts" / AGENT))
     yield home, files, tracking, experiment
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
 
 
 def _register(tmp_path, experiment: str, targets: dict) -> str:

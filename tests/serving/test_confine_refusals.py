@@ -72,13 +72,20 @@ CONFINE = textwrap.dedent("""
 """)
 
 
+def _child_environ(tmp_path) -> dict:
+    # Not the multiprocess metrics folder Feast names in this worker's environment when it is
+    # imported (a serving process drops it: serving/__main__.py; this script is not one).
+    inherited = {k: v for k, v in os.environ.items() if not k.lower().startswith("prometheus_multiproc")}
+    return {**inherited, ASSUME_NO_LANDLOCK: "true", "TMPDIR": str(tmp_path / "tmp")}
+
+
 def _confine(tmp_path, mode: str) -> dict:
     import json
 
     secret = tmp_path / "secret"
     secret.write_text("key")
     done = subprocess.run([sys.executable, "-c", CONFINE, str(secret), mode], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, ASSUME_NO_LANDLOCK: "true", "TMPDIR": str(tmp_path / "tmp")})
+                          timeout=120, env=_child_environ(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

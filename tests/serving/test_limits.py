@@ -24,12 +24,16 @@ GOOD = json.dumps({"inputs": [{"text": "where is my order", "customer_id": "C1"}
 
 @pytest.fixture(scope="module")
 def server(registry, tmp_path_factory):
+    # Started from a parent that imported Feast, which names a multiprocess metrics folder in its
+    # environment: the server still counts in its own memory (its /metrics shows every rejection).
+    inherited = str(tmp_path_factory.mktemp("feast_metrics"))
     s = Server(
         tmp_path_factory.mktemp("limits"), registry["1"], "1",
         "--max-connections", "64", "--header-timeout", "1", "--body-timeout", "1",
         "--keep-alive-timeout", "2", "--max-concurrent-requests", "3", "--max-text-chars", "1000",
         "--max-request-chars", "5000", "--max-header-bytes", "4096",
         "--max-body-bytes", str(2 * 1024 * 1024),
+        env={"PROMETHEUS_MULTIPROC_DIR": inherited, "PROMETHEUS_MULTIPROCESS_DIR": inherited},
     )  # fmt: skip
     yield s
     s.stop()
