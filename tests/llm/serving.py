@@ -72,11 +72,12 @@ def trace_of(experiment_id: str, request_id: str, timeout_s: float = 60.0):
 def serving_deployer(settings, agents, **options):
     """The code location's local deployer for ``agents`` (``build_deployer``: the LLM agents get
     their key), with every request traced."""
-    from agentops_pipelines.agent.llm.endpoint import serving_secrets
+    from agentops_pipelines.agent.llm.endpoint import serving_connect_ports, serving_secrets
     from agentops_pipelines.definitions import build_deployer
     from agentops_pipelines.resources.deployers import LocalProcessDeployer
 
-    base = build_deployer(settings, [a.name for a in agents], serving_secrets(agents))
+    base = build_deployer(settings, [a.name for a in agents], serving_secrets(agents), serving_connect_ports(agents))
     return LocalProcessDeployer(state_dir=base.state_dir, inference_log_dir=base.inference_log_dir,
-                                agent_secret_env=base.agent_secret_env, trace_sample_rate=1.0,
+                                agent_secret_env=base.agent_secret_env,
+                                agent_connect_ports=base.agent_connect_ports, trace_sample_rate=1.0,
                                 health_timeout_s=180, **options)

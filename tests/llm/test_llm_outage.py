@@ -62,6 +62,8 @@ class FakeEndpoint:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        # the serving process is confined: it may connect to the ports it is given, as deployed
+        self.flags = ("--connect-port", str(self.server.server_address[1]))
 
     def close(self) -> None:
         self.server.shutdown()
@@ -94,7 +96,7 @@ def served(tmp_path_factory):
         sor = SystemOfRecord(f"sqlite:///{tmp}/system_of_record.db").ensure()
         env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "AGENTOPS_SOR_URL": sor.url,
                "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE": "0", EnvVar.LLM_API_KEY.value: KEY}
-        server = Server(tmp / "server", f"models:/{AGENT}/{versions[0]}", versions[0], env=env)
+        server = Server(tmp / "server", f"models:/{AGENT}/{versions[0]}", versions[0], *fake.flags, env=env)
         try:
             yield SimpleNamespace(url=server.url, fake=fake, version=versions[0], server=server)
         finally:
@@ -160,7 +162,8 @@ def test_a_hanging_endpoint_holds_its_own_threads_not_the_admins(tmp_path):
             versions = register_versions(uri, 1, wrap=lambda _: llm_router(Endpoint(fake.base_url, "m")))
         sor = SystemOfRecord(f"sqlite:///{tmp_path}/system_of_record.db").ensure()
         env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "AGENTOPS_SOR_URL": sor.url}
-        server = Server(tmp_path / "server", f"models:/{AGENT}/{versions[0]}", versions[0], env=env)
+        server = Server(tmp_path / "server", f"models:/{AGENT}/{versions[0]}", versions[0], *fake.flags,
+                        env=env)
         try:
             fake.mode = "hang"
             default_pool = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
@@ -238,7 +241,7 @@ def test_a_canary_whose_llm_calls_fail_is_unhealthy_though_every_request_succeed
     sor = SystemOfRecord(f"sqlite:///{tmp_path}/system_of_record.db").ensure()
     env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "AGENTOPS_SOR_URL": sor.url,
            "AGENTOPS_ONLINE_EVAL_SAMPLE_RATE": "0", EnvVar.LLM_API_KEY.value: KEY}
-    server = Server(tmp_path / "server", f"models:/{AGENT}/{stable}", stable, env=env)
+    server = Server(tmp_path / "server", f"models:/{AGENT}/{stable}", stable, *good.flags, *bad.flags, env=env)
     try:
         load = json.dumps({"model_uri": f"models:/{AGENT}/{canary}", "role": "canary", "canary_share": 0.5})
         status, _, answer = request(server.url, "POST", "/admin/load", load.encode(), JSON, AUTH)
