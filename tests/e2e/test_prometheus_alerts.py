@@ -66,6 +66,18 @@ mlflow.models.set_model(Router())
 # Helpers
 
 
+
+def _rfc3339(stamp: str) -> float:
+    """Prometheus's timestamps (``2026-12-03T08:50:01.123456789Z``, or with an offset) in seconds."""
+    from datetime import datetime
+
+    main, _, rest = stamp.partition(".")
+    digits = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+    zone = rest[len(digits):] if rest else stamp[19:]
+    zone = "+00:00" if zone in ("Z", "") else zone
+    return datetime.fromisoformat(main[:19] + zone).timestamp() + float(f"0.{digits or 0}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -305,14 +317,11 @@ def test_high_error_rate_fires_with_the_version_labels(served_model, tmp_path):
                 for rule in group["rules"]:
                     if rule["name"] == "AgentHighErrorRate":
                         assert rule["health"] == "ok", rule
-                        return rule["lastEvaluation"] > time.strftime(
-                            "%Y-%m-%dT%H:%M:%S", time.gmtime(t)
-                        )
+                        return _rfc3339(rule["lastEvaluation"]) > t
             return False
 
-        wait_until(
-            "AgentHighErrorRate was not evaluated", lambda: rule_evaluated_after(time.time()), 15
-        )
+        scraped_at = time.time()  # an evaluation after this one saw the healthy traffic
+        wait_until("AgentHighErrorRate was not evaluated", lambda: rule_evaluated_after(scraped_at), 15)
         time.sleep(max(0.0, healthy_since + 7 - time.monotonic()))  # longer than for: 5s
         assert alerts(prometheus, "AgentHighErrorRate") == []
         assert set(traffic.statuses) == {200}
