@@ -66,7 +66,6 @@ mlflow.models.set_model(Router())
 # Helpers
 
 
-
 def _rfc3339(stamp: str) -> float:
     """Prometheus's timestamps (``2026-12-03T08:50:01.123456789Z``, or with an offset) in seconds."""
     from datetime import datetime
