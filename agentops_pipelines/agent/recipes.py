@@ -3,9 +3,10 @@
 Every agent that does not bring its own model (the support desk, the YAML-configured agents) trains
 with :func:`train_text_router`. The steps, and why each is there:
 
-1. **Features only where declared.** The text goes through word and character TF-IDF (and, as an
-   option, MiniLM sentence embeddings run by ONNX Runtime with int8 weights: +2.9 points on
-   BANKING77 for ~1.5 ms more CPU per request; BENCHMARKS.md); customer features are added only
+1. **Features only where declared.** The text goes through word and character TF-IDF and MiniLM
+   sentence embeddings run by ONNX Runtime with int8 weights (the default since it was measured:
+   +2.9 points on BANKING77 for ~1.5 ms more CPU per request, inside the serving budget;
+   ``embeddings: 0`` for TF-IDF alone; BENCHMARKS.md); customer features are added only
    for the columns the agent declares. Simulated features on data that has none cost accuracy
    (~0.8 points on BANKING77).
 2. **Model selection on a validation split.** A stable share of the training rows (by request id,
@@ -47,7 +48,7 @@ DEFAULT_PARAMS: dict[str, float] = {
     "C": 0.0,
     "word_ngrams": 2,
     "char_ngrams": 5,
-    "embeddings": 0,  # 1: MiniLM sentence embeddings beside TF-IDF (BENCHMARKS.md)
+    "embeddings": 1,  # MiniLM sentence embeddings beside TF-IDF; 0: TF-IDF alone (BENCHMARKS.md)
     "embedding_int8": 1,  # MiniLM's weights in int8 (ONNX Runtime); 0: float32, ~3x the CPU
     "embedding_scale": 2.0,
     "validation_share": 0.15,

@@ -23,6 +23,6 @@ def lifecycle_defs(home):
         return dg.Definitions(assets=[a for lc in lifecycles for a in lc.assets],
                               asset_checks=[c for lc in lifecycles for c in lc.checks],
                               jobs=[j for lc in lifecycles for j in lc.jobs.values()],
-                              resources=build_resources(settings))
+                              resources=build_resources(settings, list(agents)))
 
     return build

@@ -4,6 +4,7 @@ escalation tool."""
 
 import json
 import shutil
+import urllib.request
 
 import dagster as dg
 import pandas as pd
@@ -125,7 +126,7 @@ def test_banking77_by_configuration_alone(lifecycle_defs, instance, tmp_path):
         "banking77__evaluation_report": {"config": {"latency_samples": 50, "evidently_report": False}},
     }})
     report = meta(instance, "banking77", "evaluation_report")
-    assert report["accuracy"] >= 0.85, report["accuracy"]
+    assert report["accuracy"] >= 0.92, report["accuracy"]  # 0.9308 measured: the default recipe embeds
     assert report["holdout_rows"] == pytest.approx(2000, rel=0.08)  # a stable 20% by request id
     assert report["gate_passed"] is True
     assert not [k for k in report if "escalation" in k]
@@ -137,3 +138,18 @@ def test_banking77_by_configuration_alone(lifecycle_defs, instance, tmp_path):
     out = model.predict(None, pd.DataFrame({"text": ["someone stole my card yesterday"]}))
     assert out["tool"].iloc[0] == "lost_or_stolen_card"
     assert out["answer"].iloc[0].startswith("We are sorry to hear that. Your card can be frozen at once")
+
+    # Served by a real (confined) serving process: the embeddings' int8 graph is built there, in
+    # its own temporary folder, before it reports healthy.
+    deployer = defs.resources["deployer"]
+    try:
+        served = deployer.deploy("dev", "models:/banking77/1", "1")
+        body = json.dumps({"dataframe_records": [{"text": "someone stole my card yesterday"}]}).encode()
+        request = urllib.request.Request(f"{served.url}/invocations", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())["predictions"][0]
+        assert answer["tool"] == "lost_or_stolen_card", answer
+        assert "Traceback" not in deployer.files("dev", "banking77").log.read_text()
+    finally:
+        deployer.stop("dev", agent="banking77")

