@@ -7,7 +7,8 @@ Usage (from the project root)::
         --tracking-uri sqlite:///.agentops/mlflow/mlflow.db          # reuse a registered model
     .venv/bin/python bench/serving_latency.py --write               # also update BENCHMARKS.md
 
-Without ``--model-uri`` the real support-desk lifecycle runs into a temporary ``AGENTOPS_HOME``
+Without ``--model-uri`` the real support-desk lifecycle (``--agent banking77``: BANKING77 by its
+shipped configuration, the default recipe with its MiniLM embeddings) runs into a temporary ``AGENTOPS_HOME``
 (ingest three days, train, evaluate, register) and the registered version is served.
 
 Each server gets an open-loop load: requests are sent on a fixed schedule (``rate`` per second for
@@ -75,8 +76,12 @@ TEXTS = (
 # The model
 
 
-def train_model(home: Path) -> tuple[str, str, str]:
-    """Run the lifecycle into ``home``; returns (model_uri, version, tracking_uri)."""
+def train_model(home: Path, agent: str = "support_agent", params: str = "{}") -> tuple[str, str, str]:
+    """Run ``agent``'s lifecycle into ``home``; returns (model_uri, version, tracking_uri).
+
+    ``banking77``: the shipped ``agents/banking77.yaml`` enabled (the default recipe, no
+    parameters: TF-IDF and MiniLM embeddings; ``params``, YAML, replaces them), its file ingested
+    as one day and trained on."""
     os.environ["AGENTOPS_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -86,15 +91,29 @@ def train_model(home: Path) -> tuple[str, str, str]:
     from agentops_pipelines.definitions import build_definitions
     from agentops_pipelines.resources.settings import load_settings
 
+    days, training_config, agents = DAYS, {}, None
+    if agent == "banking77":
+        folder = home / "agents"
+        folder.mkdir(parents=True, exist_ok=True)
+        shipped = (ROOT / "agents" / "banking77.yaml").read_text()
+        shipped = shipped.replace("enabled: false", "enabled: true").replace("  params: {}", f"  params: {params}")
+        (folder / "banking77.yaml").write_text(shipped)
+        shutil.copy(ROOT / "agents" / "support_agent.yaml", folder)
+        from agentops_pipelines.agents import load_agents
+
+        agents = load_agents(folder)
+        days = DAYS[:1]
+        training_config = {"ops": {"banking77__training_set": {"config": {"days": 1, "end_date": DAYS[0]}},
+                                   "banking77__evaluation_report": {"config": {"evidently_report": False}}}}
     settings = load_settings()
-    defs = build_definitions(settings)
-    agent = "support_agent"
+    defs = build_definitions(settings, agents)
     with dg.instance_for_test() as instance:
-        for day in DAYS:
+        for day in days:
             job = defs.resolve_job_def(f"{agent}_ingest_job")
             if not job.execute_in_process(instance=instance, partition_key=day).success:
                 raise SystemExit(f"ingest {day} failed")
-        training = defs.resolve_job_def(f"{agent}_training_job").execute_in_process(instance=instance)
+        training = defs.resolve_job_def(f"{agent}_training_job").execute_in_process(
+            instance=instance, run_config=training_config)
         if not training.success:
             raise SystemExit("training failed")
         registration = defs.resources["lake"].read_record(f"{agent}/registered_version", run_id=training.run_id)
@@ -555,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-uri", help="serve this model instead of training one")
     p.add_argument("--version", default="", help="its version (default: from a models:/ URI)")
     p.add_argument("--tracking-uri", help="MLflow tracking/registry URI for --model-uri")
+    p.add_argument("--agent", default="support_agent", choices=("support_agent", "banking77"),
+                   help="whose lifecycle trains the model (without --model-uri); banking77 needs "
+                   "../shared/datasets/banking77 and serves the default recipe's embeddings")
+    p.add_argument("--recipe-params", default="{}", metavar="YAML",
+                   help="with --agent banking77: its recipe's params, e.g. '{embeddings: 0}'")
     p.add_argument("--rates", default="50,200")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per rate and server")
     p.add_argument("--connections", type=int, default=32)
@@ -590,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             version = args.version or model_uri.rstrip("/").rsplit("/", 1)[-1]
         else:
             started = time.perf_counter()
-            model_uri, version, tracking = train_model(workdir / "agentops")
+            model_uri, version, tracking = train_model(workdir / "agentops", args.agent, args.recipe_params)
             print(f"trained {model_uri} in {time.perf_counter() - started:.0f}s", flush=True)
         if tracking:
             os.environ["MLFLOW_TRACKING_URI"] = tracking

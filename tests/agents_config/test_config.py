@@ -42,7 +42,7 @@ def test_every_shipped_file_is_valid_and_names_its_file():
     assert {"support_agent", "banking77", "clinc150_oos"} <= set(names)
     assert names["support_agent"].python == "support_desk"
     clinc = names["clinc150_oos"]
-    assert (clinc.out_of_scope_label, clinc.fallback_tool, clinc.abstention.target_precision) == ("oos", "oos", 0.95)
+    assert (clinc.out_of_scope_label, clinc.fallback_tool, clinc.abstention.target_precision) == ("oos", "oos", 0.985)
 
 
 def test_the_default_code_location_runs_the_support_desk_configured_by_its_file():
