@@ -234,7 +234,7 @@ def routers(fit: pd.DataFrame, test: pd.DataFrame, encoder_dir: Path) -> dict:
 
     y, texts = test["tool"].to_numpy(), test["text"].tolist()
     out, answers = {}, {}
-    for kind, params, folder in (("recipe", {}, None), ("minilm", {"embeddings": 1}, None),
+    for kind, params, folder in (("recipe", {"embeddings": 0}, None), ("minilm", {"embeddings": 1}, None),
                                  ("finetuned", {"embeddings": 1}, encoder_dir)):
         if folder is None:
             os.environ.pop("AGENTOPS_MINILM_DIR", None)

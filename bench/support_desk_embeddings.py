@@ -8,7 +8,7 @@ The simulated shop (``data/generator.py``): three days of requests (2026-11-01..
 with the customer features the support desk declares, trained with the support desk's own
 recipe with the embeddings off (its default) and on; tested on a later day (2026-11-10). Prints
 accuracy and fit CPU seconds for each. The answer decides the support desk's default (README,
-"Agents by configuration"; BENCHMARKS.md, "Tool routing on BANKING77").
+"Agents declared by configuration"; BENCHMARKS.md, "Tool routing on BANKING77").
 """
 
 from __future__ import annotations

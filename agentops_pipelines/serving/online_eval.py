@@ -54,6 +54,10 @@ LINGER_S = 0.25  # while a challenger runs: how long the worker gathers jobs int
 AUTOGROUP_NICE = 10  # the weight of the worker's own session where the kernel groups by session
 
 
+#: The outcomes of a shadow comparison, as ``serving/shadow.py``'s ``Comparison`` counts them.
+SHADOW_OUTCOMES = ("both_pass", "primary_only", "challenger_only", "both_fail")
+
+
 class EvalWorker:
     """The serving process's side: submit jobs, send commands, read the worker's snapshots."""
 
@@ -202,6 +206,13 @@ class EvalWorker:
                     [*labels, "scorer"], registry=registry),
             Counter("agentops_online_eval_dropped", "Requests not handed to the evaluation worker "
                     "(its buffer was full)", ["agent", "environment"], registry=registry),
+            Counter("agentops_shadow_requests", "Live requests the shadow challenger was compared "
+                    "on, by outcome (both_pass, primary_only, challenger_only, both_fail)",
+                    ["agent", "environment", "primary_version", "challenger_version", "outcome"],
+                    registry=registry),
+            Counter("agentops_shadow_challenger_errors", "Live requests on which the shadow "
+                    "challenger raised (its LLM endpoint down, a bug): each also counts as its failure",
+                    ["agent", "environment", "primary_version", "challenger_version"], registry=registry),
         )
         self._counters[2].labels(self.agent, self.environment)
 
@@ -211,7 +222,7 @@ class EvalWorker:
             return
         from agentops_pipelines.agent.scorers import LIVE_SCORERS
 
-        scored, failures, dropped = self._counters
+        scored, failures, dropped, shadowed, challenger_errors = self._counters
         for version, value in (snap.get("scored") or {}).items():
             key = ("scored", version)
             if key not in self._counted:  # a new version: every series exported at 0 first
@@ -228,6 +239,18 @@ class EvalWorker:
         if self.dropped > self._counted.get(("dropped",), 0):
             dropped.labels(self.agent, self.environment).inc(self.dropped - self._counted.get(("dropped",), 0))
             self._counted[("dropped",)] = self.dropped
+        shadow = snap.get("shadow")
+        if shadow and shadow.get("comparison_id"):
+            versions = (str(shadow.get("primary_version", "")), str(shadow.get("challenger_version", "")))
+            series = [(shadowed.labels(self.agent, self.environment, *versions, outcome), outcome)
+                      for outcome in SHADOW_OUTCOMES]
+            series.append((challenger_errors.labels(self.agent, self.environment, *versions), "challenger_errors"))
+            for counter, field in series:  # every series exported (at 0) once a challenger runs
+                key = ("shadow", shadow["comparison_id"], field)
+                value = int(shadow.get(field) or 0)
+                if value > self._counted.get(key, 0):
+                    counter.inc(value - self._counted.get(key, 0))
+                    self._counted[key] = value
 
 
 # -- the worker process --------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from agentops_pipelines.vocabulary import ShadowTag
@@ -55,6 +56,9 @@ class Comparison:
     both_fail: int = 0
     same_tool: int = 0
     challenger_errors: int = 0  # the challenger raised (counted as a failure)
+    #: Tells one comparison from the next (a challenger loaded again starts from 0): the serving
+    #: process's /metrics counters add what each comparison counted since it last looked.
+    comparison_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def add(self, primary_pass: bool, challenger_pass: bool, same_tool: bool) -> None:
         self.requests += 1

@@ -356,3 +356,45 @@ def test_the_evaluation_worker_stops_when_the_serving_process_is_killed():
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_failing_challenger_is_counted_in_metrics_and_a_reloaded_one_adds_to_it(sor):
+    """A challenger that raises (an LLM challenger whose endpoint is down) fails each request it
+    was given; /metrics counts those errors and the outcomes per version pair, so an alert can
+    fire on them; loading a challenger again starts a new comparison whose counts add, not reset."""
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from agentops_pipelines.serving.online_eval import EvalWorker, _Worker
+
+    class Down:
+        version = "2"
+
+        def replay(self, primaries):
+            raise ConnectionError("the challenger's LLM endpoint refused the connection")
+
+    primary = Executor(Actions(sor), lambda text, f: ("track_order", 0.7))
+    row = delivered(sor)
+    jobs = [{"kind": "request", "request_id": f"d-{i}", "shadow": True, "features": {},
+             "trajectory": primary.run(f"d-{i}", "where is my order", row.customer_id).to_dict()}
+            for i in range(3)]
+    registry = CollectorRegistry()
+    serving = EvalWorker("support_agent", "prod", "", 100.0)
+    serving.bind_metrics(registry)
+
+    def value(name: str, **labels) -> float:
+        return registry.get_sample_value(name, {"agent": "support_agent", "environment": "prod",
+                                                "primary_version": "1", "challenger_version": "2", **labels})
+
+    results, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    worker = _Worker(results, "support_agent", "prod", "", 100.0, None)
+    for comparison_jobs in (jobs, jobs[:1]):  # a first comparison, then the challenger reloaded
+        worker.challenger, worker.comparison = Down(), Comparison("1", "2")
+        worker.handle_many(comparison_jobs)
+        snapshot = {"shadow": worker.state["shadow"]}
+        serving._count(snapshot)
+        serving._count(snapshot)  # read twice (every scrape polls): counted once
+    assert value("agentops_shadow_challenger_errors_total") == 4
+    assert value("agentops_shadow_requests_total", outcome="primary_only") == 4  # the primary passed
+    assert value("agentops_shadow_requests_total", outcome="both_pass") == 0  # exported at 0

@@ -255,6 +255,9 @@ def test_shadow_never_answers_never_writes_and_leaves_evidence(acting):
     summary = shadow()
     assert summary["requests"] == len(sent) and summary["challenger_errors"] == 0
     assert summary["tool_agreement"] == 1.0  # the same router: the same tools, dry-run
+    outcomes = {dict(items)["outcome"]: v for (name, items), v in scrape(acting.url).items()
+                if name == "agentops_shadow_requests_total" and dict(items)["challenger_version"] == challenger}
+    assert sum(outcomes.values()) == len(sent), outcomes  # /metrics counts the comparison too
     assert [count(acting.sor, sql) for sql in writes] == [0, 0, 0]  # the challenger wrote nothing
 
     status, _, done = request(acting.url, "POST", "/admin/shadow", b'{"action": "unload", "record": true}', JSON, AUTH)
