@@ -4,9 +4,9 @@ Every agent that does not bring its own model (the support desk, the YAML-config
 with :func:`train_text_router`. The steps, and why each is there:
 
 1. **Features only where declared.** The text goes through word and character TF-IDF and MiniLM
-   sentence embeddings run by ONNX Runtime with int8 weights (the default since it was measured:
-   +2.9 points on BANKING77 for ~1.5 ms more CPU per request, inside the serving budget;
-   ``embeddings: 0`` for TF-IDF alone; BENCHMARKS.md); customer features are added only
+   sentence embeddings run by ONNX Runtime with int8 weights (the default, chosen on accuracy
+   within the serving budget: +2.9 points on BANKING77 for ~1.5 ms more CPU per request in a
+   loop, ~3 ms served; ``embeddings: 0`` for TF-IDF alone; BENCHMARKS.md); customer features are added only
    for the columns the agent declares. Simulated features on data that has none cost accuracy
    (~0.8 points on BANKING77).
 2. **Model selection on a validation split.** A stable share of the training rows (by request id,
