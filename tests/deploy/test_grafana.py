@@ -33,7 +33,8 @@ def test_dashboard_queries_use_only_the_serving_metrics(dashboard):
         used |= selected
     assert {"agentops_requests_total", "agentops_request_latency_seconds_bucket", "agentops_errors_total",
             "agentops_tool_calls_total", "agentops_escalations_total", "agentops_canary_share",
-            "agentops_model_info"} <= used
+            "agentops_model_info", "agentops_online_scorer_failures_total", "agentops_shadow_requests_total",
+            "agentops_shadow_challenger_errors_total"} <= used
 
 
 def test_dashboard_panels_and_variables(dashboard):
