@@ -97,3 +97,35 @@ def test_prometheus_sensor_leaves_an_llm_outage_and_its_symptoms_to_a_person(def
     assert requests == [], requests
     assert "AgentEscalationSpike for version 3 in prod: no rollback while AgentLLMCallFailures fires" in skip
     assert len(json.loads(cursor)) == 2  # both remembered: the symptom does not roll back later
+
+
+def test_a_failing_shadow_challenger_neither_rolls_back_nor_holds_the_serving_version(defs, instance):
+    """AgentShadowChallengerErrors, with the labels deploy/prometheus/rules.yml gives it, is for the
+    challenger's reviewers: no rollback of what serves, and the serving version's own alerts still
+    act (here: stale, as nothing serves in this test)."""
+    import re
+
+    import yaml
+
+    from agentops_pipelines.resources.prometheus import PrometheusResource
+    from agentops_pipelines.resources.settings import PROJECT_ROOT
+    from tests.isolation.test_serving import AlertsAPI
+
+    groups = yaml.safe_load((PROJECT_ROOT / "deploy" / "prometheus" / "rules.yml").read_text())["groups"]
+    rule = next(r for g in groups for r in g["rules"] if r.get("alert") == "AgentShadowChallengerErrors")
+    grouped = {label.strip() for by in re.findall(r"by \(([^)]*)\)", rule["expr"]) for label in by.split(",")}
+    assert grouped == {"agent", "environment", "challenger_version"}  # never the serving version's label
+    shadow = {"state": "firing", "activeAt": "2026-12-01T00:00:00Z", "annotations": {},
+              "labels": {"alertname": rule["alert"], "agent": AGENT, "environment": "prod",
+                         "challenger_version": "5", **rule["labels"]}}
+    primary = {"state": "firing", "activeAt": "2026-12-01T00:00:00Z", "annotations": {},
+               "labels": {"alertname": "AgentHighErrorRate", "agent": AGENT, "environment": "prod",
+                          "version": "4", "severity": "page"}}
+    api = AlertsAPI([shadow, primary])
+    try:
+        requests, _, skip = evaluate(defs, instance, "prometheus_alert_sensor", prometheus=PrometheusResource(url=api.url))
+    finally:
+        api.close()
+    assert requests == [], requests
+    assert "AgentShadowChallengerErrors for version  in prod: is for a person (rollback: false)" in skip
+    assert "AgentHighErrorRate for version 4 in prod is stale (serving: nothing)" in skip  # not held
