@@ -95,9 +95,12 @@ def train_model(home: Path, agent: str = "support_agent", params: str = "{}") ->
     if agent == "banking77":
         folder = home / "agents"
         folder.mkdir(parents=True, exist_ok=True)
-        shipped = (ROOT / "agents" / "banking77.yaml").read_text()
-        shipped = shipped.replace("enabled: false", "enabled: true").replace("  params: {}", f"  params: {params}")
-        (folder / "banking77.yaml").write_text(shipped)
+        import yaml
+
+        config = yaml.safe_load((ROOT / "agents" / "banking77.yaml").read_text())
+        config["enabled"] = True
+        config["recipe"]["params"] = yaml.safe_load(params)
+        (folder / "banking77.yaml").write_text(yaml.safe_dump(config))
         shutil.copy(ROOT / "agents" / "support_agent.yaml", folder)
         from agentops_pipelines.agents import load_agents
 

@@ -26,6 +26,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from agentops_pipelines.serving.shadow import OUTCOMES
+
 logger = logging.getLogger("agentops_pipelines.serving.mlflow_writes")
 
 MAX_DATAGRAM = 1 << 20
@@ -35,7 +37,7 @@ WRITES_PER_SECOND, WRITES_BURST = 2.0, 20  # the worker writes every 50 flagged 
 _VERSION = re.compile(r"^[0-9]{1,18}$")
 _LABEL = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")  # a served version's label (a path's --version)
 _VERDICTS = frozenset({"better", "worse", "no_difference", "too_few"})
-_COUNTS = ("requests", "both_pass", "primary_only", "challenger_only", "both_fail", "same_tool", "challenger_errors")
+_COUNTS = ("requests", *OUTCOMES, "same_tool", "challenger_errors")
 _SHARES = ("primary_pass_rate", "challenger_pass_rate", "tool_agreement", "mcnemar_p")
 
 

@@ -42,6 +42,7 @@ import time
 from typing import Any
 
 from agentops_pipelines.serving.mlflow_writes import DirectWrites, ExporterWrites, dataset_name
+from agentops_pipelines.serving.shadow import OUTCOMES
 
 logger = logging.getLogger("agentops_pipelines.serving.online_eval")
 
@@ -52,10 +53,6 @@ MAX_DATAGRAM = 1 << 20
 BATCH_JOBS = 64  # jobs read at once by the worker (the challenger runs them as one batch)
 LINGER_S = 0.25  # while a challenger runs: how long the worker gathers jobs into one batch
 AUTOGROUP_NICE = 10  # the weight of the worker's own session where the kernel groups by session
-
-
-#: The outcomes of a shadow comparison, as ``serving/shadow.py``'s ``Comparison`` counts them.
-SHADOW_OUTCOMES = ("both_pass", "primary_only", "challenger_only", "both_fail")
 
 
 class EvalWorker:
@@ -241,16 +238,14 @@ class EvalWorker:
             self._counted[("dropped",)] = self.dropped
         shadow = snap.get("shadow")
         if shadow and shadow.get("comparison_id"):
-            versions = (str(shadow.get("primary_version", "")), str(shadow.get("challenger_version", "")))
-            series = [(shadowed.labels(self.agent, self.environment, *versions, outcome), outcome)
-                      for outcome in SHADOW_OUTCOMES]
-            series.append((challenger_errors.labels(self.agent, self.environment, *versions), "challenger_errors"))
-            for counter, field in series:  # every series exported (at 0) once a challenger runs
-                key = ("shadow", shadow["comparison_id"], field)
-                value = int(shadow.get(field) or 0)
-                if value > self._counted.get(key, 0):
-                    counter.inc(value - self._counted.get(key, 0))
-                    self._counted[key] = value
+            labels = (self.agent, self.environment, str(shadow["primary_version"]), str(shadow["challenger_version"]))
+            series = {o: shadowed.labels(*labels, o) for o in OUTCOMES}
+            series["challenger_errors"] = challenger_errors.labels(*labels)
+            for name, counter in series.items():  # every series exported (at 0) once a challenger runs
+                key = ("shadow", shadow["comparison_id"], name)
+                if shadow[name] > self._counted.get(key, 0):
+                    counter.inc(shadow[name] - self._counted.get(key, 0))
+                    self._counted[key] = shadow[name]
 
 
 # -- the worker process --------------------------------------------------------------------------

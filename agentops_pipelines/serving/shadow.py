@@ -43,6 +43,11 @@ def mcnemar_p(b: int, c: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
+#: How a paired request ends: both versions passed, only the primary, only the challenger, neither
+#: (``Comparison``'s counts of the same names; /metrics labels them ``outcome``).
+OUTCOMES = ("both_pass", "primary_only", "challenger_only", "both_fail")
+
+
 @dataclass
 class Comparison:
     """Paired results of the primary and the challenger on the same requests."""

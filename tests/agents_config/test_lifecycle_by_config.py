@@ -4,7 +4,6 @@ escalation tool."""
 
 import json
 import shutil
-import urllib.request
 
 import dagster as dg
 import pandas as pd
@@ -13,6 +12,7 @@ import pytest
 from agentops_pipelines.agent.tools import ESCALATE, TOOL_NAMES
 from tests.agents_config.conftest import configured
 from tests.conftest import BANKING77
+from tests.serving.support import JSON, request
 
 DAY = "2026-11-01"
 
@@ -145,11 +145,8 @@ def test_banking77_by_configuration_alone(lifecycle_defs, instance, tmp_path):
     try:
         served = deployer.deploy("dev", "models:/banking77/1", "1")
         body = json.dumps({"dataframe_records": [{"text": "someone stole my card yesterday"}]}).encode()
-        request = urllib.request.Request(f"{served.url}/invocations", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())["predictions"][0]
-        assert answer["tool"] == "lost_or_stolen_card", answer
+        status, _, answer = request(served.url, "POST", "/invocations", body, JSON)
+        assert status == 200 and answer["predictions"][0]["tool"] == "lost_or_stolen_card", answer
         assert "Traceback" not in deployer.files("dev", "banking77").log.read_text()
     finally:
         deployer.stop("dev", agent="banking77")

@@ -17,6 +17,15 @@ def requests() -> pd.DataFrame:
     return generate_requests(date(2026, 11, 1), n=400)
 
 
+def embeds(router: TextRouter) -> bool:
+    """Whether the router's text features include the MiniLM embedding block."""
+    from agentops_pipelines.agent.embeddings import SentenceEmbedder
+
+    union = router.pipeline.named_steps["features"].named_transformers_["text"]
+    return any(isinstance(block, SentenceEmbedder) and block.backend == "onnx-int8"
+               for _, block in union.transformer_list)
+
+
 def vocabulary(router: TextRouter) -> set[str]:
     union = router.pipeline.named_steps["features"].named_transformers_["text"]
     return set(union.transformer_list[0][1].vocabulary_)
@@ -104,12 +113,10 @@ def test_default_recipe_accuracy_on_a_stable_banking77_split_and_served_after_un
     import pickle
 
     from agentops_pipelines.agent import embeddings
-    from agentops_pipelines.agent.embeddings import SentenceEmbedder
 
     router, test, accuracy = held_out_accuracy(banking77, {})  # no parameters: the default recipe
     assert accuracy >= DEFAULT_FLOOR, f"{accuracy:.4f} on {len(test)} held-out requests"
-    blocks = router.pipeline.named_steps["features"].transformers_[0][1].transformer_list
-    assert any(isinstance(b, SentenceEmbedder) and b.backend == "onnx-int8" for _, b in blocks)
+    assert embeds(router)
     assert router.scorer() is not None  # TF-IDF compiled, the embedding block by its transform
     texts = test["text"].head(50).tolist()
     expected = router.predict_columns({"text": texts}, len(texts))
@@ -127,12 +134,6 @@ def test_tfidf_alone_accuracy_on_a_stable_banking77_split(banking77):
 
 def test_the_support_desk_routes_without_embeddings_unless_asked(requests):
     """Its templated requests gain nothing from them (BENCHMARKS.md), its latency goal is tight."""
-    from agentops_pipelines.agent.embeddings import SentenceEmbedder
-
-    def embeds(router) -> bool:
-        blocks = router.pipeline.named_steps["features"].transformers_[0][1].transformer_list
-        return any(isinstance(b, SentenceEmbedder) for _, b in blocks)
-
     assert not embeds(SupportDeskAgent().train(requests, {"C": 0.5, "use_features": 0}))
     assert embeds(SupportDeskAgent().train(requests, {"C": 0.5, "use_features": 0, "embeddings": 1}))
 
