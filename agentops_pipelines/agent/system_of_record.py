@@ -113,6 +113,7 @@ tool_calls = sa.Table(
 
 _RECORDED = sa.select(tool_calls.c.result, tool_calls.c.arguments).where(
     tool_calls.c.request_id == sa.bindparam("rid"), tool_calls.c.tool == sa.bindparam("tool"))
+_RECORD = tool_calls.insert()  # built once, like _RECORDED (agent/actions.py says why)
 
 PRODUCT_CATALOGUE = (
     # name, price, in stock, waterproof, sizes, warranty (months)
@@ -341,9 +342,9 @@ class SystemOfRecord:
                     found = self.recorded(conn, request_id, tool)
                     if found is None:
                         result = write(conn)
-                        conn.execute(tool_calls.insert().values(
-                            request_id=request_id, tool=tool, arguments=args_json,
-                            result=json.dumps(result, default=str), executed_at=time.time()))
+                        conn.execute(_RECORD, {
+                            "request_id": request_id, "tool": tool, "arguments": args_json,
+                            "result": json.dumps(result, default=str), "executed_at": time.time()})
                         return RecordedCall(result, replayed=False)
                 break
             except sa.exc.IntegrityError:
