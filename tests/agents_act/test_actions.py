@@ -203,3 +203,36 @@ def test_a_refund_split_into_pieces_under_the_limit_is_still_handed_over(sor):
     executed = {"tool": "request_refund", "outcome": "executed", "arguments": args,
                 "data": {"refund_cents": 6000, "refunded_cents": 6000}}
     assert not policy_compliance({"tool_calls": [executed]}, {"refund_limit": 100}).value
+
+
+def test_served_requests_build_no_statement_once_warm(sor, monkeypatch):
+    """Every statement the executor and the tools run is built once with bound parameters
+    (actions.py): after a first pass over the golden scenarios, serving more of them generates no
+    SQLAlchemy cache key. A statement built per call generates its key on every call; the writes
+    built that way cost a saturated acting server ~9% of its CPU (BENCHMARKS.md)."""
+    from sqlalchemy.sql import cache_key
+
+    from agentops_pipelines.agent.scorers import golden_cases
+    from agentops_pipelines.agent.trajectory import Executor
+
+    cases = golden_cases(sor, 240)
+    expected = {c.text: c.expected["tool"] for c in cases}
+    executor = Executor(Actions(sor), lambda text, features: (expected[text], 0.99))
+    generated: list[str] = []
+    original = cache_key.HasCacheKey._generate_cache_key
+
+    def counting(self):
+        generated.append(type(self).__name__)
+        return original(self)
+
+    def serve(batch, prefix):
+        return [executor.run(f"{prefix}-{i}", c.text, c.customer_id, confirmed=True) for i, c in enumerate(batch)]
+
+    warm = serve(cases[:120], "warm")
+    monkeypatch.setattr(cache_key.HasCacheKey, "_generate_cache_key", counting)
+    served = serve(cases[120:], "served")
+    monkeypatch.undo()
+    tools = {t.tool for t in served if t.outcome in ("resolved", "handed_over")}
+    writes = {"cancel_order", "request_refund", "update_shipping_address", "manage_subscription", "escalate_to_human"}
+    assert writes <= {t.tool for t in warm} and writes & tools, (sorted(tools), [t.outcome for t in served][:20])
+    assert generated == [], f"statements built per call: {sorted(set(generated))}"
