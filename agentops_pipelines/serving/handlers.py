@@ -43,6 +43,7 @@ from agentops_pipelines.serving.protocol import (
     predictions_json,
     prepare_frame,
     text_chars,
+    with_column,
 )
 from agentops_pipelines.serving.state import Served, ServingState, health_payload
 from agentops_pipelines.serving.traffic import CANARY, STABLE, goes_to_canary
@@ -123,7 +124,7 @@ def begin_invocation(
             served, role = routing.canary, CANARY
         frame = prepare_frame(frame, served.model, state.limits)
         if served.model.acts:  # the idempotency keys of the request's writes (acting.py)
-            frame = frame.assign(**{REQUEST_ID_COLUMN: row_request_ids(request_id, len(frame))})
+            frame = with_column(frame, REQUEST_ID_COLUMN, row_request_ids(request_id, len(frame)))
         marks["routed"] = time.time_ns()
     except RequestError as e:
         state.record(

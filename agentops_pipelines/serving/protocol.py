@@ -144,6 +144,31 @@ def _records_frame(rows: list[dict], what: str) -> pd.DataFrame:
 _INDEXES: dict[tuple[str, ...], pd.Index] = {}  # column labels -> Index (built once; bounded)
 
 
+def with_column(frame: pd.DataFrame, name: str, values: Any) -> pd.DataFrame:
+    """``frame.assign(**{name: values})``, as one object block when every column of ``frame``
+    holds objects (a request's strings, :func:`_string_frame`): about half of ``assign``'s
+    CPU, which inserts a block and rebuilds the column index (~6% of a served acting request)."""
+    import numpy as np
+
+    if name in frame.columns or not all(isinstance(d, np.dtype) and d.kind == "O" for d in frame.dtypes):
+        return frame.assign(**{name: values})
+    block = np.empty((len(frame), frame.shape[1] + 1), dtype=object)
+    block[:, :-1] = frame.to_numpy(dtype=object)
+    block[:, -1] = values
+    return pd.DataFrame(block, index=frame.index, columns=_labels((*frame.columns, name)), dtype=object,
+                        copy=False)  # fmt: skip
+
+
+def _labels(columns: tuple[str, ...]) -> pd.Index:
+    """The column index of ``columns``, built once per set of labels."""
+    index = _INDEXES.get(columns)
+    if index is None:
+        index = pd.Index(columns, dtype=object)
+        if len(_INDEXES) < 256:  # clients choose the labels: never an unbounded cache
+            _INDEXES[columns] = index
+    return index
+
+
 def _string_frame(columns: tuple[str, ...], rows: list[list]) -> pd.DataFrame | None:
     """The frame ``pd.DataFrame.from_records`` would build when every value is a string or None
     (the common request: ``text``, ``customer_id``): one object block from a NumPy array, about a
@@ -153,16 +178,11 @@ def _string_frame(columns: tuple[str, ...], rows: list[list]) -> pd.DataFrame | 
 
     if not columns or not all(type(v) is str or v is None for row in rows for v in row):
         return None
-    index = _INDEXES.get(columns)
-    if index is None:
-        index = pd.Index(columns, dtype=object)
-        if len(_INDEXES) < 256:  # clients choose the labels: never an unbounded cache
-            _INDEXES[columns] = index
     values = np.empty((len(rows), len(columns)), dtype=object)
     values[:] = rows
     # dtype=object: the values are known to be strings, so pandas skips inferring types (a
     # third of the cost); from_records would give object columns too.
-    return pd.DataFrame(values, index=pd.RangeIndex(len(rows)), columns=index, dtype=object,
+    return pd.DataFrame(values, index=pd.RangeIndex(len(rows)), columns=_labels(columns), dtype=object,
                         copy=False)  # fmt: skip
 
 
