@@ -348,3 +348,22 @@ def test_bad_input_is_a_counted_client_error(deployment, payload, needle):
     for outcome, delta in (("client_error", 1), ("server_error", 0), ("ok", 0)):
         key = ("agentops_requests_total", tuple(sorted((*labels, ("outcome", outcome)))))
         assert after.get(key, 0) - before.get(key, 0) == delta, outcome
+
+
+def test_with_column_is_assign_whatever_the_frame_holds():
+    """``with_column`` (the request-id column of an acting request) builds one object block for a
+    frame of strings, and is ``assign`` exactly for any frame: the same values, dtypes, labels and
+    index, an existing column replaced (a client's own ``request_id`` never survives)."""
+    from agentops_pipelines.serving.protocol import _string_frame, with_column
+
+    frames = [
+        _string_frame(("text", "customer_id"), [["where is my order", "c1"], ["refund", None]]),
+        pd.DataFrame({"text": ["a", "b"], "orders_30d": [1, 2]}),
+        pd.DataFrame({"text": pd.array(["a", "b"], dtype="string")}, index=[5, 7]),
+        _string_frame(("text", "request_id"), [["a", "client-chosen"], ["b", "client-chosen"]]),
+    ]
+    for frame in frames:
+        got, want = with_column(frame, "request_id", ["r1", "r1.1"]), frame.assign(request_id=["r1", "r1.1"])
+        pd.testing.assert_frame_equal(got, want)
+    assert with_column(frames[0], "request_id", "one").shape == (2, 3)
+    assert frames[0].shape == (2, 2)  # the request's frame itself is left as it was
