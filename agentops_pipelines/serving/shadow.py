@@ -20,7 +20,6 @@ flow's reviewers see it before any canary.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 import uuid
@@ -34,13 +33,18 @@ ALPHA = 0.05
 
 
 def mcnemar_p(b: int, c: int) -> float:
-    """Exact two-sided McNemar p-value for ``b`` and ``c`` discordant pairs."""
+    """Exact two-sided McNemar p-value for ``b`` and ``c`` discordant pairs.
+
+    The binomial tail comes from the regularised incomplete beta function (``scipy.special.bdtr``):
+    exact, and the same few microseconds at any count. Summing ``math.comb`` terms over ``2**n``
+    overflowed a float past 1,023 discordant pairs, and a long shadow comparison has more.
+    """
+    from scipy.special import bdtr
+
     n = b + c
     if n == 0:
         return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
+    return float(min(1.0, 2.0 * bdtr(min(b, c), n, 0.5)))
 
 
 #: How a paired request ends: both versions passed, only the primary, only the challenger, neither

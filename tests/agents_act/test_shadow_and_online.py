@@ -85,6 +85,22 @@ def test_mcnemar_and_the_verdict():
     assert few.summary()["verdict"] == "too_few"
 
 
+def test_a_long_shadow_comparison_still_has_a_verdict():
+    """Past 1,023 discordant pairs the old p-value summed binomial terms over ``2.0 ** n`` and
+    raised OverflowError: the worker's summary, the /metrics counts it feeds and the evidence for
+    reviewers all stopped. A challenger that errs on 20% of a day's traffic has thousands."""
+    from scipy import stats
+
+    for b, c in ((1200, 1000), (5000, 4700), (30_000, 29_000)):
+        assert mcnemar_p(b, c) == pytest.approx(stats.binomtest(c, b + c, 0.5).pvalue, rel=1e-6)
+    long = Comparison("1", "2")
+    for primary_pass, challenger_pass, n in ((True, True, 8000), (True, False, 1500), (False, True, 1300)):
+        for _ in range(n):
+            long.add(primary_pass, challenger_pass, True)
+    s = long.summary()
+    assert s["requests"] == 10_800 and s["verdict"] == "worse" and 0 < s["mcnemar_p"] < 0.05
+
+
 def test_step_tables_and_trace_steps(sor):
     from agentops_pipelines.agent.scorers import runner
 
