@@ -170,8 +170,9 @@ def send_on_schedule(url: str, payloads: list[bytes], rate: float, connections: 
 
     One thread, non-blocking sockets and raw HTTP/1.1 (the requests are built before the clock
     starts): the load generator shares the machine with the server it measures, so it must cost
-    far less than it (~0.1 ms of CPU per request, against ~0.6 ms for the thread-per-connection
-    client, :func:`_send_threaded`, that ``AGENTOPS_BENCH_CLIENT=threads`` selects). A request
+    far less than it (0.28–0.30 ms of CPU per request here, against 0.45–0.56 ms for the
+    thread-per-connection client, :func:`_send_threaded`, that ``AGENTOPS_BENCH_CLIENT=threads``
+    selects; BENCHMARKS.md, "Serving latency"). A request
     due while every connection is busy waits for one, and that wait is counted.
     """
     if os.environ.get("AGENTOPS_BENCH_CLIENT", "events") == "threads":

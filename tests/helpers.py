@@ -176,3 +176,12 @@ def fresh_postgres_database(prefix: str):
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+def embeds(router) -> bool:
+    """Whether a text router's features include the MiniLM embedding block (int8, ONNX Runtime)."""
+    from agentops_pipelines.agent.embeddings import SentenceEmbedder
+
+    union = router.pipeline.named_steps["features"].named_transformers_["text"]
+    return any(isinstance(block, SentenceEmbedder) and block.backend == "onnx-int8"
+               for _, block in union.transformer_list)

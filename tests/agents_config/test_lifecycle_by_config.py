@@ -12,9 +12,13 @@ import pytest
 from agentops_pipelines.agent.tools import ESCALATE, TOOL_NAMES
 from tests.agents_config.conftest import configured
 from tests.conftest import BANKING77
+from tests.helpers import embeds
 from tests.serving.support import JSON, request
 
 DAY = "2026-11-01"
+# The default recipe (TF-IDF and MiniLM embeddings) on BANKING77: 0.9308 on the pipeline's stable
+# 20% held out (BENCHMARKS.md, "The default recipe embeds"); 0.9275 on the bench's split 0.
+DEFAULT_FLOOR = 0.925
 
 
 def meta(instance, agent: str, name: str) -> dict:
@@ -109,7 +113,6 @@ def test_banking77_by_configuration_alone(lifecycle_defs, instance, tmp_path):
     from agentops_pipelines.agent import embeddings
     from agentops_pipelines.agents import load_agents
     from agentops_pipelines.resources.settings import PROJECT_ROOT
-    from tests.recipe.test_recipe import DEFAULT_FLOOR, embeds
 
     folder = tmp_path / "agents"
     folder.mkdir()
@@ -136,9 +139,13 @@ def test_banking77_by_configuration_alone(lifecycle_defs, instance, tmp_path):
     store = defs.resources["mlflow_store"]
     client = mlflow.MlflowClient(store.tracking_uri, store.tracking_uri)
     assert "eval_escalation_recall" not in client.get_model_version("banking77", "1").tags
+    texts = pd.read_csv(BANKING77 / "train.csv")["text"].head(50).tolist()
+    warm = mlflow.pyfunc.load_model("models:/banking77/1").unwrap_python_model().router
+    expected = warm.predict_columns({"text": texts}, len(texts))
     embeddings._ENCODERS.clear()  # as in a fresh process: the registered router loads its weights lazily
     model = mlflow.pyfunc.load_model("models:/banking77/1").unwrap_python_model()
     assert embeds(model.router) and model.router.scorer() is not None  # TF-IDF compiled, MiniLM int8 beside it
+    assert model.router.predict_columns({"text": texts}, len(texts)) == expected
     out = model.predict(None, pd.DataFrame({"text": ["someone stole my card yesterday"]}))
     assert out["tool"].iloc[0] == "lost_or_stolen_card"
     assert out["answer"].iloc[0].startswith("We are sorry to hear that. Your card can be frozen at once")

@@ -10,20 +10,12 @@ import pytest
 from agentops_pipelines.agent.recipes import TextRouter, train_text_router, validation_mask
 from agentops_pipelines.agent.support_desk import NUMERIC_FEATURES, SupportDeskAgent
 from agentops_pipelines.data.generator import generate_requests
+from tests.helpers import embeds
 
 
 @pytest.fixture(scope="module")
 def requests() -> pd.DataFrame:
     return generate_requests(date(2026, 11, 1), n=400)
-
-
-def embeds(router: TextRouter) -> bool:
-    """Whether the router's text features include the MiniLM embedding block."""
-    from agentops_pipelines.agent.embeddings import SentenceEmbedder
-
-    union = router.pipeline.named_steps["features"].named_transformers_["text"]
-    return any(isinstance(block, SentenceEmbedder) and block.backend == "onnx-int8"
-               for _, block in union.transformer_list)
 
 
 def vocabulary(router: TextRouter) -> set[str]:
@@ -92,11 +84,9 @@ def test_an_escalation_tool_is_the_fallback_unless_the_agent_names_one():
     assert Quiet().answer_when_unsure is None  # no abstention at all
 
 
-# Measured 2026-12-02 (BENCHMARKS.md, "Tool routing on BANKING77") on this split: the default
-# recipe (TF-IDF and MiniLM embeddings, int8, ONNX Runtime) 0.9275; TF-IDF alone 0.8986. The
-# default recipe's floor is checked where it is trained by configuration alone, through the whole
-# lifecycle (0.9308 on the pipeline's own stable 20%): tests/agents_config/test_lifecycle_by_config.py.
-DEFAULT_FLOOR = 0.925
+# Measured 2026-12-02 (BENCHMARKS.md, "Tool routing on BANKING77") on this split: TF-IDF alone
+# 0.8986; the default recipe (TF-IDF and MiniLM embeddings) 0.9275, whose floor is checked where it
+# is trained by configuration alone: tests/agents_config/test_lifecycle_by_config.py.
 TFIDF_FLOOR = 0.895
 
 
