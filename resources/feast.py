@@ -195,7 +195,9 @@ class FeastResource(dg.ConfigurableResource):
     def store(self):
         """A ``feast.FeatureStore`` for this config (cached on this instance)."""
         if self._store is None:
-            os.environ.setdefault("FEAST_USAGE", "False")
+            from agentops_pipelines.features.feast_import import load_feast
+
+            load_feast()
             from feast import FeatureStore, RepoConfig
 
             self._render()

@@ -93,6 +93,39 @@ def test_importing_the_resource_does_not_import_feast():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+INSTRUMENTED = """
+import json, os, sys, typeguard
+real = typeguard.typechecked
+from agentops_pipelines.feature_repo.definitions import feature_objects
+objects = feature_objects(sys.argv[1])  # imports feast the way every process of ours does
+import feast
+print(json.dumps({
+    "restored": typeguard.typechecked is real,
+    "instrumented": [cls.__name__ for cls in (feast.FeatureView, feast.Entity, feast.Field, feast.FileSource)
+                     if "TypeCheckMemo" in cls.__init__.__code__.co_names],
+    "objects": [type(o).__name__ for o in objects],
+}))
+"""
+
+
+@pytest.mark.parametrize("typechecks", ["", "1"])
+def test_feast_is_imported_without_typeguards_instrumentation_unless_asked(tmp_path, typechecks):
+    """typeguard rebuilt every decorated Feast function at import (2.6 s of CPU in each serving
+    process and run); ``load_feast`` leaves that out, restores the decorator for everyone else,
+    and AGENTOPS_FEAST_TYPECHECKS=1 brings the checks back."""
+    import json
+    import os
+
+    env = {**os.environ, "AGENTOPS_FEAST_TYPECHECKS": typechecks}
+    out = subprocess.run([sys.executable, "-c", INSTRUMENTED, str(tmp_path)], env=env,
+                         capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["restored"] is True
+    assert seen["objects"] == ["Entity", "FeatureView", "FeatureView"]
+    everything = ["FeatureView", "Entity", "Field", "FileSource"]
+    assert seen["instrumented"] == (everything if typechecks else [])
+
+
 def test_feature_constants():
     assert FEATURE_REFS[0] == "customer_profile:plan_tier"
     assert FEATURE_REFS[-1] == "customer_activity:escalations_30d"

@@ -68,6 +68,9 @@ def feature_objects(offline_dir: Path) -> list:
 
     Source paths are absolute, so the objects do not depend on Feast's ``repo_path``.
     """
+    from agentops_pipelines.features.feast_import import load_feast
+
+    load_feast()
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast import types as ft
 

@@ -10,7 +10,6 @@ that process's edge; :class:`OnlineLookup` answers ``{column: values}`` for cust
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -170,7 +169,9 @@ class OnlineLookup:
 
     def store(self):
         if self._store is None:
-            os.environ.setdefault("FEAST_USAGE", "False")
+            from agentops_pipelines.features.feast_import import load_feast
+
+            load_feast()
             from feast import FeatureStore, RepoConfig
 
             repo_dir = Path(self.config.repo_dir).resolve()

@@ -1,0 +1,54 @@
+"""Import Feast without typeguard's import-time instrumentation (2.6 s of CPU per process).
+
+Feast 0.67 decorates its classes with ``typeguard.typechecked``. In typeguard 4 that decorator
+rebuilds each decorated function at import time: it reads the module's source, parses it,
+rewrites the AST with type checks and compiles it again. Importing Feast and building our feature
+objects took 3.75 s of CPU here, and 1.14 s with the decorator left out (medians,
+``bench/feast_import.py``). Every serving process, and every Dagster run that touches features,
+paid the difference before doing any work.
+
+typeguard documents the decorator as a development aid that ``python -O`` turns off ("type
+checking ... not meant to be run in production"). :func:`load_feast` does only that, and only
+while Feast's modules are first imported: it swaps ``typeguard.typechecked`` for the identity,
+imports ``feast``, then puts the real decorator back for everyone else. What Feast loses is the
+run-time check of the argument types of its own constructors; our calls pass the declared types
+(``feature_repo/definitions.py``), and Feast's own validation (names, schemas, sources) still runs.
+
+``AGENTOPS_FEAST_TYPECHECKS=1`` keeps typeguard on, to debug a Feast call.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+_LOCK = threading.Lock()
+
+
+def _identity(target=None, **_options):
+    """``typechecked`` as ``python -O`` makes it: the target, undecorated (also as a factory)."""
+    return target if target is not None else _identity
+
+
+def load_feast():
+    """The ``feast`` module, imported once per process without typeguard's instrumentation."""
+    if "feast" in sys.modules:
+        return sys.modules["feast"]
+    with _LOCK:
+        if "feast" in sys.modules:
+            return sys.modules["feast"]
+        os.environ.setdefault("FEAST_USAGE", "False")
+        if os.environ.get("AGENTOPS_FEAST_TYPECHECKS") == "1":
+            import feast
+
+            return feast
+        import typeguard
+
+        real = typeguard.typechecked
+        typeguard.typechecked = _identity
+        try:
+            import feast
+        finally:
+            typeguard.typechecked = real
+        return feast
