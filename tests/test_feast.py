@@ -110,7 +110,7 @@ print(json.dumps({
 
 @pytest.mark.parametrize("typechecks", ["", "1"])
 def test_feast_is_imported_without_typeguards_instrumentation_unless_asked(tmp_path, typechecks):
-    """typeguard rebuilt every decorated Feast function at import (2.6 s of CPU in each serving
+    """typeguard rebuilt every decorated Feast function at import (2.7 s of CPU in each serving
     process and run); ``load_feast`` leaves that out, restores the decorator for everyone else,
     and AGENTOPS_FEAST_TYPECHECKS=1 brings the checks back."""
     import json

@@ -1,10 +1,10 @@
-"""Import Feast without typeguard's import-time instrumentation (2.6 s of CPU per process).
+"""Import Feast without typeguard's import-time instrumentation (2.7 s of CPU per process).
 
 Feast 0.67 decorates its classes with ``typeguard.typechecked``. In typeguard 4 that decorator
 rebuilds each decorated function at import time: it reads the module's source, parses it,
 rewrites the AST with type checks and compiles it again. Importing Feast and building our feature
-objects took 3.75 s of CPU here, and 1.14 s with the decorator left out (medians,
-``bench/feast_import.py``). Every serving process, and every Dagster run that touches features,
+objects took 3.90 s of CPU here, and 1.19 s with the decorator left out (medians,
+``bench/process_startup.py``). Every serving process, and every Dagster run that touches features,
 paid the difference before doing any work.
 
 typeguard documents the decorator as a development aid that ``python -O`` turns off ("type

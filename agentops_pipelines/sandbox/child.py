@@ -37,9 +37,9 @@ def confine(request: dict, workdir: Path) -> None:
 
 def load(model_dir: Path):
     """The model's Python object (its ``load_context`` runs here)."""
-    import mlflow
+    from agentops_pipelines.model_loading import load_model
 
-    return mlflow.pyfunc.load_model(str(model_dir)).unwrap_python_model()
+    return load_model(str(model_dir)).unwrap_python_model()
 
 
 def classify(model, workdir: Path, request: dict) -> dict:

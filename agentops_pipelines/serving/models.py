@@ -1,6 +1,7 @@
 """Loaded models: one immutable ``LoadedModel`` per served version, and how it is loaded.
 
-``load_pyfunc`` loads with ``mlflow.pyfunc.load_model`` (mlflow imported only then) and picks the
+``load_pyfunc`` loads with ``mlflow.pyfunc.load_model`` (mlflow imported only then; through
+``model_loading.load_model``, whose requirements check is cheaper than MLflow's) and picks the
 fastest safe predict: the unwrapped ``PythonModel.predict`` when it takes a DataFrame as is. A
 model may also offer ``predict_with_features`` (the feature values it used, for the inference
 log), ``predict_with_steps`` (those plus the wall-clock times of its steps, for traces of the
@@ -154,12 +155,12 @@ def _signature_inputs(pyfunc: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def load_pyfunc(model_uri: str, version: str) -> LoadedModel:
     """Load with ``mlflow.pyfunc.load_model`` and pick the fastest safe predict."""
-    import mlflow.pyfunc
+    from agentops_pipelines.model_loading import load_model
 
     started = time.perf_counter()
     # into a fresh copy: MLflow writes beside a registered model it loads, and the store is
     # read-only to a confined serving process (confine.py)
-    pyfunc = mlflow.pyfunc.load_model(model_uri, dst_path=tempfile.mkdtemp(prefix="model-"))
+    pyfunc = load_model(model_uri, dst_path=tempfile.mkdtemp(prefix="model-"))
     direct = _direct_predict(pyfunc)
     required, strings = _signature_columns(pyfunc)
     inputs, numeric = _signature_inputs(pyfunc)

@@ -125,15 +125,14 @@ class Challenger:
     """The challenger as the worker process runs it: loaded from the registry, acting dry-run."""
 
     def __init__(self, model_uri: str, version: str, sor_url: str, refund_limit: float):
-        import mlflow.pyfunc
-
         from agentops_pipelines.agent.actions import Actions, Policy
         from agentops_pipelines.agent.system_of_record import SystemOfRecord
+        from agentops_pipelines.model_loading import load_model
 
         started = time.perf_counter()
         # a copy (MLflow writes beside a model it loads from the registry; the store is read-only here)
         copy = tempfile.mkdtemp(prefix="challenger-")
-        python_model = mlflow.pyfunc.load_model(model_uri, dst_path=copy).unwrap_python_model()
+        python_model = load_model(model_uri, dst_path=copy).unwrap_python_model()
         if not callable(getattr(python_model, "can_act", None)) or not python_model.can_act():
             raise ValueError(f"{model_uri} is not an agent that acts (its tools are not the support desk's)")
         self.model_uri, self.version = model_uri, str(version)
