@@ -119,9 +119,14 @@ class EvalWorker:
             self.command({"kind": "stop"}, timeout=timeout)
         except (TimeoutError, RuntimeError) as e:
             logger.warning("the evaluation worker did not stop cleanly: %s", e)
+        except OSError as e:  # its end of the socket is closed: it died (killed, or a SIGTERM to the
+            # process group reached it before it left the group) and the stop must go on
+            logger.warning("the evaluation worker was already gone at stop (%s: %s): the flagged "
+                           "requests it had not written yet are lost", type(e).__name__, e)
         self._process.join(timeout)
         if self._process.is_alive():
-            self._process.kill()
+            with contextlib.suppress(OSError):  # a confined process may not signal it (Landlock scope)
+                self._process.kill()
             self._process.join(2)
         self._process = None
         for s in (self._jobs, self._results):

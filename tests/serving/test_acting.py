@@ -300,3 +300,46 @@ def test_a_dev_serving_process_acts_on_devs_system_of_record_only(acting, tmp_pa
         deployer.stop("dev", agent=AGENT)
         prod.dispose()
         dev.dispose()
+
+
+def _evaluation_worker(server_pid: int, timeout: float = 60.0) -> int:
+    """The serving process's evaluation worker, once it runs in a session of its own
+    (``online_eval.background_priority``): the child whose session id is its own pid."""
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = set()
+        for task in Path(f"/proc/{server_pid}/task").iterdir():
+            children |= {int(c) for c in (task / "children").read_text().split()}
+        for pid in children:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[3]) == pid:  # its session
+                return pid
+        time.sleep(0.1)
+    raise AssertionError("no evaluation worker in a session of its own")
+
+
+def test_a_server_whose_evaluation_worker_died_still_stops_cleanly(acting, tmp_path):
+    """A stop that finds the evaluation worker gone (killed, or hit by a SIGTERM to the process
+    group before it left it) raised ConnectionRefusedError out of the server's shutdown: a
+    traceback, exit code 1, and the supervisor's "stopped" never logged."""
+    import os
+    import signal
+
+    env = {"MLFLOW_TRACKING_URI": acting.tracking_uri, "MLFLOW_REGISTRY_URI": acting.tracking_uri,
+           "AGENTOPS_SOR_URL": acting.sor.url, "AGENTOPS_REFUND_LIMIT": "100"}
+    server = Server(tmp_path / "server", f"models:/{AGENT}/{acting.versions[0]}", acting.versions[0],
+                    "--trace-sample-rate", "0", env=env)
+    try:
+        os.kill(_evaluation_worker(server.process.pid), signal.SIGKILL)
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0, server.log()[-3000:]
+    finally:
+        server.process.kill()
+    log = server.log()
+    assert "Traceback" not in log and "stopped (exit code 0)" in log
