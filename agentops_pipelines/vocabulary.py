@@ -175,6 +175,8 @@ class EnvVar(StrEnum):
     FEAST_PROJECT = "AGENTOPS_FEAST_PROJECT"
     FEAST_REDIS = "AGENTOPS_FEAST_REDIS"
     FEAST_REGISTRY = "AGENTOPS_FEAST_REGISTRY"
+    # "1": Feast's own typeguard checks stay on (features/feast_import.py), to debug a Feast call
+    FEAST_TYPECHECKS = "AGENTOPS_FEAST_TYPECHECKS"
     APPROVERS_FILE = "AGENTOPS_APPROVERS_FILE"
     AGENTS_DIR = "AGENTOPS_AGENTS_DIR"  # the folder of agent YAML files (default: agents/)
     AUDIT_DB_URL = "AGENTOPS_AUDIT_DB_URL"

@@ -23,6 +23,8 @@ import os
 import sys
 import threading
 
+from agentops_pipelines.vocabulary import EnvVar
+
 _LOCK = threading.Lock()
 
 
@@ -39,7 +41,7 @@ def load_feast():
         if "feast" in sys.modules:
             return sys.modules["feast"]
         os.environ.setdefault("FEAST_USAGE", "False")
-        if os.environ.get("AGENTOPS_FEAST_TYPECHECKS") == "1":
+        if os.environ.get(EnvVar.FEAST_TYPECHECKS) == "1":
             import feast
 
             return feast
