@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("agentops_pipelines.model_loading")
+MAX_LINE = 200  # characters of a requirement line kept (a longer one is no package requirement)
 
 
 def requirement_mismatches(requirements: Iterable[str]) -> list[str]:
@@ -32,7 +33,7 @@ def requirement_mismatches(requirements: Iterable[str]) -> list[str]:
 
     found = []
     for line in requirements:
-        line = line.split("#", 1)[0].strip()
+        line = line.split("#", 1)[0].strip()[:MAX_LINE]  # the model's file: quoted in our log, bounded
         if not line or line.startswith("-"):
             continue
         try:

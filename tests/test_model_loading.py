@@ -113,3 +113,9 @@ def test_a_package_whose_metadata_cannot_be_read_is_skipped_not_fatal(tmp_path, 
                             "print(json.dumps(m(['unreadable-pkg==1.0', 'scikit-learn==0.0.1'])))", str(tmp_path)],
                            capture_output=True, text=True, check=True)
     assert json.loads(plain.stdout) == wanted
+
+
+def test_a_hostile_requirements_line_stays_short_in_the_log():
+    """The requirements file is the model's: what we quote from it is bounded."""
+    found = requirement_mismatches(["no-such-package-agentops==1.0" + "0" * 100_000, "x" * 1_000_000])
+    assert len(found) == 2 and all(len(m) < 500 for m in found)
