@@ -373,3 +373,37 @@ def test_redis_online_store(tmp_path):
         for key in client.scan_iter(match=f"*{project}*", count=1000):
             client.delete(key)
         client.close()
+
+
+PROMETHEUS_AFTER_FEAST = """
+import json, os, sys, warnings
+from agentops_pipelines.feature_repo.definitions import feature_objects
+feature_objects(sys.argv[1])  # imports Feast the way every process of ours does
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, values
+registry = CollectorRegistry()
+served = Counter("served", "requests", registry=registry)
+served.inc(3)
+info = Gauge("info", "model", ["version"], registry=registry)
+info.labels("1").set(1)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    info.clear()
+print(json.dumps({"variables": sorted(k for k in os.environ if k.upper().startswith("PROMETHEUS_MULTIPROC")),
+                  "in_memory": values.ValueClass is values.MutexValue,
+                  "shown": "served_total 3.0" in generate_latest(registry).decode(),
+                  "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def test_importing_feast_leaves_this_process_metrics_in_memory(tmp_path):
+    """Feast's import named a Prometheus multiprocess folder in the environment (for its own
+    feature server): metrics created after it were kept in files that /metrics never showed,
+    every clear() warned, and every process started later inherited the folder."""
+    import json
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PROMETHEUS_MULTIPROC")}
+    out = subprocess.run([sys.executable, "-c", PROMETHEUS_AFTER_FEAST, str(tmp_path)], env=env,
+                         capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"variables": [], "in_memory": True, "shown": True, "warnings": []}

@@ -15,6 +15,15 @@ run-time check of the argument types of its own constructors; our calls pass the
 (``feature_repo/definitions.py``), and Feast's own validation (names, schemas, sources) still runs.
 
 ``AGENTOPS_FEAST_TYPECHECKS=1`` keeps typeguard on, to debug a Feast call.
+
+Importing Feast also names a Prometheus multiprocess folder in ``os.environ``
+(``PROMETHEUS_MULTIPROCESS_DIR`` and ``PROMETHEUS_MULTIPROC_DIR``, for Feast's own feature server,
+which we do not run). Left there, it tells prometheus_client, in this process and in every process
+it starts, that metrics live in files: a serving process's ``/metrics`` warned "Clearing labels
+has not been implemented in multi-process mode" at each model swap, and a process started after
+the import would keep its counters in files that its ``/metrics`` never shows. :func:`load_feast`
+lets prometheus_client choose before Feast is imported (it chooses once, at its first import),
+then removes the variables that Feast set, and keeps any that were set before it.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ import threading
 from agentops_pipelines.vocabulary import EnvVar
 
 _LOCK = threading.Lock()
+#: What Feast's import sets for its own feature server (feast/metrics.py).
+PROMETHEUS_VARIABLES = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")
 
 
 def _identity(target=None, **_options):
@@ -41,16 +52,24 @@ def load_feast():
         if "feast" in sys.modules:
             return sys.modules["feast"]
         os.environ.setdefault("FEAST_USAGE", "False")
-        if os.environ.get(EnvVar.FEAST_TYPECHECKS) == "1":
-            import feast
-
-            return feast
-        import typeguard
-
-        real = typeguard.typechecked
-        typeguard.typechecked = _identity
+        before = {name for name in PROMETHEUS_VARIABLES if name in os.environ}
+        # prometheus_client picks in-memory or file-backed values once, at its first import: let
+        # it pick from this process's environment, before Feast names its folder there
+        import prometheus_client.values  # noqa: F401
         try:
-            import feast
+            if os.environ.get(EnvVar.FEAST_TYPECHECKS) == "1":
+                import feast
+
+                return feast
+            import typeguard
+
+            real = typeguard.typechecked
+            typeguard.typechecked = _identity
+            try:
+                import feast
+            finally:
+                typeguard.typechecked = real
+            return feast
         finally:
-            typeguard.typechecked = real
-        return feast
+            for name in set(PROMETHEUS_VARIABLES) - before:
+                os.environ.pop(name, None)
