@@ -100,14 +100,16 @@ def check_environment(local_path: str | Path, model_python: str | None) -> list[
 
 
 def _model_dir(model_uri: str, dst_path: str | None) -> Path | None:
-    """Where the loaded model's files are: ``model_uri`` itself when it is a folder, else the
-    shallowest folder holding an ``MLmodel`` file under ``dst_path`` (where MLflow copied it)."""
+    """Where the loaded model's files are: ``model_uri`` itself when it is a folder, else
+    ``dst_path`` (where MLflow copies a ``models:/`` URI's files) or the folder in it that holds
+    the ``MLmodel`` file (a ``runs:/`` URI's artifact path). Nothing deeper is walked."""
     if Path(model_uri).is_dir():
         return Path(model_uri)
     if dst_path is None:
         return None
-    found = sorted(Path(dst_path).glob("**/MLmodel"), key=lambda p: len(p.parts))
-    return found[0].parent if found else None
+    top = Path(dst_path)
+    candidates = [top, *sorted(p for p in top.iterdir() if p.is_dir())] if top.is_dir() else []
+    return next((c for c in candidates if (c / "MLmodel").is_file()), None)
 
 
 def load_model(model_uri: str, dst_path: str | None = None) -> Any:

@@ -67,11 +67,16 @@ print(json.dumps({"cpu_s": time.process_time() - started}))
 """
 
 
-def one(typechecks: bool, folder: str) -> float:
-    env = {**os.environ, "AGENTOPS_FEAST_TYPECHECKS": "1" if typechecks else "", "FEAST_USAGE": "False"}
-    out = subprocess.run([sys.executable, "-c", CHILD, folder], cwd=ROOT, env=env, capture_output=True,
+def child_cpu(code: str, *args: str, env: dict[str, str] | None = None) -> float:
+    """The CPU seconds a fresh interpreter running ``code`` reports (its last line, JSON)."""
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["cpu_s"]
+
+
+def one(typechecks: bool, folder: str) -> float:
+    env = {**os.environ, "AGENTOPS_FEAST_TYPECHECKS": "1" if typechecks else "", "FEAST_USAGE": "False"}
+    return child_cpu(CHILD, folder, env=env)
 
 
 def save_model(folder: Path) -> str:
@@ -86,9 +91,7 @@ def save_model(folder: Path) -> str:
 
 
 def load_once(model_dir: str, how: str) -> float:
-    out = subprocess.run([sys.executable, "-c", LOAD_CHILD, model_dir, how], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["cpu_s"]
+    return child_cpu(LOAD_CHILD, model_dir, how)
 
 
 def report(title: str, a_name: str, a: list[float], b_name: str, b: list[float], saved: str) -> None:

@@ -119,3 +119,19 @@ def test_a_hostile_requirements_line_stays_short_in_the_log():
     """The requirements file is the model's: what we quote from it is bounded."""
     found = requirement_mismatches(["no-such-package-agentops==1.0" + "0" * 100_000, "x" * 1_000_000])
     assert len(found) == 2 and all(len(m) < 500 for m in found)
+
+
+def test_the_models_files_are_found_where_mlflow_copies_them(tmp_path):
+    """A ``models:/`` URI's files land in ``dst_path``; a ``runs:/`` URI's in its artifact folder
+    there. A folder URI is its own copy; a remote URI without a copy is not checked."""
+    from agentops_pipelines.model_loading import _model_dir
+
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "MLmodel").write_text("")
+    (tmp_path / "nested" / "agent").mkdir(parents=True)
+    (tmp_path / "nested" / "agent" / "MLmodel").write_text("")
+    assert _model_dir("models:/m/1", str(tmp_path / "flat")) == tmp_path / "flat"
+    assert _model_dir("runs:/r/agent", str(tmp_path / "nested")) == tmp_path / "nested" / "agent"
+    assert _model_dir(str(tmp_path / "flat"), None) == tmp_path / "flat"
+    assert _model_dir("models:/m/1", None) is None
+    assert _model_dir("models:/m/1", str(tmp_path / "missing")) is None

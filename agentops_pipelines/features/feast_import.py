@@ -28,6 +28,7 @@ then removes the variables that Feast set, and keeps any that were set before it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -44,6 +45,19 @@ def _identity(target=None, **_options):
     return target if target is not None else _identity
 
 
+@contextlib.contextmanager
+def _typeguard_off():
+    """``typeguard.typechecked`` is the identity inside, the real decorator again after."""
+    import typeguard
+
+    real = typeguard.typechecked
+    typeguard.typechecked = _identity
+    try:
+        yield
+    finally:
+        typeguard.typechecked = real
+
+
 def load_feast():
     """The ``feast`` module, imported once per process without typeguard's instrumentation."""
     if "feast" in sys.modules:
@@ -56,19 +70,10 @@ def load_feast():
         # prometheus_client picks in-memory or file-backed values once, at its first import: let
         # it pick from this process's environment, before Feast names its folder there
         import prometheus_client.values  # noqa: F401
+        keep_checks = os.environ.get(EnvVar.FEAST_TYPECHECKS) == "1"
         try:
-            if os.environ.get(EnvVar.FEAST_TYPECHECKS) == "1":
+            with contextlib.nullcontext() if keep_checks else _typeguard_off():
                 import feast
-
-                return feast
-            import typeguard
-
-            real = typeguard.typechecked
-            typeguard.typechecked = _identity
-            try:
-                import feast
-            finally:
-                typeguard.typechecked = real
             return feast
         finally:
             for name in set(PROMETHEUS_VARIABLES) - before:
