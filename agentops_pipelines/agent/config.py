@@ -108,7 +108,20 @@ class AnswerConfig(_Strict):
 
 
 class AbstentionConfig(_Strict):
-    target_precision: float | None = Field(default=None, gt=0.0, le=1.0)
+    """How the abstention threshold is chosen on the validation split: one of the two."""
+
+    target_precision: float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="answered validation requests are right at least this often")
+    max_accuracy_loss: float | None = Field(
+        default=None, ge=0.0, lt=1.0,
+        description="abstaining gives up at most this share of in-scope validation accuracy")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> AbstentionConfig:
+        if self.target_precision is not None and self.max_accuracy_loss is not None:
+            raise ValueError("set target_precision or max_accuracy_loss, not both")
+        return self
 
 
 class GoldenConfig(_Strict):
@@ -302,6 +315,7 @@ def apply(agent: Agent, config: AgentConfig) -> Agent:
         if field in config.model_fields_set:
             setattr(agent, field, getattr(config, field))
     agent.abstain_target_precision = config.abstention.target_precision
+    agent.abstain_max_accuracy_loss = config.abstention.max_accuracy_loss
     if config.golden_test_set is not None:
         g = config.golden_test_set
         agent.golden_test_set = GoldenTestSet(g.path, g.text_column, g.label_column)

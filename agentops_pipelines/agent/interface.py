@@ -89,6 +89,9 @@ class Agent(ABC):
     fallback_tool: str | None = None
     #: Abstain below the confidence at which answered validation requests reach this precision.
     abstain_target_precision: float | None = None
+    #: Or: abstain below the highest confidence that gives up at most this share of in-scope
+    #: validation accuracy (estimated without out-of-scope examples).
+    abstain_max_accuracy_loss: float | None = None
     #: The label in the data meaning "none of our tools" (e.g. ``oos``): out-of-scope metrics.
     out_of_scope_label: str | None = None
     #: A fixed test set scored beside the held-out split (and used against the champion).
@@ -121,4 +124,5 @@ class Agent(ABC):
         come from the agent's declaration (fallback tool, target precision, out-of-scope label)."""
         return {"fallback_tool": self.answer_when_unsure,
                 "target_precision": self.abstain_target_precision,
+                "max_accuracy_loss": self.abstain_max_accuracy_loss,
                 "out_of_scope_label": self.out_of_scope_label}

@@ -16,9 +16,14 @@ with :func:`train_text_router`. The steps, and why each is there:
    scaling (one parameter ``T``, fitted by log loss: Guo et al., 2017) turns ``softmax(margins/T)``
    into a confidence that means "probability of being right". It keeps the ranking of the
    classes, so accuracy does not move, and it costs one division at serving time.
-4. **Abstention.** With a target precision, the threshold is the lowest calibrated confidence at
-   which the answered validation requests reach it; below it (or when the model predicts the
-   out-of-scope label) the router answers the fallback tool.
+4. **Abstention.** Below a threshold on the calibrated confidence (or when the model predicts the
+   out-of-scope label) the router answers the fallback tool. The threshold is chosen on the
+   validation split in one of two ways. A *target precision*: the lowest confidence at which the
+   answered validation requests reach it. An *accuracy budget* (``max_accuracy_loss``): the
+   highest confidence at which abstaining costs at most that share of the in-scope validation
+   requests the router would have answered right. The budget is estimated on in-scope requests
+   alone, so it holds with few or no out-of-scope examples; a precision target depends on how
+   many out-of-scope requests validation happens to hold (BENCHMARKS.md, CLINC150).
 5. **Refit on all training rows** with the chosen ``C``: the registered model sees every row. The
    temperature and threshold found on the validation split are kept (refitting on 10% more data
    barely moves the margins' scale).
@@ -115,6 +120,20 @@ def abstention_threshold(confidence: np.ndarray, correct: np.ndarray, target_pre
         # Ties: answering at conf[k] answers every row with that confidence.
         return float(conf[k])
     return float(conf[int(np.argmax(precision))])
+
+
+def accuracy_budget_threshold(confidence: np.ndarray, correct: np.ndarray, max_loss: float) -> float:
+    """The highest threshold at which abstaining (confidence < threshold) gives up at most
+    ``max_loss`` of in-scope accuracy: ``confidence`` and ``correct`` are those of the in-scope
+    validation requests, ``correct`` False where the router would not answer them right anyway."""
+    import numpy as np
+
+    right = np.sort(np.asarray(confidence, dtype=float)[np.asarray(correct, dtype=bool)])
+    allowed = int(np.floor(max_loss * len(confidence) + 1e-9))  # right answers we may give up
+    if allowed >= len(right):
+        return float(np.nextafter(right[-1], np.inf)) if len(right) else 1.0
+    # Abstaining below right[allowed] gives up right[:allowed] and every tie below it, no more.
+    return float(right[allowed])
 
 
 class TextRouter:
@@ -287,13 +306,16 @@ def make_pipeline(params: Mapping[str, object], numeric: Sequence[str], categori
 def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
                       feature_columns: Sequence[str] = (), *, fallback_tool: str | None = None,
                       target_precision: float | None = None,
+                      max_accuracy_loss: float | None = None,
                       out_of_scope_label: str | None = None,
                       categorical: Sequence[str] | None = None) -> TextRouter:
     """The default recipe (module docstring): select, calibrate, choose the abstention threshold,
     refit on every row of ``training_set`` (columns ``text``, ``tool``, the feature columns).
 
     ``fallback_tool`` and ``target_precision`` both set: abstain below the threshold that reaches
-    the target precision on the validation split. ``out_of_scope_label``: the label meaning "none
+    the target precision on the validation split; ``fallback_tool`` and ``max_accuracy_loss``:
+    abstain below the highest threshold that costs at most that share of in-scope validation
+    accuracy (one of the two, not both). ``out_of_scope_label``: the label meaning "none
     of our tools"; predicting it also answers the fallback tool. ``categorical``: feature columns
     to one-hot encode (default: those whose values are not numbers). A declared feature missing
     from ``training_set`` is trained on its neutral value (0, or "unknown"), as serving fills it.
@@ -306,6 +328,10 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
         raise ValueError(f"unknown recipe parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
     if target_precision is not None and not 0.0 < float(target_precision) < 1.0:
         raise ValueError(f"abstain_target_precision must be in (0, 1), got {target_precision}")
+    if max_accuracy_loss is not None and not 0.0 <= float(max_accuracy_loss) < 1.0:
+        raise ValueError(f"abstain_max_accuracy_loss must be in [0, 1), got {max_accuracy_loss}")
+    if target_precision is not None and max_accuracy_loss is not None:
+        raise ValueError("abstention takes a target precision or a maximum accuracy loss, not both")
     columns = tuple(feature_columns)
     missing = [c for c in ("text", "tool") if c not in training_set]
     if missing:
@@ -364,17 +390,29 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
     selected.fallback_tool = fallback_tool
     validation: dict[str, object] = {"C_tried": tried, "C": C, "accuracy": round(accuracy, 4),
                                      "temperature": round(temperature, 4), "rows": int(val.sum())}
-    if target_precision is not None and fallback is not None and len(y_val):
+    abstaining = target_precision is not None or max_accuracy_loss is not None
+    if abstaining and fallback is not None and len(y_val):
         best_index, confidence, out_of_scope = selected.best_in_scope(softmax(scores, temperature))
         # Right = the in-scope tool it would answer; an out-of-scope request is never answered right.
         correct = np.asarray(classes, dtype=object)[best_index] == y_val
         answerable = ~out_of_scope
-        threshold = (abstention_threshold(confidence[answerable], correct[answerable], float(target_precision))
-                     if answerable.any() else 1.0)  # validation: only out-of-scope requests
+        if target_precision is not None:
+            threshold = (abstention_threshold(confidence[answerable], correct[answerable],
+                                              float(target_precision))
+                         if answerable.any() else 1.0)  # validation: only out-of-scope requests
+            validation["abstain_target_precision"] = float(target_precision)
+        else:
+            in_scope = y_val != out_of_scope_label if out_of_scope_label is not None else np.ones(len(y_val), bool)
+            threshold = (accuracy_budget_threshold(confidence[in_scope], (correct & answerable)[in_scope],
+                                                   float(max_accuracy_loss))
+                         if in_scope.any() else 1.0)
+            kept = (correct & answerable)[in_scope]
+            validation |= {"abstain_max_accuracy_loss": float(max_accuracy_loss),
+                           "in_scope_accuracy_loss": round(float(
+                               (kept & (confidence[in_scope] < threshold)).mean()) if in_scope.any() else 0.0, 4)}
         selected.threshold = threshold
         answered = answerable & (confidence >= threshold)
         validation |= {"abstain_threshold": round(threshold, 4),
-                       "abstain_target_precision": float(target_precision),
                        "answered_share": round(float(answered.mean()), 4),
                        "answered_precision": round(float(correct[answered].mean()) if answered.any()
                                                    else 0.0, 4)}

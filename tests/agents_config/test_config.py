@@ -42,7 +42,11 @@ def test_every_shipped_file_is_valid_and_names_its_file():
     assert {"support_agent", "banking77", "clinc150_oos"} <= set(names)
     assert names["support_agent"].python == "support_desk"
     clinc = names["clinc150_oos"]
-    assert (clinc.out_of_scope_label, clinc.fallback_tool, clinc.abstention.target_precision) == ("oos", "oos", 0.985)
+    assert (clinc.out_of_scope_label, clinc.fallback_tool) == ("oos", "oos")
+    assert (clinc.abstention.target_precision, clinc.abstention.max_accuracy_loss) == (None, 0.015)
+    agent = ConfiguredAgent(clinc)
+    assert agent.abstention() == {"fallback_tool": "oos", "target_precision": None,
+                                  "max_accuracy_loss": 0.015, "out_of_scope_label": "oos"}
 
 
 def test_the_default_code_location_runs_the_support_desk_configured_by_its_file():
@@ -68,6 +72,10 @@ def test_the_default_code_location_runs_the_support_desk_configured_by_its_file(
     ("name: a\nrecipe: {name: gpt}\n", "recipe.name", "text_router"),
     ("name: a\nmin_accuracy: 0.9\n", "min_accuracy", "Extra inputs"),
     ("name: a\npython: support_desk\nrecipe: {params: {C: 2}}\n", "(top level)", "recipe is its code"),
+    ("name: a\nabstention: {target_precision: 0.9, max_accuracy_loss: 0.01}\n", "abstention",
+     "not both"),
+    ("name: a\nabstention: {max_accuracy_loss: 1.5}\n", "abstention.max_accuracy_loss", "less than 1"),
+    ("name: a\nabstention: {target_precision: 1}\n", "abstention.target_precision", "less than 1"),
 ])
 def test_an_invalid_file_names_the_file_and_the_field(tmp_path, text, field, says):
     path = write(tmp_path, "a", text)

@@ -8,6 +8,7 @@ import pytest
 
 from agentops_pipelines.agent.recipes import (
     abstention_threshold,
+    accuracy_budget_threshold,
     fit_temperature,
     softmax,
     train_text_router,
@@ -32,6 +33,27 @@ def test_the_threshold_is_the_lowest_confidence_that_reaches_the_target_precisio
     assert abstention_threshold(confidence, correct, 1.0) == 0.8
     # never reached: the most precise threshold
     assert abstention_threshold(np.array([0.9, 0.8]), np.array([False, True]), 0.99) == 0.8
+
+
+def test_the_budget_threshold_gives_up_at_most_that_share_of_right_answers():
+    confidence = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    correct = np.array([True, True, True, False, True, True, False, True, False, False])
+    # 10 in-scope requests: a budget of 0.2 allows 2 right answers to go (0.3 and 0.5), not 0.6.
+    assert accuracy_budget_threshold(confidence, correct, 0.2) == 0.6
+    assert accuracy_budget_threshold(confidence, correct, 0.1) == 0.5
+    assert accuracy_budget_threshold(confidence, correct, 0.0) == 0.3  # wrong ones below it go
+    for budget in np.linspace(0, 0.99, 34):
+        t = accuracy_budget_threshold(confidence, correct, budget)
+        lost = (correct & (confidence < t)).mean()
+        assert lost <= budget + 1e-12
+        # the highest such threshold: one step further would lose one more right answer
+        above = confidence[correct & (confidence >= t)]
+        if len(above):
+            assert (correct & (confidence <= above.min())).mean() > budget
+    # ties: abstaining at a tied confidence would give up all of them, so the threshold stays below
+    assert accuracy_budget_threshold(np.array([0.5, 0.5, 0.9]), np.array([True, True, True]), 0.34) == 0.5
+    # a budget as large as every right answer: abstain on all of them
+    assert accuracy_budget_threshold(np.array([0.4, 0.9]), np.array([True, False]), 0.5) > 0.4
 
 
 def test_out_of_scope_metrics_count_abstentions_as_out_of_scope_predictions():
@@ -107,6 +129,29 @@ def test_abstaining_reaches_the_target_precision_on_held_out_requests(split, tar
                                      fallback_tool=FALLBACK)
     assert m["oos_recall"] >= plain_m["oos_recall"]
     assert m["in_scope_accuracy"] <= plain_m["in_scope_accuracy"]
+
+
+@pytest.mark.slow
+def test_an_accuracy_budget_holds_on_held_out_requests_and_hands_over_more(split):
+    """The threshold that gives up at most 2% of in-scope validation accuracy gives up about that
+    on held-out requests, and hands over more out-of-scope requests than the plain model."""
+    train, test = split
+    truth = test["tool"].to_numpy()
+    plain = train_text_router(train, TFIDF, fallback_tool=FALLBACK, out_of_scope_label=OOS)
+    budget = train_text_router(train, TFIDF, fallback_tool=FALLBACK, max_accuracy_loss=0.02,
+                               out_of_scope_label=OOS)
+    assert budget.validation["abstain_max_accuracy_loss"] == 0.02
+    assert 0 < budget.validation["in_scope_accuracy_loss"] <= 0.02
+    assert budget.threshold > 0
+    m = {name: classification_metrics(truth, route(router, test)[0], None, out_of_scope_label=OOS,
+                                       fallback_tool=FALLBACK)
+         for name, router in (("plain", plain), ("budget", budget))}
+    lost = m["plain"]["in_scope_accuracy"] - m["budget"]["in_scope_accuracy"]
+    assert 0 < lost <= 0.02 + 0.015, m  # the budget, plus the held-out sample's noise
+    assert m["budget"]["oos_recall"] > m["plain"]["oos_recall"], m
+    with pytest.raises(ValueError, match="not both"):
+        train_text_router(train, TFIDF, fallback_tool=FALLBACK, max_accuracy_loss=0.02,
+                          target_precision=0.9)
 
 
 @pytest.mark.slow

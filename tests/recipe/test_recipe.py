@@ -76,7 +76,7 @@ def test_an_escalation_tool_is_the_fallback_unless_the_agent_names_one():
     desk = SupportDeskAgent()
     assert desk.answer_when_unsure == "escalate_to_human"
     assert desk.abstention() == {"fallback_tool": "escalate_to_human", "target_precision": None,
-                                 "out_of_scope_label": None}
+                                 "max_accuracy_loss": None, "out_of_scope_label": None}
 
     class Quiet(SupportDeskAgent):
         escalation_tool = None
