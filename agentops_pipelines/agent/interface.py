@@ -121,7 +121,8 @@ class Agent(ABC):
 
     def abstention(self) -> dict[str, object]:
         """Keyword arguments of :func:`~agentops_pipelines.agent.recipes.train_text_router` that
-        come from the agent's declaration (fallback tool, target precision, out-of-scope label)."""
+        come from the agent's declaration (fallback tool, target precision or accuracy budget,
+        out-of-scope label)."""
         return {"fallback_tool": self.answer_when_unsure,
                 "target_precision": self.abstain_target_precision,
                 "max_accuracy_loss": self.abstain_max_accuracy_loss,

@@ -43,10 +43,10 @@ def test_every_shipped_file_is_valid_and_names_its_file():
     assert names["support_agent"].python == "support_desk"
     clinc = names["clinc150_oos"]
     assert (clinc.out_of_scope_label, clinc.fallback_tool) == ("oos", "oos")
-    assert (clinc.abstention.target_precision, clinc.abstention.max_accuracy_loss) == (None, 0.015)
+    assert (clinc.abstention.target_precision, clinc.abstention.max_accuracy_loss) == (None, 0.005)
     agent = ConfiguredAgent(clinc)
     assert agent.abstention() == {"fallback_tool": "oos", "target_precision": None,
-                                  "max_accuracy_loss": 0.015, "out_of_scope_label": "oos"}
+                                  "max_accuracy_loss": 0.005, "out_of_scope_label": "oos"}
 
 
 def test_the_default_code_location_runs_the_support_desk_configured_by_its_file():
