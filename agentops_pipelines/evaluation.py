@@ -136,19 +136,21 @@ def gate_minimums_for(minimums: Mapping[str, float], candidate: Mapping) -> dict
     return out
 
 
-def load_golden(path: str, text_column: str = "text", label_column: str = "tool") -> pd.DataFrame:
-    """A golden test set as ``text``, ``tool`` (plus its other columns); errors name the file."""
+def load_golden(path: str, text_column: str = "text", label_column: str = "tool",
+                what: str = "golden test set") -> pd.DataFrame:
+    """A golden test set (or validation set: ``what``) as ``text``, ``tool`` (plus its other
+    columns); errors name the file."""
     from agentops_pipelines.data.sources import DataSourceError, read_file, resolve_path
 
     file = resolve_path(path)
     df = read_file(file)
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if missing:
-        raise DataSourceError(f"golden test set {file}: no column(s) {missing}; columns: {list(df.columns)}")
+        raise DataSourceError(f"{what} {file}: no column(s) {missing}; columns: {list(df.columns)}")
     nulls = df[[text_column, label_column]].isna().any(axis=1)
     if nulls.any():
         lines = (np.flatnonzero(nulls.to_numpy())[:5] + 2).tolist()  # 1-based, after the header
-        raise DataSourceError(f"golden test set {file}: empty {text_column!r} or {label_column!r} "
+        raise DataSourceError(f"{what} {file}: empty {text_column!r} or {label_column!r} "
                               f"on {int(nulls.sum())} row(s), first at line(s) {lines}")
     other = df.drop(columns=[c for c in (text_column, label_column, "text", "tool") if c in df.columns])
     return pd.concat([pd.DataFrame({"text": df[text_column].astype(str).to_numpy(),

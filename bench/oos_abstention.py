@@ -13,6 +13,8 @@ Usage (from the project root)::
         --targets none --budgets 0.005 0.01 0.015 0.02
     # abstention by an accuracy budget (max_accuracy_loss) beside no abstention
     .venv/bin/python bench/oos_abstention.py --clinc /tmp/clinc/data_full.json --targets none --budgets 0.015
+    # CLINC's validation split as the agent's declared validation set (validation_set:)
+    .venv/bin/python bench/oos_abstention.py --clinc /tmp/clinc/data_full.json --declared-val --targets none --budgets 0.015
     # BANKING77 with 10 intents held out as out-of-scope (5 seen as `oos` in training, 5 never seen)
     .venv/bin/python bench/oos_abstention.py --banking77 ../shared/datasets/banking77/train.csv
 
@@ -44,6 +46,16 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 OOS, FALLBACK = "oos", "hand_over_to_person"
+
+
+def clinc_declared(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Training (train + oos_train), the declared validation set (val + oos_val), the test split."""
+    d = json.loads(path.read_text())
+
+    def frame(*keys):
+        return pd.DataFrame([r for k in keys for r in d[k]], columns=["text", "tool"])
+
+    return frame("train", "oos_train"), frame("val", "oos_val"), frame("test", "oos_test")
 
 
 def clinc(path: Path, validation: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,7 +102,7 @@ def banking77(path: Path, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def run(train: pd.DataFrame, test: pd.DataFrame, targets: list[float | None],
-        budgets: list[float] = ()) -> list[dict]:
+        budgets: list[float] = (), validation_set: pd.DataFrame | None = None) -> list[dict]:
     """One training per setting: each target precision (None: no threshold), then each accuracy
     budget (``max_accuracy_loss``)."""
     from agentops_pipelines.agent.recipes import train_text_router
@@ -101,7 +113,7 @@ def run(train: pd.DataFrame, test: pd.DataFrame, targets: list[float | None],
     for rule, value in settings:
         t0 = time.process_time()
         router = train_text_router(train, {}, fallback_tool=FALLBACK, out_of_scope_label=OOS,
-                                   **{rule: value})
+                                   validation_set=validation_set, **{rule: value})
         fit_cpu = time.process_time() - t0
         tools, confidence = router.predict_columns({"text": test["text"].tolist()}, len(test))
         m = classification_metrics(test["tool"], tools, None, out_of_scope_label=OOS,
@@ -128,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="accuracy budgets (max_accuracy_loss), each trained after the targets")
     ap.add_argument("--choose-on-val", action="store_true",
                     help="CLINC150: choose the target on the validation split, then test it once")
+    ap.add_argument("--declared-val", action="store_true",
+                    help="CLINC150: train on train + oos_train with val + oos_val as the agent's "
+                         "declared validation set (validation_set:), test on the test split")
     ap.add_argument("--max-drop", type=float, default=1.0,
                     help="points of in-scope accuracy the chosen target may lose on validation")
     args = ap.parse_args(argv)
@@ -152,11 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"test: in-scope accuracy {final[1]['in_scope_accuracy'] - final[0]['in_scope_accuracy']:+.4f} "
               f"vs no abstention, out-of-scope recall {final[1]['oos_recall']:.4f}")
         return 0
-    train, test = clinc(path) if args.clinc else banking77(path)
+    validation_set = None
+    if args.declared_val:
+        if not args.clinc:
+            ap.error("--declared-val needs --clinc")
+        train, validation_set, test = clinc_declared(path)
+    else:
+        train, test = clinc(path) if args.clinc else banking77(path)
     print(f"train {len(train)} rows, {train['tool'].nunique()} labels; test {len(test)} rows, "
           f"{int((test['tool'] == OOS).sum())} out-of-scope")
     targets = [None if t == "none" else float(t) for t in args.targets]
-    rows = run(train, test, targets, args.budgets)
+    rows = run(train, test, targets, args.budgets, validation_set)
     print()
     print(pd.DataFrame(rows).to_markdown(index=False))
     base = rows[0]["in_scope_accuracy"] if targets[0] is None else None

@@ -162,6 +162,9 @@ class AgentConfig(_Strict):
     abstention: AbstentionConfig = Field(default_factory=AbstentionConfig)
     out_of_scope_label: str | None = None
     golden_test_set: GoldenConfig | None = None
+    validation_set: GoldenConfig | None = Field(
+        default=None, description="a fixed validation file: selection, calibration and the abstention "
+                                  "threshold are chosen on it instead of a share of the training rows")
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
 
     @field_validator("name")
@@ -188,6 +191,9 @@ class AgentConfig(_Strict):
         if self.python is not None and "recipe" in self.model_fields_set:
             raise ValueError(f"recipe: a Python agent's recipe is its code ({self.python}); "
                              "set its parameters in the training step's config instead")
+        if self.python is not None and self.validation_set is not None:
+            raise ValueError(f"validation_set: a Python agent's recipe is its code ({self.python}); "
+                             "it chooses its own validation rows")
         if self.labels:
             for field, tool in (("fallback_tool", self.fallback_tool), ("escalation_tool", self.escalation_tool),
                                 ("out_of_scope_label", self.out_of_scope_label)):
@@ -267,7 +273,8 @@ def _declared_paths(config: AgentConfig) -> list[tuple[str, str, Path]]:
     d = config.data
     found = []
     for what, value in (("data.path", d.path if d.source == "file" else ""), ("data.labels_file", d.labels_file),
-                        ("golden_test_set.path", config.golden_test_set.path if config.golden_test_set else "")):
+                        ("golden_test_set.path", config.golden_test_set.path if config.golden_test_set else ""),
+                        ("validation_set.path", config.validation_set.path if config.validation_set else "")):
         if value:
             p = Path(value).expanduser()
             found.append((what, value, p if p.is_absolute() else PROJECT_ROOT / p))
@@ -319,6 +326,9 @@ def apply(agent: Agent, config: AgentConfig) -> Agent:
     if config.golden_test_set is not None:
         g = config.golden_test_set
         agent.golden_test_set = GoldenTestSet(g.path, g.text_column, g.label_column)
+    if config.validation_set is not None:
+        v = config.validation_set
+        agent.validation_set = GoldenTestSet(v.path, v.text_column, v.label_column)
     agent.drift_threshold = config.thresholds.drift
     agent.gate_minimums = dict(config.thresholds.gates)
     if config.recipe.params:
@@ -346,5 +356,12 @@ class ConfiguredAgent(Agent):
     def train(self, training_set: pd.DataFrame, params: Mapping[str, object]) -> Router:
         from agentops_pipelines.agent.recipes import train_text_router
 
+        validation = None
+        if self.validation_set is not None:
+            from agentops_pipelines.evaluation import load_golden
+
+            v = self.validation_set
+            validation = load_golden(v.path, v.text_column, v.label_column, what="validation set")
         return train_text_router(training_set, {**self.default_params(), **params},
-                                 feature_columns=tuple(self.feature_columns), **self.abstention())
+                                 feature_columns=tuple(self.feature_columns), validation_set=validation,
+                                 **self.abstention())

@@ -96,6 +96,10 @@ class Agent(ABC):
     out_of_scope_label: str | None = None
     #: A fixed test set scored beside the held-out split (and used against the champion).
     golden_test_set: GoldenTestSet | None = None
+    #: A fixed validation file (same shape as a golden set): the default recipe chooses C, the
+    #: calibration and the abstention threshold on it instead of a share of the training rows,
+    #: then refits on both. For data whose validation requests were collected apart.
+    validation_set: GoldenTestSet | None = None
     #: Defaults of the evaluation gate's minimums (``EvaluationConfig`` field names).
     gate_minimums: Mapping[str, float] = {}
     #: Per-tool answer templates ({{var}} placeholders); a tool without one uses prompt_template.

@@ -308,7 +308,8 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
                       target_precision: float | None = None,
                       max_accuracy_loss: float | None = None,
                       out_of_scope_label: str | None = None,
-                      categorical: Sequence[str] | None = None) -> TextRouter:
+                      categorical: Sequence[str] | None = None,
+                      validation_set: pd.DataFrame | None = None) -> TextRouter:
     """The default recipe (module docstring): select, calibrate, choose the abstention threshold,
     refit on every row of ``training_set`` (columns ``text``, ``tool``, the feature columns).
 
@@ -319,8 +320,12 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
     of our tools"; predicting it also answers the fallback tool. ``categorical``: feature columns
     to one-hot encode (default: those whose values are not numbers). A declared feature missing
     from ``training_set`` is trained on its neutral value (0, or "unknown"), as serving fills it.
+    ``validation_set`` (columns ``text``, ``tool``, any feature columns): selection, calibration
+    and the threshold are chosen on these rows instead of a share of ``training_set``, and the
+    refit sees both.
     """
     import numpy as np
+    import pandas as pd
 
     p = {**DEFAULT_PARAMS, **params}
     unknown = sorted(set(params) - set(DEFAULT_PARAMS))
@@ -339,6 +344,16 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
     declared = tuple(categorical or ())
     categorical = tuple(c for c in columns if c in declared
                         or (c in training_set and not _numeric(training_set[c])))
+    declared_val = validation_set is not None and len(validation_set) > 0
+    if declared_val:
+        lacking = [c for c in ("text", "tool") if c not in validation_set]
+        if lacking:
+            raise ValueError(f"the validation set lacks column(s) {lacking}")
+        n_train = len(training_set)
+        extra = validation_set[["text", "tool", *(c for c in columns if c in validation_set)]]
+        extra = extra.assign(**{c: "unknown" if c in categorical else 0 for c in columns
+                                if c not in extra and c in training_set})
+        training_set = pd.concat([training_set, extra], ignore_index=True)
     absent = [c for c in columns if c not in training_set]
     if absent:
         log.warning("training without feature(s) %s: their neutral value is used", absent)
@@ -353,7 +368,10 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
     def router_for(pipeline) -> TextRouter:
         return TextRouter(pipeline, [], columns, categorical)
 
-    val = validation_mask(training_set, float(p["validation_share"]))
+    if declared_val:
+        val = np.arange(len(training_set)) >= n_train
+    else:
+        val = validation_mask(training_set, float(p["validation_share"]))
     fit_rows, val_rows = training_set[~val], training_set[val]
     grid = (float(p["C"]),) if float(p["C"]) > 0 else C_GRID
     if not val.any():  # too few rows to hold any back: no selection, no calibration
@@ -389,7 +407,8 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
         selected.out_of_scope_label = out_of_scope_label
     selected.fallback_tool = fallback_tool
     validation: dict[str, object] = {"C_tried": tried, "C": C, "accuracy": round(accuracy, 4),
-                                     "temperature": round(temperature, 4), "rows": int(val.sum())}
+                                     "temperature": round(temperature, 4), "rows": int(val.sum()),
+                                     "declared_set": int(declared_val)}
     abstaining = target_precision is not None or max_accuracy_loss is not None
     if abstaining and fallback is not None and len(y_val):
         best_index, confidence, out_of_scope = selected.best_in_scope(softmax(scores, temperature))

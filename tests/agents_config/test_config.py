@@ -43,10 +43,11 @@ def test_every_shipped_file_is_valid_and_names_its_file():
     assert names["support_agent"].python == "support_desk"
     clinc = names["clinc150_oos"]
     assert (clinc.out_of_scope_label, clinc.fallback_tool) == ("oos", "oos")
-    assert (clinc.abstention.target_precision, clinc.abstention.max_accuracy_loss) == (None, 0.005)
+    assert (clinc.abstention.target_precision, clinc.abstention.max_accuracy_loss) == (None, 0.015)
     agent = ConfiguredAgent(clinc)
     assert agent.abstention() == {"fallback_tool": "oos", "target_precision": None,
-                                  "max_accuracy_loss": 0.005, "out_of_scope_label": "oos"}
+                                  "max_accuracy_loss": 0.015, "out_of_scope_label": "oos"}
+    assert agent.validation_set.path.endswith("clinc150/val.csv")
 
 
 def test_the_default_code_location_runs_the_support_desk_configured_by_its_file():
@@ -76,6 +77,9 @@ def test_the_default_code_location_runs_the_support_desk_configured_by_its_file(
      "not both"),
     ("name: a\nabstention: {max_accuracy_loss: 1.5}\n", "abstention.max_accuracy_loss", "less than 1"),
     ("name: a\nabstention: {target_precision: 1}\n", "abstention.target_precision", "less than 1"),
+    ("name: a\npython: support_desk\nvalidation_set: {path: v.csv}\n", "(top level)",
+     "chooses its own validation rows"),
+    ("name: a\nvalidation_set: {paht: v.csv}\n", "validation_set.paht", "Extra inputs"),
 ])
 def test_an_invalid_file_names_the_file_and_the_field(tmp_path, text, field, says):
     path = write(tmp_path, "a", text)
@@ -157,6 +161,10 @@ def test_an_agent_file_cannot_read_the_pipelines_own_state(tmp_path, monkeypatch
         write(folder, "reader", BANKING.format(name="reader", path=path, labels=labels))
         with pytest.raises(AgentConfigError, match=f"reader.yaml: field {field}: .*the pipeline's own state"):
             load_agents(folder)
+    write(folder, "reader", BANKING.format(name="reader", path=data / "requests.csv", labels=data / "labels.txt")
+          + f"validation_set: {{path: '{token}'}}\n")
+    with pytest.raises(AgentConfigError, match="reader.yaml: field validation_set.path: .*the pipeline's own state"):
+        load_agents(folder)
     # data outside the state folder still loads
     write(folder, "reader", BANKING.format(name="reader", path=data / "requests.csv", labels=data / "labels.txt"))
     assert [a.name for a in load_agents(folder)] == ["support_agent", "reader"]
@@ -179,6 +187,7 @@ fallback_tool: oos
 out_of_scope_label: oos
 abstention: {{target_precision: 0.9}}
 golden_test_set: {{path: {data / 'requests.csv'}, label_column: category}}
+validation_set: {{path: {data / 'requests.csv'}, label_column: category}}
 thresholds: {{drift: 0.3, gates: {{min_accuracy: 0.9}}}}
 """)
     bank = load_agents(tmp_path)[1]
@@ -188,6 +197,7 @@ thresholds: {{drift: 0.3, gates: {{min_accuracy: 0.9}}}}
     assert bank.answer_templates == {"lost_or_stolen_card": "Freeze it in the app."}
     assert (bank.fallback_tool, bank.out_of_scope_label, bank.abstain_target_precision) == ("oos", "oos", 0.9)
     assert bank.golden_test_set.label_column == "category"
+    assert bank.validation_set == bank.golden_test_set  # the same file here; its own field
     assert bank.drift_threshold == 0.3 and bank.gate_minimums == {"min_accuracy": 0.9}
     assert bank.default_params()["C"] == 1.0
     defaults = bank.dataset_defaults

@@ -155,6 +155,54 @@ def test_an_accuracy_budget_holds_on_held_out_requests_and_hands_over_more(split
 
 
 @pytest.mark.slow
+def test_a_declared_validation_set_places_the_threshold_and_is_learned_at_refit(split, banking77):
+    """Half of the held-out requests as the agent's validation file: selection, calibration and
+    the budget's threshold come from it, the budget holds on the other half, and the refit learns
+    from it too (a label only the validation file has is a class of the served router)."""
+    train, test = split
+    new_intent = sorted(banking77["tool"].unique())[70]
+    newcomers = banking77[banking77["tool"] == new_intent].head(20)[["text", "tool"]]
+    validation = pd.concat([test.iloc[::2][["text", "tool"]], newcomers], ignore_index=True)
+    rest = test.iloc[1::2].reset_index(drop=True)
+    router = train_text_router(train, TFIDF, fallback_tool=FALLBACK, max_accuracy_loss=0.03,
+                               out_of_scope_label=OOS, validation_set=validation)
+    assert router.validation["declared_set"] == 1 and router.validation["rows"] == len(validation)
+    assert 0 < router.validation["in_scope_accuracy_loss"] <= 0.03
+    assert new_intent in router.classes
+    plain = train_text_router(train, TFIDF, fallback_tool=FALLBACK, out_of_scope_label=OOS,
+                              validation_set=validation)
+    truth = rest["tool"].to_numpy()
+    m = {name: classification_metrics(truth, route(r, rest)[0], None, out_of_scope_label=OOS,
+                                      fallback_tool=FALLBACK)
+         for name, r in (("plain", plain), ("budget", router))}
+    assert 0 < m["plain"]["in_scope_accuracy"] - m["budget"]["in_scope_accuracy"] <= 0.03 + 0.02, m
+    assert m["budget"]["oos_recall"] > m["plain"]["oos_recall"], m
+    with pytest.raises(ValueError, match=r"validation set lacks column\(s\) \['tool'\]"):
+        train_text_router(train, TFIDF, validation_set=validation[["text"]])
+
+
+def test_a_configured_agent_reads_its_validation_file_in_its_own_column_names(split, tmp_path):
+    from agentops_pipelines.agent.config import ConfiguredAgent, parse
+    from agentops_pipelines.data.sources import DataSourceError
+
+    train, test = split
+    file = tmp_path / "val.csv"
+    test.iloc[::2][["text", "tool"]].rename(columns={"text": "utterance", "tool": "intent"}).to_csv(file, index=False)
+    labels = sorted(set(train["tool"]) | set(test["tool"]))
+    config = parse({"name": "bank", "labels": labels, "fallback_tool": OOS, "out_of_scope_label": OOS,
+                    "abstention": {"max_accuracy_loss": 0.02},
+                    "validation_set": {"path": str(file), "text_column": "utterance", "label_column": "intent"}},
+                   "bank.yaml")
+    agent = ConfiguredAgent(config)
+    router = agent.train(train, TFIDF)
+    assert router.validation["declared_set"] == 1 and router.validation["rows"] == len(test.iloc[::2])
+    assert router.validation["abstain_max_accuracy_loss"] == 0.02
+    file.write_text("utterance,label\nhello,x\n")
+    with pytest.raises(DataSourceError, match=rf"validation set {file}: no column\(s\) \['intent'\]"):
+        agent.train(train, TFIDF)
+
+
+@pytest.mark.slow
 def test_confidence_is_calibrated_not_one_over_n(split):
     """The old confidence was a softmax over raw margins: ~1/N for every request. Calibrated, the
     mean confidence of the answered requests tracks their accuracy."""
