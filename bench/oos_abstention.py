@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--clinc", type=Path, help="CLINC150 data_full.json")
     source.add_argument("--banking77", type=Path, help="BANKING77 train.csv (text, category)")
-    ap.add_argument("--targets", nargs="+", default=["none", "0.9", "0.95", "0.97"],
+    ap.add_argument("--targets", nargs="*", default=["none", "0.9", "0.95", "0.97"],
                     help="target precisions ('none': no threshold)")
     ap.add_argument("--budgets", nargs="*", type=float, default=[],
                     help="accuracy budgets (max_accuracy_loss), each trained after the targets")
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path} not found", file=sys.stderr)
         return 2
     if args.choose_on_val:
-        if not args.clinc or args.targets[0] != "none":
+        if not args.clinc or args.targets[:1] != ["none"]:
             ap.error("--choose-on-val needs --clinc and 'none' as the first target")
         train, val = clinc(path, validation=True)
         print(f"choosing on validation: train {len(train)} rows, val {len(val)} rows, "
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(train, test, targets, args.budgets, validation_set)
     print()
     print(pd.DataFrame(rows).to_markdown(index=False))
-    base = rows[0]["in_scope_accuracy"] if targets[0] is None else None
+    base = rows[0]["in_scope_accuracy"] if targets[:1] == [None] else None
     if base is not None:
         for r in rows[1:]:
             print(f"{r['rule']}: in-scope accuracy {r['in_scope_accuracy'] - base:+.4f} "
