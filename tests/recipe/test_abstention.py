@@ -197,6 +197,10 @@ def test_a_configured_agent_reads_its_validation_file_in_its_own_column_names(sp
     router = agent.train(train, TFIDF)
     assert router.validation["declared_set"] == 1 and router.validation["rows"] == len(test.iloc[::2])
     assert router.validation["abstain_max_accuracy_loss"] == 0.02
+    file.write_text(f"utterance,intent\nhi,{train['tool'].iloc[0]}\nhello,lost_card_typo\n")
+    with pytest.raises(DataSourceError, match=r"column 'intent' has label\(s\) \['lost_card_typo'\] "
+                                              r"not in the training data's label set, first at line\(s\) \[3\]"):
+        agent.train(train, TFIDF)
     file.write_text("utterance,label\nhello,x\n")
     with pytest.raises(DataSourceError, match=rf"validation set {file}: no column\(s\) \['intent'\]"):
         agent.train(train, TFIDF)
