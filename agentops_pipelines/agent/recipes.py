@@ -10,7 +10,10 @@ with :func:`train_text_router`. The steps, and why each is there:
    for the columns the agent declares. Simulated features on data that has none cost accuracy
    (~0.8 points on BANKING77).
 2. **Model selection on a validation split.** A stable share of the training rows (by request id,
-   else by text) is held back; the regularisation ``C`` is chosen there from a small grid.
+   else by text) is held back, or the agent declares a validation file (``validation_set``: for
+   requests collected apart, since a random share of a file of near-paraphrases is easier than
+   new traffic; BENCHMARKS.md, CLINC150); the regularisation ``C`` is chosen there from a small
+   grid.
 3. **Calibration on the same validation rows.** A linear SVM's margins are not probabilities, and
    a softmax over 151 margins gives every request ~1/151: nothing to threshold. Temperature
    scaling (one parameter ``T``, fitted by log loss: Guo et al., 2017) turns ``softmax(margins/T)``
@@ -24,9 +27,9 @@ with :func:`train_text_router`. The steps, and why each is there:
    requests the router would have answered right. The budget is estimated on in-scope requests
    alone, so it holds with few or no out-of-scope examples; a precision target depends on how
    many out-of-scope requests validation happens to hold (BENCHMARKS.md, CLINC150).
-5. **Refit on all training rows** with the chosen ``C``: the registered model sees every row. The
-   temperature and threshold found on the validation split are kept (refitting on 10% more data
-   barely moves the margins' scale).
+5. **Refit on all training rows** (and a declared validation file's) with the chosen ``C``: the
+   registered model sees every row. The temperature and threshold found on the validation split
+   are kept (refitting on 10% more data barely moves the margins' scale).
 
 :class:`TextRouter` is what is pickled and served: the scikit-learn pipeline plus those few numbers.
 It scores through the compiled :class:`~agentops_pipelines.agent.linear_scorer.LinearScorer`
