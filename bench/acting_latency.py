@@ -20,8 +20,9 @@ every request runs fetch context → decide → extract arguments → tool (real
 writes, idempotency row included) → observe → answer.
 
 Shadow on vs off: the same process, version 2 loaded in shadow (``POST /admin/shadow``) for one
-round and unloaded for the next, alternating (off, on, off, on ...), so machine noise hits both
-alike. Reported: per-round p50/p99, the medians, the p99 difference and ratio, and the CPU of the
+round and unloaded for the next, in counterbalanced order (off then on in even rounds, on then
+off in odd ones), so machine noise and what drifts over the run (the system of record and the logs
+grow) hit both alike; until 2026-12-04 "on" always came second. Reported: per-round p50/p99, the medians, the p99 difference and ratio, and the CPU of the
 serving process and its helpers (the evaluation worker included).
 
 ``--baseline NAME=FOLDER`` adds a serving process run from another copy of the package (``git
@@ -196,6 +197,7 @@ def turn(url: str, pid: int, reqs: list[tuple[str, bytes]], rate: float, shadow:
 
 def ab_lines(rows: list[dict], names: list[str]) -> list[str]:
     """Per server: medians off/on and the paired per-round p99 difference (median, range)."""
+    orders: list[str] = []
     out = ["| server | p99 off (median) | p99 on (median) | p99 added by shadow, per round | median added | "
            "CPU ms/request off → on | shadowed / sent |", "|---|---|---|---|---|---|---|"]
     for name in names:
@@ -205,13 +207,19 @@ def ab_lines(rows: list[dict], names: list[str]) -> list[str]:
                  - next(r["p99_ms"] for r in mine if r["round"] == k and not r["shadow"]) for k in rounds]
         off = [r for r in mine if not r["shadow"]]
         on = [r for r in mine if r["shadow"]]
+        by_order = {first: [a for k, a in zip(rounds, added, strict=True) if (k % 2 == 1) == first]
+                    for first in (False, True)}
+        out_order = [f"{name}: p99 added when shadow came second (rounds 0, 2, ...): "
+                     f"{', '.join(f'{a:+.2f}' for a in by_order[False]) or '–'}; when it came first: "
+                     f"{', '.join(f'{a:+.2f}' for a in by_order[True]) or '–'}"]
         out.append(
             f"| {name} | {statistics.median(r['p99_ms'] for r in off):.2f} | "
             f"{statistics.median(r['p99_ms'] for r in on):.2f} | {', '.join(f'{a:+.2f}' for a in added)} | "
             f"{statistics.median(added):+.2f} | {statistics.median(r['cpu_ms_per_request'] for r in off):.2f} → "
             f"{statistics.median(r['cpu_ms_per_request'] for r in on):.2f} | "
             f"{sum(r['shadowed'] for r in on)} / {sum(r['sent'] for r in on)} |")
-    return out
+        orders.extend(out_order)
+    return out + [""] + orders
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.rounds):
             order = running[k % len(running):] + running[:k % len(running)]
             for s, (name, url, pid) in enumerate(order):
-                for shadow in (None, (f"models:/{AGENT}/{versions[1]}", versions[1])):
+                challenger = (f"models:/{AGENT}/{versions[1]}", versions[1])
+                # off then on in even rounds, on then off in odd ones: what drifts over the run
+                # (the system of record and the logs grow, caches warm) falls on both sides alike
+                for shadow in ((None, challenger) if k % 2 == 0 else (challenger, None)):
                     t = 2 * (k * len(running) + s) + bool(shadow)
                     reqs = [(f"{name[:1]}{k}-{t}-{i}", body(cases[(t * per_round + i) % len(cases)]))
                             for i in range(per_round)]
