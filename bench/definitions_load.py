@@ -44,7 +44,7 @@ def three_agents(folder: Path) -> Path:
     for name in ("banking77", "clinc150_oos"):
         text = (ROOT / "agents" / f"{name}.yaml").read_text().replace("enabled: false", "enabled: true")
         for old in ("../shared/datasets/banking77/train.csv", "../shared/datasets/clinc150/train.csv",
-                    "../shared/datasets/clinc150/test.csv"):
+                    "../shared/datasets/clinc150/test.csv", "../shared/datasets/clinc150/val.csv"):
             text = text.replace(old, str(folder / "train.csv"))
         for old in ("../shared/datasets/banking77/categories.json", "../shared/datasets/clinc150/labels.txt"):
             text = text.replace(old, str(folder / "labels.txt"))
