@@ -158,6 +158,22 @@ def load_golden(path: str, text_column: str = "text", label_column: str = "tool"
                       other.reset_index(drop=True)], axis=1)
 
 
+def refuse_unknown_labels(cases: pd.DataFrame, known: set[str], path: str, label_column: str,
+                          what: str = "golden test set") -> None:
+    """Raise naming the file, the user's column and the first lines when ``cases`` (as
+    :func:`load_golden` returns them) hold a label outside ``known``: a typo would be scored as a
+    wrong answer (golden) or become a tool the router answers (validation), silently either way."""
+    from agentops_pipelines.data.sources import DataSourceError, resolve_path
+
+    stray = ~cases["tool"].isin(known).to_numpy()
+    if stray.any():
+        lines = [int(i) + 2 for i in np.flatnonzero(stray)[:5]]  # 1-based, after the header
+        raise DataSourceError(
+            f"{what} {resolve_path(path)}: column {label_column!r} has label(s) "
+            f"{sorted(set(cases['tool'][stray]))[:5]} not in the training data's label set, "
+            f"first at line(s) {lines}")
+
+
 def comparison(candidate: Mapping, champion: Mapping | None, digits: int = 4) -> dict[str, dict]:
     """``{metric: {"candidate", "champion", "delta"}}``, rounded; champion and delta None without one."""
     out = {}

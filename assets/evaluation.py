@@ -145,6 +145,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             load_golden,
             mcnemar,
             per_tool_comparison,
+            refuse_unknown_labels,
             render_html,
             resolve_minimums,
         )
@@ -166,6 +167,11 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             g = agent.golden_test_set
             try:
                 golden = load_golden(g.path, g.text_column, g.label_column)
+                # A label the agent was never trained on is a typo or another label scheme: scored,
+                # it would count as the candidate's and the champion's error alike.
+                known = set(data["tool"].astype(str)) | set(agent.tools or ())
+                refuse_unknown_labels(golden, known | {agent.answer_when_unsure} - {None},
+                                      g.path, g.label_column)
             except DataSourceError as exc:
                 raise dg.Failure(f"{agent.name}: {exc}") from None
 

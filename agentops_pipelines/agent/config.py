@@ -358,22 +358,14 @@ class ConfiguredAgent(Agent):
 
         validation = None
         if self.validation_set is not None:
-            from agentops_pipelines.evaluation import load_golden
+            from agentops_pipelines.evaluation import load_golden, refuse_unknown_labels
 
             v = self.validation_set
             validation = load_golden(v.path, v.text_column, v.label_column, what="validation set")
             # The file skips the dataset's gates: a label outside what they accepted would become
             # a tool the served router can answer.
-            known = set(training_set["tool"].astype(str)) | set(self.tools or ())
-            stray = ~validation["tool"].isin(known).to_numpy()
-            if stray.any():
-                from agentops_pipelines.data.sources import DataSourceError, resolve_path
-
-                lines = [int(i) + 2 for i in stray.nonzero()[0][:5]]  # 1-based, after the header
-                raise DataSourceError(
-                    f"validation set {resolve_path(v.path)}: column {v.label_column!r} has label(s) "
-                    f"{sorted(set(validation['tool'][stray]))[:5]} not in the training data's label set, "
-                    f"first at line(s) {lines}")
+            refuse_unknown_labels(validation, set(training_set["tool"].astype(str)) | set(self.tools or ()),
+                                  v.path, v.label_column, what="validation set")
         return train_text_router(training_set, {**self.default_params(), **params},
                                  feature_columns=tuple(self.feature_columns), validation_set=validation,
                                  **self.abstention())

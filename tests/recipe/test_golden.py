@@ -157,6 +157,31 @@ def test_the_gate_takes_its_golden_minimum_from_the_agent_unless_the_run_sets_on
 
 
 @pytest.mark.slow
+def test_a_golden_label_the_agent_never_saw_fails_naming_file_column_and_line(stores, trained, golden_path,
+                                                                            instance, tmp_path):
+    """A typo in a golden file's labels used to be scored as the candidate's error (and the
+    champion's): a gate could refuse, or McNemar compare, on cases nobody could get right."""
+    import pandas as pd
+
+    from agentops_pipelines.assets.evaluation import build_evaluation_asset
+
+    lake, store, audit = stores
+    typo = tmp_path / "golden_typo.csv"
+    golden = pd.read_csv(golden_path)
+    golden.loc[3, "intent"] = golden.loc[3, "intent"] + "_typo"
+    golden.to_csv(typo, index=False)
+    agent = IntentAgent(golden_file(str(typo)))
+    trained_spec, training_set = (dg.AssetSpec([agent.name, n]) for n in ("trained_agent", "training_set"))
+    with pytest.raises(dg.Failure, match=rf"golden_typo\.csv: column 'intent' has label\(s\) "
+                                         rf"\['{golden.loc[3, 'intent']}'\] .* first at line\(s\) \[5\]"):
+        dg.materialize([trained_spec, build_evaluation_asset(agent, trained_spec, training_set)], instance=instance,
+                       resources={"lake": lake, LAKE_IO_MANAGER: LakeIOManager(root=lake.root), "mlflow_store": store,
+                                  "audit": audit, "sandbox": ModelSandbox()},
+                       run_config={"ops": {f"{agent.name}__evaluation_report": {"config": {
+                           "candidate_run_id": trained[2], "evidently_report": False, "latency_samples": 5}}}})
+
+
+@pytest.mark.slow
 def test_a_golden_file_without_the_named_column_fails_naming_file_and_column(stores, trained, golden_path,
                                                                              instance):
     lake, store, audit = stores
