@@ -147,15 +147,23 @@ def load_golden(path: str, text_column: str = "text", label_column: str = "tool"
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if missing:
         raise DataSourceError(f"{what} {file}: no column(s) {missing}; columns: {list(df.columns)}")
-    nulls = df[[text_column, label_column]].isna().any(axis=1)
+    nulls = df[[text_column, label_column]].isna().any(axis=1).to_numpy()
     if nulls.any():
-        lines = (np.flatnonzero(nulls.to_numpy())[:5] + 2).tolist()  # 1-based, after the header
         raise DataSourceError(f"{what} {file}: empty {text_column!r} or {label_column!r} "
-                              f"on {int(nulls.sum())} row(s), first at line(s) {lines}")
+                              f"on {int(nulls.sum())} row(s), {_first_at(file, nulls)}")
     other = df.drop(columns=[c for c in (text_column, label_column, "text", "tool") if c in df.columns])
     return pd.concat([pd.DataFrame({"text": df[text_column].astype(str).to_numpy(),
                                     "tool": df[label_column].astype(str).to_numpy()}),
                       other.reset_index(drop=True)], axis=1)
+
+
+def _first_at(file, bad: np.ndarray) -> str:
+    """"first at line(s) [..]" for the first five ``bad`` rows of ``file``: their lines in a CSV
+    or JSONL file (quoted line breaks and blank lines counted), their row numbers in Parquet."""
+    from agentops_pipelines.data.sources import line_numbers
+
+    lines, unit = line_numbers(file, len(bad))
+    return f"first at {unit}(s) {[lines[i] for i in np.flatnonzero(bad)[:5]]}"
 
 
 def refuse_unknown_labels(cases: pd.DataFrame, known: set[str], path: str, label_column: str,
@@ -167,11 +175,11 @@ def refuse_unknown_labels(cases: pd.DataFrame, known: set[str], path: str, label
 
     stray = ~cases["tool"].isin(known).to_numpy()
     if stray.any():
-        lines = [int(i) + 2 for i in np.flatnonzero(stray)[:5]]  # 1-based, after the header
+        file = resolve_path(path)
         raise DataSourceError(
-            f"{what} {resolve_path(path)}: column {label_column!r} has label(s) "
+            f"{what} {file}: column {label_column!r} has label(s) "
             f"{sorted(set(cases['tool'][stray]))[:5]} not in the training data's label set, "
-            f"first at line(s) {lines}")
+            f"{_first_at(file, stray)}")
 
 
 def comparison(candidate: Mapping, champion: Mapping | None, digits: int = 4) -> dict[str, dict]:

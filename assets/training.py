@@ -53,7 +53,7 @@ def validation_set_lineage(agent: Agent) -> dict[str, str]:
 
     from agentops_pipelines.data.sources import resolve_path
 
-    declared = getattr(agent, "validation_set", None)
+    declared = agent.validation_set
     if declared is None:
         return {}
     file = resolve_path(declared.path)

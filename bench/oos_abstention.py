@@ -48,27 +48,22 @@ ROOT = Path(__file__).resolve().parents[1]
 OOS, FALLBACK = "oos", "hand_over_to_person"
 
 
-def clinc_declared(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Training (train + oos_train), the declared validation set (val + oos_val), the test split."""
+def clinc(path: Path, split: str = "test") -> tuple[pd.DataFrame, ...]:
+    """CLINC150's frames (``text``, ``tool``), the out-of-scope rows beside each split's:
+
+    - ``"test"``: training = train + val, and the test split (the paper's split, as shipped);
+    - ``"val"``: training = train alone, and the validation split (choosing without the test);
+    - ``"declared"``: train, val as the agent's declared validation set, and the test split.
+    """
     d = json.loads(path.read_text())
 
     def frame(*keys):
         return pd.DataFrame([r for k in keys for r in d[k]], columns=["text", "tool"])
 
-    return frame("train", "oos_train"), frame("val", "oos_val"), frame("test", "oos_test")
-
-
-def clinc(path: Path, validation: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training: train + val + their out-of-scope rows; test: test + oos_test (the paper's split).
-    ``validation``: training is train + oos_train alone, and the second frame val + oos_val."""
-    d = json.loads(path.read_text())
-
-    def frame(*keys):
-        rows = [r for k in keys for r in d[k]]
-        return pd.DataFrame(rows, columns=["text", "tool"])
-
-    if validation:
+    if split == "val":
         return frame("train", "oos_train"), frame("val", "oos_val")
+    if split == "declared":
+        return frame("train", "oos_train"), frame("val", "oos_val"), frame("test", "oos_test")
     return frame("train", "val", "oos_train", "oos_val"), frame("test", "oos_test")
 
 
@@ -153,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.choose_on_val:
         if not args.clinc or args.targets[:1] != ["none"]:
             ap.error("--choose-on-val needs --clinc and 'none' as the first target")
-        train, val = clinc(path, validation=True)
+        train, val = clinc(path, "val")
         print(f"choosing on validation: train {len(train)} rows, val {len(val)} rows, "
               f"{int((val['tool'] == OOS).sum())} out-of-scope")
         rows = run(train, val, [None] + [float(t) for t in args.targets[1:]], args.budgets)
@@ -171,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.declared_val:
         if not args.clinc:
             ap.error("--declared-val needs --clinc")
-        train, validation_set, test = clinc_declared(path)
+        train, validation_set, test = clinc(path, "declared")
     else:
         train, test = clinc(path) if args.clinc else banking77(path)
     print(f"train {len(train)} rows, {train['tool'].nunique()} labels; test {len(test)} rows, "

@@ -424,14 +424,12 @@ def train_text_router(training_set: pd.DataFrame, params: Mapping[str, object],
                          if answerable.any() else 1.0)  # validation: only out-of-scope requests
             validation["abstain_target_precision"] = float(target_precision)
         else:
-            in_scope = y_val != out_of_scope_label if out_of_scope_label is not None else np.ones(len(y_val), bool)
-            threshold = (accuracy_budget_threshold(confidence[in_scope], (correct & answerable)[in_scope],
-                                                   float(max_accuracy_loss))
-                         if in_scope.any() else 1.0)
-            kept = (correct & answerable)[in_scope]
+            in_scope = y_val != out_of_scope_label  # all rows without an out-of-scope label
+            right, conf = (correct & answerable)[in_scope], confidence[in_scope]
+            threshold = accuracy_budget_threshold(conf, right, float(max_accuracy_loss)) if len(conf) else 1.0
             validation |= {"abstain_max_accuracy_loss": float(max_accuracy_loss),
-                           "in_scope_accuracy_loss": round(float(
-                               (kept & (confidence[in_scope] < threshold)).mean()) if in_scope.any() else 0.0, 4)}
+                           "in_scope_accuracy_loss": round(float((right & (conf < threshold)).mean())
+                                                           if len(conf) else 0.0, 4)}
         selected.threshold = threshold
         answered = answerable & (confidence >= threshold)
         validation |= {"abstain_threshold": round(threshold, 4),

@@ -183,6 +183,7 @@ def test_a_declared_validation_set_places_the_threshold_and_is_learned_at_refit(
 
 def test_a_configured_agent_reads_its_validation_file_in_its_own_column_names(split, tmp_path):
     from agentops_pipelines.agent.config import ConfiguredAgent, parse
+    from agentops_pipelines.agent.interface import GoldenTestSet
     from agentops_pipelines.data.sources import DataSourceError
 
     train, test = split
@@ -201,6 +202,18 @@ def test_a_configured_agent_reads_its_validation_file_in_its_own_column_names(sp
     with pytest.raises(DataSourceError, match=r"column 'intent' has label\(s\) \['lost_card_typo'\] "
                                               r"not in the training data's label set, first at line\(s\) \[3\]"):
         agent.train(train, TFIDF)
+    # JSON lines have no header, and a quoted line break spreads a CSV record over two lines:
+    # either way the message points at the file's own line
+    jsonl = tmp_path / "val.jsonl"
+    jsonl.write_text(f'{{"utterance": "hi", "intent": "{train["tool"].iloc[0]}"}}\n'
+                     '{"utterance": "hello", "intent": "lost_card_typo"}\n')
+    quoted = tmp_path / "val_quoted.csv"
+    quoted.write_text(f'utterance,intent\n"hi\nthere",{train["tool"].iloc[0]}\nhello,lost_card_typo\n')
+    for other, line in ((jsonl, 2), (quoted, 4)):
+        agent.validation_set = GoldenTestSet(str(other), "utterance", "intent")
+        with pytest.raises(DataSourceError, match=rf"{other.name}: .* first at line\(s\) \[{line}\]"):
+            agent.train(train, TFIDF)
+    agent.validation_set = GoldenTestSet(str(file), "utterance", "intent")
     file.write_text("utterance,label\nhello,x\n")
     with pytest.raises(DataSourceError, match=rf"validation set {file}: no column\(s\) \['intent'\]"):
         agent.train(train, TFIDF)
