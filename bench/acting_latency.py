@@ -85,9 +85,10 @@ def admin(url: str, payload: dict) -> dict:
 
 
 def submit_cost(sor_url: str, cases, n: int = 2000) -> float:
-    """Median µs the request path spends handing one request to the evaluation worker (pickle and
-    one non-blocking send of its real trajectory): what shadow and online evaluation cost the
-    primary's thread, measured in process (CPU-bound, so little moved by other load)."""
+    """Median µs the request path spends handing one request to the evaluation worker (pickling
+    its real trajectory and appending it to the queue the sender thread sends from): what shadow
+    and online evaluation cost the primary's thread, measured in process (CPU-bound, so little
+    moved by other load)."""
     from agentops_pipelines.agent.actions import Actions
     from agentops_pipelines.agent.system_of_record import SystemOfRecord
     from agentops_pipelines.agent.trajectory import Executor
@@ -295,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     loads = [x for r in rows for x in r["load"]]
     lines = [
         f"Command: `.venv/bin/python bench/acting_latency.py --rate {args.rate:g} --duration {args.duration:g} "
-        f"--rounds {args.rounds}{''.join(f' --baseline {b}' for b in args.baseline)}` (measured "
+        f"--rounds {args.rounds}{''.join(f' --baseline {b}' for b in args.baseline)}"
+        f"{' --skip-in-process' if args.skip_in_process else ''}` (measured "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-minute load average "
         f"{min(loads):.1f}–{max(loads):.1f} during the turns, on {os.cpu_count()} cores).", "",
         "Each request: fetch context → decide (trained router) → extract arguments → tool against "
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "", *ab_lines(rows, names), "",
         f"Medians for {names[0]}: p50 off {statistics.median(r['p50_ms'] for r in mine if not r['shadow']):.2f} ms, "
         f"on {statistics.median(r['p50_ms'] for r in mine if r['shadow']):.2f} ms. On the request path, handing a "
-        f"request to the evaluation worker (pickle + one non-blocking send of its trajectory) takes "
+        f"request to the evaluation worker (pickling its trajectory, appending it to the sender's queue) takes "
         f"{submit_us:.0f} µs (median of 2,000, in process).", "",
     ]
     if blocks:

@@ -1,18 +1,24 @@
 """Online evaluation and shadow traffic, off the request path: one worker process per server.
 
-The serving process hands a finished request to the worker as one datagram on a Unix socket
-(``EvalWorker.submit``: the request's trajectory, whose steps hold the features and the customer
-it read; about 20-40 us of pickling and one non-blocking ``send``); when the socket's buffer is
-full the job is dropped and counted, never waited for.
+The serving process never wakes the worker for a request. ``EvalWorker.submit`` pickles the
+finished request's job (its trajectory, whose steps hold the features and the customer it read;
+about 11 us) and appends it to a list in memory; a sender thread hands the list to the worker as
+one datagram on a Unix socket every ``SEND_EVERY_S`` (commands go at once, after what was queued
+before them). Until 2026-12-05 each request was its own datagram and woke the worker: with a
+challenger in shadow (every request handed over) that was 200 wake-ups a second, and even a
+challenger doing nothing added ~1.5 ms to the primary's p99 (BENCHMARKS.md, "Agents that act:
+multi-step serving and shadow"). When the list or the socket's buffer is full, jobs are dropped and
+counted, never waited for.
 
 The worker (a child process importing mlflow but no served model) is background work: it runs
 under Linux's ``SCHED_IDLE`` policy in a session of its own (:func:`background_priority`), so it
-gets a CPU only when no request's thread wants it and gives it up the moment one wakes. While a
-challenger runs it reads the jobs that arrive within ``LINGER_S`` as one batch (a challenger's
-batch costs about half as much CPU per request as one request alone, and the worker wakes a few
-times a second instead of once per request). On a machine with no idle CPU for seconds on end
-the socket's buffer fills up and jobs are dropped (counted, see below) rather than slowing
-requests. The worker:
+gets a CPU only when no request's thread wants it. It works in slices: after ``SLICE_S`` of work
+it sleeps for ``PAUSE_S`` (:class:`Pacer`), and a challenger runs a datagram's requests in small
+batches (``SHADOW_BATCH``, one router call each). Measured in the same rounds, a worker running
+each datagram's ~50 requests as one batch still added +0.47 ms to the primary's p99, in slices
+−0.08 ms, for the same CPU per request. On a machine with no idle
+CPU for seconds on end the socket's buffer fills up and jobs are dropped (counted, see below)
+rather than slowing requests. The worker:
 
 - scores a sample of requests (``sample_rate``) with the live code scorers
   (``agent.scorers.LIVE_SCORERS``: they need no expectations) and counts failures per scorer;
@@ -50,8 +56,13 @@ SNAPSHOT_EVERY_S = 0.2
 FLUSH_EVERY_S = 5.0
 FLUSH_ROWS = 50
 MAX_DATAGRAM = 1 << 20
-BATCH_JOBS = 64  # jobs read at once by the worker (the challenger runs them as one batch)
-LINGER_S = 0.25  # while a challenger runs: how long the worker gathers jobs into one batch
+SEND_EVERY_S = 0.25  # the serving process hands its queued jobs to the worker this often
+DATAGRAM_BYTES = 256 << 10  # queued jobs go in datagrams of at most this many bytes (one job may exceed it)
+MAX_QUEUED = 4096  # jobs queued in the serving process; beyond it they are dropped (and counted)
+BATCH_JOBS = 64  # jobs the worker reads at once (more datagrams are read while it has fewer)
+SHADOW_BATCH = 4  # the challenger's batch: one router call, about a slice of work
+SLICE_S = 0.001  # how long the worker works before it pauses
+PAUSE_S = 0.0005  # its pause: it sleeps, so a request's thread that wants its CPU gets it
 AUTOGROUP_NICE = 10  # the weight of the worker's own session where the kernel groups by session
 
 
@@ -75,6 +86,11 @@ class EvalWorker:
         self._jobs: socket.socket | None = None
         self._results: socket.socket | None = None
         self._lock = threading.Lock()
+        self._queued: list[bytes] = []  # pickled jobs waiting for the sender thread
+        self._queue_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # one sender at a time: jobs and commands stay in order
+        self._stopping = threading.Event()
+        self._sender: threading.Thread | None = None
         self._counted: dict[str, float] = {}
         self._counters = None
         import random
@@ -103,6 +119,9 @@ class EvalWorker:
         jobs_child.close()
         results_child.close()
         self._jobs, self._results = jobs_parent, results_parent
+        self._stopping.clear()
+        self._sender = threading.Thread(target=self._send_every, name="agentops-eval-sender", daemon=True)
+        self._sender.start()
         return self
 
     def close(self, timeout: float = 10.0) -> None:
@@ -111,6 +130,10 @@ class EvalWorker:
             return
         import signal
 
+        self._stopping.set()
+        if self._sender is not None:
+            self._sender.join(timeout)
+            self._sender = None
         # SIGTERM makes the worker skip the requests still queued (a shadow backlog can be
         # seconds long); it still flushes the flagged requests and records nothing new.
         with contextlib.suppress(OSError):
@@ -147,15 +170,47 @@ class EvalWorker:
         return self.sample_rate > 0.0 and self._random() < self.sample_rate
 
     def submit(self, job: dict) -> bool:
-        """Queue ``job`` without waiting; False (counted in ``dropped``) when the buffer is full."""
+        """Queue ``job`` for the sender thread: no system call, no wake-up of the worker. False
+        (counted in ``dropped``) when the queue is full or the worker is not running."""
         if self._jobs is None:
             return False
-        try:
-            self._jobs.send(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
-            return True
-        except (BlockingIOError, OSError):
-            self.dropped += 1
-            return False
+        data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._queue_lock:
+            if len(self._queued) >= MAX_QUEUED:
+                self.dropped += 1
+                return False
+            self._queued.append(data)
+        return True
+
+    def _send_every(self) -> None:
+        """The sender thread: every ``SEND_EVERY_S``, what was queued goes to the worker."""
+        while not self._stopping.wait(SEND_EVERY_S):
+            self.send_queued()
+
+    def send_queued(self) -> int:
+        """Hand the queued jobs to the worker now, in datagrams of at most ``DATAGRAM_BYTES``;
+        jobs the socket cannot take are dropped and counted. The number sent."""
+        with self._send_lock:
+            return self._send_queued()
+
+    def _send_queued(self) -> int:
+        sent = 0
+        with self._queue_lock:
+            queued, self._queued = self._queued, []
+        start = 0
+        while start < len(queued):
+            end, size = start + 1, len(queued[start])  # a job alone may exceed DATAGRAM_BYTES
+            while end < len(queued) and size + len(queued[end]) <= DATAGRAM_BYTES:
+                size += len(queued[end])
+                end += 1
+            try:
+                self._jobs.send(pickle.dumps(queued[start:end], protocol=pickle.HIGHEST_PROTOCOL))
+                sent += end - start
+            except OSError:  # BlockingIOError: the worker is behind; otherwise it is gone
+                with self._queue_lock:
+                    self.dropped += end - start
+            start = end
+        return sent
 
     # -- commands and snapshots
 
@@ -165,16 +220,18 @@ class EvalWorker:
         if self._jobs is None:
             raise RuntimeError("the evaluation worker is not running (no served version acts)")
         message = {**message, "id": f"{time.monotonic_ns()}"}
-        data = pickle.dumps(message)
+        data = pickle.dumps([pickle.dumps(message)])
         deadline = time.monotonic() + timeout
-        while True:  # a command is never dropped: retry while the buffer is full
-            try:
-                self._jobs.send(data)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the evaluation worker does not take commands") from None
-                time.sleep(0.01)
+        with self._send_lock:  # after the jobs queued before it
+            self._send_queued()
+            while True:  # a command is never dropped: retry while the buffer is full
+                try:
+                    self._jobs.send(data)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the evaluation worker does not take commands") from None
+                    time.sleep(0.01)
         while time.monotonic() < deadline:
             snap = self.poll()
             if snap.get("answered") == message["id"]:
@@ -270,6 +327,7 @@ class _Worker:
         self.sent_at = 0.0
         self.challenger = None
         self.comparison = None
+        self.pacer = Pacer()
         self.writes = ExporterWrites(writer) if writer is not None else DirectWrites(agent, experiment)
 
     draining = False  # set by SIGTERM: queued requests are skipped, commands still run
@@ -297,7 +355,7 @@ class _Worker:
 
     def handle_many(self, jobs: list[dict]) -> bool:
         """Jobs that arrived together, in order; the shadow requests among consecutive request
-        jobs run as one batch (one router call, one customer read). False after "stop"."""
+        jobs run in batches of ``SHADOW_BATCH`` (one router call each). False after "stop"."""
         running, batch = True, []
         for job in jobs:
             if job.get("kind", "request") == "request" and not self.draining:
@@ -313,17 +371,24 @@ class _Worker:
         return running
 
     def requests(self, jobs: list[dict]) -> None:
+        """Score the sampled requests, then run the challenger on the shadowed ones in batches of
+        ``SHADOW_BATCH``, resting between pieces (:class:`Pacer`)."""
         if not jobs:
             return
+        scores = []
         try:
-            scores = [self.request(job, shadow=False) for job in jobs]
+            for job in jobs:
+                scores.append(self.request(job, shadow=False))
+                if scores[-1] is not None:  # it was scored: work done
+                    self.pacer.rest()
         except Exception:
             logger.exception("the evaluation worker failed on %d requests", len(jobs))
             return
         shadowed = [(job, s) for job, s in zip(jobs, scores, strict=True)
                     if self.challenger is not None and job.get("shadow")]
-        if shadowed:
-            self.shadow_many(shadowed)
+        for k in range(0, len(shadowed), SHADOW_BATCH):
+            self.shadow_many(shadowed[k:k + SHADOW_BATCH])
+            self.pacer.rest()
 
     def request(self, job: dict, shadow: bool = True) -> dict | None:
         from agentops_pipelines.agent.scorers import live_scores
@@ -476,32 +541,51 @@ def background_priority() -> str:
     return ", ".join(done) or "unchanged"
 
 
-def gather(jobs: socket.socket, first: bytes, linger_s: float) -> list[dict]:
-    """The job in ``first`` and the ones that arrive within ``linger_s`` after it (all that are
-    already waiting when ``linger_s`` is 0), at most ``BATCH_JOBS``; a command ends the wait. The
-    socket is read all along, so its buffer never fills while the worker gathers."""
+def gather(jobs: socket.socket, first: bytes) -> list[dict]:
+    """The jobs in the datagram ``first`` (a list of pickled jobs, as ``EvalWorker`` sends them)
+    and in the datagrams already waiting, until ``BATCH_JOBS`` or a command. Never waits."""
     loaded: list[dict] = []
-    deadline = time.monotonic() + linger_s
     data: bytes | None = first
     try:
         while True:
             try:
-                loaded.append(pickle.loads(data))
+                items = pickle.loads(data)
             except Exception:
-                logger.exception("the evaluation worker could not read a job")
+                logger.exception("the evaluation worker could not read a datagram")
+                items = []
+            for item in items:
+                try:
+                    loaded.append(pickle.loads(item))
+                except Exception:
+                    logger.exception("the evaluation worker could not read a job")
             if len(loaded) >= BATCH_JOBS or (loaded and loaded[-1].get("kind", "request") != "request"):
                 return loaded
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
-                jobs.settimeout(remaining)
-            else:
-                jobs.setblocking(False)
+            jobs.setblocking(False)
             try:
                 data = jobs.recv(MAX_DATAGRAM)
-            except (BlockingIOError, TimeoutError, InterruptedError):
+            except (BlockingIOError, InterruptedError):
                 return loaded
     finally:
         jobs.settimeout(1.0)
+
+
+class Pacer:
+    """The worker's CPU in slices: :meth:`rest` between two pieces of work pauses for
+    ``pause_s`` once ``slice_s`` has passed since the last pause (or since the worker woke up)."""
+
+    def __init__(self, slice_s: float = SLICE_S, pause_s: float = PAUSE_S):
+        self.slice_s, self.pause_s = slice_s, pause_s
+        self.since = time.monotonic()
+        self.pauses = 0
+
+    def woke(self) -> None:
+        self.since = time.monotonic()
+
+    def rest(self) -> None:
+        if time.monotonic() - self.since >= self.slice_s:
+            time.sleep(self.pause_s)
+            self.pauses += 1
+            self.since = time.monotonic()
 
 
 def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, experiment, parent, log_level,
@@ -540,8 +624,7 @@ def _worker_main(jobs, results, agent, environment, sor_url, refund_limit, exper
             continue
         except OSError:
             break
-        # what else arrives: served together, the shadow as one batch
-        linger = LINGER_S if worker.challenger is not None and not worker.draining else 0.0
-        running = worker.handle_many(gather(jobs, data, linger))
+        worker.pacer.woke()
+        running = worker.handle_many(gather(jobs, data))  # and what else is waiting
         worker.tick()
     worker.send(force=True)
