@@ -30,6 +30,13 @@ archive`` of an older commit's ``agentops_pipelines/`` into FOLDER), with its ow
 system of record, measured in the same rounds: each round serves every server's off and on turns
 in turn (the order rotating from round to round), so the before/after comparison of "what shadow
 adds" is paired round by round. Only one server has traffic at a time.
+
+Known limit: a baseline folder's shadow turns fail. A confined server may read its package's
+folder but not the folder above it, so its spawned evaluation worker cannot import the copy from
+there and falls through to the editable install, which the confinement does not let it read.
+To compare two versions of the worker, serve this checkout twice (``--baseline other=.``) and key a
+temporary edit on the server's copy of the system of record (``sor-0`` in its URL), as the runs of
+2026-12-05 in BENCHMARKS.md did.
 """
 
 from __future__ import annotations

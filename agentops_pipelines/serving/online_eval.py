@@ -185,7 +185,10 @@ class EvalWorker:
     def _send_every(self) -> None:
         """The sender thread: every ``SEND_EVERY_S``, what was queued goes to the worker."""
         while not self._stopping.wait(SEND_EVERY_S):
-            self.send_queued()
+            try:
+                self.send_queued()
+            except Exception:  # a bug here must not stop online evaluation for good
+                logger.exception("the evaluation worker's sender failed; it goes on")
 
     def send_queued(self) -> int:
         """Hand the queued jobs to the worker now, in datagrams of at most ``DATAGRAM_BYTES``;
