@@ -59,6 +59,7 @@ MAX_DATAGRAM = 1 << 20
 SEND_EVERY_S = 0.25  # the serving process hands its queued jobs to the worker this often
 DATAGRAM_BYTES = 256 << 10  # queued jobs go in datagrams of at most this many bytes (one job may exceed it)
 MAX_QUEUED = 4096  # jobs queued in the serving process; beyond it they are dropped (and counted)
+MAX_QUEUED_BYTES = 16 << 20  # and bytes: texts of the longest length the server takes cannot pile up
 BATCH_JOBS = 64  # jobs the worker reads at once (more datagrams are read while it has fewer)
 SHADOW_BATCH = 4  # the challenger's batch: one router call, about a slice of work
 SLICE_S = 0.001  # how long the worker works before it pauses
@@ -87,6 +88,7 @@ class EvalWorker:
         self._results: socket.socket | None = None
         self._lock = threading.Lock()
         self._queued: list[bytes] = []  # pickled jobs waiting for the sender thread
+        self._queued_bytes = 0
         self._queue_lock = threading.Lock()
         self._send_lock = threading.Lock()  # one sender at a time: jobs and commands stay in order
         self._stopping = threading.Event()
@@ -171,15 +173,17 @@ class EvalWorker:
 
     def submit(self, job: dict) -> bool:
         """Queue ``job`` for the sender thread: no system call, no wake-up of the worker. False
-        (counted in ``dropped``) when the queue is full or the worker is not running."""
+        (counted in ``dropped``) when the queue is full (``MAX_QUEUED`` jobs or
+        ``MAX_QUEUED_BYTES``) or the worker is not running."""
         if self._jobs is None:
             return False
         data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
         with self._queue_lock:
-            if len(self._queued) >= MAX_QUEUED:
+            if len(self._queued) >= MAX_QUEUED or self._queued_bytes + len(data) > MAX_QUEUED_BYTES:
                 self.dropped += 1
                 return False
             self._queued.append(data)
+            self._queued_bytes += len(data)
         return True
 
     def _send_every(self) -> None:
@@ -199,7 +203,7 @@ class EvalWorker:
     def _send_queued(self) -> int:
         sent = 0
         with self._queue_lock:
-            queued, self._queued = self._queued, []
+            queued, self._queued, self._queued_bytes = self._queued, [], 0
         start = 0
         while start < len(queued):
             end, size = start + 1, len(queued[start])  # a job alone may exceed DATAGRAM_BYTES

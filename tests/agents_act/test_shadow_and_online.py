@@ -341,6 +341,15 @@ def test_a_request_handed_over_wakes_nothing_until_the_sender_sends_the_queue_as
     monkeypatch.setattr(online_eval, "DATAGRAM_BYTES", 1)  # one job per datagram
     assert serving.send_queued() == 3
     assert [len(pickle.loads(theirs.recv(1 << 20))) for _ in range(3)] == [1, 1, 1]
+
+    # Bytes are capped too: requests with the longest texts the server takes cannot pile up.
+    monkeypatch.setattr(online_eval, "MAX_QUEUED", 4096)
+    monkeypatch.setattr(online_eval, "MAX_QUEUED_BYTES", 20_000)
+    long = {"request_id": "l", "trajectory": {"text": "x" * 4096}}
+    assert [serving.submit(long) for _ in range(6)] == [True] * 4 + [False] * 2
+    assert serving.dropped == 2 + 2
+    assert serving.send_queued() == 4  # the queue's bytes start again from nothing
+    assert serving.submit(long) is True
     serving._jobs.close()
     theirs.close()
 
