@@ -137,13 +137,13 @@ def gate_minimums_for(minimums: Mapping[str, float], candidate: Mapping) -> dict
 
 
 def load_golden(path: str, text_column: str = "text", label_column: str = "tool",
-                what: str = "golden test set") -> pd.DataFrame:
+                what: str = "golden test set", data: bytes | None = None) -> pd.DataFrame:
     """A golden test set (or validation set: ``what``) as ``text``, ``tool`` (plus its other
-    columns); errors name the file."""
+    columns); errors name the file. ``data``: the file's bytes as the caller read them."""
     from agentops_pipelines.data.sources import DataSourceError, read_file, resolve_path
 
     file = resolve_path(path)
-    df = read_file(file)
+    df = read_file(file, data)
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if missing:
         raise DataSourceError(f"{what} {file}: no column(s) {missing}; columns: {list(df.columns)}")

@@ -45,25 +45,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def validation_set_lineage(agent: Agent) -> dict[str, str]:
-    """Tags naming the agent's declared validation file and its content digest (it chose the
-    threshold and was learned at refit, yet is not a Dagster asset); none without one. A file
-    that cannot be read is left to training, which fails naming it."""
-    import hashlib
-
-    from agentops_pipelines.data.sources import resolve_path
-
-    declared = agent.validation_set
-    if declared is None:
-        return {}
-    file = resolve_path(declared.path)
-    try:
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    except OSError:
-        return {}
-    return {"agentops.validation_set": str(file), "agentops.validation_set_sha256": digest}
-
-
 def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=[agent.name], name="trained_agent", group_name=agent.name, deps=[training_set],
@@ -94,8 +75,7 @@ def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.
         partitions = sorted(set(data["timestamp"].astype(str).str[:10]))
         tags = {"agentops.agent": agent.name, "agentops.dagster_run_id": context.run.run_id,
                 "agentops.training_set_version": data_version, "agentops.partitions": ",".join(partitions),
-                "agentops.git_commit": git_commit(), "agentops.prompt": prompt_uri,
-                **validation_set_lineage(agent)}
+                "agentops.git_commit": git_commit(), "agentops.prompt": prompt_uri}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{context.run.run_id[:8]}", tags=tags) as run:
             # The agent gets every training row: the default recipe holds its own validation
             # split back for model selection, calibration and the abstention threshold, then
@@ -108,6 +88,11 @@ def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.
                                agent.escalation_tool, agent.prompt_template, prompt_uri)
             model.text_max_chars = int(train["text"].astype(str).str.len().max())  # serving's text limit
             validation = dict(getattr(router, "validation", {}) or {})
+            # Data the router learned from that is not a Dagster asset (a declared validation
+            # file): its path and the digest of the very bytes training read, as tags.
+            lineage = {str(k): str(v) for k, v in (getattr(router, "lineage", {}) or {}).items()}
+            if lineage:
+                mlflow.set_tags(lineage)
             model.answer_templates = dict(agent.answer_templates)  # per-tool answers (issue 11)
             mlflow.log_params({k: v for k, v in params.items()})
             mlflow.log_params({"train_rows": len(train), "prompt_version": prompt_version})
@@ -138,9 +123,9 @@ def build_training_asset(agent: Agent, training_set: dg.AssetsDefinition) -> dg.
             "prompt": prompt_uri,
             "params": dg.MetadataValue.json(json.loads(json.dumps(params, default=str))),
             "training_set_version": data_version,
-            **({"validation_set": dg.MetadataValue.path(tags["agentops.validation_set"]),
-                "validation_set_sha256": tags["agentops.validation_set_sha256"]}
-               if "agentops.validation_set" in tags else {}),
+            **({"validation_set": dg.MetadataValue.path(lineage["agentops.validation_set"]),
+                "validation_set_sha256": lineage["agentops.validation_set_sha256"]}
+               if "agentops.validation_set" in lineage else {}),
         })
 
     return trained_agent

@@ -154,6 +154,7 @@ class TextRouter:
     out_of_scope_label: str | None = None
     categorical: tuple[str, ...] = ()
     validation: Mapping[str, object] = {}  # what selection and calibration saw (logged to MLflow)
+    lineage: Mapping[str, str] = {}  # tags naming data it learned from that is not a Dagster asset
 
     def __init__(self, pipeline, classes: list[str], feature_columns: tuple[str, ...],
                  categorical: Sequence[str] = ()):

@@ -78,19 +78,30 @@ def load_labels(labels_file: str) -> list[str]:
     return [str(x) for x in labels]
 
 
-def read_file(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise DataSourceError(f"{path} does not exist")
-    if path.stat().st_size == 0:
+def read_file(path: Path, data: bytes | None = None) -> pd.DataFrame:
+    """The table in ``path``; parsed from ``data`` instead when given (the file's bytes as the
+    caller read them, e.g. to record their digest: what is hashed is then what is parsed)."""
+    import io
+
+    if data is None:
+        if not path.exists():
+            raise DataSourceError(f"{path} does not exist")
+        if path.stat().st_size == 0:
+            raise DataSourceError(f"{path} is empty")
+    elif not data:
         raise DataSourceError(f"{path} is empty")
+    source = path if data is None else io.BytesIO(data)
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    gz = "gzip" if suffix.endswith(".gz") else None
     try:
         if suffix in (".csv", ".csv.gz"):
-            df = pd.read_csv(path, encoding="utf-8", encoding_errors="strict", dtype=str, keep_default_na=True)
+            df = pd.read_csv(source, encoding="utf-8", encoding_errors="strict", dtype=str, keep_default_na=True,
+                             compression=gz)
         elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
+            df = pd.read_parquet(source)
         elif suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
-            df = pd.read_json(path, lines=True, encoding="utf-8", encoding_errors="strict", dtype=False)
+            df = pd.read_json(source, lines=True, encoding="utf-8", encoding_errors="strict", dtype=False,
+                              compression=gz)
         else:
             raise DataSourceError(f"{path}: unsupported format {suffix!r} (use .csv, .parquet or .jsonl)")
     except UnicodeDecodeError as exc:

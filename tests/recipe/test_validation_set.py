@@ -18,7 +18,11 @@ from agentops_pipelines.resources.mlflow import MlflowResource
 
 
 @pytest.mark.slow
-def test_the_training_run_names_the_validation_file_and_its_digest(banking77, tmp_path):
+@pytest.mark.parametrize("rewritten", [False, True], ids=["as_declared", "rewritten_after_the_run_started"])
+def test_the_training_run_names_the_validation_file_and_its_digest(banking77, tmp_path, monkeypatch, rewritten):
+    """The digest recorded is that of the bytes the router learned from. Until 2026-12-05 the
+    asset hashed the file when the run started and training read it again later: a file
+    rewritten in between was recorded under the old content's digest."""
     intents = sorted(banking77["tool"].unique())[:8]
     df = banking77[banking77["tool"].isin(intents)].sample(frac=1.0, random_state=0).reset_index(drop=True)
     val, rows = df.iloc[:200], df.iloc[200:].reset_index(drop=True)
@@ -30,6 +34,16 @@ def test_the_training_run_names_the_validation_file_and_its_digest(banking77, tm
         "abstention": {"max_accuracy_loss": 0.02},
         "validation_set": {"path": str(file), "text_column": "utterance", "label_column": "intent"},
     }, "bank_val.yaml"))
+    learned = val
+    if rewritten:  # a writer replaces the file after the run started, before training reads it
+        learned = val.iloc[:150]
+        real_train = agent.train
+
+        def train_after_a_rewrite(training_set, params):
+            learned.rename(columns={"text": "utterance", "tool": "intent"}).to_csv(file, index=False)
+            return real_train(training_set, params)
+
+        monkeypatch.setattr(agent, "train", train_after_a_rewrite)
     lake = LakeResource(root=str(tmp_path / "lake"))
     store = MlflowResource(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
                            artifact_root=str(tmp_path / "artifacts"), ui_url="http://mlflow")
@@ -46,7 +60,7 @@ def test_the_training_run_names_the_validation_file_and_its_digest(banking77, tm
     (materialization,) = result.asset_materializations_for_node("bank_val__trained_agent")
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    assert metadata["val_declared_set"] == 1 and metadata["val_rows"] == len(val)
+    assert metadata["val_declared_set"] == 1 and metadata["val_rows"] == len(learned)
     assert metadata["validation_set"] == str(file) and metadata["validation_set_sha256"] == digest
     assert 0 < metadata["val_in_scope_accuracy_loss"] <= 0.02
     store.configure()
