@@ -5,6 +5,7 @@ both are reported side by side, and the champion comparison (deltas, McNemar) us
 when there is one, so versions trained on different data are judged on the same requests.
 """
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -162,11 +163,16 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         holdout = data[data["split"] == "holdout"].reset_index(drop=True)
         if holdout.empty:
             raise dg.Failure("the training set has no held-out rows")
-        golden = None
+        golden, golden_lineage = None, {}
         if agent.golden_test_set is not None:
             g = agent.golden_test_set
+            golden_file = resolve_path(g.path)
             try:
-                golden = load_golden(g.path, g.text_column, g.label_column)
+                try:  # read once: the digest recorded is that of the cases scored
+                    raw = golden_file.read_bytes()
+                except OSError as exc:
+                    raise DataSourceError(f"golden test set {golden_file} cannot be read: {exc}") from None
+                golden = load_golden(g.path, g.text_column, g.label_column, data=raw)
                 # A label the agent was never trained on is a typo or another label scheme: scored,
                 # it would count as the candidate's and the champion's error alike.
                 known = set(data["tool"].astype(str)) | set(agent.tools or ())
@@ -174,6 +180,10 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                                       g.path, g.label_column)
             except DataSourceError as exc:
                 raise dg.Failure(f"{agent.name}: {exc}") from None
+            # In summary.json, so the registry's digest of the evaluation, which approvals bind
+            # to, covers which cases the golden figures and the champion comparison were on.
+            golden_lineage = {"golden_test_set": str(golden_file),
+                              "golden_test_set_sha256": hashlib.sha256(raw).hexdigest()}
 
         def score(out, cases):
             return classification_metrics(
@@ -223,7 +233,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                         for k, v in gold.items() if isinstance(v, float | int)}
         summary |= {"latency_p50_ms": round(lat["p50"], 2), "latency_p99_ms": round(lat["p99"], 2),
                     "candidate_run_id": run_id, "compared_on": "golden" if golden is not None else "held-out",
-                    "sandbox": candidate.isolation}
+                    "sandbox": candidate.isolation, **golden_lineage}
         if champ is not None:
             summary |= {"champion_version": str(champ_mv.version),
                         **{f"champion_{m}": r["champion"] for m, r in versus.items()},
@@ -259,6 +269,8 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
             client.log_metric(run_id, f"eval_{key}", value)
         client.log_metric(run_id, "eval_latency_p99_ms", lat["p99"])
         client.set_tag(run_id, "agentops.evaluation_gate", "passed" if verdict.passed else "failed")
+        for key, value in golden_lineage.items():
+            client.set_tag(run_id, f"agentops.{key}", value)
         experiment_id = client.get_run(run_id).info.experiment_id
         url = mlflow_store.run_url(experiment_id, run_id)
         # The numbers the gate reports and registration tags the version with.
@@ -275,7 +287,8 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                     "sandbox": candidate.isolation}
         if golden is not None:
             metadata |= {"golden_rows": len(golden),
-                         "golden_test_set": dg.MetadataValue.path(str(resolve_path(agent.golden_test_set.path))),
+                         "golden_test_set": dg.MetadataValue.path(golden_lineage["golden_test_set"]),
+                         "golden_test_set_sha256": golden_lineage["golden_test_set_sha256"],
                          "heldout_vs_golden": dg.MetadataValue.md(_side_by_side_markdown(sides))}
         metadata |= {
             "gate_passed": verdict.passed,

@@ -1,6 +1,10 @@
 """Golden test sets and agent-neutral evaluation, through the real ``evaluation_report`` asset and
 its blocking gate (MLflow on SQLite, the lake on disk; BANKING77 intents as the agent's tools)."""
 
+import hashlib
+import json
+from pathlib import Path
+
 import dagster as dg
 import mlflow
 import numpy as np
@@ -137,6 +141,14 @@ def test_golden_metrics_beside_held_out_and_the_champion_judged_on_golden(cases,
     assert md["holdout_rows"] == len(holdout)
     assert md["accuracy"] == round((np.asarray(candidate.predict(holdout)["tool"]) == holdout["tool"]).mean(), 4)
     assert "| accuracy |" in md["heldout_vs_golden"] and "golden" in md["heldout_vs_golden"]
+    # Which cases: the file and the digest of the bytes scored, in the summary that the registry's
+    # digest of the evaluation (what approvals bind to) covers, and on the run.
+    digest = hashlib.sha256(Path(golden_path).read_bytes()).hexdigest()
+    assert md["golden_test_set"] == golden_path and md["golden_test_set_sha256"] == digest
+    client = stores[1].configure()
+    summary = json.loads(Path(client.download_artifacts(run_id, "evaluation/summary.json")).read_text())
+    assert (summary["golden_test_set"], summary["golden_test_set_sha256"]) == (golden_path, digest)
+    assert client.get_run(run_id).data.tags["agentops.golden_test_set_sha256"] == digest
     assert passed and check["golden_accuracy"] == md["golden_accuracy"]
     # An agent without an escalation tool gets no escalation metrics (issue 11: "recall 1.0").
     assert not any(k.startswith(("escalation", "golden_escalation")) for k in md)
