@@ -19,8 +19,11 @@ it), which builds the trace after the fact with those times::
 The trace's ``client_request_id`` and its tag ``agentops.request_id`` are the ``X-Request-Id``, so
 a request can be searched for (``tags.`agentops.request_id` = '...'``). Each trace is exported
 synchronously as it ends (MLflow's async export off), so a failed export is seen and counted as
-``failed``, never as ``logged``. At most ``max_per_second`` traces are made (an error storm must
-not become a tracing storm); the rest are dropped and counted. Traces go to ``experiment`` when it
+``failed``, never as ``logged``. At most ``max_per_second`` traces are made on average, and as
+many at once (a token bucket, as the exporter's own budget: an error storm must not become a
+tracing storm); the rest are dropped and counted. Until 2026-12-05 the cap was one trace per
+``1/max_per_second`` seconds, with no burst: two requests served less than that apart lost the
+second trace even far below the rate. Traces go to ``experiment`` when it
 exists, else to the experiment of the run that logged the model.
 
 Where the export runs (``mode``):
@@ -63,6 +66,7 @@ from typing import Any
 import pandas as pd
 
 from agentops_pipelines.serving.batching import plain_rows
+from agentops_pipelines.serving.mlflow_writes import Budget
 
 logger = logging.getLogger("agentops_pipelines.serving.tracing")
 
@@ -179,8 +183,8 @@ class Tracer:
         self._process: Any = None
         self._results: Any = None
         self._results_thread: threading.Thread | None = None
-        self._interval = 1.0 / max_per_second if max_per_second > 0 else 0.0
-        self._next_at = 0.0
+        # None: no cap (max_per_second 0)
+        self._budget = Budget(max_per_second, max(1, int(max_per_second))) if max_per_second > 0 else None
         self._experiments: dict[str, str | None] = {}
 
     def sample(self) -> bool:
@@ -191,11 +195,9 @@ class Tracer:
         dropped. Called before the job is built, so a dropped trace costs the request nothing."""
         if self._queue is None or not self.enabled:
             return False
-        now = time.monotonic()
-        if now < self._next_at:
+        if self._budget is not None and not self._budget.take():
             self._on_result(reason, "dropped")
             return False
-        self._next_at = now + self._interval
         return True
 
     def submit(self, job: TraceJob, admitted: bool = False) -> bool:

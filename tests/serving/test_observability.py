@@ -86,7 +86,7 @@ def test_tracing_errors_and_samples_with_the_full_path(registry):
     state = ServingState("staging", tracer=tracer.start())
     state.swap(model)
     ok = handle_invocations(state, records({"text": "where is my order", "customer_id": "C1"}), JSON, "t-ok")  # fmt: skip
-    tracer.sample_rate, tracer.max_per_second, tracer._interval = 1.0, 0, 0.0
+    tracer.sample_rate, tracer.max_per_second, tracer._budget = 1.0, 0, None
     sampled = handle_invocations(state, records({"text": "a human please", "customer_id": "C2"}), JSON, "t-sampled")  # fmt: skip
     failed = handle_invocations(state, records({"text": "boom", "customer_id": "C3"}), JSON, "t-error")  # fmt: skip
     assert (ok.status, sampled.status, failed.status) == (200, 200, 500)
@@ -283,3 +283,23 @@ def test_traces_of_the_served_request_and_failed_exports_are_counted_as_failed(r
         assert (after.get(failed, 0), after.get(logged, 0)) == (2, 0)
     finally:
         broken.stop()
+
+
+def test_the_trace_rate_cap_lets_a_burst_through_then_refills():
+    """``max_per_second`` is a rate, with as many at once: two requests served less than
+    1/max_per_second apart both keep their traces. Until 2026-12-05 the cap was one trace per
+    1/max_per_second seconds, so when the served path got faster than 1 ms a request, the second
+    of two sequential requests lost its trace at 1000 a second."""
+    from agentops_pipelines.serving.tracing import Tracer
+
+    results: list[tuple[str, str]] = []
+    tracer = Tracer("dev", mode="thread", max_per_second=5,
+                    on_result=lambda reason, result: results.append((reason, result))).start()
+    try:
+        assert [tracer.admit("sampled") for _ in range(6)] == [True] * 5 + [False]
+        assert results == [("sampled", "dropped")]
+        time.sleep(0.25)  # a fifth of a second: one more
+        assert tracer.admit("sampled") is True
+        assert tracer.admit("sampled") is False
+    finally:
+        tracer.close()
