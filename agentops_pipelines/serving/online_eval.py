@@ -34,6 +34,11 @@ process reads the latest when ``/metrics`` is scraped or the admin asks (``poll`
 growth of the counts into Prometheus counters: ``agentops_online_scored_total`` and
 ``agentops_online_scorer_failures_total{agent, environment, version, scorer}`` (alert rule ``AgentOnlineScorerFailures``
 in deploy/prometheus/rules.yml). No thread of the serving process waits on the worker.
+
+When the worker dies (killed for memory, a challenger's native code crashing), the sender thread
+starts a new one at once (if it keeps dying: 1 s later, then 2, 4 ... at most 60 s); it runs without
+the challenger, which may be what crashed, and counts from zero while the counters go on from where
+they were (``agentops_online_eval_worker_restarts_total``, alert ``AgentEvalWorkerRestarted``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import pickle
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agentops_pipelines.serving.mlflow_writes import DirectWrites, ExporterWrites, dataset_name
@@ -65,6 +71,7 @@ SHADOW_BATCH = 4  # the challenger's batch: one router call, about a slice of wo
 SLICE_S = 0.001  # how long the worker works before it pauses
 PAUSE_S = 0.0005  # its pause: it sleeps, so a request's thread that wants its CPU gets it
 AUTOGROUP_NICE = 10  # the weight of the worker's own session where the kernel groups by session
+RESTART_BACKOFF_S = (1.0, 60.0)  # a worker that keeps dying waits 1 s, then 2, 4 ... at most 60
 
 
 class EvalWorker:
@@ -95,6 +102,11 @@ class EvalWorker:
         self._sender: threading.Thread | None = None
         self._counted: dict[str, float] = {}
         self._counters = None
+        self.restarts = 0  # the worker died and was started again
+        self._restart_at = 0.0
+        self._backoff = RESTART_BACKOFF_S[0]
+        # Called (with what happened) when a dead worker is replaced: a challenger it ran is gone.
+        self.on_restart: Callable[[str], None] | None = None
         import random
 
         self._random = random.random
@@ -102,6 +114,13 @@ class EvalWorker:
     # -- lifecycle
 
     def start(self) -> EvalWorker:
+        self._spawn()
+        self._stopping.clear()
+        self._sender = threading.Thread(target=self._send_every, name="agentops-eval-sender", daemon=True)
+        self._sender.start()
+        return self
+
+    def _spawn(self) -> None:
         import multiprocessing
 
         jobs_parent, jobs_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -121,10 +140,31 @@ class EvalWorker:
         jobs_child.close()
         results_child.close()
         self._jobs, self._results = jobs_parent, results_parent
-        self._stopping.clear()
-        self._sender = threading.Thread(target=self._send_every, name="agentops-eval-sender", daemon=True)
-        self._sender.start()
-        return self
+
+    def _replace_if_dead(self) -> None:
+        """Start the worker again if it died (killed, out of memory, a challenger's native code
+        crashed), after a backoff so that a worker that dies at once is not restarted in a loop.
+        Without the challenger: it may be what crashed. Its counts start again from zero."""
+        process = self._process
+        if process is None or process.is_alive() or self._stopping.is_set() or time.monotonic() < self._restart_at:
+            return
+        reason = f"the evaluation worker died (exit code {process.exitcode})"
+        logger.error("%s: starting a new one; online evaluation and shadow resume without a challenger", reason)
+        with self._send_lock, self._lock:
+            for end in (self._jobs, self._results):
+                if end is not None:
+                    end.close()
+            self._spawn()
+            self.restarts += 1
+            if time.monotonic() - self._restart_at > 10 * RESTART_BACKOFF_S[1]:  # it had lived a while
+                self._backoff = RESTART_BACKOFF_S[0]
+            self._restart_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, RESTART_BACKOFF_S[1])
+            # What the dead worker counted is in the counters already; the new one counts from 0.
+            self.snapshot = {}
+            self._counted = {k: v for k, v in self._counted.items() if k in (("dropped",), ("restarts",))}
+        if self.on_restart is not None:
+            self.on_restart(reason)
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush the flagged requests, stop the worker."""
@@ -190,6 +230,7 @@ class EvalWorker:
         """The sender thread: every ``SEND_EVERY_S``, what was queued goes to the worker."""
         while not self._stopping.wait(SEND_EVERY_S):
             try:
+                self._replace_if_dead()
                 self.send_queued()
             except Exception:  # a bug here must not stop online evaluation for good
                 logger.exception("the evaluation worker's sender failed; it goes on")
@@ -279,8 +320,12 @@ class EvalWorker:
             Counter("agentops_shadow_challenger_errors", "Live requests on which the shadow "
                     "challenger raised (its LLM endpoint down, a bug): each also counts as its failure",
                     ["agent", "environment", "primary_version", "challenger_version"], registry=registry),
+            Counter("agentops_online_eval_worker_restarts", "Times the evaluation worker died and "
+                    "was started again (without its shadow challenger)", ["agent", "environment"],
+                    registry=registry),
         )
         self._counters[2].labels(self.agent, self.environment)
+        self._counters[5].labels(self.agent, self.environment)
 
     def _count(self, snap: dict) -> None:
         """Add what the worker counted since the last snapshot to the counters."""
@@ -288,7 +333,10 @@ class EvalWorker:
             return
         from agentops_pipelines.agent.scorers import LIVE_SCORERS
 
-        scored, failures, dropped, shadowed, challenger_errors = self._counters
+        scored, failures, dropped, shadowed, challenger_errors, restarts = self._counters
+        if self.restarts > self._counted.get(("restarts",), 0):
+            restarts.labels(self.agent, self.environment).inc(self.restarts - self._counted.get(("restarts",), 0))
+            self._counted[("restarts",)] = self.restarts
         for version, value in (snap.get("scored") or {}).items():
             key = ("scored", version)
             if key not in self._counted:  # a new version: every series exported at 0 first

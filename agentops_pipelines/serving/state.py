@@ -206,6 +206,8 @@ class ServingState:
         self.evaluator = evaluator
         self.shadow_version: str | None = None  # the challenger running in shadow, if any
         self.shadow_share = 1.0  # the share of the stable version's requests it also answers
+        if evaluator is not None:
+            evaluator.on_restart = self._evaluator_restarted
         # What confines the models' code (serving/confine.py): reported in /health and the state file
         self.isolation = isolation
         self.metrics.llm_calls.served = self._routers  # LLM calls and failures, read at scrape time
@@ -318,6 +320,13 @@ class ServingState:
             raise RequestError(422, "SHADOW_LOAD_FAILED", f"could not run {model_uri} in shadow: {snap['shadow_error']}")
         self.shadow_version, self.shadow_share = str(version), share
         return snap
+
+    def _evaluator_restarted(self, reason: str) -> None:
+        """The evaluation worker died and a new one runs: no challenger runs in it any more."""
+        if self.shadow_version is not None:
+            logger.error("%s: challenger version %s no longer runs in shadow (load it again with "
+                         "/admin/shadow)", reason, self.shadow_version)
+            self.shadow_version = None
 
     def shadow_unload(self, record: bool = True) -> dict:
         if self.evaluator is None or self.shadow_version is None:

@@ -380,6 +380,57 @@ def test_jobs_queued_before_a_command_reach_the_worker_before_it():
         serving.close()
 
 
+def test_a_killed_evaluation_worker_is_replaced_and_counting_goes_on(sor):
+    """The worker killed (the OOM killer, a challenger's native code crashing): the serving
+    process starts a new one, without the challenger, which may be what crashed (the serving
+    state forgets it); the counters go on from where they were and the restart is counted.
+    Before, online evaluation and shadow stopped for good, and every later job was dropped."""
+    import os
+    import signal
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from agentops_pipelines.serving.online_eval import EvalWorker
+    from agentops_pipelines.serving.state import ServingState
+
+    serving = EvalWorker("support_agent", "dev", "", 100.0, 0.0)
+    registry = CollectorRegistry()
+    state = ServingState("dev", evaluator=serving)
+    state.shadow_version = "2"  # as if a challenger ran in shadow
+    serving.start()
+    serving.bind_metrics(registry)
+    primary = Executor(Actions(sor), lambda text, f: ("track_order", 0.7))
+    trajectory = primary.run("k-0", "where is my order", delivered(sor).customer_id).to_dict()
+
+    def submit(n: int) -> None:
+        for i in range(n):
+            serving.submit({"request_id": f"k-{i}", "version": "1", "trajectory": trajectory, "score": True})
+
+    def scored() -> float:
+        serving.poll()
+        return registry.get_sample_value("agentops_online_scored_total",
+                                         {"agent": "support_agent", "environment": "dev", "version": "1"}) or 0.0
+
+    try:
+        submit(2)
+        assert serving.command({"kind": "flush"}, timeout=60)["scored"] == {"1": 2} and scored() == 2
+        first = serving._process.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while serving.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert serving.restarts == 1 and serving._process.pid != first and serving.alive
+        assert state.shadow_version is None
+        submit(3)
+        assert serving.command({"kind": "flush"}, timeout=60)["scored"] == {"1": 3}
+        assert scored() == 5  # 2 before, 3 after: neither lost nor counted twice
+        assert registry.get_sample_value("agentops_online_eval_worker_restarts_total",
+                                         {"agent": "support_agent", "environment": "dev"}) == 1
+    finally:
+        serving.close()
+
+
 def test_gather_reads_the_waiting_datagrams_until_a_command_and_survives_a_bad_one():
     import pickle
     import socket
