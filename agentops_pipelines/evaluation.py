@@ -137,12 +137,21 @@ def gate_minimums_for(minimums: Mapping[str, float], candidate: Mapping) -> dict
 
 
 def load_golden(path: str, text_column: str = "text", label_column: str = "tool",
-                what: str = "golden test set", data: bytes | None = None) -> pd.DataFrame:
+                what: str = "golden test set") -> tuple[pd.DataFrame, str]:
     """A golden test set (or validation set: ``what``) as ``text``, ``tool`` (plus its other
-    columns); errors name the file. ``data``: the file's bytes as the caller read them."""
+    columns), and the SHA-256 of the bytes parsed: the file is read once, so a file rewritten
+    meanwhile cannot be recorded under another content's digest. Errors name the file."""
+    import hashlib
+
     from agentops_pipelines.data.sources import DataSourceError, read_file, resolve_path
 
     file = resolve_path(path)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise DataSourceError(f"{what} {file} does not exist") from None
+    except OSError as exc:
+        raise DataSourceError(f"{what} {file} cannot be read: {exc}") from None
     df = read_file(file, data)
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if missing:
@@ -152,9 +161,10 @@ def load_golden(path: str, text_column: str = "text", label_column: str = "tool"
         raise DataSourceError(f"{what} {file}: empty {text_column!r} or {label_column!r} "
                               f"on {int(nulls.sum())} row(s), {_first_at(file, nulls)}")
     other = df.drop(columns=[c for c in (text_column, label_column, "text", "tool") if c in df.columns])
-    return pd.concat([pd.DataFrame({"text": df[text_column].astype(str).to_numpy(),
-                                    "tool": df[label_column].astype(str).to_numpy()}),
-                      other.reset_index(drop=True)], axis=1)
+    cases = pd.concat([pd.DataFrame({"text": df[text_column].astype(str).to_numpy(),
+                                     "tool": df[label_column].astype(str).to_numpy()}),
+                       other.reset_index(drop=True)], axis=1)
+    return cases, hashlib.sha256(data).hexdigest()
 
 
 def _first_at(file, bad: np.ndarray) -> str:

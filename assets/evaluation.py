@@ -5,7 +5,6 @@ both are reported side by side, and the champion comparison (deltas, McNemar) us
 when there is one, so versions trained on different data are judged on the same requests.
 """
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -166,13 +165,8 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
         golden, golden_lineage = None, {}
         if agent.golden_test_set is not None:
             g = agent.golden_test_set
-            golden_file = resolve_path(g.path)
-            try:
-                try:  # read once: the digest recorded is that of the cases scored
-                    raw = golden_file.read_bytes()
-                except OSError as exc:
-                    raise DataSourceError(f"golden test set {golden_file} cannot be read: {exc}") from None
-                golden = load_golden(g.path, g.text_column, g.label_column, data=raw)
+            try:  # with the digest of the bytes scored (the file is read once)
+                golden, digest = load_golden(g.path, g.text_column, g.label_column)
                 # A label the agent was never trained on is a typo or another label scheme: scored,
                 # it would count as the candidate's and the champion's error alike.
                 known = set(data["tool"].astype(str)) | set(agent.tools or ())
@@ -182,8 +176,7 @@ def build_evaluation_asset(agent: Agent, trained: dg.AssetsDefinition, training_
                 raise dg.Failure(f"{agent.name}: {exc}") from None
             # In summary.json, so the registry's digest of the evaluation, which approvals bind
             # to, covers which cases the golden figures and the champion comparison were on.
-            golden_lineage = {"golden_test_set": str(golden_file),
-                              "golden_test_set_sha256": hashlib.sha256(raw).hexdigest()}
+            golden_lineage = {"golden_test_set": str(resolve_path(g.path)), "golden_test_set_sha256": digest}
 
         def score(out, cases):
             return classification_metrics(

@@ -358,24 +358,18 @@ class ConfiguredAgent(Agent):
 
         validation, lineage = None, {}
         if self.validation_set is not None:
-            import hashlib
-
-            from agentops_pipelines.data.sources import DataSourceError, resolve_path
+            from agentops_pipelines.data.sources import resolve_path
             from agentops_pipelines.evaluation import load_golden, refuse_unknown_labels
 
             v = self.validation_set
-            file = resolve_path(v.path)
-            try:  # read once: the digest recorded is that of the bytes the router learned from
-                data = file.read_bytes()
-            except OSError as exc:
-                raise DataSourceError(f"validation set {file} cannot be read: {exc}") from None
-            validation = load_golden(v.path, v.text_column, v.label_column, what="validation set", data=data)
+            # the digest of the very bytes the router learns from (the file is read once)
+            validation, digest = load_golden(v.path, v.text_column, v.label_column, what="validation set")
             # The file skips the dataset's gates: a label outside what they accepted would become
             # a tool the served router can answer.
             refuse_unknown_labels(validation, set(training_set["tool"].astype(str)) | set(self.tools or ()),
                                   v.path, v.label_column, what="validation set")
-            lineage = {"agentops.validation_set": str(file),
-                       "agentops.validation_set_sha256": hashlib.sha256(data).hexdigest()}
+            lineage = {"agentops.validation_set": str(resolve_path(v.path)),
+                       "agentops.validation_set_sha256": digest}
         router = train_text_router(training_set, {**self.default_params(), **params},
                                    feature_columns=tuple(self.feature_columns), validation_set=validation,
                                    **self.abstention())

@@ -24,6 +24,20 @@ def writes(sor) -> list[int]:
     return [sor.count(t) for t in ("refunds", "tickets", "tool_calls")]
 
 
+def keyword_challenger(sor):
+    """(its router, which records its calls; a challenger acting dry-run on ``sor``), as the worker
+    loads one from the registry, minus the loading."""
+    from agentops_pipelines.serving.shadow import Challenger
+    from tests.agents_act.test_trajectory import _acting_model, _KeywordRouter
+
+    router = _KeywordRouter()
+    model = _acting_model(router)
+    challenger = Challenger.__new__(Challenger)
+    challenger.model, challenger.sor, challenger.version = model, sor, "2"
+    challenger.executor = model.executor(Actions(sor, Policy(), dry_run=True))
+    return router, challenger
+
+
 def test_dry_run_plans_writes_and_never_writes(sor):
     dry = Actions(sor, Policy(refund_limit=1_000_000), dry_run=True)
     row = delivered(sor)
@@ -187,14 +201,7 @@ def test_the_worker_runs_requests_that_arrive_together_as_one_shadow_batch(sor, 
     import socket
 
     from agentops_pipelines.serving.online_eval import _Worker
-    from agentops_pipelines.serving.shadow import Challenger
-    from tests.agents_act.test_trajectory import _acting_model, _KeywordRouter
-
-    router = _KeywordRouter()
-    model = _acting_model(router)
-    challenger = Challenger.__new__(Challenger)  # as loaded from the registry, minus the loading
-    challenger.model, challenger.sor, challenger.version = model, sor, "2"
-    challenger.executor = model.executor(Actions(sor, Policy(), dry_run=True))
+    router, challenger = keyword_challenger(sor)
     primary = Executor(Actions(sor), lambda text, f: ("track_order", 0.7))
     row = delivered(sor)
     texts = ["where is my order", f"refund order #{row.order_id} please", "where is it", "track it"]
@@ -230,13 +237,7 @@ def _comparable(trajectory: dict) -> dict:
 def test_the_challenger_replays_the_primarys_requests_in_one_read_transaction(sor):
     """The challenger takes the customer the primary's fetch_context read (no second read) and
     runs its batch in one read transaction; its trajectories are what reading on its own gives."""
-    from agentops_pipelines.serving.shadow import Challenger
-    from tests.agents_act.test_trajectory import _acting_model, _KeywordRouter
-
-    model = _acting_model(_KeywordRouter())
-    challenger = Challenger.__new__(Challenger)  # as loaded from the registry, minus the loading
-    challenger.model, challenger.sor, challenger.version = model, sor, "2"
-    challenger.executor = model.executor(Actions(sor, Policy(), dry_run=True))
+    _, challenger = keyword_challenger(sor)
     primary = Executor(Actions(sor, Policy(refund_limit=1_000_000)), lambda text, f: ("track_order", 0.7))
     row = delivered(sor)
     texts = ["where is my order", f"refund order #{row.order_id} please", "where is it", "refund it"]
@@ -462,14 +463,7 @@ def test_the_worker_runs_a_challenger_in_small_batches_and_pauses_between_slices
     import socket
 
     from agentops_pipelines.serving.online_eval import SHADOW_BATCH, Pacer, _Worker
-    from agentops_pipelines.serving.shadow import Challenger
-    from tests.agents_act.test_trajectory import _acting_model, _KeywordRouter
-
-    router = _KeywordRouter()
-    model = _acting_model(router)
-    challenger = Challenger.__new__(Challenger)  # as loaded from the registry, minus the loading
-    challenger.model, challenger.sor, challenger.version = model, sor, "2"
-    challenger.executor = model.executor(Actions(sor, Policy(), dry_run=True))
+    router, challenger = keyword_challenger(sor)
     primary = Executor(Actions(sor), lambda text, f: ("track_order", 0.7))
     row = delivered(sor)
     n = 2 * SHADOW_BATCH + 1

@@ -226,9 +226,10 @@ def test_a_golden_file_is_read_in_its_own_column_names_and_bad_rows_are_named_by
 
     path = tmp_path / "golden.csv"
     path.write_text("utterance,intent,customer_id\nwhere is my card,card_arrival,c1\nhi,greeting,c2\n")
-    golden = load_golden(str(path), "utterance", "intent")
+    golden, digest = load_golden(str(path), "utterance", "intent")
     assert golden.to_dict("list") == {"text": ["where is my card", "hi"], "tool": ["card_arrival", "greeting"],
                                       "customer_id": ["c1", "c2"]}
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
     path.write_text("utterance,intent\nwhere is my card,card_arrival\nhi,\n,greeting\n")
     with pytest.raises(DataSourceError, match=r"golden\.csv: empty 'utterance' or 'intent' on 2 row\(s\), first at line\(s\) \[3, 4\]"):
         load_golden(str(path), "utterance", "intent")
