@@ -25,6 +25,9 @@ Series (labels ``agent``, ``environment``, ``version`` on each, plus the ones li
   request counts as ``ok``: these series are what shows an endpoint outage (alert rule
   ``AgentLLMCallFailures``). Read from the served models' routers when ``/metrics`` is scraped;
   only models whose router calls an LLM have them.
+- ``agentops_trace_exporter_up`` (labels ``agent``, ``environment``): 1 while the trace exporter
+  runs, 0 once it died (alert ``AgentTraceExporterDown``); absent when the process traces
+  nothing and runs no evaluation worker.
 
 A request that fails before a model is chosen (unparseable body, oversized, wrong content type) is
 counted against the stable version; before any model is loaded, against version ``none``.
@@ -183,6 +186,15 @@ class ServingMetrics:
             ProcessCollector(registry=r)
         self._series: dict[tuple[str, str], _ModelSeries] = {}
         self._lock = threading.Lock()
+
+    def watch_exporter(self, agent: str, alive: Callable[[], bool]) -> None:
+        """``agentops_trace_exporter_up``: 1 while the trace exporter (``tracing.py``) runs, read
+        at scrape time. It cannot be restarted from a confined process: 0 means traces, flagged
+        requests and shadow evidence stop reaching MLflow until the serving process restarts."""
+        Gauge("agentops_trace_exporter_up", "1 while the trace exporter (the process that writes "
+              "to MLflow for this serving process) runs; 0 when it died",
+              ["agent", "environment"], registry=self.registry,
+              ).labels(agent, self.environment).set_function(lambda: 1.0 if alive() else 0.0)
 
     def series(self, agent: str, version: str) -> _ModelSeries:
         key = (agent, version)

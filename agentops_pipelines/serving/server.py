@@ -634,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         experiment=args.trace_experiment or None, on_result=metrics.trace, mode="process",
         agent=agent, enabled=not args.no_tracing,
     ).start() if not args.no_tracing or evaluator is not None else None  # fmt: skip
+    if tracer is not None:
+        metrics.watch_exporter(agent or "", lambda: tracer.alive)
     if evaluator is not None:
         evaluator.writer = tracer.writes_channel()
     sock = bind(args.host, args.port)

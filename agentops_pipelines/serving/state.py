@@ -578,5 +578,7 @@ def stats_payload(state: ServingState, window_s: float) -> dict[str, Any]:
         "window_s": window_s,
         "covered_s": stats.pop("covered_s"),
         "canary_share": routing.canary_share if routing.canary else 0.0,
+        # the process that writes traces and the evaluation worker's evidence to MLflow
+        "trace_exporter": "off" if state.tracer is None else ("up" if state.tracer.alive else "down"),
         **stats,
     }

@@ -72,6 +72,7 @@ logger = logging.getLogger("agentops_pipelines.serving.tracing")
 
 MAX_OUTPUT_ROWS = 20
 MAX_JOB_BYTES = 1 << 20  # one job's datagram
+RESULTS_POLL_S = 1.0  # how often the serving process looks whether its exporter still runs
 MAX_EXPORTS_PER_SECOND = 50.0  # the exporter's own cap when the server's is off (0)
 MODES = ("process", "thread")
 _EXPORT_LOGGERS = ("mlflow.tracing.export.mlflow_v3", "mlflow.tracing.export", "mlflow.tracing")
@@ -186,6 +187,7 @@ class Tracer:
         # None: no cap (max_per_second 0)
         self._budget = Budget(max_per_second, max(1, int(max_per_second))) if max_per_second > 0 else None
         self._experiments: dict[str, str | None] = {}
+        self._closing = False
 
     def sample(self) -> bool:
         return self.sample_rate > 0.0 and self._random() < self.sample_rate
@@ -249,6 +251,7 @@ class Tracer:
         worker = self._thread or self._process
         if self._queue is None or worker is None:
             return
+        self._closing = True
         deadline = time.monotonic() + timeout
         try:
             self._queue.put(None, timeout=max(0.1, timeout))
@@ -278,14 +281,30 @@ class Tracer:
         return worker is not None and worker.is_alive()
 
     def _read_results(self) -> None:
+        # A datagram socket does not see its peer close: a timeout lets this thread notice an
+        # exporter that was killed (once a second: nothing beside 200 requests a second).
+        self._results.settimeout(RESULTS_POLL_S)
         while True:
             try:
                 item = json.loads(self._results.recv(1024))
+            except TimeoutError:
+                if self._process.is_alive():
+                    continue
+                break
             except (EOFError, OSError, ValueError):
-                return
+                break
             if item is None:
-                return
+                break
             self._on_result(*item)
+        if not self._closing:  # it died (killed for memory, a crash in MLflow's native code)
+            self._process.join(1.0)
+            logger.error(
+                "the trace exporter (pid %s) is gone, exit code %s: no more traces, flagged requests "
+                "or shadow evidence reach MLflow until this serving process restarts (it started "
+                "before the process confined itself, and a confined process cannot start another "
+                "that may write to MLflow); agentops_trace_exporter_up reads 0",
+                self._process.pid, self._process.exitcode,
+            )  # fmt: skip
 
     # -- the exporter (a thread here, or the child process)
 

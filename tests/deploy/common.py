@@ -32,7 +32,9 @@ def _serving_metric_names() -> set[str]:
     suffixes = {"counter": ("_total",), "histogram": ("", "_bucket", "_sum", "_count"), "gauge": ("",)}
     from agentops_pipelines.serving.online_eval import EvalWorker
 
-    registry = ServingMetrics("test", process_metrics=False).registry
+    metrics = ServingMetrics("test", process_metrics=False)
+    metrics.watch_exporter("agent", lambda: True)  # when the process traces or evaluates
+    registry = metrics.registry
     EvalWorker("agent", "test", "", 100.0).bind_metrics(registry)  # online evaluation, once a model acts
     families = registry.collect()
     return {f.name + suffix for f in families for suffix in suffixes[f.type]}

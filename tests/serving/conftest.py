@@ -37,7 +37,7 @@ def deployer(registry, tmp_path_factory):
         trace_sample_rate=0.0,
     )
     yield d
-    for environment in ("test", "second", "broken", "canary", "logged", "bake"):
+    for environment in ("test", "second", "broken", "canary", "logged", "bake", "exporter"):
         d.stop(environment)
 
 

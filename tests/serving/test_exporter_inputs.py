@@ -208,6 +208,47 @@ def test_a_real_exporter_survives_garbage_and_oversized_datagrams(tmp_path, monk
     assert not tracer.alive and results == []  # it stopped when asked, having traced nothing
 
 
+def test_a_killed_exporter_is_reported_not_silently_lost(tmp_path, monkeypatch, caplog):
+    """A datagram socket never sees its peer close: before, a SIGKILLed exporter left the results
+    thread waiting for ever and nothing said that traces and the evaluation worker's writes had
+    stopped. Now the gauge reads 0, /admin/stats says so and the serving log says why."""
+    import os
+    import signal
+
+    from agentops_pipelines.serving.metrics import ServingMetrics
+    from agentops_pipelines.serving.state import ServingState, stats_payload
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    metrics = ServingMetrics("dev", process_metrics=False)
+    tracer = Tracer("dev", mode="process", agent=MINE, on_result=metrics.trace).start().listen()
+    metrics.watch_exporter(MINE, lambda: tracer.alive)
+    state = ServingState("dev", agent=MINE, tracer=tracer)
+    up = {"agent": MINE, "environment": "dev"}
+    try:
+        assert metrics.registry.get_sample_value("agentops_trace_exporter_up", up) == 1.0
+        assert stats_payload(state, 60)["trace_exporter"] == "up"
+        os.kill(tracer._process.pid, signal.SIGKILL)
+        _wait_for(lambda: not tracer._results_thread.is_alive(), "the results thread never noticed", 10)
+        assert metrics.registry.get_sample_value("agentops_trace_exporter_up", up) == 0.0
+        assert stats_payload(state, 60)["trace_exporter"] == "down"
+        gone = [r for r in caplog.records if "trace exporter" in r.getMessage() and r.levelname == "ERROR"]
+        assert gone and f"exit code {-signal.SIGKILL}" in gone[0].getMessage()
+        assert not tracer.submit(_job())  # dropped and counted, never an exception on the request path
+    finally:
+        started = time.monotonic()
+        tracer.close(timeout=5)
+    assert time.monotonic() - started < 10
+
+
+def test_an_exporter_that_stops_when_asked_is_not_reported_as_gone(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    tracer = Tracer("dev", mode="process", agent=MINE).start().listen()
+    tracer.close(timeout=60)
+    tracer._results_thread.join(5)
+    assert not tracer._results_thread.is_alive()
+    assert not [r for r in caplog.records if "is gone" in r.getMessage()]
+
+
 # -- where the exporter writes
 
 

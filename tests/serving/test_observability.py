@@ -303,3 +303,46 @@ def test_the_trace_rate_cap_lets_a_burst_through_then_refills():
         assert tracer.admit("sampled") is False
     finally:
         tracer.close()
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def _started(pid: int) -> int:
+    from pathlib import Path
+
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # starttime
+
+
+@pytest.mark.slow
+def test_a_killed_trace_exporter_shows_in_metrics_and_stats_and_requests_go_on(deployer, registry):
+    """The exporter (the serving process's one writer to MLflow) cannot be restarted from a
+    confined process: its death must be visible (gauge, /admin/stats, alert), never silent."""
+    from pathlib import Path
+
+    deployment = deployer.deploy("exporter", registry["1"], "1")
+    labels = (("agent", MODEL_NAME), ("environment", "exporter"))
+    assert scrape(deployment.url)[("agentops_trace_exporter_up", labels)] == 1.0
+    # the serving process (under its supervisor, if any), then its first spawned child: the
+    # exporter, started before the process confined itself and before its other helpers
+    server = next(p for p in [deployment.pid, *_children(deployment.pid)]
+                  if b"agentops_pipelines.serving" in Path(f"/proc/{p}/cmdline").read_bytes())
+    helpers = [c for c in _children(server) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    exporter = min(helpers, key=_started)  # not multiprocessing's resource tracker
+    os.kill(exporter, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while scrape(deployment.url)[("agentops_trace_exporter_up", labels)] != 0.0:
+        assert time.monotonic() < deadline, "the exporter's death never showed"
+        time.sleep(0.2)
+    assert deployer.stats("exporter")["trace_exporter"] == "down"
+    log = Path(deployer.state_dir) / MODEL_NAME / "exporter" / "serving.log"
+    while f"the trace exporter (pid {exporter}) is gone" not in log.read_text():
+        assert time.monotonic() < deadline + 5, "the serving log does not say the exporter died"
+        time.sleep(0.2)
+    good = json.dumps({"inputs": [{"text": "where is my order"}]}).encode()
+    assert request(deployment.url, "POST", "/invocations", good, JSON)[0] == 200
+    deployer.stop("exporter")
