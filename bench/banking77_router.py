@@ -6,13 +6,15 @@ Usage (from the project root)::
     .venv/bin/python bench/banking77_router.py --splits 0 1 2  # three stable splits
     .venv/bin/python bench/banking77_router.py --routers recipe --data PATH/train.csv
     .venv/bin/python bench/banking77_router.py --encoders      # MiniLM alone, per backend
+    .venv/bin/python bench/banking77_router.py --routers minilm --folds 10 --latency-requests 20
     .venv/bin/python bench/banking77_router.py --routers minilm --test PATH/test.csv
 
 Reads ``../shared/datasets/banking77/train.csv`` (relative to the project root; columns text,
 category), holds out a stratified 20% with ``random_state`` = each split (the official test split
-is not used), trains on the rest and prints, per router (with ``--test FILE``: trains on every
-row of ``--data`` and scores ``FILE`` instead, once; this is how the official test split is
-checked by whoever holds it):
+is not used), trains on the rest and prints, per router (with ``--folds K``: K-fold
+cross-validation, each router trained on (K-1)/K of the rows and every row scored once; with
+``--test FILE``: trains on every row of ``--data`` and scores ``FILE`` instead, once; this is how
+the official test split is checked by whoever holds it):
 
 - accuracy on the held-out 20%, and balanced accuracy (the mean of the per-label recalls: what
   accuracy would be on a test set with as many requests per label, as the official one has);
@@ -95,9 +97,26 @@ def encoder_costs(texts: list[str], rounds: int = 3) -> None:
               f"mean {np.mean(values) * 1e3:.2f} ms ({len(values)} texts)")
 
 
+def held_out(df: pd.DataFrame, args: argparse.Namespace):
+    """(split label, rows to train on, rows to score) for each evaluation asked for."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    if args.test is not None:
+        test = pd.read_csv(args.test).rename(columns={"category": "tool"})
+        print(f"test: {args.test}, {len(test)} rows")
+        yield "test", df, test
+    elif args.folds:
+        folds = StratifiedKFold(args.folds, shuffle=True, random_state=0)
+        for i, (fit, test) in enumerate(folds.split(df, df["tool"])):
+            yield f"fold{i}", df.iloc[fit], df.iloc[test]
+    else:
+        for rs in args.splits:
+            fit, test = train_test_split(df, test_size=0.2, stratify=df["tool"], random_state=rs)
+            yield rs, fit, test
+
+
 def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import train_test_split
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -106,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", type=Path, default=None,
                     help="score this file (same columns) after training on all of --data, "
                          "instead of holding out 20%%")
+    ap.add_argument("--folds", type=int, default=0,
+                    help="K-fold cross-validation instead of --splits: each router trained on "
+                         "(K-1)/K of the rows, every row scored once")
     ap.add_argument("--latency-requests", type=int, default=300)
     ap.add_argument("--encoders", action="store_true",
                     help="only the MiniLM encoders' CPU per text (numpy, ONNX fp32, ONNX int8)")
@@ -120,18 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         texts = df["text"].sample(args.latency_requests, random_state=0).tolist()
         encoder_costs(texts)
         return 0
+    if args.folds == 1 or args.folds < 0:
+        print("--folds must be 2 or more", file=sys.stderr)
+        return 2
     if args.test is not None and not args.test.exists():
         print(f"test file not found at {args.test}", file=sys.stderr)
         return 2
     rows = []
-    for rs in ([None] if args.test is not None else args.splits):
-        if rs is None:
-            fit_rows = df
-            test = pd.read_csv(args.test).rename(columns={"category": "tool"})
-            print(f"test: {args.test}, {len(test)} rows")
-        else:
-            fit_rows, test = train_test_split(df, test_size=0.2, stratify=df["tool"],
-                                              random_state=rs)
+    for split, fit_rows, test in held_out(df, args):
         texts = test["text"].tolist()
         for kind in args.routers:
             c0 = time.process_time()
@@ -140,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             tools, _ = router.predict_columns({"text": texts}, len(texts))
             accuracy = float((np.asarray(tools) == test["tool"].to_numpy()).mean())
             balanced = balanced_accuracy_score(test["tool"].to_numpy(), np.asarray(tools))
-            row = {"split": "test" if rs is None else rs, "router": kind,
+            row = {"split": split, "router": kind,
                    "accuracy": round(accuracy, 4), "balanced": round(float(balanced), 4),
                    "C": router.validation.get("C", 0.5), "fit_cpu_s": round(fit_cpu, 1),
                    **one_at_a_time(router, texts[: args.latency_requests]),

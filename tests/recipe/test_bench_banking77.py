@@ -55,6 +55,22 @@ def test_the_router_bench_trains_on_every_row_then_scores_the_test_file(files, c
     assert "split=0" not in out  # no held-out split when a test file is given
 
 
+def test_the_router_bench_cross_validates_every_row_once(files, capsys):
+    from sklearn.model_selection import StratifiedKFold
+
+    bench = bench_module("banking77_router")
+    assert bench.main(["--routers", "recipe", "--data", str(files[0]), "--folds", "3",
+                       "--latency-requests", "5"]) == 0
+    printed = re.findall(r"split=fold(\d)\s+router=recipe\s+accuracy=([\d.]+)", capsys.readouterr().out)
+    assert [int(i) for i, _ in printed] == [0, 1, 2]
+    train = pd.read_csv(files[0]).rename(columns={"category": "tool"})
+    fit, test = next(StratifiedKFold(3, shuffle=True, random_state=0).split(train, train["tool"]))
+    router = train_text_router(train.iloc[fit].reset_index(drop=True), {"embeddings": 0})
+    tools, _ = router.predict_columns({"text": train["text"].iloc[test].tolist()}, len(test))
+    assert float(printed[0][1]) == round(float((np.asarray(tools) == train["tool"].iloc[test].to_numpy()).mean()), 4)
+    assert bench.main(["--data", str(files[0]), "--folds", "1"]) == 2
+
+
 def test_the_router_bench_refuses_a_missing_test_file(files, tmp_path, capsys):
     bench = bench_module("banking77_router")
     assert bench.main(["--data", str(files[0]), "--test", str(tmp_path / "nope.csv")]) == 2
