@@ -65,6 +65,23 @@ def fixture_router():
     return SupportDeskAgent().train(generate_requests(date(2026, 11, 1), n=400), {"use_features": 0})
 
 
+def experiment_beside_store(tracking_uri: str, name: str) -> str:
+    """The id of experiment ``name``, made if needed with its artifacts beside the SQLite store
+    (MLflow's default for a SQLite store is ``./mlruns`` of the working directory: the project)."""
+    from pathlib import Path
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    if not tracking_uri.startswith("sqlite:///"):  # a server's store has its own artifact root
+        return client.create_experiment(name)
+    location = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts" / name
+    return client.create_experiment(name, artifact_location=str(location))
+
+
 def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, name: str = AGENT,
                       wrap=None, audit=None) -> list[str]:
     """Register the real support-desk router (``fixture_router``) ``n`` times.
@@ -87,7 +104,7 @@ def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, na
     if wrap is not None:  # e.g. a router that fails on demand (tests/faults.py)
         router = wrap(router)
     versions = []
-    experiment_id = mlflow.set_experiment("fixtures").experiment_id
+    experiment_id = experiment_beside_store(tracking_uri, "fixtures")
     for i in range(n):
         model = AgentModel(agent.name, router, agent.feature_columns, dict(agent.tool_descriptions),
                            agent.escalation_tool, agent.prompt_template, "prompts:/none/1")

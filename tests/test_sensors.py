@@ -8,7 +8,7 @@ import pytest
 
 from agentops_pipelines.resources.mlflow import MlflowResource
 from agentops_pipelines.sensors import mlflow_runs
-from tests.helpers import AGENT, evaluate
+from tests.helpers import AGENT, evaluate, experiment_beside_store
 
 
 class _Echo(mlflow.pyfunc.PythonModel):
@@ -18,11 +18,11 @@ class _Echo(mlflow.pyfunc.PythonModel):
 
 def log_runs(tracking_uri, n, *, with_model=True, end_time=None, experiment=AGENT, tags=None):
     mlflow.set_tracking_uri(tracking_uri)
-    exp = mlflow.set_experiment(experiment)
+    experiment_id = experiment_beside_store(tracking_uri, experiment)
     client = mlflow.MlflowClient(tracking_uri)
     ids = []
     for i in range(n):
-        with mlflow.start_run(experiment_id=exp.experiment_id, tags=tags or {}) as run:
+        with mlflow.start_run(experiment_id=experiment_id, tags=tags or {}) as run:
             mlflow.log_param("i", i)
             if with_model:
                 mlflow.pyfunc.log_model(name="agent", python_model=_Echo(), pip_requirements=["mlflow"])
