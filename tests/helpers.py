@@ -67,19 +67,15 @@ def fixture_router():
 
 def experiment_beside_store(tracking_uri: str, name: str) -> str:
     """The id of experiment ``name``, made if needed with its artifacts beside the SQLite store
-    (MLflow's default for a SQLite store is ``./mlruns`` of the working directory: the project)."""
+    (MLflow's default for a SQLite store is ``./mlruns`` of the working directory: the project);
+    a server's store keeps its own artifact root."""
     from pathlib import Path
 
-    import mlflow
+    from agentops_pipelines.resources.mlflow import MlflowResource
 
-    client = mlflow.MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    if not tracking_uri.startswith("sqlite:///"):  # a server's store has its own artifact root
-        return client.create_experiment(name)
-    location = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts" / name
-    return client.create_experiment(name, artifact_location=str(location))
+    root = (str(Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts")
+            if tracking_uri.startswith("sqlite:///") else "")
+    return MlflowResource(tracking_uri=tracking_uri, artifact_root=root).experiment_id(name)
 
 
 def register_versions(tracking_uri: str, n: int, *, tags: dict | None = None, name: str = AGENT,
